@@ -1,0 +1,163 @@
+"""Arms: named stopping configurations.
+
+An arm tells the decoder when to stop thinking: at the first probe whose
+trial-answer confidence reaches ``threshold`` (DEER-style, arXiv 2504.15895),
+or when ``max_think_tokens`` reasoning tokens are spent (0 = no cap). A
+threshold above 1 can never be reached, so such an arm never stops early.
+
+Arms are ordered by strictness: ``a.at_most_as_lenient_as(b)`` holds when ``a``
+stops at or before ``b`` on every request (lower-or-equal threshold and a
+tighter-or-equal cap). Nested feedback (a lenient run reveals every stricter
+arm) rests on that order.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from stopbandit.errors import ConfigError
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+MAX_THRESHOLD = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Arm:
+    """One stopping configuration.
+
+    ``threshold``: trial-answer confidence at which thinking stops, in (0, 2];
+    values above 1 mean "never stop on confidence".
+    ``max_think_tokens``: thinking budget in tokens, 0 = unlimited.
+    """
+
+    name: str
+    threshold: float
+    max_think_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise ConfigError(
+                f"arm name must match {_NAME.pattern} (letters, digits, '_', '.', '-'), got {self.name!r}"
+            )
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)):
+            raise ConfigError(f"arm {self.name!r}: threshold must be a number, got {self.threshold!r}")
+        if not math.isfinite(self.threshold) or not 0.0 < self.threshold <= MAX_THRESHOLD:
+            raise ConfigError(
+                f"arm {self.name!r}: threshold must be in (0, {MAX_THRESHOLD}], got {self.threshold!r}"
+            )
+        if isinstance(self.max_think_tokens, bool) or not isinstance(self.max_think_tokens, int):
+            raise ConfigError(
+                f"arm {self.name!r}: max_think_tokens must be an integer, got {self.max_think_tokens!r}"
+            )
+        if self.max_think_tokens < 0:
+            raise ConfigError(
+                f"arm {self.name!r}: max_think_tokens must be >= 0 (0 = no cap), got {self.max_think_tokens}"
+            )
+        object.__setattr__(self, "threshold", float(self.threshold))
+
+    @property
+    def stops_on_confidence(self) -> bool:
+        """Whether any probe can ever stop this arm (threshold reachable)."""
+        return self.threshold <= 1.0
+
+    @property
+    def cap(self) -> float:
+        """Thinking budget as a number, ``inf`` when uncapped."""
+        return float(self.max_think_tokens) if self.max_think_tokens > 0 else math.inf
+
+    def at_most_as_lenient_as(self, other: Arm) -> bool:
+        """True when this arm stops at or before ``other`` on every request."""
+        return self.threshold <= other.threshold and self.cap <= other.cap
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "threshold": self.threshold, "max_think_tokens": self.max_think_tokens}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Arm:
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"an arm must be a table with name/threshold/max_think_tokens, got {data!r}")
+        unknown = set(data) - {"name", "threshold", "max_think_tokens"}
+        if unknown:
+            raise ConfigError(f"arm {data.get('name')!r}: unknown field(s) {sorted(unknown)}")
+        if "name" not in data or "threshold" not in data:
+            raise ConfigError(f"an arm needs 'name' and 'threshold', got {dict(data)!r}")
+        return cls(data["name"], data["threshold"], data.get("max_think_tokens", 0))
+
+
+DEFAULT_ARMS: tuple[Arm, ...] = (
+    Arm("full", 1.01, 0),
+    Arm("careful", 0.97, 0),
+    Arm("balanced", 0.90, 0),
+    Arm("aggressive", 0.75, 512),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ArmSet:
+    """An ordered, validated collection of arms (order = action index everywhere)."""
+
+    arms: tuple[Arm, ...]
+
+    def __post_init__(self) -> None:
+        arms = tuple(self.arms)
+        if len(arms) < 2:
+            raise ConfigError(f"need at least 2 arms to choose between, got {len(arms)}")
+        names = [a.name for a in arms]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"duplicate arm name(s): {dupes}")
+        object.__setattr__(self, "arms", arms)
+
+    @classmethod
+    def of(cls, arms: Iterable[Arm | Mapping[str, Any]] | None = None) -> ArmSet:
+        if arms is None:
+            return cls(DEFAULT_ARMS)
+        return cls(tuple(a if isinstance(a, Arm) else Arm.from_dict(a) for a in arms))
+
+    def __len__(self) -> int:
+        return len(self.arms)
+
+    def __iter__(self):
+        return iter(self.arms)
+
+    def __getitem__(self, i: int) -> Arm:
+        return self.arms[i]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.arms)
+
+    def index(self, name: str) -> int:
+        """Action index of ``name``; unknown names raise a ConfigError listing the known ones."""
+        for i, a in enumerate(self.arms):
+            if a.name == name:
+                return i
+        raise ConfigError(f"unknown arm {name!r}; known arms: {list(self.names)}")
+
+    def by_name(self, name: str) -> Arm:
+        return self.arms[self.index(name)]
+
+    def most_conservative(self) -> int:
+        """Index of the most lenient arm (stops last): the safe fallback."""
+        return max(range(len(self.arms)), key=lambda i: (self.arms[i].threshold, self.arms[i].cap))
+
+    def revealed_by(self, logged: int) -> list[int]:
+        """Indices of arms whose outcome a trace of arm ``logged`` reveals (itself included)."""
+        lead = self.arms[logged]
+        return [i for i, a in enumerate(self.arms) if a.at_most_as_lenient_as(lead)]
+
+    def to_list(self) -> list[dict[str, Any]]:
+        return [a.to_dict() for a in self.arms]
+
+
+def arms_from_config(items: Sequence[Mapping[str, Any]] | None) -> ArmSet:
+    """Build the arm set from the ``[[arms]]`` tables of a TOML config (defaults when absent)."""
+    if items is None:
+        return ArmSet(DEFAULT_ARMS)
+    if not isinstance(items, Sequence) or isinstance(items, (str, bytes)):
+        raise ConfigError(f"'arms' must be an array of tables ([[arms]]), got {type(items).__name__}")
+    return ArmSet.of(items)

@@ -1,0 +1,95 @@
+"""Schema management through Alembic: the only way a schema is created.
+
+The migration scripts ship inside the package as ``stopbandit.migrations``
+(``migrations/`` at the repository root, mapped by pyproject), so the same
+calls work from an editable install and from an installed wheel.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from contextlib import contextmanager
+from collections.abc import Iterator
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from stopbandit.errors import StoreError
+from stopbandit.replay.engine import make_engine, redact, resolve_url
+
+
+def script_location() -> str:
+    return str(importlib.resources.files("stopbandit.migrations"))
+
+
+def alembic_config(url: str | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", script_location())
+    cfg.set_main_option("sqlalchemy.url", resolve_url(url).replace("%", "%%"))
+    return cfg
+
+
+@contextmanager
+def _bound(url: str | None, engine: Engine | None) -> Iterator[tuple[Config, Engine]]:
+    own = engine is None
+    engine = engine or make_engine(url)
+    cfg = alembic_config(str(engine.url.render_as_string(hide_password=False)))
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            yield cfg, engine
+    except OperationalError as exc:
+        raise StoreError(f"cannot reach database {redact(str(engine.url))}: {exc.orig}") from exc
+    finally:
+        if own:
+            engine.dispose()
+
+
+def upgrade(url: str | None = None, revision: str = "head", *, engine: Engine | None = None) -> None:
+    """Bring the schema up to ``revision`` (idempotent)."""
+    with _bound(url, engine) as (cfg, _):
+        command.upgrade(cfg, revision)
+
+
+def downgrade(url: str | None = None, revision: str = "-1", *, engine: Engine | None = None) -> None:
+    """Step the schema down to ``revision`` (``base`` drops everything)."""
+    with _bound(url, engine) as (cfg, _):
+        command.downgrade(cfg, revision)
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:  # pragma: no cover - the package always ships migrations
+        raise StoreError("no migrations found in the installed package")
+    return head
+
+
+def current_revision(url: str | None = None, *, engine: Engine | None = None) -> str | None:
+    """The revision the database is at, or None for an empty database."""
+    own = engine is None
+    engine = engine or make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot reach database {redact(str(engine.url))}: {getattr(exc, 'orig', exc)}") from exc
+    finally:
+        if own:
+            engine.dispose()
+
+
+def require_head(engine: Engine) -> None:
+    """Raise a StoreError that says what to run when the schema is not at head."""
+    cur, head = current_revision(engine=engine), head_revision()
+    if cur != head:
+        raise StoreError(
+            f"database {redact(str(engine.url))} is at schema revision {cur or 'none (empty)'}, "
+            f"expected {head}; run `stopbandit db upgrade --db ...`"
+        )
+
+
+__all__ = ["alembic_config", "current_revision", "downgrade", "head_revision", "require_head", "upgrade"]

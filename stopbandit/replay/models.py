@@ -1,0 +1,87 @@
+"""SQLAlchemy 2.0 models of the replay store.
+
+The schema itself is created only by the Alembic migrations in ``migrations/``;
+these classes describe it for queries and must stay in step with the newest
+migration (``tests/replay/test_migrations.py`` checks that they do).
+
+Timestamps are Unix epoch seconds (UTC) as floats: cheap to write on the
+serving path, trivially ordered, and the same on SQLite and PostgreSQL.
+Decisions are keyed by ``request_key`` (the caller's request id or a generated
+one) so the serving path can return a decision id before the row is written.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class DecisionRow(Base):
+    """One `choose`: what the policy saw, what it could have done, and what it did."""
+
+    __tablename__ = "decisions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    request_key: Mapped[str] = mapped_column(String(128), unique=True)
+    ts: Mapped[float] = mapped_column(Float, index=True)
+    domain: Mapped[str | None] = mapped_column(String(64), index=True)
+    features: Mapped[dict[str, Any]] = mapped_column(JSON)
+    arm: Mapped[str] = mapped_column(String(64))
+    arm_index: Mapped[int] = mapped_column(Integer)
+    probabilities: Mapped[dict[str, float]] = mapped_column(JSON)
+    propensity: Mapped[float] = mapped_column(Float)
+    lam: Mapped[float] = mapped_column(Float)
+    token_scale: Mapped[float] = mapped_column(Float)
+    policy_version: Mapped[str] = mapped_column(String(64))
+
+
+class OutcomeRow(Base):
+    """The observed result of a decision; at most one per decision."""
+
+    __tablename__ = "outcomes"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    decision_key: Mapped[str] = mapped_column(
+        String(128), ForeignKey("decisions.request_key", ondelete="CASCADE"), unique=True
+    )
+    ts: Mapped[float] = mapped_column(Float)
+    em: Mapped[float] = mapped_column(Float)
+    tokens: Mapped[int] = mapped_column(Integer)
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+
+
+class SnapshotRow(Base):
+    """A saved policy: VW model bytes plus JSON metadata, never pickle."""
+
+    __tablename__ = "snapshots"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    version: Mapped[str] = mapped_column(String(64), unique=True)
+    ts: Mapped[float] = mapped_column(Float, index=True)
+    model: Mapped[bytes] = mapped_column(LargeBinary)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON)
+    checksum: Mapped[str] = mapped_column(String(64))
+
+
+class LambdaChangeRow(Base):
+    """Every change of λ, with why and by whom; the newest row is the live value."""
+
+    __tablename__ = "lambda_changes"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    ts: Mapped[float] = mapped_column(Float)
+    value: Mapped[float] = mapped_column(Float)
+    reason: Mapped[str] = mapped_column(Text)
+    who: Mapped[str] = mapped_column(String(128))
+
+
+__all__ = ["Base", "DecisionRow", "LambdaChangeRow", "OutcomeRow", "SnapshotRow"]

@@ -1,0 +1,186 @@
+"""The replay store suite, run against SQLite and the real PostgreSQL."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import time
+
+import pytest
+
+from stopbandit.errors import ConfigError, ConflictError, InputError, StoreError, UnknownDecisionError
+from stopbandit.replay import migrate
+from stopbandit.replay.store import ReplayStore, outcome_row
+from stopbandit.replay.writer import BatchWriter
+
+
+def decision(key: str, arm: str = "balanced", idx: int = 2) -> dict:
+    return dict(
+        request_key=key, ts=time.time(), domain="math", features={"len": 3.1, "domain": "math"},
+        arm=arm, arm_index=idx, probabilities={"full": 0.1, "careful": 0.1, "balanced": 0.7, "aggressive": 0.1},
+        propensity=0.7, lam=0.2, token_scale=1000.0, policy_version="v0",
+    )
+
+
+@pytest.fixture
+def store(db_url):
+    s = ReplayStore(db_url, migrate_schema=True)
+    yield s
+    s.dispose()
+
+
+def test_round_trip(store):
+    store.record_decision(decision("r1"))
+    assert store.record_outcome("r1", em=1.0, tokens=812, latency_ms=3.5) is True
+    [chunk] = list(store.iter_events())
+    [ev] = chunk
+    assert (ev.request_key, ev.arm, ev.arm_index, ev.em, ev.tokens, ev.latency_ms) == ("r1", "balanced", 2, 1.0, 812, 3.5)
+    assert ev.probabilities["balanced"] == pytest.approx(0.7)
+    assert ev.features == {"len": 3.1, "domain": "math"}
+    assert store.get_decision("r1")["propensity"] == pytest.approx(0.7)
+
+
+def test_outcomes_are_idempotent(store):
+    store.record_decision(decision("r1"))
+    store.record_decision(decision("r1"))  # a retried decision is stored once
+    assert store.record_outcome("r1", 1.0, 10) is True
+    assert store.record_outcome("r1", 1.0, 10) is False
+    assert store.counts()["decisions"] == 1
+    assert store.counts()["outcomes"] == 1
+
+
+def test_conflicting_outcome_is_an_error(store):
+    store.record_decision(decision("r1"))
+    store.record_outcome("r1", 1.0, 10)
+    with pytest.raises(ConflictError, match=r"conflicting outcome for decision 'r1' \(em: stored 1.0 vs new 0.0\)"):
+        store.record_outcome("r1", 0.0, 10)
+    assert store.get_outcome("r1")["em"] == 1.0
+
+
+def test_outcome_for_unknown_decision(store):
+    with pytest.raises(UnknownDecisionError, match="no decision with request key 'nope'"):
+        store.record_outcome("nope", 1.0, 10)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(em=math.nan, tokens=1), "em must be a finite number"),
+        (dict(em=1.5, tokens=1), r"em must be a finite number in \[0, 1\], got 1.5"),
+        (dict(em="1", tokens=1), "em must be a number"),
+        (dict(em=1.0, tokens=-3), "tokens must be >= 0, got -3"),
+        (dict(em=1.0, tokens=math.nan), "tokens must be a non-negative integer, got nan"),
+        (dict(em=1.0, tokens=2.5), "tokens must be a non-negative integer, got 2.5"),
+        (dict(em=1.0, tokens=True), "tokens must be a non-negative integer"),
+        (dict(em=1.0, tokens=1, latency_ms=-1.0), "latency_ms must be a finite number >= 0"),
+    ],
+)
+def test_invalid_outcomes_name_the_field(store, kwargs, match):
+    store.record_decision(decision("r1"))
+    with pytest.raises(InputError, match=match):
+        store.record_outcome("r1", **kwargs)
+    assert store.get_outcome("r1") is None
+
+
+def test_migrations_up_down_up(db_url):
+    migrate.upgrade(db_url)
+    assert migrate.current_revision(db_url) == migrate.head_revision()
+    s = ReplayStore(db_url)
+    s.record_decision(decision("r1"))
+    s.dispose()
+    migrate.downgrade(db_url, "base")
+    assert migrate.current_revision(db_url) is None
+    with pytest.raises(StoreError, match="expected .*; run `stopbandit db upgrade"):
+        ReplayStore(db_url)
+    migrate.upgrade(db_url)
+    s = ReplayStore(db_url)
+    assert s.counts()["decisions"] == 0
+    s.record_decision(decision("r2"))
+    assert s.counts()["decisions"] == 1
+    s.dispose()
+
+
+def test_iter_events_is_chunked_and_resumable(store):
+    w = BatchWriter(store, batch_size=100)
+    for i in range(1050):
+        w.submit_decision(decision(f"r{i}"))
+        w.submit_outcome(outcome_row(f"r{i}", i % 2, i))
+    w.close()
+    chunks = list(store.iter_events(chunk=200))
+    assert [len(c) for c in chunks] == [200] * 5 + [50]
+    cursors = [e.cursor for c in chunks for e in c]
+    assert cursors == sorted(cursors) and len(set(cursors)) == 1050
+    rest = [e for c in store.iter_events(after=cursors[999], chunk=200) for e in c]
+    assert [e.request_key for e in rest] == [f"r{i}" for i in range(1000, 1050)]
+
+
+def test_writer_flush_and_counts(store):
+    w = BatchWriter(store, batch_size=64, flush_interval=0.01)
+    for i in range(500):
+        w.submit_decision(decision(f"k{i}"))
+        w.submit_outcome(outcome_row(f"k{i}", 1.0, 10))
+    assert w.flush(30)
+    h = w.health()
+    assert (h.store_ok, h.written, h.spilled, h.dropped, h.queue_depth) == (True, 1000, 0, 0, 0)
+    assert store.counts()["outcomes"] == 500
+    w.close()
+
+
+def test_writer_rejects_orphan_outcome_without_losing_the_batch(store, tmp_path):
+    w = BatchWriter(store, spill_path=tmp_path / "s.jsonl")
+    w.submit_decision(decision("a"))
+    w.submit_outcome(outcome_row("ghost", 1.0, 1))
+    w.submit_outcome(outcome_row("a", 1.0, 1))
+    w.close()
+    assert store.counts()["outcomes"] == 1 and store.counts()["decisions"] == 1
+    assert w.health().rejected == 1
+    assert "ghost" in w.rejected_path.read_text()
+
+
+def _hammer(url: str, worker: int, n: int) -> None:
+    s = ReplayStore(url)
+    w = BatchWriter(s, batch_size=1000, spill_path=f"/tmp/sb-hammer-{worker}-{time.time_ns()}.jsonl")
+    for i in range(n):
+        key = f"w{worker}-{i}"
+        w.submit_decision(decision(key))
+        w.submit_outcome(outcome_row(key, i % 2, i))
+    w.close(120)
+    h = w.health()
+    if h.spilled or h.rejected or h.dropped:
+        raise SystemExit(f"worker {worker}: {h}")
+    s.dispose()
+
+
+def test_four_processes_nothing_lost_or_duplicated(db_url):
+    migrate.upgrade(db_url)
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_hammer, args=(db_url, w, 10_000)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(300)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    s = ReplayStore(db_url)
+    c = s.counts()
+    assert (c["decisions"], c["outcomes"]) == (40_000, 40_000)
+    assert s.duplicate_keys() == 0
+    events = sum(len(ch) for ch in s.iter_events(chunk=10_000))
+    assert events == 40_000
+    s.dispose()
+
+
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [
+        ("not a url", "is not a valid SQLAlchemy URL"),
+        ("nosuchdb://x/y", "no database driver for URL"),
+    ],
+)
+def test_bad_urls_are_config_errors(url, match):
+    with pytest.raises(ConfigError, match=match):
+        ReplayStore(url)
+
+
+def test_unreachable_database_is_a_store_error():
+    with pytest.raises(StoreError, match="cannot reach database|unavailable"):
+        ReplayStore("postgresql+psycopg://nobody@127.0.0.1:1/none")
