@@ -1,0 +1,22 @@
+"""Arms, reward, exploration, VW policies, snapshots and the Selector facade."""
+
+from stopbandit.bandit.arms import DEFAULT_ARMS, Arm, ArmSet, arms_from_config
+from stopbandit.bandit.exploration import EpsilonGreedy, Exploration, Softmax, SquareCB, exploration_from_config
+from stopbandit.bandit.reward import reward
+from stopbandit.bandit.trace import Probe, ProbeTrace, counterfactual
+
+__all__ = [
+    "DEFAULT_ARMS",
+    "Arm",
+    "ArmSet",
+    "EpsilonGreedy",
+    "Exploration",
+    "Probe",
+    "ProbeTrace",
+    "Softmax",
+    "SquareCB",
+    "arms_from_config",
+    "counterfactual",
+    "exploration_from_config",
+    "reward",
+]

@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from stopbandit.errors import StoreError
-from stopbandit.replay.spill import SpillFile, read_spill
+from stopbandit.replay.spill import Adopted, SpillFile, read_spill
 from stopbandit.replay.store import ReplayStore
 
 log = logging.getLogger("stopbandit.writer")
@@ -49,11 +49,14 @@ class WriterHealth:
 
 
 def default_spill_path(url: str) -> Path:
-    """A spill file next to a SQLite database, else in the temp dir, named after the URL."""
+    """Spill-file prefix: next to a SQLite database, else in the temp dir, named after the URL.
+
+    Each writer appends ``.<pid>-<id>.jsonl`` to it (see :class:`SpillFile`).
+    """
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        return Path(url[len("sqlite:///"):] + ".spill.jsonl")
+        return Path(url[len("sqlite:///"):] + ".spill")
     safe = "".join(c if c.isalnum() else "_" for c in url.split("@")[-1])[:80]
-    return Path(tempfile.gettempdir()) / f"stopbandit-{safe}.spill.jsonl"
+    return Path(tempfile.gettempdir()) / f"stopbandit-{safe}.spill"
 
 
 class BatchWriter:
@@ -75,7 +78,7 @@ class BatchWriter:
         self.flush_interval = flush_interval
         self.retry_interval = retry_interval
         self.spill = SpillFile(spill_path or default_spill_path(store.url), max_spill_bytes)
-        self.rejected_path = self.spill.path.with_name(self.spill.path.name + ".rejected.jsonl")
+        self.rejected_path = Path(f"{self.spill.prefix}.rejected.jsonl")
         self._q: queue.Queue[Item] = queue.Queue(maxsize=max_queue)
         self._stop = threading.Event()
         self._idle = threading.Condition()
@@ -83,6 +86,7 @@ class BatchWriter:
         self._store_ok = True
         self._last_error: str | None = None
         self._next_retry = 0.0
+        self._next_orphan_scan = 0.0
         self._oldest_pending = 0.0
         self.written = self.spilled = self.rejected = self.dropped = 0
         self._thread = threading.Thread(target=self._run, name="stopbandit-writer", daemon=True)
@@ -117,6 +121,7 @@ class BatchWriter:
         self.flush(timeout)
         self._stop.set()
         self._thread.join(timeout)
+        self.spill.release()
 
     def health(self) -> WriterHealth:
         lag = time.time() - self._oldest_pending if self._oldest_pending else 0.0
@@ -219,8 +224,13 @@ class BatchWriter:
         self._next_retry = time.monotonic() + self.retry_interval
 
     def _maybe_replay(self) -> None:
-        """Replay the spill into the database if there is one and it is time to try."""
-        if not self.spill.has_backlog() or time.monotonic() < self._next_retry:
+        """Replay the spill (ours, then orphans of dead writers) if there is one and it is time to try."""
+        if time.monotonic() < self._next_retry:
+            return
+        if time.monotonic() >= self._next_orphan_scan:
+            self._next_orphan_scan = time.monotonic() + 5.0
+            self._adopt_orphans()
+        if not self.spill.has_backlog():
             return
         path = self.spill.take_for_replay()
         if path is None:
@@ -235,6 +245,23 @@ class BatchWriter:
                 self._next_retry = 0.0
         except StoreError as exc:
             self._mark_down(exc)
+
+    def _adopt_orphans(self) -> None:
+        for path in self.spill.orphans():
+            held = Adopted(path)
+            if not held.ok:
+                continue  # a live writer owns it
+            try:
+                for part in held.files():
+                    for chunk in read_spill(part, self.batch_size):
+                        self._commit(chunk)
+                        self.written += len(chunk)
+                held.finish()
+                log.warning("replayed orphaned spill file %s", path)
+            except StoreError as exc:
+                held.release()
+                self._mark_down(exc)
+                return
 
 
 __all__ = ["BatchWriter", "WriterHealth", "default_spill_path"]

@@ -1,0 +1,32 @@
+"""The reward: EM minus a λ-weighted token cost.
+
+    reward = em − λ · tokens / token_scale
+
+λ is applied at scoring time, never baked into a model, so changing it takes
+effect on the next request and offline sweeps reuse the same heads.
+"""
+
+from __future__ import annotations
+
+import math
+
+from stopbandit.errors import ConfigError
+
+
+def reward(em: float, tokens: float, lam: float, token_scale: float) -> float:
+    return em - lam * tokens / token_scale
+
+
+def check_lambda(lam: object) -> float:
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
+        raise ConfigError(f"lambda must be a finite number >= 0, got {lam!r}")
+    return float(lam)
+
+
+def check_token_scale(scale: object) -> float:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise ConfigError(f"token_scale must be a finite number > 0, got {scale!r}")
+    return float(scale)
+
+
+__all__ = ["check_lambda", "check_token_scale", "reward"]

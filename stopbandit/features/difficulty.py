@@ -1,0 +1,63 @@
+"""Difficulty estimate of a request, in [0, 1].
+
+Two parts, both pluggable:
+
+* a text prior, from the prompt alone: longer prompts, more digits and
+  operators and more multi-step wording read as harder;
+* an online per-domain prior learned from logged outcomes: the running miss
+  rate (1 − EM) of each domain, an exponentially weighted mean so it follows
+  drift. Early-exit work finds the per-request ceiling large exactly because
+  difficulty varies (ThinkBrake, arXiv 2510.00546), so both parts matter.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Protocol
+
+from stopbandit.features.text import TextStats
+
+
+class DifficultyEstimator(Protocol):
+    def estimate(self, stats: TextStats, domain: str) -> float: ...
+
+
+class TextDifficulty:
+    """Squash a weighted sum of text statistics into [0, 1]."""
+
+    def __init__(self, pivot_tokens: float = 60.0) -> None:
+        self.log_pivot = math.log1p(pivot_tokens)
+
+    def estimate(self, stats: TextStats, domain: str) -> float:
+        z = (stats.log_tokens - self.log_pivot) * 1.2 + 8.0 * stats.digit_share + 6.0 * stats.math_share
+        z += 0.25 * min(stats.step_words, 8)
+        return 1.0 / (1.0 + math.exp(-z))
+
+
+class DomainPrior:
+    """Exponentially weighted miss rate per domain; 0.5 until a domain has data."""
+
+    def __init__(self, halflife: float = 2000.0, start: float = 0.5) -> None:
+        self.alpha = 1.0 - 0.5 ** (1.0 / halflife)
+        self.start = start
+        self._miss: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def get(self, domain: str) -> float:
+        return self._miss.get(domain, self.start)
+
+    def update(self, domain: str, em: float) -> None:
+        with self._lock:
+            cur = self._miss.get(domain, self.start)
+            self._miss[domain] = cur + self.alpha * ((1.0 - em) - cur)
+
+    def state(self) -> dict[str, float]:
+        return dict(self._miss)
+
+    def load(self, state: dict[str, float]) -> None:
+        with self._lock:
+            self._miss = {str(k): float(v) for k, v in state.items()}
+
+
+__all__ = ["DifficultyEstimator", "DomainPrior", "TextDifficulty"]

@@ -1,0 +1,152 @@
+"""Calibration figures: static arms versus the per-request oracle.
+
+For a batch of requests and a set of arms this measures what the module
+docstring of :mod:`stopbandit.sim` quotes and the tests assert:
+
+* per static arm: mean EM, mean tokens (probe tokens included), token savings
+  ``1 − tokens/tokens_ref`` and EM loss ``em_ref − em`` against the most lenient
+  arm (``full`` in the default set), and EM by difficulty tercile (where the
+  loss concentrates);
+* per λ: the per-request oracle that picks, with hindsight,
+  ``argmax_a EM_a − λ·tokens_a/token_scale`` (the reward of the design document),
+  with its EM, tokens, savings and mean reward next to the best static arm's.
+  This is the ceiling a contextual policy over these arms can approach
+  (cf. ThinkBrake's hindsight stop, arXiv 2510.00546).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from stopbandit.bandit.arms import Arm, ArmSet
+from stopbandit.errors import ConfigError, InputError
+from stopbandit.sim.outcome import outcome_table
+from stopbandit.sim.request import SimRequest
+
+
+@dataclass(frozen=True, slots=True)
+class ArmFigures:
+    """One static arm over the batch. ``em_by_tercile``: EM on the easiest, middle, hardest third."""
+
+    name: str
+    em: float
+    tokens: float
+    savings: float
+    em_loss: float
+    em_by_tercile: tuple[float, float, float]
+
+
+@dataclass(frozen=True, slots=True)
+class OracleFigures:
+    """The per-request hindsight oracle at one λ, next to the best static arm at that λ."""
+
+    lam: float
+    em: float
+    tokens: float
+    savings: float
+    reward: float
+    best_static: str
+    best_static_reward: float
+    choice_shares: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """Figures of one batch; ``reference`` names the arm savings and losses are measured against."""
+
+    n_requests: int
+    reference: str
+    mean_think_len: float
+    arms: tuple[ArmFigures, ...]
+    oracles: tuple[OracleFigures, ...]
+
+    def arm(self, name: str) -> ArmFigures:
+        for a in self.arms:
+            if a.name == name:
+                return a
+        raise ConfigError(f"no arm named {name!r} in this calibration; arms: {[a.name for a in self.arms]}")
+
+    def format(self) -> str:
+        """A plain-text table (what the module docstring quotes)."""
+        lines = [
+            f"{self.n_requests} requests, mean full reasoning {self.mean_think_len:.0f} tokens; "
+            f"savings and loss vs {self.reference!r}",
+            f"{'arm':<12}{'EM':>7}{'tokens':>9}{'saved':>8}{'EM loss':>9}   EM by difficulty tercile",
+        ]
+        for a in self.arms:
+            terc = " / ".join(f"{v:.3f}" for v in a.em_by_tercile)
+            lines.append(
+                f"{a.name:<12}{a.em:>7.3f}{a.tokens:>9.1f}{a.savings:>8.1%}{a.em_loss * 100:>8.1f}p   {terc}"
+            )
+        for o in self.oracles:
+            lines.append(
+                f"oracle λ={o.lam:<5g} EM {o.em:.3f} tokens {o.tokens:.1f} saved {o.savings:.1%} "
+                f"reward {o.reward:.3f} (best static {o.best_static!r} {o.best_static_reward:.3f})"
+            )
+        return "\n".join(lines)
+
+
+def calibrate(
+    requests: Sequence[SimRequest],
+    arms: Sequence[Arm] | ArmSet | None = None,
+    lambdas: Sequence[float] = (0.2, 0.3),
+    token_scale: float = 1000.0,
+) -> Calibration:
+    """Measure static arms and the per-request oracle on ``requests`` (default arms when None)."""
+    arm_set = ArmSet.of(arms)
+    reqs = list(requests)
+    if len(reqs) < 3:
+        raise InputError(f"requests: need at least 3 to measure terciles, got {len(reqs)}")
+    if not (isinstance(token_scale, (int, float)) and token_scale > 0):
+        raise ConfigError(f"token_scale must be > 0, got {token_scale!r}")
+    for lam in lambdas:
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not np.isfinite(lam) or lam < 0:
+            raise ConfigError(f"lambdas: each λ must be a finite number >= 0, got {lam!r}")
+    table = outcome_table(reqs, arm_set)
+    em, tokens = table.em, table.tokens.astype(float)
+    ref = arm_set.most_conservative()
+    ref_em, ref_tokens = em[:, ref].mean(), tokens[:, ref].mean()
+    difficulty = np.array([r.difficulty for r in reqs])
+    tercile = np.digitize(difficulty, np.quantile(difficulty, [1 / 3, 2 / 3]))
+    arm_figs = tuple(
+        ArmFigures(
+            name=a.name,
+            em=float(em[:, j].mean()),
+            tokens=float(tokens[:, j].mean()),
+            savings=float(1.0 - tokens[:, j].mean() / ref_tokens),
+            em_loss=float(ref_em - em[:, j].mean()),
+            em_by_tercile=tuple(float(em[tercile == t, j].mean()) for t in range(3)),  # type: ignore[arg-type]
+        )
+        for j, a in enumerate(arm_set)
+    )
+    rows = np.arange(len(reqs))
+    oracles = []
+    for lam in lambdas:
+        reward = em - lam * tokens / token_scale
+        best = reward.argmax(axis=1)
+        static = reward.mean(axis=0)
+        oracles.append(
+            OracleFigures(
+                lam=float(lam),
+                em=float(em[rows, best].mean()),
+                tokens=float(tokens[rows, best].mean()),
+                savings=float(1.0 - tokens[rows, best].mean() / ref_tokens),
+                reward=float(reward[rows, best].mean()),
+                best_static=arm_set[int(static.argmax())].name,
+                best_static_reward=float(static.max()),
+                choice_shares=tuple(float(v) for v in np.bincount(best, minlength=len(arm_set)) / len(reqs)),
+            )
+        )
+    return Calibration(
+        n_requests=len(reqs),
+        reference=arm_set[ref].name,
+        mean_think_len=float(np.mean([r.think_len for r in reqs])),
+        arms=arm_figs,
+        oracles=tuple(oracles),
+    )
+
+
+__all__ = ["ArmFigures", "Calibration", "OracleFigures", "calibrate"]
