@@ -38,7 +38,7 @@ from stopbandit.bandit.exploration import Exploration
 from stopbandit.bandit.policy import Policy, make_policy
 from stopbandit.bandit.reward import check_lambda
 from stopbandit.bandit.snapshot import pack, unpack
-from stopbandit.bandit.trace import ProbeTrace, revealed_outcomes
+from stopbandit.bandit.trace import ProbeTrace, answer_key, revealed_outcomes
 from stopbandit.bandit.vw import shared_line
 from stopbandit.config import SelectorConfig, load_config
 from stopbandit.errors import InputError, StopbanditError, StoreError, UnknownDecisionError
@@ -220,6 +220,7 @@ class Selector:
             "request_key": key, "ts": time.time(), "domain": feats.get("domain"), "features": feats,
             "arm": names[idx], "arm_index": idx, "probabilities": prob_map, "propensity": probs[idx],
             "lam": lam, "token_scale": self.config.token_scale, "policy_version": version,
+            "experiment": "champion",
         }
         self._log("d", row)
         return Decision(key, self.arms[idx], idx, probs[idx], prob_map, lam, version, feats)
@@ -232,7 +233,11 @@ class Selector:
         reveals (every arm at most as lenient as the logged one) is learned from,
         not only the logged arm (nested feedback).
         """
-        row = outcome_row(decision_id, em, tokens, latency_ms)
+        row = outcome_row(
+            decision_id, em, tokens, latency_ms,
+            trace=trace.hashed().to_json() if trace is not None else None,
+            reference_key=answer_key(reference) if reference is not None else None,
+        )
         with self._cache_lock:
             done = self._rewarded.get(decision_id)
             if done is not None:

@@ -42,6 +42,8 @@ class DecisionRow(Base):
     lam: Mapped[float] = mapped_column(Float)
     token_scale: Mapped[float] = mapped_column(Float)
     policy_version: Mapped[str] = mapped_column(String(64))
+    # champion | challenger | holdout (migration 0004)
+    experiment: Mapped[str] = mapped_column(String(32), server_default="champion")
 
 
 class OutcomeRow(Base):
@@ -57,6 +59,11 @@ class OutcomeRow(Base):
     em: Mapped[float] = mapped_column(Float)
     tokens: Mapped[int] = mapped_column(Integer)
     latency_ms: Mapped[float | None] = mapped_column(Float)
+    # compact probe trace (ProbeTrace.hashed().to_json()) and the reference answer's key (0002)
+    trace: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    reference_key: Mapped[str | None] = mapped_column(String(32))
+    # ok | defaulted | late (0003): delayed-reward bookkeeping
+    status: Mapped[str] = mapped_column(String(16), server_default="ok")
 
 
 class SnapshotRow(Base):

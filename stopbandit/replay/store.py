@@ -18,7 +18,7 @@ from sqlalchemy import Engine, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
-from stopbandit.errors import ConflictError, StoreError, UnknownDecisionError
+from stopbandit.errors import ConflictError, InputError, StoreError, UnknownDecisionError
 from stopbandit.replay import migrate
 from stopbandit.replay.engine import make_engine, redact, resolve_url
 from stopbandit.replay.models import DecisionRow, LambdaChangeRow, OutcomeRow, SnapshotRow
@@ -31,9 +31,9 @@ LAMBDAS = LambdaChangeRow.__table__
 
 DECISION_FIELDS = (
     "request_key", "ts", "domain", "features", "arm", "arm_index",
-    "probabilities", "propensity", "lam", "token_scale", "policy_version",
+    "probabilities", "propensity", "lam", "token_scale", "policy_version", "experiment",
 )
-OUTCOME_FIELDS = ("decision_key", "ts", "em", "tokens", "latency_ms")
+OUTCOME_FIELDS = ("decision_key", "ts", "em", "tokens", "latency_ms", "trace", "reference_key", "status")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +52,14 @@ class Event:
     lam: float
     token_scale: float
     policy_version: str
+    experiment: str
     em: float
     tokens: int
     latency_ms: float | None
     outcome_ts: float
+    trace: dict[str, Any] | None
+    reference_key: str | None
+    status: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +202,8 @@ class ReplayStore:
         cursor it saw.
         """
         cols = [OUTCOMES.c.id, *[DECISIONS.c[f] for f in DECISION_FIELDS],
-                OUTCOMES.c.em, OUTCOMES.c.tokens, OUTCOMES.c.latency_ms, OUTCOMES.c.ts.label("outcome_ts")]
+                OUTCOMES.c.em, OUTCOMES.c.tokens, OUTCOMES.c.latency_ms, OUTCOMES.c.ts.label("outcome_ts"),
+                OUTCOMES.c.trace, OUTCOMES.c.reference_key, OUTCOMES.c.status]
         cursor = after
         while True:
             q = select(*cols).join(DECISIONS, DECISIONS.c.request_key == OUTCOMES.c.decision_key)
@@ -270,15 +275,24 @@ class ReplayStore:
         return [tuple(r) for r in rows]
 
 
+OUTCOME_STATUSES = ("ok", "defaulted", "late")
+
+
 def outcome_row(key: str, em: float, tokens: int, latency_ms: float | None = None,
-                ts: float | None = None) -> dict[str, Any]:
+                ts: float | None = None, *, trace: dict[str, Any] | None = None,
+                reference_key: str | None = None, status: str = "ok") -> dict[str, Any]:
     """A validated outcome row; errors name the field."""
+    if status not in OUTCOME_STATUSES:
+        raise InputError(f"outcome status must be one of {OUTCOME_STATUSES}, got {status!r}")
     return {
         "decision_key": check_key(key, field="decision_id"),
         "ts": time.time() if ts is None else float(ts),
         "em": check_em(em),
         "tokens": check_tokens(tokens),
         "latency_ms": check_latency(latency_ms),
+        "trace": trace,
+        "reference_key": reference_key,
+        "status": status,
     }
 
 
@@ -290,4 +304,4 @@ def check_same_outcome(key: str, existing: Mapping[str, Any], new: Mapping[str, 
         raise ConflictError(f"conflicting outcome for decision {key!r} ({detail}); outcomes are write-once")
 
 
-__all__ = ["Event", "LambdaChange", "ReplayStore", "StoredSnapshot", "check_same_outcome", "outcome_row"]
+__all__ = ["OUTCOME_STATUSES", "Event", "LambdaChange", "ReplayStore", "StoredSnapshot", "check_same_outcome", "outcome_row"]

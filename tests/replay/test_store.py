@@ -18,7 +18,7 @@ def decision(key: str, arm: str = "balanced", idx: int = 2) -> dict:
     return dict(
         request_key=key, ts=time.time(), domain="math", features={"len": 3.1, "domain": "math"},
         arm=arm, arm_index=idx, probabilities={"full": 0.1, "careful": 0.1, "balanced": 0.7, "aggressive": 0.1},
-        propensity=0.7, lam=0.2, token_scale=1000.0, policy_version="v0",
+        propensity=0.7, lam=0.2, token_scale=1000.0, policy_version="v0", experiment="champion",
     )
 
 
