@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -113,6 +114,70 @@ def db_current(url: str | None, as_json: bool) -> None:
     else:
         state = "up to date" if cur == head else "run `stopbandit db upgrade`"
         click.echo(f"{redact(resolve_url(url))}: revision {cur or 'none'} (head {head}; {state})")
+
+
+# -- demo ------------------------------------------------------------------------
+@main.command()
+@click.option("--db", "url", envvar="STOPBANDIT_DB", help=DB_HELP)
+@click.option("--requests", "n", type=click.IntRange(100, 10_000_000), default=20_000, show_default=True,
+              help="Simulated requests to serve.")
+@click.option("--lam", type=click.FloatRange(0, None), default=0.2, show_default=True,
+              help="λ: reward = EM − λ·tokens/token_scale.")
+@click.option("--token-scale", type=click.FloatRange(1e-9, None), default=1000.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the simulator and the selector.")
+@click.option("--traces/--no-traces", default=True, show_default=True,
+              help="Learn every stricter arm revealed by the probe trace (nested feedback).")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=Path("stopbandit-demo.png"),
+              show_default=True, help="Where to write the learning-curve PNG.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@user_errors
+def demo(url: str | None, n: int, lam: float, token_scale: float, seed: int, traces: bool, plot: Path,
+         as_json: bool) -> None:
+    """Serve simulated LLM traffic through a real Selector and SQLite store, then give a verdict.
+
+    Each request gets a stopping arm from the selector, the calibrated simulator
+    runs it, and the reward (EM − λ·tokens/token_scale, probe tokens included)
+    is learned from and logged. The table compares the learned policy with
+    always-full reasoning, every static arm, the best static arm in hindsight and
+    the per-request oracle, on the same requests.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from stopbandit.demo import run_demo
+    from stopbandit.replay.engine import redact, resolve_url
+
+    url = resolve_url(url)
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err_console, disable=as_json, transient=True) as bar:
+        task = bar.add_task("serving simulated requests", total=n)
+        result = run_demo(url, requests=n, lam=lam, token_scale=token_scale, seed=seed, traces=traces, plot=plot,
+                          progress=lambda done: bar.update(task, completed=done))
+    rows = [[r.name, f"{r.em:.3f}", f"{r.tokens:.0f}", f"{100 * r.savings:.1f}%", f"{r.reward:.4f}"]
+            for r in result.rows]
+    if as_json:
+        emit_json({"url": redact(url), "requests": n, "lam": lam, "token_scale": token_scale,
+                   "snapshot": result.snapshot, "plot": str(plot), "elapsed_s": result.elapsed_s,
+                   "rows": [r.__dict__ for r in result.rows]})
+        return
+    console.print(table(f"stopbandit demo — {n} requests, λ={lam}, reward = EM − λ·tokens/{token_scale:g}",
+                        ["policy", "EM", "mean tokens", "saved vs full", "reward"], rows))
+    learned = result.rows[1]
+    best = result.rows[-2]
+    full = next(r for r in result.rows if r.name.startswith("static: ") and r.savings == 0.0)
+    verdict = "beats" if learned.reward > best.reward else "does not beat"
+    console.print(
+        f"Verdict: once learned (second half), stopbandit {verdict} the best static arm "
+        f"({learned.reward:.4f} vs {best.reward:.4f} reward), saving {100 * learned.savings:.1f}% of tokens "
+        f"at {100 * (learned.em - full.em):+.1f} EM points vs full reasoning.",
+        highlight=False,
+    )
+    console.print(f"Logged {result.decisions_logged} decisions and {result.outcomes_logged} outcomes to "
+                  f"{redact(url)}; saved snapshot {result.snapshot}; learning curve in {plot}. "
+                  f"({result.elapsed_s:.1f} s)", highlight=False)
+    db = "" if url == "sqlite:///stopbandit.db" else f" --db '{redact(url)}'"
+    console.print("Next, evaluate offline from the replay log:", highlight=False)
+    console.print(f"  stopbandit replay evaluate{db} --policy latest --estimators ips,snips,dr,dm", highlight=False)
+    console.print(f"  stopbandit replay sweep{db} --lambdas 0:1:0.05 --plot pareto.png", highlight=False)
 
 
 if __name__ == "__main__":  # pragma: no cover
