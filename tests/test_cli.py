@@ -1,0 +1,97 @@
+"""End-to-end CLI tests: `db` verbs, the demo, and migrations shipped inside a built wheel."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from stopbandit.cli import main
+from stopbandit.replay.store import ReplayStore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_db_upgrade_current_downgrade(db_url):
+    r = invoke("db", "current", "--db", db_url, "--json")
+    assert json.loads(r.output)["current"] is None
+    assert invoke("db", "upgrade", "--db", db_url).exit_code == 0
+    info = json.loads(invoke("db", "current", "--db", db_url, "--json").output)
+    assert info["up_to_date"] and info["current"] == info["head"]
+    assert invoke("db", "downgrade", "--db", db_url, "--revision", "base", "--yes").exit_code == 0
+    assert json.loads(invoke("db", "current", "--db", db_url, "--json").output)["current"] is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["db", "current", "--db", "garbage"], "is not a valid SQLAlchemy URL"),
+        (["db", "upgrade", "--db", "postgresql+psycopg://x@127.0.0.1:1/x"], "cannot reach database"),
+        (["db", "upgrade", "--db", "nosuch://a/b"], "no database driver"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2(args, message):
+    proc = subprocess.run([sys.executable, "-m", "stopbandit.cli", *args], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert message in proc.stderr.replace("\n", " ")
+    assert "Traceback" not in proc.stderr
+
+
+def test_demo_end_to_end_logs_every_decision_and_outcome(tmp_path):
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    png = tmp_path / "curve.png"
+    r = invoke("demo", "--db", url, "--requests", "600", "--plot", str(png), "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    names = [row["name"] for row in out["rows"]]
+    assert names[0].startswith("stopbandit") and "per-request oracle (ceiling)" in names
+    assert any(n.startswith("best static in hindsight") for n in names)
+    oracle = next(row for row in out["rows"] if row["name"].startswith("per-request oracle"))
+    assert all(row["reward"] <= oracle["reward"] + 1e-12 for row in out["rows"])
+    store = ReplayStore(url)
+    c = store.counts()
+    assert c["decisions"] == c["outcomes"] == 600
+    assert c["snapshots"] == 1 and store.get_snapshot("latest").version == out["snapshot"]
+    traced = sum(1 for chunk in store.iter_events() for e in chunk if e.trace is not None)
+    assert traced == 600
+    store.dispose()
+    assert png.stat().st_size > 10_000
+
+
+def test_demo_human_output_names_the_next_commands(tmp_path):
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    r = invoke("demo", "--db", url, "--requests", "300", "--plot", str(tmp_path / "c.png"))
+    assert r.exit_code == 0
+    assert "Verdict:" in r.output and "stopbandit replay evaluate" in r.output and "replay sweep" in r.output
+
+
+@pytest.mark.slow
+def test_migrations_ship_in_the_wheel_and_run_from_it(tmp_path):
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-w",
+                    str(dist), "-q"], check=True, timeout=300, cwd=tmp_path)
+    [wheel] = dist.glob("stopbandit-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "stopbandit/migrations/env.py" in names
+    assert "stopbandit/migrations/script.py.mako" in names
+    assert any(n.startswith("stopbandit/migrations/versions/0001_") for n in names)
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    code = ("import stopbandit, sys; from stopbandit.cli import main; "
+            f"assert stopbandit.__file__.startswith({str(site)!r}), stopbandit.__file__; "
+            f"main(['db', 'upgrade', '--db', {url!r}])")
+    proc = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "at revision" in proc.stdout
