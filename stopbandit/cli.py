@@ -7,50 +7,13 @@ command prints results.
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
-from collections.abc import Callable
-from functools import wraps
-from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
-from stopbandit.errors import StopbanditError
+from stopbandit.clikit import DB_HELP, console, emit_json, err_console, table, user_errors
 
-console = Console()
-err_console = Console(stderr=True)
-
-DB_HELP = "SQLAlchemy URL of the replay store (default: $STOPBANDIT_DB, else sqlite:///stopbandit.db)."
-
-
-def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn StopbanditError into a one-line message and exit status 2."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except StopbanditError as exc:
-            err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False)
-            sys.exit(2)
-
-    return wrapper
-
-
-def emit_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, default=str))
-
-
-def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
-    t = Table(title=title, title_justify="left")
-    for c in columns:
-        t.add_column(c, justify="left" if c == columns[0] else "right")
-    for r in rows:
-        t.add_row(*[str(x) for x in r])
-    return t
+__all__ = ["DB_HELP", "console", "emit_json", "err_console", "main", "table", "user_errors"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
