@@ -34,7 +34,10 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except StopbanditError as exc:
-            err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False)
+            # one physical line: collapse the driver's own newlines, never wrap
+            message = " ".join(str(exc).split())
+            err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {message}", highlight=False,
+                              soft_wrap=True, markup=True)
             sys.exit(2)
 
     return wrapper

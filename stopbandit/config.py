@@ -6,6 +6,11 @@ Example ``stopbandit.toml``::
     token_scale = 1000
     policy = "heads"            # or "vw-native"
     seed = 0
+    reward_window_s = 30        # unset (default): rewards settle when they arrive
+    reward_aggregation = "earliest"   # or "sum" (EM summed, clipped to [0, 1] when stored)
+    default_em = 0.0            # recorded (status "defaulted") when a window closes empty; or "arm_mean"
+    default_tokens = "arm_mean" # or an integer
+    max_pending = 200000        # decisions (open windows) kept in memory for their reward
 
     [exploration]
     name = "squarecb"           # squarecb | epsilon | softmax
@@ -13,18 +18,22 @@ Example ``stopbandit.toml``::
 
     [store]
     url = "sqlite:///stopbandit.db"
-    durable = false             # true: commit before choose() returns
+    durable = false             # true: commit (or fsync to the spill) before choose() returns
+    max_spill_bytes = 1073741824  # bound of the outage spill file; beyond it events are dropped (counted)
+    retry_interval = 0.5        # seconds between reconnect attempts while the store is down
 
     [[arms]]
     name = "full"
     threshold = 1.01
     max_think_tokens = 0
 
-Every error names the key, what was expected and what was found.
+Every error names the key, what was expected and what was found. The reward
+window semantics are documented in :mod:`stopbandit.bandit.delayed`.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -32,10 +41,18 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from stopbandit.bandit.arms import ArmSet, arms_from_config
+from stopbandit.bandit.delayed import (
+    ARM_MEAN,
+    RewardWindow,
+    check_aggregation,
+    check_default_em,
+    check_default_tokens,
+    check_window,
+)
 from stopbandit.bandit.exploration import Exploration, exploration_from_config
 from stopbandit.bandit.policy import POLICIES
 from stopbandit.bandit.reward import check_lambda, check_token_scale
-from stopbandit.errors import ConfigError
+from stopbandit.errors import ConfigError, StopbanditError
 from stopbandit.features.extract import FeatureConfig
 
 
@@ -47,17 +64,28 @@ class StoreConfig:
     flush_interval: float = 0.05
     max_queue: int = 50_000
     spill_path: str | None = None
+    max_spill_bytes: int = 1 << 30
+    retry_interval: float = 0.5
 
     def __post_init__(self) -> None:
+        for name in ("url", "spill_path"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, str) or not v or "\x00" in v):
+                raise ConfigError(f"store.{name} must be a non-empty string, got {v!r}")
         if not isinstance(self.durable, bool):
             raise ConfigError(f"store.durable must be true or false, got {self.durable!r}")
-        for name in ("batch_size", "max_queue"):
+        for name in ("batch_size", "max_queue", "max_spill_bytes"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"store.{name} must be a positive integer, got {v!r}")
-        if isinstance(self.flush_interval, bool) or not isinstance(self.flush_interval, (int, float)) \
-                or not 0 < self.flush_interval <= 60:
-            raise ConfigError(f"store.flush_interval must be in (0, 60] seconds, got {self.flush_interval!r}")
+        for name in ("flush_interval", "retry_interval"):
+            v = getattr(self, name)
+            if not _seconds(v):
+                raise ConfigError(f"store.{name} must be in (0, 60] seconds, got {v!r}")
+
+
+def _seconds(v: object) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and 0 < v <= 60
 
 
 @dataclass(frozen=True)
@@ -71,25 +99,57 @@ class SelectorConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     follow_interval: float = 0.5
+    # delayed rewards (stopbandit.bandit.delayed); None = settle each reward when it arrives
+    reward_window_s: float | None = None
+    reward_aggregation: str = "earliest"
+    default_em: float | str = 0.0
+    default_tokens: int | str = ARM_MEAN
+    max_pending: int = 200_000
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lam", check_lambda(self.lam))
         object.__setattr__(self, "token_scale", check_token_scale(self.token_scale))
-        if self.policy not in POLICIES:
+        if not isinstance(self.policy, str) or self.policy not in POLICIES:
             raise ConfigError(f"policy must be one of {sorted(POLICIES)}, got {self.policy!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
-        if not (isinstance(self.follow_interval, (int, float)) and 0 < self.follow_interval <= 60):
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
+            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if not _seconds(self.follow_interval):
             raise ConfigError(f"follow_interval must be in (0, 60] seconds, got {self.follow_interval!r}")
+        for name, kind in (("arms", ArmSet), ("exploration", Exploration), ("features", FeatureConfig),
+                           ("store", StoreConfig)):
+            if not isinstance(getattr(self, name), kind):
+                raise ConfigError(f"{name} must be a {kind.__name__}, got {type(getattr(self, name)).__name__}")
+        object.__setattr__(self, "reward_window_s", check_window(self.reward_window_s))
+        object.__setattr__(self, "reward_aggregation", check_aggregation(self.reward_aggregation))
+        object.__setattr__(self, "default_em", check_default_em(self.default_em))
+        object.__setattr__(self, "default_tokens", check_default_tokens(self.default_tokens))
+        if isinstance(self.max_pending, bool) or not isinstance(self.max_pending, int) \
+                or not 1 <= self.max_pending <= 10_000_000:
+            raise ConfigError(f"max_pending must be an integer in [1, 10000000], got {self.max_pending!r}")
+
+    @property
+    def reward_window(self) -> RewardWindow | None:
+        """The delayed-reward settings, or None when rewards settle immediately."""
+        if self.reward_window_s is None:
+            return None
+        return RewardWindow(self.reward_window_s, self.reward_aggregation, self.default_em, self.default_tokens)
 
     def with_(self, **changes: Any) -> SelectorConfig:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
-_TOP = {"lam", "token_scale", "policy", "seed", "arms", "exploration", "features", "store", "follow_interval"}
+_SCALARS = ("lam", "token_scale", "policy", "seed", "follow_interval", "reward_window_s", "reward_aggregation",
+            "default_em", "default_tokens", "max_pending")
+_TOP = {"arms", "exploration", "features", "store", *_SCALARS}
 
 
 def config_from_mapping(data: Mapping[str, Any], *, source: str = "config") -> SelectorConfig:
+    """Build and validate a SelectorConfig from parsed TOML (or any mapping); ConfigError names what is wrong."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: the configuration must be a table, got {type(data).__name__}")
+    bad_keys = [k for k in data if not isinstance(k, str)]
+    if bad_keys:
+        raise ConfigError(f"{source}: keys must be strings, got {bad_keys!r}")
     unknown = set(data) - _TOP
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) {sorted(unknown)}; known keys: {sorted(_TOP)}")
@@ -98,21 +158,30 @@ def config_from_mapping(data: Mapping[str, Any], *, source: str = "config") -> S
         raise ConfigError(f"{source}: [store] must be a table, got {store!r}")
     unknown_store = set(store) - set(StoreConfig.__dataclass_fields__)
     if unknown_store:
-        raise ConfigError(f"{source}: [store] unknown key(s) {sorted(unknown_store)}")
+        raise ConfigError(f"{source}: [store] unknown key(s) {sorted(map(str, unknown_store))}")
     features = data.get("features", {})
     if not isinstance(features, Mapping):
         raise ConfigError(f"{source}: [features] must be a table, got {features!r}")
     exploration = data.get("exploration")
     if exploration is not None and not isinstance(exploration, Mapping):
         raise ConfigError(f"{source}: [exploration] must be a table, got {exploration!r}")
-    kwargs: dict[str, Any] = {k: data[k] for k in ("lam", "token_scale", "policy", "seed", "follow_interval") if k in data}
-    return SelectorConfig(
-        arms=arms_from_config(data.get("arms")),
-        exploration=exploration_from_config(exploration),
-        features=FeatureConfig.from_dict(features),
-        store=StoreConfig(**dict(store)),
-        **kwargs,
-    )
+    kwargs: dict[str, Any] = {k: data[k] for k in _SCALARS if k in data}
+    parts: dict[str, Any] = {}
+    for name, build in (("arms", lambda: arms_from_config(data.get("arms"))),
+                        ("exploration", lambda: exploration_from_config(exploration)),
+                        ("features", lambda: FeatureConfig.from_dict(features)),
+                        ("store", lambda: StoreConfig(**{str(k): v for k, v in store.items()}))):
+        try:
+            parts[name] = build()
+        except StopbanditError as exc:
+            raise ConfigError(f"{source}: {exc}") from exc
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+            # a sub-builder that let a malformed value through: still a one-line ConfigError naming the section
+            raise ConfigError(f"{source}: [{name}] is malformed: {type(exc).__name__}: {exc}") from exc
+    try:
+        return SelectorConfig(**parts, **kwargs)
+    except StopbanditError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
 
 
 def load_config(path: str | os.PathLike[str]) -> SelectorConfig:

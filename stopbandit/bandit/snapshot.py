@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -20,7 +21,7 @@ from typing import Any
 from stopbandit import __version__
 from stopbandit.bandit.arms import ArmSet
 from stopbandit.bandit.exploration import Exploration, exploration_from_config
-from stopbandit.bandit.policy import Policy, make_policy
+from stopbandit.bandit.policy import EM_ARGS, NATIVE_ARGS, TOKEN_ARGS, Policy, make_policy
 from stopbandit.errors import SnapshotError, StopbanditError
 
 FORMAT = 1
@@ -32,6 +33,31 @@ class PackedSnapshot:
     model: bytes
     meta: dict[str, Any]
     checksum: str
+
+
+# VW options a stored snapshot may ask for: those our policies use. The checksum is not a
+# signature (whoever can write the snapshots table can recompute it), and VW obeys options such
+# as ``-f``/``--readable_model`` (write files), ``--data`` (read files) or ``--daemon`` (listen).
+_SAFE_VW_OPTIONS = frozenset(t for a in (EM_ARGS, TOKEN_ARGS, NATIVE_ARGS) for t in a.split() if t.startswith("-"))
+_SAFE_VW_VALUE = re.compile(r"^[A-Za-z0-9_.]{1,32}$")
+
+
+def check_vw_args(meta: Mapping[str, Any]) -> None:
+    """Refuse VW arguments other than the options our own policies use (and plain values)."""
+    version = meta.get("version", "?") if isinstance(meta, Mapping) else "?"
+    args = meta.get("vw_args") if isinstance(meta, Mapping) else None
+    if not isinstance(args, Mapping) or not args:
+        raise SnapshotError(f"snapshot {version!r}: vw_args must be a table of head -> VW arguments, got {args!r}")
+    for head, line in args.items():
+        if not isinstance(line, str):
+            raise SnapshotError(f"snapshot {version!r}: vw_args[{head!r}] must be a string, got {line!r}")
+        for tok in line.split():
+            if tok.startswith("-") and tok not in _SAFE_VW_OPTIONS:
+                raise SnapshotError(f"snapshot {version!r}: VW option {tok!r} (head {head!r}) is not allowed in a "
+                                    f"stored snapshot; allowed: {sorted(_SAFE_VW_OPTIONS)}; refused")
+            if not tok.startswith("-") and not _SAFE_VW_VALUE.match(tok):
+                raise SnapshotError(f"snapshot {version!r}: VW argument value {tok!r} (head {head!r}) is not "
+                                    f"allowed in a stored snapshot; refused")
 
 
 def new_version(prefix: str = "v") -> str:
@@ -69,7 +95,13 @@ def pack(policy: Policy, *, lam: float, feature_config: Mapping[str, Any],
 
 
 def verify(model: bytes, meta: Mapping[str, Any], checksum: str) -> None:
-    actual = compute_checksum(model, meta)
+    if not isinstance(model, (bytes, bytearray)) or not isinstance(checksum, str) or not isinstance(meta, Mapping):
+        raise SnapshotError(f"a snapshot is model bytes, JSON metadata and a hex checksum; got "
+                            f"{type(model).__name__}, {type(meta).__name__}, {type(checksum).__name__}")
+    try:
+        actual = compute_checksum(bytes(model), meta)
+    except (TypeError, ValueError) as exc:
+        raise SnapshotError(f"snapshot metadata is not JSON-serialisable: {exc}") from exc
     if actual != checksum:
         raise SnapshotError(
             f"snapshot {meta.get('version', '?')!r} failed its checksum (stored {checksum[:12]}…, "
@@ -93,6 +125,7 @@ def unpack(model: bytes, meta: Mapping[str, Any], checksum: str, *, arms: ArmSet
     if not isinstance(meta, Mapping) or meta.get("format") != FORMAT:
         raise SnapshotError(f"unsupported snapshot format {meta.get('format') if isinstance(meta, Mapping) else meta!r}")
     verify(model, meta, checksum)
+    check_vw_args(meta)
     try:
         snap_arms = ArmSet.of(meta["arms"])
         if arms is not None or feature_config is not None:
@@ -116,4 +149,4 @@ def unpack(model: bytes, meta: Mapping[str, Any], checksum: str, *, arms: ArmSet
         raise SnapshotError(f"snapshot metadata is malformed: {exc}") from exc
 
 
-__all__ = ["PackedSnapshot", "compute_checksum", "differences", "new_version", "pack", "unpack", "verify"]
+__all__ = ["PackedSnapshot", "check_vw_args", "compute_checksum", "differences", "new_version", "pack", "unpack", "verify"]

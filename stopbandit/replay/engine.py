@@ -30,7 +30,7 @@ def redact(url: str) -> str:
     """The URL with any password hidden, for messages and logs."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return "<unparseable URL>"
 
 
@@ -40,9 +40,11 @@ def make_engine(url: str | None = None, **kwargs) -> Engine:
     Raises ConfigError naming the URL when it cannot be parsed or its driver is missing.
     """
     url = resolve_url(url)
+    if "\x00" in url:
+        raise ConfigError("database URL contains a NUL character")
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:
         raise ConfigError(
             f"database URL {url!r} is not a valid SQLAlchemy URL (expected e.g. "
             f"'sqlite:///stopbandit.db' or 'postgresql+psycopg://user@host/db')"

@@ -13,10 +13,11 @@ from collections.abc import Iterator
 
 from alembic import command
 from alembic.config import Config
+from alembic.util.exc import CommandError
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from stopbandit.errors import StoreError
 from stopbandit.replay.engine import make_engine, redact, resolve_url
@@ -42,8 +43,10 @@ def _bound(url: str | None, engine: Engine | None) -> Iterator[tuple[Config, Eng
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
             yield cfg, engine
-    except OperationalError as exc:
+    except DBAPIError as exc:  # unreachable, not a database, permission denied, ...
         raise StoreError(f"cannot reach database {redact(str(engine.url))}: {exc.orig}") from exc
+    except CommandError as exc:  # e.g. downgrading an empty database
+        raise StoreError(f"migration on {redact(str(engine.url))} failed: {exc}") from exc
     finally:
         if own:
             engine.dispose()

@@ -1,29 +1,86 @@
 """A local JSON-lines file that holds events while the database is unreachable.
 
-Lines are ``{"k": "d"|"o", "r": row}`` (decision or outcome), appended in
-batches and fsync'd per batch, so a crash loses at most the batch being
-written. Replaying is idempotent because the store ignores keys it already has.
+Lines are ``{"k": kind, "r": row}`` — ``d`` a decision, ``o`` an outcome,
+``l`` a late reward that upgrades a ``defaulted`` outcome (see
+``stopbandit.bandit.delayed``) — appended in batches and fsync'd per batch, so
+a crash loses at most the batch being written (a torn last line, which
+:class:`SpillReader` skips). Replaying is idempotent because the store ignores
+keys it already has.
 
 Every writer owns its own file, ``<prefix>.<pid>-<id>.jsonl``, and holds an
 exclusive ``flock`` on ``<file>.lock`` while it lives: two writers sharing one
 file could replay each other's rows out of order (an outcome before its
 decision). A file whose lock nobody holds belongs to a process that died; any
-writer of the same store adopts and replays such orphans.
+writer of the same store adopts and replays such orphans (:class:`Adopted`).
+
+Lock files are unlinked by whoever finishes with them, so after taking a lock
+both sides check that the path still names the inode they locked (the classic
+lock-file-with-unlink protocol); otherwise a writer and an adopter could each
+hold "the" lock on two different inodes and the adopter would delete a live
+writer's data.
+
+Sizes and line counts are kept in memory (no re-reading of the file to report
+a backlog), and the total of the live and the replay file is bounded by
+``max_bytes``.
 """
 
 from __future__ import annotations
 
 import fcntl
-import glob
 import json
 import os
+import re
 import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from stopbandit.errors import InputError
+
+KINDS = ("d", "o", "l")
+SpillItem = tuple[str, dict[str, Any]]
+
+
+def _lock(path: Path) -> IO[str] | None:
+    """An exclusive, non-blocking flock on ``path`` (created if needed); None if held or gone.
+
+    After the lock is taken, the path must still name the locked inode: if the
+    previous holder unlinked it in between, our lock protects nothing.
+    """
+    fh = open(path, "a")  # noqa: SIM115 - returned, held for as long as the lock is
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        return None
+    try:
+        same = os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino
+    except FileNotFoundError:
+        same = False
+    if not same:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+        return None
+    return fh
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - a directory we cannot open cannot be fsync'd either
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some filesystems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
+def encode(items: Sequence[tuple[str, Mapping[str, Any]]]) -> bytes:
+    return "".join(json.dumps({"k": k, "r": r}, separators=(",", ":")) + "\n" for k, r in items).encode("utf-8")
 
 
 class SpillFile:
@@ -31,88 +88,118 @@ class SpillFile:
 
     def __init__(self, prefix: str | os.PathLike[str], max_bytes: int = 1 << 30) -> None:
         self.prefix = str(prefix)
-        self.path = Path(f"{self.prefix}.{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl")
-        self.replay_path = self.path.with_name(self.path.name + ".replay")
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._owner = open(f"{self.path}.lock", "w")  # noqa: SIM115 - held for the writer's lifetime
-        fcntl.flock(self._owner, fcntl.LOCK_EX)
+        Path(self.prefix).parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(100):
+            self.path = Path(f"{self.prefix}.{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl")
+            owner = _lock(Path(f"{self.path}.lock"))
+            if owner is not None:
+                break
+        else:  # pragma: no cover - 100 fresh random names all taken
+            raise InputError(f"cannot create a spill file next to {self.prefix!r}")
+        self._owner = owner
+        self.replay_path = self.path.with_name(self.path.name + ".replay")
+        self._live_lines = self._live_bytes = 0
+        self._replay_lines = self._replay_bytes = 0
+        self.max_backlog = 0
 
     def release(self) -> None:
-        """Give up ownership (at close): the lock file goes when nothing is left to replay."""
-        if self._owner.closed:
-            return
-        if not self.has_backlog():
-            Path(f"{self.path}.lock").unlink(missing_ok=True)
-        fcntl.flock(self._owner, fcntl.LOCK_UN)
-        self._owner.close()
+        """Give up ownership (at close): the lock file goes when nothing is left to replay.
+
+        With a backlog left, the files stay and the next writer of the store adopts them.
+        """
+        with self._lock:
+            if self._owner.closed:
+                return
+            if not self.has_backlog():
+                for p in (self.path, self.replay_path):
+                    p.unlink(missing_ok=True)
+                Path(f"{self.path}.lock").unlink(missing_ok=True)
+            fcntl.flock(self._owner, fcntl.LOCK_UN)
+            self._owner.close()
 
     def orphans(self) -> list[Path]:
-        """Spill files of this store whose writer is gone (their lock is free)."""
-        found = []
-        for name in sorted(glob.glob(f"{glob.escape(self.prefix)}.*.jsonl")):
-            if Path(name) != self.path:
-                found.append(Path(name))
-        return found
+        """Spill files of this store other than ours (whether their writer is alive is up to :class:`Adopted`)."""
+        return [p for p in spill_files(self.prefix) if p != self.path]
 
     def append(self, items: Sequence[tuple[str, Mapping[str, Any]]]) -> int:
-        """Append (kind, row) items; returns how many were written (0 when over the size bound)."""
+        """Append (kind, row) items, fsync'd; returns how many were written (0 when over the size bound)."""
         if not items:
             return 0
-        data = "".join(json.dumps({"k": k, "r": r}, separators=(",", ":")) + "\n" for k, r in items)
-        blob = data.encode("utf-8")
+        blob = encode(items)
         with self._lock:
-            size = self.path.stat().st_size if self.path.exists() else 0
-            if size + len(blob) > self.max_bytes:
+            if self._live_bytes + self._replay_bytes + len(blob) > self.max_bytes:
                 return 0
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            new = not self.path.exists()
             with open(self.path, "ab") as fh:
                 fh.write(blob)
                 fh.flush()
                 os.fsync(fh.fileno())
+            if new:
+                _fsync_dir(self.path.parent)
+            self._live_lines += len(items)
+            self._live_bytes += len(blob)
+            self.max_backlog = max(self.max_backlog, self._live_lines + self._replay_lines)
         return len(items)
 
     def backlog_lines(self) -> int:
         """Events waiting in the spill (both the live file and one being replayed)."""
-        n = 0
-        for p in (self.replay_path, self.path):
-            if p.exists():
-                with open(p, "rb") as fh:
-                    n += sum(1 for _ in fh)
-        return n
+        return self._live_lines + self._replay_lines
 
     def has_backlog(self) -> bool:
-        return any(p.exists() and p.stat().st_size > 0 for p in (self.replay_path, self.path))
+        return self._live_lines + self._replay_lines > 0
 
     def take_for_replay(self) -> Path | None:
         """Move the live file aside for replay (new appends start a fresh file)."""
         with self._lock:
-            if self.replay_path.exists():
+            if self._replay_lines:
                 return self.replay_path
-            if self.path.exists():
+            if self._live_lines:
                 os.replace(self.path, self.replay_path)
+                self._replay_lines, self._replay_bytes = self._live_lines, self._live_bytes
+                self._live_lines = self._live_bytes = 0
                 return self.replay_path
         return None
 
+    def replayed(self, lines: int) -> None:
+        """Progress report from the replayer: ``lines`` of the replay file are in the store."""
+        with self._lock:
+            self._replay_lines = max(0, self._replay_lines - lines)
+
     def done_replaying(self) -> None:
         with self._lock:
-            if self.replay_path.exists():
-                self.replay_path.unlink()
+            self.replay_path.unlink(missing_ok=True)
+            self._replay_lines = self._replay_bytes = 0
+
+
+_NAME = r"\.(\d+-[0-9a-f]{8})\.jsonl(?:\.replay|\.lock)?$"
+
+
+def spill_files(prefix: str | os.PathLike[str]) -> list[Path]:
+    """Base paths (``<prefix>.<pid>-<id>.jsonl``) of every writer's spill files of this prefix.
+
+    Found through any of the three names (live, ``.replay``, ``.lock``): a
+    writer that died while replaying may have only a ``.replay`` file left.
+    The ``.rejected.jsonl`` file never matches.
+    """
+    prefix = Path(prefix)
+    pattern = re.compile(re.escape(prefix.name) + _NAME)
+    try:
+        names = os.listdir(prefix.parent)
+    except FileNotFoundError:
+        return []
+    found = {prefix.parent / f"{prefix.name}.{m.group(1)}.jsonl" for n in names if (m := pattern.match(n))}
+    return sorted(found)
 
 
 class Adopted:
-    """Exclusive hold on an orphaned spill file while it is replayed; None if someone owns it."""
+    """Exclusive hold on an orphaned spill file while it is replayed; ``ok`` is False if someone owns it."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fh = open(f"{path}.lock", "a")  # noqa: SIM115
-        try:
-            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            self.ok = True
-        except BlockingIOError:
-            self._fh.close()
-            self.ok = False
+        self._fh = _lock(Path(f"{path}.lock"))
+        self.ok = self._fh is not None
 
     def files(self) -> list[Path]:
         """The orphan's files in replay order: the one it was replaying first, then its live file."""
@@ -120,35 +207,91 @@ class Adopted:
         return [p for p in (replay, self.path) if p.exists()]
 
     def finish(self) -> None:
+        """Everything is in the store: delete the files, then the lock (while still holding it)."""
         for p in self.files():
             p.unlink()
         Path(f"{self.path}.lock").unlink(missing_ok=True)
         self.release()
 
     def release(self) -> None:
-        if not self._fh.closed:
+        if self._fh is not None and not self._fh.closed:
             fcntl.flock(self._fh, fcntl.LOCK_UN)
             self._fh.close()
 
 
-def read_spill(path: Path, chunk: int = 2000) -> Iterator[list[tuple[str, dict[str, Any]]]]:
-    """Chunks of (kind, row) from a spill file. A torn last line (crash mid-write) is skipped."""
-    batch: list[tuple[str, dict[str, Any]]] = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.endswith("\n"):
-                break  # torn tail from a crash; its batch was never acknowledged as durable
-            try:
-                obj = json.loads(line)
-                item = (obj["k"], obj["r"])
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise InputError(f"{path}:{lineno}: spill line does not parse: {exc}") from exc
-            batch.append(item)
-            if len(batch) >= chunk:
-                yield batch
-                batch = []
-    if batch:
-        yield batch
+@dataclass
+class Chunk:
+    items: list[SpillItem] = field(default_factory=list)
+    bad: list[tuple[int, str, str]] = field(default_factory=list)  # (line number, text, why)
+    lines: int = 0  # complete lines consumed (items + bad)
+    eof: bool = False  # nothing (complete) follows this chunk
+    offset: int = 0  # byte offset just after the chunk
+    lineno: int = 0  # line number of the chunk's last line
 
 
-__all__ = ["Adopted", "SpillFile", "read_spill"]
+class SpillReader:
+    """Reads a spill file in chunks from a byte offset, so a replay can stop and resume.
+
+    :meth:`read` does not move the offset; :meth:`advance` does, once the
+    chunk is safely in the store — a failed commit re-reads the same chunk.
+    A torn last line (a crash mid-write; never acknowledged as durable) ends
+    the file. A complete line that does not parse is returned in ``bad`` for
+    the caller to quarantine instead of blocking the replay forever.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.lineno = 0
+
+    def read(self, n: int) -> Chunk:
+        chunk = Chunk(offset=self.offset, lineno=self.lineno)
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset)
+            while chunk.lines < n:
+                raw = fh.readline()
+                if not raw or not raw.endswith(b"\n"):
+                    chunk.eof = True
+                    break
+                chunk.offset += len(raw)
+                chunk.lineno += 1
+                chunk.lines += 1
+                try:
+                    chunk.items.append(parse_line(raw))
+                except InputError as exc:
+                    chunk.bad.append((chunk.lineno, raw.decode("utf-8", "replace").rstrip("\n"), str(exc)))
+            else:
+                chunk.eof = not fh.read(1)
+        return chunk
+
+    def advance(self, chunk: Chunk) -> None:
+        self.offset, self.lineno = chunk.offset, chunk.lineno
+
+
+def parse_line(raw: bytes | str) -> SpillItem:
+    try:
+        obj = json.loads(raw)
+        kind, row = obj["k"], obj["r"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise InputError(f"spill line does not parse: {exc}") from exc
+    if kind not in KINDS or not isinstance(row, dict):
+        raise InputError(f"spill line has kind {kind!r} (expected one of {KINDS}) or a row that is not an object")
+    return kind, row
+
+
+def read_spill(path: Path, chunk: int = 2000) -> Iterator[list[SpillItem]]:
+    """Chunks of (kind, row) from a spill file. A torn last line is skipped; a bad line raises InputError."""
+    reader = SpillReader(path)
+    while True:
+        c = reader.read(chunk)
+        reader.advance(c)
+        if c.bad:
+            lineno, _, why = c.bad[0]
+            raise InputError(f"{path}:{lineno}: {why}")
+        if c.items:
+            yield c.items
+        if c.eof:
+            return
+
+
+__all__ = ["Adopted", "Chunk", "SpillFile", "SpillReader", "parse_line", "read_spill", "spill_files"]

@@ -1,17 +1,42 @@
-"""Background batch writer for the serving path (group commit).
+"""Background batch writer for the serving path (group commit), with a spill for outages.
 
 ``submit_*`` never blocks and never raises because of the database: rows go
 to a bounded queue; one thread drains it and commits whole batches in one
 transaction. When the database is down, batches go to a :class:`SpillFile`
 and are replayed, idempotently, once it answers again. When the queue is full
 the caller's row goes straight to the spill. Nothing is dropped silently:
-every row ends up in the database, the spill file, or the ``rejected`` file
-(rows the database refuses, e.g. an outcome whose decision never existed),
+every row ends up in the database, the spill file, or the ``rejected`` file,
 and each path is counted in :meth:`BatchWriter.health`.
+
+Failure classes (what a database error means decides what happens to the rows):
+
+* the database is unreachable or unusable as a whole (``OperationalError``,
+  ``InterfaceError``, a missing table, ...): the batch is spilled and the
+  writer retries every ``retry_interval`` seconds; while a backlog exists every
+  new batch is spilled too, so rows reach the database in the order they were
+  accepted;
+* a row is refused (``IntegrityError``: an outcome whose decision does not
+  exist; ``DataError``: a value the column cannot hold): the batch is retried
+  row by row and only the refused rows go to ``<prefix>.rejected.jsonl`` with
+  the database's reason. One poison row never takes the store "down".
+  During a replay an outcome refused for a missing decision is kept aside and
+  retried once the rest of the backlog is in (a queue overflow can spill an
+  outcome before its decision), and rejected only if its decision never comes.
+
+Replays go one chunk at a time between batches of new rows, so a long backlog
+never stalls the queue (which would push the serving threads onto the spill).
+Crashed writers' spill files are adopted and replayed the same way.
+
+``write_now`` is the durable path (``Selector.open(..., durable=True)``): the
+row is committed, or fsync'd to the spill, before it returns. While the store
+is down or a backlog is being replayed it goes to the spill without trying the
+database (a circuit breaker: no connect timeout per request, and the order is
+kept).
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -19,20 +44,26 @@ import queue
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy import and_, bindparam, insert, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlchemyError
 
 from stopbandit.errors import StoreError
-from stopbandit.replay.spill import Adopted, SpillFile, read_spill
-from stopbandit.replay.store import ReplayStore
+from stopbandit.replay import migrate
+from stopbandit.replay.engine import redact
+from stopbandit.replay.spill import Adopted, Chunk, SpillFile, SpillReader, read_spill
+from stopbandit.replay.store import OUTCOMES, ReplayStore
 
 log = logging.getLogger("stopbandit.writer")
 
-Item = tuple[str, Mapping[str, Any]]  # ("d", decision row) | ("o", outcome row)
+Item = tuple[str, Mapping[str, Any]]  # ("d", decision) | ("o", outcome) | ("l", late outcome over a defaulted one)
+MAX_DEFERRED = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +77,11 @@ class WriterHealth:
     rejected: int
     dropped: int
     write_lag_s: float
+    outages: int = 0  # transitions from up to down
+    down_since: float | None = None  # wall-clock time the current outage began
+    replayed: int = 0  # rows written from spill files (ours and adopted orphans)
+    max_spill_backlog: int = 0  # the largest backlog of our own spill file so far
+    adopted_files: int = 0  # orphaned spill files of dead writers replayed
 
 
 def default_spill_path(url: str) -> Path:
@@ -59,8 +95,42 @@ def default_spill_path(url: str) -> Path:
     return Path(tempfile.gettempdir()) / f"stopbandit-{safe}.spill"
 
 
+class _ReplayJob:
+    """Replays one writer's spill files (ours, or an adopted orphan's) a chunk at a time."""
+
+    def __init__(self, files: list[Path], finish: Callable[[], None], abandon: Callable[[], None],
+                 progress: Callable[[int], None] | None = None, label: str = "") -> None:
+        self.files = files
+        self.readers = [SpillReader(p) for p in files]
+        self.finish = finish
+        self.abandon = abandon
+        self.progress = progress  # None for an adopted orphan
+        self.label = label
+
+    def peek(self, n: int) -> Chunk | None:
+        """The next chunk (the offset moves only on :meth:`advance`); None when all files are done."""
+        while self.readers:
+            chunk = self.readers[0].read(n)
+            if chunk.lines == 0 and chunk.eof:
+                self.readers.pop(0)
+                continue
+            return chunk
+        return None
+
+    def advance(self, chunk: Chunk) -> None:
+        self.readers[0].advance(chunk)
+        if chunk.eof:
+            self.readers.pop(0)
+        if self.progress is not None:
+            self.progress(chunk.lines)
+
+    @property
+    def done(self) -> bool:
+        return not self.readers
+
+
 class BatchWriter:
-    """Group-commit writer: bounded queue → batches → one transaction each."""
+    """Group-commit writer: bounded queue → batches → one transaction each; spill when the store is down."""
 
     def __init__(
         self,
@@ -72,25 +142,38 @@ class BatchWriter:
         spill_path: str | os.PathLike[str] | None = None,
         max_spill_bytes: int = 1 << 30,
         retry_interval: float = 0.5,
+        orphan_scan_interval: float = 5.0,
     ) -> None:
         self.store = store
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.retry_interval = retry_interval
+        self.orphan_scan_interval = orphan_scan_interval
         self.spill = SpillFile(spill_path or default_spill_path(store.url), max_spill_bytes)
         self.rejected_path = Path(f"{self.spill.prefix}.rejected.jsonl")
+        self._late_sql = _late_statements(store)
         self._q: queue.Queue[Item] = queue.Queue(maxsize=max_queue)
         self._stop = threading.Event()
         self._idle = threading.Condition()
         self._busy = 0
+        self._count_lock = threading.Lock()
+        self._reject_lock = threading.Lock()
         self._store_ok = True
         self._last_error: str | None = None
+        self._down_since: float | None = None
         self._next_retry = 0.0
         self._next_orphan_scan = 0.0
+        self._scan_requested = False
         self._oldest_pending = 0.0
+        self._submitted = 0  # rows handed to submit (queued or spilled)
+        self._completed = 0  # of those, rows the writer thread has finished with (or spilled at once)
+        self._job: _ReplayJob | None = None
+        self._deferred: list[Item] = []
         self.written = self.spilled = self.rejected = self.dropped = 0
+        self.replayed = self.outages = self.adopted_files = 0
         self._thread = threading.Thread(target=self._run, name="stopbandit-writer", daemon=True)
         self._thread.start()
+        atexit.register(_close_at_exit, weakref.ref(self))
 
     # -- producer side (serving threads) ---------------------------------------
     def submit_decision(self, row: Mapping[str, Any]) -> None:
@@ -99,28 +182,109 @@ class BatchWriter:
     def submit_outcome(self, row: Mapping[str, Any]) -> None:
         self._submit(("o", row))
 
+    def submit_late(self, row: Mapping[str, Any]) -> None:
+        """A late reward for a decision whose window closed with a default: replaces that outcome, status ``late``."""
+        self._submit(("l", row))
+
+    def submit(self, kind: str, row: Mapping[str, Any]) -> None:
+        self._submit((kind, row))
+
     def _submit(self, item: Item) -> None:
+        with self._idle:
+            self._submitted += 1
+        if self._stop.is_set():  # closing: the thread may be gone; the next writer adopts the spill
+            self._spill_direct(item)
+            return
         try:
             self._q.put_nowait(item)
         except queue.Full:
+            self._spill_direct(item)
+
+    def _spill_direct(self, item: Item) -> None:
+        try:
             self._to_spill([item])
+        finally:
+            with self._idle:
+                self._completed += 1
+                self._idle.notify_all()
+
+    def write_now(self, kind: str, row: Mapping[str, Any]) -> bool:
+        """Durable write: committed (True) or fsync'd to the spill (False) before returning.
+
+        Never raises because of the database; a row it refuses goes to the rejected file.
+        """
+        item = (kind, row)
+        if self._store_ok and not self._backlog():
+            try:
+                self._count("written", self._commit([item]))
+                return True
+            except StoreError as exc:
+                self._mark_down(exc)
+        self._to_spill([item])
+        return False
 
     # -- control ----------------------------------------------------------------
     def flush(self, timeout: float | None = 30.0) -> bool:
-        """Wait until everything submitted so far is in the database or the spill."""
+        """Wait until everything submitted before this call is in the database or the spill.
+
+        Rows submitted meanwhile by other threads are not waited for, so a
+        flush returns even under continuous traffic (the queue is FIFO: once as
+        many rows as were submitted before the call are done, those are).
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._idle:
-            while self._q.unfinished_tasks or self._busy:
+            target = self._submitted
+            while self._completed < target:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
+                    return False
+                if not self._thread.is_alive():
                     return False
                 self._idle.wait(0.05 if left is None else min(left, 0.05))
         return True
 
+    def drain(self, timeout: float = 30.0) -> bool:
+        """Wait until everything submitted so far is in the database: queue empty and spill replayed.
+
+        Also looks for orphaned spill files of dead writers at once and replays
+        them. False if that did not happen within ``timeout`` (the store is down).
+        """
+        deadline = time.monotonic() + timeout
+        if not self.flush(timeout):
+            return False
+        self._scan_requested = True
+        self._next_retry = 0.0
+        while time.monotonic() < deadline:
+            if not (self._backlog() or self._deferred or self._scan_requested or self._busy):
+                return True
+            time.sleep(0.01)
+        return False
+
     def close(self, timeout: float = 30.0) -> None:
+        """Flush; if the store is up, replay what is left; stop. A backlog left over stays for adoption."""
+        if self._stop.is_set():
+            return
+        deadline = time.monotonic() + timeout
         self.flush(timeout)
+        if self._store_ok and (self._backlog() or self._deferred):
+            self.drain(max(0.0, deadline - time.monotonic()))
         self._stop.set()
-        self._thread.join(timeout)
+        self._thread.join(max(1.0, deadline - time.monotonic()))
+        if self._thread.is_alive():  # stuck in a database call: leave everything to the next writer
+            log.error("batch writer did not stop within %.0f s; its spill file is left for adoption", timeout)
+            return
+        if self._job is not None:
+            self._job.abandon()
+            self._job = None
+        if self._deferred:
+            if self._store_ok and not self.spill.has_backlog():
+                try:
+                    self._reject_deferred()
+                except StoreError:
+                    pass
+            if self._deferred:  # store down: keep them for whoever adopts the backlog
+                self._to_spill(self._deferred)
+                self._deferred = []
         self.spill.release()
 
     def health(self) -> WriterHealth:
@@ -129,139 +293,314 @@ class BatchWriter:
             store_ok=self._store_ok,
             last_error=self._last_error,
             queue_depth=self._q.qsize(),
-            spill_backlog=self.spill.backlog_lines() if self.spill.has_backlog() else 0,
+            spill_backlog=self.spill.backlog_lines(),
             written=self.written,
             spilled=self.spilled,
             rejected=self.rejected,
             dropped=self.dropped,
             write_lag_s=lag,
+            outages=self.outages,
+            down_since=self._down_since,
+            replayed=self.replayed,
+            max_spill_backlog=self.spill.max_backlog,
+            adopted_files=self.adopted_files,
         )
 
     # -- consumer side ------------------------------------------------------------
+    def _backlog(self) -> bool:
+        return self.spill.has_backlog() or self._job is not None
+
     def _run(self) -> None:
-        while not (self._stop.is_set() and self._q.empty()):
+        while True:
+            replay_due = self._replay_due()
             try:
-                first = self._q.get(timeout=self.flush_interval)
+                first = self._q.get_nowait() if replay_due else self._q.get(timeout=self.flush_interval)
             except queue.Empty:
-                self._maybe_replay()
-                continue
-            batch = [first]
-            while len(batch) < self.batch_size:
+                first = None
+            if first is None and self._stop.is_set():
+                return
+            if first is not None:
+                self._process(first)
+            if replay_due or first is None:
                 try:
-                    batch.append(self._q.get_nowait())
-                except queue.Empty:
-                    break
-            with self._idle:
-                self._busy += 1
-            self._oldest_pending = time.time()
+                    self._replay_step()
+                except Exception as exc:  # noqa: BLE001 - the writer thread must survive anything
+                    log.exception("spill replay step failed")
+                    self._last_error = f"spill replay: {exc!r}"
+                    self._next_retry = time.monotonic() + self.retry_interval
+
+    def _process(self, first: Item) -> None:
+        batch = [first]
+        while len(batch) < self.batch_size:
             try:
-                self._maybe_replay()
-                self._write(batch)
-            except Exception as exc:  # the writer thread must survive anything
-                log.exception("writer batch failed; spilling it")
-                self._last_error = repr(exc)
-                self._to_spill(batch)
-            finally:
-                self._oldest_pending = 0.0
-                for _ in batch:
-                    self._q.task_done()
-                with self._idle:
-                    self._busy -= 1
-                    self._idle.notify_all()
+                batch.append(self._q.get_nowait())
+            except queue.Empty:
+                break
+        with self._idle:
+            self._busy += 1
+        self._oldest_pending = time.time()
+        try:
+            self._write(batch)
+        except Exception as exc:  # noqa: BLE001 - the writer thread must survive anything
+            log.exception("writer batch failed; spilling it")
+            self._last_error = repr(exc)
+            self._to_spill(batch)
+        finally:
+            self._oldest_pending = 0.0
+            for _ in batch:
+                self._q.task_done()
+            with self._idle:
+                self._busy -= 1
+                self._completed += len(batch)
+                self._idle.notify_all()
 
     def _write(self, batch: Sequence[Item]) -> None:
-        if self.spill.has_backlog():
-            self._to_spill(batch)  # keep order: the backlog goes in first
+        if self._backlog() or not self._store_ok:
+            self._to_spill(batch)  # keep order: the backlog goes in first; down: no connect attempt per batch
             return
         try:
-            self._commit(batch)
-            self.written += len(batch)
+            self._count("written", self._commit(batch))
             self._mark_ok()
         except StoreError as exc:
             self._mark_down(exc)
             self._to_spill(batch)
 
-    def _commit(self, batch: Sequence[Item]) -> None:
-        decisions = [r for k, r in batch if k == "d"]
-        outcomes = [r for k, r in batch if k == "o"]
-        try:
-            self.store.write_batch(decisions, outcomes)
-        except IntegrityError:
-            self._commit_one_by_one(batch)
-        except SQLAlchemyError as exc:
-            raise StoreError(f"write failed: {exc}") from exc
+    def _commit(self, batch: Sequence[Item], *, replay: bool = False) -> int:
+        """Commit the batch in one transaction, or row by row if a row is refused; returns rows written.
 
-    def _commit_one_by_one(self, batch: Sequence[Item]) -> None:
+        Raises StoreError (nothing of the batch is known to be refused) when the store is down.
+        """
+        try:
+            self._transaction(batch)
+            return len(batch)
+        except Exception as exc:  # noqa: BLE001 - classified below
+            self._raise_if_down(exc)
+        return self._commit_one_by_one(batch, replay=replay)
+
+    def _commit_one_by_one(self, batch: Sequence[Item], *, replay: bool) -> int:
+        written = 0
         for kind, row in batch:
             try:
-                self.store.write_batch([row] if kind == "d" else [], [row] if kind == "o" else [])
-            except IntegrityError as exc:
-                self._reject(kind, row, str(exc.orig))
+                self._transaction([(kind, row)])
+                written += 1
+            except Exception as exc:  # noqa: BLE001 - classified below
+                self._raise_if_down(exc)
+                missing = isinstance(exc, IntegrityError) and kind in ("o", "l")
+                if missing and replay and len(self._deferred) < MAX_DEFERRED:
+                    self._deferred.append((kind, row))
+                else:
+                    self._reject(kind, row, _reason(exc))
+        return written
+
+    def _raise_if_down(self, exc: BaseException) -> None:
+        """Raise StoreError if ``exc`` means the store is unavailable; return if it is about the rows.
+
+        Connection-level errors (StoreError from the store) are outages; a row
+        the database refuses (IntegrityError, DataError) is not. Anything else
+        is decided by asking the database: if it answers and its schema is at
+        head, the rows are the problem — so a poison row can never keep the
+        writer "down" and spilling forever.
+        """
+        if isinstance(exc, StoreError):
+            raise exc
+        if isinstance(exc, (IntegrityError, DataError)):
+            return
+        try:
+            self.store.ping()
+            migrate.require_head(self.store.engine)
+        except StoreError as down:
+            raise down from exc
+        except SQLAlchemyError as down:
+            raise StoreError(f"write to {redact(self.store.url)} failed: {_reason(down)}") from exc
+
+    def _transaction(self, batch: Sequence[Item]) -> None:
+        decisions = [r for k, r in batch if k == "d"]
+        outcomes = [r for k, r in batch if k == "o"]
+        late = [r for k, r in batch if k == "l"]
+        if decisions or outcomes:
+            self.store.write_batch(decisions, outcomes)
+        if late:
+            upgrade, insert = self._late_sql
+            try:
+                with self.store.engine.begin() as conn:
+                    for row in late:
+                        values = {k: row.get(k) for k in ("ts", "em", "tokens", "latency_ms", "trace", "reference_key")}
+                        res = conn.execute(upgrade.values(status="late", **values), {"key": row["decision_key"]})
+                        if res.rowcount == 0:  # no defaulted row: insert as late (a no-op if any outcome exists)
+                            conn.execute(insert, [{**row, "status": "late"}])
+            except OperationalError as exc:
+                raise StoreError(f"write to {redact(self.store.url)} failed: {_reason(exc)}") from exc
 
     def _reject(self, kind: str, row: Mapping[str, Any], why: str) -> None:
-        self.rejected += 1
+        self._count("rejected", 1)
         log.error("store refused a %s row (kept in %s): %s", kind, self.rejected_path, why)
-        with open(self.rejected_path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"k": kind, "r": row, "error": why}) + "\n")
+        line = json.dumps({"k": kind, "r": row, "error": why}, default=str) + "\n"
+        with self._reject_lock, open(self.rejected_path, "a", encoding="utf-8") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def _reject_deferred(self) -> None:
+        """Last try for outcomes whose decision was missing during a replay; reject what still fails."""
+        deferred, self._deferred = self._deferred, []
+        for i, (kind, row) in enumerate(deferred):
+            try:
+                self._transaction([(kind, row)])
+                self._count("written", 1)
+                self._count("replayed", 1)
+            except Exception as exc:  # noqa: BLE001 - classified below
+                try:
+                    self._raise_if_down(exc)
+                except StoreError:
+                    self._deferred.extend(deferred[i:])
+                    raise
+                self._reject(kind, row, _reason(exc))
 
     def _to_spill(self, batch: Sequence[Item]) -> None:
         n = self.spill.append(batch)
-        self.spilled += n
+        self._count("spilled", n)
         if n < len(batch):
-            self.dropped += len(batch) - n
-            log.error("spill file %s is full: %d events dropped", self.spill.path, len(batch) - n)
+            self._count("dropped", len(batch) - n)
+            log.error("spill file %s is full (%d bytes): %d events dropped", self.spill.path, self.spill.max_bytes,
+                      len(batch) - n)
+
+    def _count(self, name: str, n: int) -> None:
+        with self._count_lock:
+            setattr(self, name, getattr(self, name) + n)
 
     def _mark_ok(self) -> None:
         if not self._store_ok:
             log.warning("replay store reachable again")
         self._store_ok = True
+        self._down_since = None
 
     def _mark_down(self, exc: Exception) -> None:
         if self._store_ok:
             log.error("replay store unavailable, spilling to %s: %s", self.spill.path, exc)
+            self._count("outages", 1)
+            self._down_since = time.time()
         self._store_ok = False
         self._last_error = str(exc)
         self._next_retry = time.monotonic() + self.retry_interval
 
-    def _maybe_replay(self) -> None:
-        """Replay the spill (ours, then orphans of dead writers) if there is one and it is time to try."""
-        if time.monotonic() < self._next_retry:
-            return
-        if time.monotonic() >= self._next_orphan_scan:
-            self._next_orphan_scan = time.monotonic() + 5.0
-            self._adopt_orphans()
-        if not self.spill.has_backlog():
-            return
-        path = self.spill.take_for_replay()
-        if path is None:
-            return
-        try:
-            for chunk in read_spill(path, self.batch_size):
-                self._commit(chunk)
-                self.written += len(chunk)
-            self.spill.done_replaying()
-            self._mark_ok()
-            if self.spill.path.exists():  # appended while replaying (queue overflow)
-                self._next_retry = 0.0
-        except StoreError as exc:
-            self._mark_down(exc)
+    # -- replay ------------------------------------------------------------------------------------
+    def _replay_due(self) -> bool:
+        now = time.monotonic()
+        if now < self._next_retry:
+            return False
+        return (self._job is not None or self.spill.has_backlog() or bool(self._deferred) or self._scan_requested
+                or now >= self._next_orphan_scan)
 
-    def _adopt_orphans(self) -> None:
+    def _next_job(self) -> _ReplayJob | None:
+        if self.spill.has_backlog():
+            path = self.spill.take_for_replay()
+            if path is not None:
+                return _ReplayJob([path], self.spill.done_replaying, _nothing, self.spill.replayed, "own")
+        if time.monotonic() < self._next_orphan_scan and not self._scan_requested:
+            return None
+        self._next_orphan_scan = time.monotonic() + self.orphan_scan_interval
         for path in self.spill.orphans():
             held = Adopted(path)
             if not held.ok:
-                continue  # a live writer owns it
-            try:
-                for part in held.files():
-                    for chunk in read_spill(part, self.batch_size):
-                        self._commit(chunk)
-                        self.written += len(chunk)
-                held.finish()
-                log.warning("replayed orphaned spill file %s", path)
-            except StoreError as exc:
-                held.release()
-                self._mark_down(exc)
+                continue  # a live writer owns it (or another writer is adopting it)
+            files = held.files()
+            if not files:
+                held.finish()  # only a lock file, left by a writer that died with nothing to replay
+                continue
+            log.warning("adopting orphaned spill file %s", path)
+            return _ReplayJob(files, held.finish, held.release, None, str(path))
+        self._scan_requested = False
+        return None
+
+    def _replay_step(self) -> None:
+        """Replay one chunk of the current job (starting one if there is a backlog or an orphan)."""
+        if time.monotonic() < self._next_retry:
+            return
+        try:
+            if not self._store_ok:
+                # probe before reading and parsing a chunk: while the store is down a retry costs one
+                # refused connect, not a JSON parse of batch_size lines holding the GIL (serving latency)
+                self.store.ping()
+            if self._job is None:
+                self._job = self._next_job()
+            if self._job is None:
+                if self._deferred:
+                    self._reject_deferred()
                 return
+            job = self._job
+            chunk = job.peek(self.batch_size)
+            if chunk is not None:
+                if chunk.items:
+                    n = self._commit(chunk.items, replay=True)
+                    self._count("written", n)
+                    self._count("replayed", n)
+                    self._mark_ok()
+                for lineno, text, why in chunk.bad:
+                    self._reject("?", {"line": text, "file": str(job.readers[0].path), "lineno": lineno}, why)
+                job.advance(chunk)
+            if job.done:
+                self._job = None
+                job.finish()
+                if job.progress is None:
+                    self._count("adopted_files", 1)
+                    log.warning("replayed orphaned spill file %s", job.label)
+                if self._deferred:
+                    self._retry_deferred()
+        except StoreError as exc:
+            self._mark_down(exc)
+        except OSError as exc:  # a spill file vanished or cannot be read: report it, drop the job
+            log.error("cannot replay spill file: %s", exc)
+            self._last_error = f"spill replay: {exc}"
+            if self._job is not None:
+                if self._job.progress is not None:
+                    self.spill.done_replaying()
+                else:
+                    self._job.abandon()
+                self._job = None
+
+    def _retry_deferred(self) -> None:
+        """Retry deferred outcomes; reject those still missing their decision once no backlog is left."""
+        deferred, self._deferred = self._deferred, []
+        try:
+            n = self._commit(deferred, replay=True)
+        except StoreError:
+            self._deferred = deferred + self._deferred
+            raise
+        self._count("written", n)
+        self._count("replayed", n)
+        if self._deferred and not self.spill.has_backlog():
+            self._reject_deferred()
 
 
-__all__ = ["BatchWriter", "WriterHealth", "default_spill_path"]
+def _nothing() -> None:
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _late_statements(store: ReplayStore):
+    """(UPDATE a defaulted outcome to late, INSERT … ON CONFLICT DO NOTHING) for ``l`` rows."""
+    upgrade = update(OUTCOMES).where(and_(OUTCOMES.c.decision_key == bindparam("key"),
+                                          OUTCOMES.c.status == "defaulted"))
+    dialect = store.engine.dialect.name
+    if dialect == "postgresql":
+        return upgrade, postgresql.insert(OUTCOMES).on_conflict_do_nothing(index_elements=["decision_key"])
+    if dialect == "sqlite":
+        return upgrade, sqlite.insert(OUTCOMES).on_conflict_do_nothing(index_elements=["decision_key"])
+    return upgrade, insert(OUTCOMES)  # pragma: no cover - other backends: a duplicate is an IntegrityError
+
+
+def _close_at_exit(ref: weakref.ref[BatchWriter]) -> None:
+    """On a normal interpreter exit, rows still queued reach the store or the spill (not lost with the thread)."""
+    w = ref()
+    if w is not None and not w._stop.is_set():
+        try:
+            w.close(10.0)
+        except Exception:  # noqa: BLE001 - never fail interpreter shutdown
+            log.exception("closing the batch writer at exit failed")
+
+
+__all__ = ["BatchWriter", "WriterHealth", "default_spill_path", "read_spill"]

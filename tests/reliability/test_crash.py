@@ -1,0 +1,130 @@
+"""Crash safety: ``kill -9`` of a serving process, with and without a store outage, in both write modes.
+
+The child (``child_serve.py``) acknowledges every ``choose``/``reward`` that
+returned, with a timestamp. After the kill, a new Selector on the same store
+and spill prefix adopts the child's orphaned spill file and replays it; then
+the database must hold
+
+* durable mode: every acknowledged decision and outcome;
+* queued mode: every acknowledged row except those acknowledged within the
+  last flush window before the kill (``flush_interval`` plus one commit); the
+  number lost is printed;
+
+and in both: nothing twice, nothing that was never attempted, every outcome's
+decision, and no spill file left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from stopbandit import Selector
+from stopbandit.config import SelectorConfig, StoreConfig
+from stopbandit.replay.store import DECISIONS, OUTCOMES
+
+from tests.reliability.helpers import until
+
+ROOT = Path(__file__).resolve().parents[2]
+FLUSH_INTERVAL = 0.1
+# rows acknowledged this long before the kill must be stored in queued mode: the flush window
+# plus one commit of a batch on a loaded 2-core CI machine
+LOSS_WINDOW_S = FLUSH_INTERVAL + 1.0
+
+
+def read_acks(path: Path) -> dict[str, dict[str, float]]:
+    acks: dict[str, dict[str, float]] = {"d": {}, "o": {}}
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            acks[parts[0]][parts[1]] = float(parts[2])
+    return acks
+
+
+def n_acked(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\nd ")
+    except FileNotFoundError:
+        return 0
+
+
+def stored_keys(sel: Selector) -> tuple[set[str], set[str], int, int]:
+    with sel.store.engine.connect() as conn:
+        d = [r[0] for r in conn.execute(select(DECISIONS.c.request_key))]
+        o = [r[0] for r in conn.execute(select(OUTCOMES.c.decision_key))]
+    return set(d), set(o), len(d), len(o)
+
+
+@pytest.mark.parametrize("durable", [True, False], ids=["durable", "queued"])
+@pytest.mark.parametrize("during_outage", [False, True], ids=["store-up", "store-down"])
+def test_kill_9_loses_at_most_the_flush_window(outage_db, tmp_path, durable, during_outage):
+    url, server = outage_db
+    spill = tmp_path / "spill" / "sb"
+    acks = tmp_path / "acks"
+    flag = tmp_path / "outage"
+    Selector.open(url, follow=False).close()  # schema in place before the child starts
+    cmd = [sys.executable, "-m", "tests.reliability.child_serve", url, str(acks), str(spill),
+           "--flush-interval", str(FLUSH_INTERVAL)]
+    if durable:
+        cmd.append("--durable")
+    if server is None:
+        cmd += ["--outage-flag", str(flag)]
+    log = open(tmp_path / "child.log", "wb")  # noqa: SIM115 - closed below
+    child = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert until(lambda: n_acked(acks) >= 300, 60), (tmp_path / "child.log").read_text()[-3000:]
+        if during_outage:
+            if server is not None:
+                server.stop("fast")
+            else:
+                flag.touch()
+            start = n_acked(acks)
+            assert until(lambda: n_acked(acks) >= start + 300, 60), (tmp_path / "child.log").read_text()[-3000:]
+        child.send_signal(signal.SIGKILL)
+        t_kill = time.monotonic()
+        child.wait(30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        log.close()
+        if during_outage:
+            if server is not None:
+                server.start()
+            flag.unlink(missing_ok=True)
+    acked = read_acks(acks)
+    assert child.returncode == -signal.SIGKILL
+    if during_outage:
+        assert any(p.name.endswith(".jsonl") for p in spill.parent.iterdir()), "the child never spilled"
+
+    sel = Selector.open(url, config=SelectorConfig(store=StoreConfig(spill_path=str(spill))), follow=False)
+    assert sel.drain(60), sel.health()
+    d_keys, o_keys, n_d, n_o = stored_keys(sel)
+    h = sel.writer.health()
+    sel.close()
+
+    assert n_d == len(d_keys) and n_o == len(o_keys)  # nothing twice
+    assert o_keys <= d_keys  # every outcome has its decision
+    last = max(int(k[1:]) for k in acked["d"])
+    attempted = {f"c{i}" for i in range(last + 2)}  # what was acked, plus the one in flight at the kill
+    assert d_keys <= attempted and o_keys <= attempted
+    assert h.rejected == 0 and h.dropped == 0
+    assert sorted(p.name for p in spill.parent.iterdir() if "rejected" not in p.name) == []  # orphan adopted, removed
+    lost = {kind: {k: t_kill - t for k, t in acked[kind].items() if k not in (d_keys if kind == "d" else o_keys)}
+            for kind in ("d", "o")}
+    print(f"\n{'durable' if durable else 'queued'} store-{'down' if during_outage else 'up'}: "
+          f"acked {len(acked['d'])} decisions + {len(acked['o'])} outcomes; stored {n_d} + {n_o}; "
+          f"lost {len(lost['d'])} + {len(lost['o'])} "
+          f"(oldest lost acked {max([*lost['d'].values(), *lost['o'].values(), 0.0]):.3f} s before the kill)")
+    if durable:
+        assert lost == {"d": {}, "o": {}}
+    else:
+        too_old = {k: age for kind in lost for k, age in lost[kind].items() if age > LOSS_WINDOW_S}
+        assert not too_old, f"lost rows acknowledged more than {LOSS_WINDOW_S} s before the kill: {too_old}"
