@@ -16,7 +16,33 @@ from stopbandit.clikit import DB_HELP, console, emit_json, err_console, table, u
 __all__ = ["DB_HELP", "console", "emit_json", "err_console", "main", "table", "user_errors"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """A click group whose heavier subcommand groups are imported only when used.
+
+    The pattern from click's documentation ("Lazily Loading Subcommands"):
+    ``stopbandit --help`` and ``stopbandit db …`` stay fast because the replay
+    and control groups (VW, estimators, plotting) load on first use.
+    """
+
+    lazy = {
+        "replay": ("stopbandit.replay.cli_commands", "replay"),
+        "lambda": ("stopbandit.control.cli_commands", "lambda_group"),
+        "ab": ("stopbandit.control.cli_commands", "ab"),
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy and name not in self.commands:
+            import importlib
+
+            module, attr = self.lazy[name]
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="stopbandit")
 def main() -> None:
     """stopbandit: learn, per request, how aggressively an LLM should stop reasoning early.

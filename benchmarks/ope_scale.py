@@ -1,0 +1,235 @@
+"""How long `stopbandit replay evaluate` takes on a million logged events, and how much memory it needs.
+
+    python benchmarks/ope_scale.py                      # 1,000,000 events, every estimator
+    python benchmarks/ope_scale.py --events 200000 --db /tmp/ope.db --keep
+
+Setup (not timed): seeded synthetic events shaped like the Selector's —
+the ten built-in features, a SquareCB-like probability vector over the four
+default arms, EM and token outcomes, and a hashed probe trace with its
+reference key on every event (so the graph-feedback estimators have work to
+do) — are written through ``ReplayStore.write_batch`` in batches of 20,000, and
+a heads snapshot trained on the first 20,000 events is saved. ``--keep``
+reuses a database that already holds the requested number of events.
+
+Timed: the code path of ``stopbandit replay evaluate --policy latest
+--estimators all`` (resolve arms, λ and the candidate, load the snapshot, stream
+the log with every estimator), called in-process in a fresh interpreter, so
+its peak RSS (``resource.getrusage``) is that of the evaluation alone.
+Targets: at most 20 s and 1.5 GB on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+TARGET_S = 20.0
+TARGET_MB = 1536.0
+BATCH = 20_000
+DOMAINS = ("math", "science", "code", "trivia")
+
+
+def _hexkeys(rng: np.random.Generator, n: int) -> np.ndarray:
+    return np.array([f"{x:016x}" for x in rng.integers(0, 2**63, size=n, dtype=np.int64)])
+
+
+def generate(url: str, events: int, seed: int) -> None:
+    """Write ``events`` synthetic events (and a trained snapshot) into the store at ``url``."""
+    from stopbandit.bandit.arms import ArmSet
+    from stopbandit.bandit.exploration import SquareCB
+    from stopbandit.bandit.policy import HeadsPolicy
+    from stopbandit.bandit.snapshot import pack
+    from stopbandit.bandit.vw import shared_line
+    from stopbandit.features.extract import FeatureConfig
+    from stopbandit.replay.store import ReplayStore
+
+    arms = ArmSet.of(None)
+    names = arms.names
+    thr = [a.threshold for a in arms]
+    cap = [a.max_think_tokens or 10**9 for a in arms]
+    store = ReplayStore(url, migrate_schema=True)
+    rng = np.random.default_rng(seed)
+    t0 = time.time() - events * 0.01
+    policy = HeadsPolicy(arms, SquareCB(), 1000.0)
+    train_n = min(20_000, events)
+    written = 0
+    max_probes = 4000 // 64
+    while written < events:
+        n = min(BATCH, events - written)
+        dom = rng.integers(0, len(DOMAINS), n).tolist()
+        diff = rng.beta(2, 2, n)
+        dbin = np.minimum((diff * 4).astype(int), 3).tolist()
+        diff = np.round(diff, 4).tolist()
+        length = np.round(3.0 + 2.0 * rng.random(n), 4).tolist()
+        digits = rng.integers(0, 5, n).astype(float).tolist()
+        steps = rng.integers(0, 6, n).astype(float).tolist()
+        mathsym = np.round(rng.random(n) * 0.05, 4).tolist()
+        # SquareCB-like logging: one favoured arm, the rest explored with a few percent each
+        best = rng.integers(0, 4, n)
+        small = rng.uniform(0.01, 0.08, (n, 4))
+        small[np.arange(n), best] = 0.0
+        probs = small.copy()
+        probs[np.arange(n), best] = 1.0 - small.sum(axis=1)
+        arm = np.minimum((rng.random(n)[:, None] > np.cumsum(probs, axis=1)).sum(axis=1), 3).tolist()
+        probs = probs.tolist()
+        # a probe trace: probes every 64 tokens; the logged arm stops at its first confident probe or its cap
+        think = np.clip(rng.lognormal(6.6, 0.6, n), 64, 4000).astype(np.int64).tolist()
+        conf_all = np.round(rng.random((n, max_probes)), 6).tolist()
+        ans_tok = rng.integers(4, 30, n).tolist()
+        ref = _hexkeys(rng, n).tolist()
+        wrong = _hexkeys(rng, n).tolist()
+        settle = rng.random(n).tolist()
+        decisions, outcomes = [], []
+        for i in range(n):
+            k = (think[i] - 1) // 64
+            conf = conf_all[i]
+            a = arm[i]
+            stop, reason, stopped = think[i], "end", False
+            for j in range(k):
+                off = 64 * (j + 1)
+                if off >= cap[a]:
+                    break
+                if conf[j] >= thr[a]:
+                    stop, reason, stopped = off, "confidence", True
+                    break
+            if not stopped and cap[a] < think[i]:
+                stop, reason = int(cap[a]), "budget"
+            settled = int(settle[i] * think[i])
+            at = ans_tok[i]
+            probes = [[off, conf[j], ref[i] if off >= settled else wrong[i], at]
+                      for j, off in ((j, 64 * (j + 1)) for j in range(k)) if off <= stop]
+            answer = ref[i] if stop >= settled else wrong[i]
+            tokens = stop + at * sum(1 for p in probes if p[0] < stop) + at
+            em = 1.0 if answer == ref[i] else 0.0
+            key = f"e{written + i:09d}"
+            d = DOMAINS[dom[i]]
+            db = f"d{dbin[i]}"
+            feats = {"len": length[i], "lbin": f"l{int(length[i])}", "domain": d, "digits": digits[i],
+                     "mathsym": mathsym[i], "steps": steps[i], "diff": diff[i], "dbin": db, "dd": f"{d}.{db}",
+                     "prior": round(0.3 + 0.4 * diff[i], 4)}
+            p = dict(zip(names, probs[i]))
+            ts = t0 + (written + i) * 0.01
+            decisions.append({"request_key": key, "ts": ts, "domain": d, "features": feats, "arm": names[a],
+                              "arm_index": a, "probabilities": p, "propensity": p[names[a]], "lam": 0.2,
+                              "token_scale": 1000.0, "policy_version": "bench", "experiment": "champion"})
+            outcomes.append({"decision_key": key, "ts": ts + 1.0, "em": em, "tokens": tokens, "latency_ms": None,
+                             "trace": {"p": probes, "s": stop, "r": reason, "a": answer, "n": at},
+                             "reference_key": ref[i], "status": "ok"})
+            if written + i < train_n:
+                policy.learn(shared_line(feats), a, em, tokens, p[names[a]], 0.2)
+        store.write_batch(decisions, outcomes)
+        written += n
+        print(f"  wrote {written:,}/{events:,} events", file=sys.stderr, flush=True)
+    packed = pack(policy, lam=0.2, feature_config=FeatureConfig().to_dict())
+    store.save_snapshot(packed.version, packed.model, packed.meta, packed.checksum)
+    store.add_lambda(0.2, "benchmark", "ope_scale")
+    policy.close()
+    store.dispose()
+
+
+def event_count(url: str) -> int:
+    from stopbandit.replay.store import ReplayStore
+
+    try:
+        store = ReplayStore(url)
+    except Exception:  # noqa: BLE001 - a missing or foreign file just means "generate"
+        return -1
+    try:
+        return store.counts()["outcomes"] if store.latest_snapshot_version() else -1
+    finally:
+        store.dispose()
+
+
+def timed_evaluate(url: str, estimators: str, chunk: int, jobs: int | None = None) -> dict:
+    """The `replay evaluate` code path, in this (fresh) process."""
+    from stopbandit.replay.candidates import CandidateContext, default_model, make_candidate, resolve_arms, \
+        resolve_lambda, snapshot_meta
+    from stopbandit.replay.cli_commands import evaluate, has_traces, parse_estimators
+    from stopbandit.replay.store import ReplayStore
+
+    t0 = time.perf_counter()
+    store = ReplayStore(url)
+    meta = snapshot_meta(store, "latest")
+    arms, _ = resolve_arms(None, meta)
+    lam, _ = resolve_lambda(None, store, meta, 0.2)
+    names = parse_estimators(estimators, traced=has_traces(store))
+    cand = make_candidate("latest", CandidateContext(store, arms, lam))
+    model = default_model(store, arms, cand)
+    ev = evaluate(store, arms, cand, names, lam=lam, token_scale=1000.0, model=model, chunk=chunk, progress=False,
+                  jobs=jobs)
+    wall = time.perf_counter() - t0
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    dr = ev.estimates.get("dr", {}).get("reward")
+    return {"events": ev.counts.used, "estimators": names, "wall_s": wall, "jobs": ev.jobs,
+            "cpu_s": me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime,
+            "peak_rss_mb": me.ru_maxrss / 1024.0, "worker_rss_mb": kids.ru_maxrss / 1024.0,
+            "dr_reward": None if dr is None else [dr.value, dr.ci_low, dr.ci_high]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--db", default="/tmp/stopbandit_ope_scale.db", help="SQLite file of the synthetic log.")
+    ap.add_argument("--keep", action="store_true", help="Keep the database afterwards and reuse a matching one.")
+    ap.add_argument("--estimators", default="all")
+    ap.add_argument("--chunk", type=int, default=5000)
+    ap.add_argument("--jobs", type=int, default=None, help="Worker processes (default: as the CLI, one per core).")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    url = f"sqlite:///{Path(args.db).resolve()}"
+    if args._child:
+        print(json.dumps(timed_evaluate(url, args.estimators, args.chunk, args.jobs)))
+        return
+    have = event_count(url) if Path(args.db).exists() else -1
+    if have != args.events:
+        if Path(args.db).exists():
+            for suffix in ("", "-wal", "-shm"):
+                Path(args.db + suffix).unlink(missing_ok=True)
+        print(f"generating {args.events:,} events into {args.db} (not timed) …", file=sys.stderr)
+        t = time.perf_counter()
+        generate(url, args.events, args.seed)
+        print(f"  setup took {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    else:
+        print(f"reusing {args.db} ({have:,} events)", file=sys.stderr)
+    load_before = os.getloadavg()[0]
+    cmd = [sys.executable, __file__, "--_child", "--db", args.db, "--events", str(args.events),
+           "--estimators", args.estimators, "--chunk", str(args.chunk)]
+    if args.jobs is not None:
+        cmd += ["--jobs", str(args.jobs)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    if not args.keep:
+        for suffix in ("", "-wal", "-shm"):
+            Path(args.db + suffix).unlink(missing_ok=True)
+    total_mb = res["peak_rss_mb"] + res["jobs"] * res["worker_rss_mb"] if res["jobs"] > 1 else res["peak_rss_mb"]
+    ok_t = "yes" if res["wall_s"] <= TARGET_S else "NO"
+    ok_m = "yes" if total_mb <= TARGET_MB else "NO"
+    print(f"\n`{' '.join(['python', 'benchmarks/ope_scale.py', *sys.argv[1:]])}` on {platform.node()} "
+          f"({os.cpu_count()} cores, Python {platform.python_version()}; load average before the timed run "
+          f"{load_before:.1f}, after {os.getloadavg()[0]:.1f})\n")
+    print("| events | estimators | processes | wall (s) | CPU (s) | CPU per event (µs) | events/s | "
+          "peak RSS main + workers (MB) | ≤ 20 s | ≤ 1.5 GB |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|:-:|:-:|")
+    print(f"| {res['events']:,} | {','.join(res['estimators'])} | {res['jobs']} | {res['wall_s']:.1f} | "
+          f"{res['cpu_s']:.1f} | {1e6 * res['cpu_s'] / res['events']:.0f} | {res['events'] / res['wall_s']:,.0f} | "
+          f"{res['peak_rss_mb']:.0f} + {res['jobs'] if res['jobs'] > 1 else 0} × {res['worker_rss_mb']:.0f} | "
+          f"{ok_t} | {ok_m} |")
+    print("\nCPU counts the evaluating process and its workers; on a busy machine wall time exceeds "
+          "CPU / processes by the time other processes held the cores.")
+    if res["dr_reward"]:
+        v, lo, hi = res["dr_reward"]
+        print(f"\nDR reward of the latest snapshot: {v:.4f} [{lo:.4f}, {hi:.4f}]")
+
+
+if __name__ == "__main__":
+    main()

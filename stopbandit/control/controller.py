@@ -1,0 +1,366 @@
+"""Online λ control: dual ascent on λ (a PI controller) that holds a token budget or an EM floor.
+
+Why λ is the thing to move: the served policy maximises ``EM − λ·tokens/token_scale``
+per request, so λ is the Lagrange multiplier of the token constraint in
+
+    max E[EM]  subject to  E[tokens] ≤ B.
+
+The dual of that problem is minimised by projected subgradient steps on λ
+along the constraint violation, ``λ ← [λ + η·(T̄ − B)]₊`` (dual ascent;
+Boyd & Vandenberghe, *Convex Optimization*, §5; the same multiplier update
+drives bandits with budgets, Agrawal & Devanur, EC 2014). For an EM floor,
+``min E[tokens] subject to E[EM] ≥ F``, the violation is ``F − ĒM`` and λ moves
+the other way (a lower λ buys EM with tokens).
+
+Every ``interval`` outcomes the controller takes one step from the outcomes
+observed since the previous step (a fresh batch, so a step never reacts to
+outcomes it has already acted on):
+
+    e_t = (T̄_t − B*) / B*                 token budget (relative error)
+    e_t = (F* − ĒM_t) / F*                EM floor (relative error)
+    Δλ  = s · (k_i·e_t + k_p·(e_t − e_{t−1}))      s = +1 budget, −1 floor
+
+(velocity-form PI: ``k_p = 0`` is plain dual ascent; the velocity form cannot
+wind up against the clamp). The step is bounded, ``|Δλ| ≤ max_step``, λ is
+clamped to ``[lam_min, lam_max]``, and a move smaller than ``min_step`` is not
+made (no store churn). A controller pinned at a bound while its error keeps
+pushing past it reports ``saturated`` ("high": the budget is not reachable
+even at ``lam_max``; "low": the floor is not reachable even at ``lam_min``).
+
+Setpoints sit on the safe side of the target: ``B* = B − margin`` (default
+margin 0) and ``F* = F + margin``. The floor's default margin is
+``2·sqrt(F(1−F)/2000)``: two standard errors of the EM of a 2,000-request
+window, so that a window whose true mean sits at the setpoint falls below the
+floor by more than a point only rarely (the acceptance measure of
+``benchmarks/lambda_control.py``).
+
+The controller is a pure object: it never touches a store. Feed it outcomes
+(:meth:`LambdaController.observe`) and ask for a step with the λ in force
+(:meth:`LambdaController.update`); :class:`~stopbandit.control.serving.ControlledSelector`
+applies every move with ``Selector.set_lambda(value, reason=step.reason, who="controller")``,
+so each one is stored in ``lambda_changes`` with the controller state in its reason.
+
+>>> c = LambdaController(Target.token_budget(500), ControllerConfig(interval=2, ki=0.5, max_step=0.1))
+>>> c.observe(1.0, 700)
+False
+>>> c.observe(0.0, 700)
+True
+>>> step = c.update(0.2)
+>>> round(step.lam_after, 4), step.moved   # 40% over budget: +0.2 wanted, bounded to +0.1
+(0.3, True)
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, replace
+
+from stopbandit.errors import ConfigError
+
+TARGET_KINDS = ("token_budget", "em_floor")
+DEFAULT_KI = {"token_budget": 0.3, "em_floor": 0.5}
+"""Integral gain per step and unit relative error, by target kind (see ``benchmarks/lambda_control.py``).
+
+Measured on the simulator: mean tokens fall by ~1.1 % and EM by ~0.4 % per
+0.01 of λ around λ≈0.3–0.5, so a relative error of ``e`` is closed by
+``Δλ ≈ 0.9·e`` (budget) or ``≈ 2.7·e`` (floor); the defaults close about a
+third of it per step, which keeps the batch noise (±10 % tokens, ±5 % EM at
+200 outcomes) from moving λ much.
+"""
+FLOOR_MARGIN_WINDOW = 2000
+FLOOR_MARGIN_Z = 2.0
+
+
+def _number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What the controller holds: ``token_budget`` (mean tokens ≤ value) or ``em_floor`` (EM ≥ value).
+
+    ``margin``: distance of the setpoint from the target, on the safe side
+    (fewer tokens / more EM), in the target's units; None = the default
+    (0 for a budget, ``2·sqrt(F(1−F)/2000)`` for a floor).
+    """
+
+    kind: str
+    value: float
+    margin: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in TARGET_KINDS:
+            raise ConfigError(f"target kind must be one of {list(TARGET_KINDS)}, got {self.kind!r}")
+        v = _number(f"{self.kind}", self.value)
+        if self.kind == "token_budget" and not v > 0:
+            raise ConfigError(f"token_budget must be > 0 tokens, got {self.value!r}")
+        if self.kind == "em_floor" and not 0 < v < 1:
+            raise ConfigError(f"em_floor must be in (0, 1), got {self.value!r}")
+        object.__setattr__(self, "value", v)
+        if self.margin is not None:
+            m = _number("target margin", self.margin)
+            if m < 0:
+                raise ConfigError(f"target margin must be >= 0, got {self.margin!r}")
+            if self.kind == "token_budget" and m >= v:
+                raise ConfigError(f"target margin {m:g} must be below the token budget {v:g}")
+            if self.kind == "em_floor" and v + m >= 1:
+                raise ConfigError(f"em_floor {v:g} + margin {m:g} must be below 1")
+            object.__setattr__(self, "margin", m)
+
+    @classmethod
+    def token_budget(cls, tokens: float, margin: float | None = None) -> Target:
+        return cls("token_budget", tokens, margin)
+
+    @classmethod
+    def em_floor(cls, em: float, margin: float | None = None) -> Target:
+        return cls("em_floor", em, margin)
+
+    @property
+    def effective_margin(self) -> float:
+        if self.margin is not None:
+            return self.margin
+        if self.kind == "token_budget":
+            return 0.0
+        f = self.value
+        return min(FLOOR_MARGIN_Z * math.sqrt(f * (1 - f) / FLOOR_MARGIN_WINDOW), (1 - f) / 2)
+
+    @property
+    def setpoint(self) -> float:
+        """The value the controller steers to (target moved by the margin to its safe side)."""
+        m = self.effective_margin
+        return self.value - m if self.kind == "token_budget" else self.value + m
+
+    @property
+    def sign(self) -> int:
+        """+1: a positive error raises λ (budget); −1: it lowers λ (floor)."""
+        return 1 if self.kind == "token_budget" else -1
+
+    def describe(self) -> str:
+        return f"token_budget<={self.value:g}" if self.kind == "token_budget" else f"em_floor>={self.value:g}"
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerConfig:
+    """Step schedule and bounds. ``ki`` None: :data:`DEFAULT_KI` of the target kind.
+
+    ``interval``: outcomes per step (the batch a step acts on). ``window``:
+    outcomes in the rolling window reported in the state and in every step's
+    reason. ``max_step``: bound of ``|Δλ|`` per step. ``min_step``: smaller
+    moves are skipped. ``lam_min``/``lam_max``: the clamp.
+    """
+
+    interval: int = 200
+    ki: float | None = None
+    kp: float = 0.0
+    max_step: float = 0.05
+    min_step: float = 0.001
+    lam_min: float = 0.0
+    lam_max: float = 2.0
+    window: int = 2000
+
+    def __post_init__(self) -> None:
+        for name in ("interval", "window"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"controller.{name} must be a positive integer, got {v!r}")
+        if self.ki is not None and not _number("controller.ki", self.ki) >= 0:
+            raise ConfigError(f"controller.ki must be >= 0, got {self.ki!r}")
+        if not _number("controller.kp", self.kp) >= 0:
+            raise ConfigError(f"controller.kp must be >= 0, got {self.kp!r}")
+        if not _number("controller.max_step", self.max_step) > 0:
+            raise ConfigError(f"controller.max_step must be > 0, got {self.max_step!r}")
+        if not 0 <= _number("controller.min_step", self.min_step) <= self.max_step:
+            raise ConfigError(f"controller.min_step must be in [0, max_step={self.max_step:g}], got {self.min_step!r}")
+        lo, hi = _number("controller.lam_min", self.lam_min), _number("controller.lam_max", self.lam_max)
+        if lo < 0 or hi <= lo:
+            raise ConfigError(f"controller λ range must satisfy 0 <= lam_min < lam_max, got [{lo:g}, {hi:g}]")
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One controller step: the λ it found, the λ it asks for, and why (``reason`` is what gets stored)."""
+
+    lam_before: float
+    lam_after: float
+    moved: bool
+    error: float
+    i_term: float
+    p_term: float
+    clamped: str | None
+    batch_n: int
+    batch_tokens: float
+    batch_em: float
+    window_n: int
+    window_tokens: float
+    window_em: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerState:
+    """What the controller knows now (health and metrics read it)."""
+
+    target: str
+    target_value: float
+    setpoint: float
+    enabled: bool
+    lam: float | None
+    observed: int
+    steps: int
+    moves: int
+    last_error: float | None
+    window_n: int
+    window_tokens: float | None
+    window_em: float | None
+    window_error: float | None
+    saturated: str | None
+    last_move_ts: float | None
+
+
+class LambdaController:
+    """Dual ascent / PI on λ toward a :class:`Target`. Thread-safe; never touches a store."""
+
+    def __init__(self, target: Target, config: ControllerConfig | None = None) -> None:
+        if not isinstance(target, Target):
+            raise ConfigError(f"target must be a Target, got {type(target).__name__}")
+        config = ControllerConfig() if config is None else config
+        if not isinstance(config, ControllerConfig):
+            raise ConfigError(f"config must be a ControllerConfig, got {type(config).__name__}")
+        self.target = target
+        self.config = config
+        self.ki = DEFAULT_KI[target.kind] if config.ki is None else float(config.ki)
+        self.enabled = True
+        self._lock = threading.Lock()
+        self._batch_n = 0
+        self._batch_em = 0.0
+        self._batch_tokens = 0.0
+        self._win: deque[tuple[float, float]] = deque()
+        self._win_em = 0.0
+        self._win_tokens = 0.0
+        self._observed = 0
+        self._steps = 0
+        self._moves = 0
+        self._prev_error: float | None = None
+        self._last_error: float | None = None
+        self._lam: float | None = None
+        self._saturated: str | None = None
+        self._last_move_ts: float | None = None
+
+    # -- feeding ------------------------------------------------------------------
+    def observe(self, em: float, tokens: float) -> bool:
+        """Count one outcome; True when a step is due (call :meth:`update`)."""
+        em, tokens = float(em), float(tokens)
+        with self._lock:
+            self._observed += 1
+            self._batch_n += 1
+            self._batch_em += em
+            self._batch_tokens += tokens
+            self._win.append((em, tokens))
+            self._win_em += em
+            self._win_tokens += tokens
+            if len(self._win) > self.config.window:
+                old_em, old_tok = self._win.popleft()
+                self._win_em -= old_em
+                self._win_tokens -= old_tok
+            return self.enabled and self._batch_n >= self.config.interval
+
+    # -- stepping -----------------------------------------------------------------
+    def _error(self, em_mean: float, tokens_mean: float) -> float:
+        sp = self.target.setpoint
+        if self.target.kind == "token_budget":
+            return (tokens_mean - sp) / sp
+        return (sp - em_mean) / sp
+
+    def update(self, lam: float) -> Step | None:
+        """One step from the λ in force, if ``interval`` outcomes arrived since the last one; else None.
+
+        The batch is consumed whether or not λ moves.
+        """
+        lam = _number("lam", lam)
+        cfg = self.config
+        with self._lock:
+            if not self.enabled or self._batch_n < cfg.interval:
+                return None
+            n = self._batch_n
+            b_em, b_tok = self._batch_em / n, self._batch_tokens / n
+            self._batch_n, self._batch_em, self._batch_tokens = 0, 0.0, 0.0
+            err = self._error(b_em, b_tok)
+            prev = err if self._prev_error is None else self._prev_error
+            self._prev_error = err
+            s = self.target.sign
+            i_term = s * self.ki * err
+            p_term = s * cfg.kp * (err - prev)
+            delta = max(-cfg.max_step, min(cfg.max_step, i_term + p_term))
+            wanted = lam + delta
+            new = min(cfg.lam_max, max(cfg.lam_min, wanted))
+            clamped = "lam_max" if wanted > cfg.lam_max else "lam_min" if wanted < cfg.lam_min else None
+            if new >= cfg.lam_max and s * err > 0:
+                self._saturated = "high"
+            elif new <= cfg.lam_min and s * err < 0:
+                self._saturated = "low"
+            else:
+                self._saturated = None
+            moved = abs(new - lam) >= max(cfg.min_step, 1e-12)
+            if not moved:
+                new = lam
+            self._steps += 1
+            self._last_error = err
+            wn = len(self._win)
+            w_em, w_tok = self._win_em / wn, self._win_tokens / wn
+            if moved:
+                self._moves += 1
+                self._last_move_ts = time.time()
+            self._lam = new
+            reason = (
+                f"controller {self.target.describe()} (setpoint {self.target.setpoint:.4g}): "
+                f"last {n} outcomes tokens {b_tok:.1f} EM {b_em:.4f}; window {wn}: tokens {w_tok:.1f} EM {w_em:.4f}; "
+                f"error {err:+.4f}; step {new - lam:+.4f} (I {i_term:+.4f}, P {p_term:+.4f}"
+                f"{', bounded' if abs(i_term + p_term) > cfg.max_step else ''}"
+                f"{', clamped at ' + clamped if clamped else ''}); λ {lam:.4f} -> {new:.4f}"
+                f"{'; saturated ' + self._saturated if self._saturated else ''}"
+            )
+            return Step(lam, new, moved, err, i_term, p_term, clamped, n, b_tok, b_em, wn, w_tok, w_em, reason)
+
+    def reset(self) -> None:
+        """Forget the batch, the window and the PI memory (e.g. after a manual λ change)."""
+        with self._lock:
+            self._batch_n, self._batch_em, self._batch_tokens = 0, 0.0, 0.0
+            self._win.clear()
+            self._win_em = self._win_tokens = 0.0
+            self._prev_error = None
+
+    def retarget(self, target: Target) -> None:
+        """Hold a new target from the next step on (the PI memory is reset; the window is kept)."""
+        if not isinstance(target, Target):
+            raise ConfigError(f"target must be a Target, got {type(target).__name__}")
+        with self._lock:
+            self.target = target
+            self.ki = DEFAULT_KI[target.kind] if self.config.ki is None else float(self.config.ki)
+            self._prev_error = None
+            self._batch_n, self._batch_em, self._batch_tokens = 0, 0.0, 0.0
+
+    # -- reading ------------------------------------------------------------------
+    def state(self) -> ControllerState:
+        with self._lock:
+            wn = len(self._win)
+            w_em = self._win_em / wn if wn else None
+            w_tok = self._win_tokens / wn if wn else None
+            w_err = self._error(w_em, w_tok) if wn else None  # type: ignore[arg-type]
+            return ControllerState(
+                target=self.target.kind, target_value=self.target.value, setpoint=self.target.setpoint,
+                enabled=self.enabled, lam=self._lam, observed=self._observed, steps=self._steps, moves=self._moves,
+                last_error=self._last_error, window_n=wn, window_tokens=w_tok, window_em=w_em, window_error=w_err,
+                saturated=self._saturated, last_move_ts=self._last_move_ts,
+            )
+
+    def with_config(self, **changes: object) -> LambdaController:
+        """A fresh controller for the same target with some config fields changed."""
+        return LambdaController(self.target, replace(self.config, **changes))  # type: ignore[arg-type]
+
+
+__all__ = ["DEFAULT_KI", "TARGET_KINDS", "ControllerConfig", "ControllerState", "LambdaController", "Step", "Target"]

@@ -1,0 +1,727 @@
+"""``stopbandit replay …``: offline evaluation, training, λ sweeps and log export/import.
+
+The click group :data:`replay` is registered on the main CLI with
+``main.add_command(replay)``. The work behind ``evaluate`` and ``sweep`` is in
+the plain functions :func:`evaluate` and :func:`sweep_log` (benchmarks and
+notebooks call them in-process); the commands only resolve options, call
+them and print.
+
+Resolution of what a command evaluates with:
+
+* arms: ``--config``'s ``[[arms]]``, else the snapshot's (the named one, else
+  the newest), else the default arms; the log must match them by name;
+* λ: ``--lam``, else the λ in force in the store, else the snapshot's, else the config's;
+* token_scale: ``--token-scale``, else the config's, else the snapshot's, else 1000.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import wraps
+from typing import Any
+
+import click
+
+from stopbandit.bandit.arms import ArmSet
+from stopbandit.errors import ConfigError, InputError
+from stopbandit.replay.candidates import (
+    Candidate,
+    CandidateContext,
+    FixedArm,
+    HeadsCandidate,
+    HeadsModel,
+    LoggingCandidate,
+    default_model,
+    make_candidate,
+    resolve_arms,
+    resolve_lambda,
+    snapshot_meta,
+)
+from stopbandit.replay.logged import (
+    DEFAULT_CHUNK,
+    LogCounts,
+    LogReader,
+    Target,
+    export_events,
+    import_events,
+    iso_time,
+    parse_time,
+    require_events,
+    run_targets,
+)
+from stopbandit.replay.ope import ESTIMATORS, IPS, Estimate, Estimator, Metric, make_estimator, reveal_matrix
+from stopbandit.replay.store import OUTCOMES, ReplayStore, _guard
+
+DB_HELP = "SQLAlchemy URL of the replay store (default: $STOPBANDIT_DB, else sqlite:///stopbandit.db)."
+DEFAULT_ESTIMATORS = ("ips", "snips", "dr", "dm")
+GRAPH_ESTIMATORS = ("graph-ips", "graph-dr")
+METRIC_TITLES = {"em": "EM", "tokens": "tokens", "reward": "reward"}
+
+
+# --------------------------------------------------------------------------- in-process API
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What ``replay evaluate`` computes (``estimates[estimator][metric]``, metric em/tokens/reward)."""
+
+    policy: dict[str, Any]
+    lam: float
+    token_scale: float
+    arms: tuple[str, ...]
+    estimates: dict[str, dict[str, Estimate]]
+    logging: dict[str, Estimate]
+    counts: LogCounts
+    skipped: dict[str, str]
+    model: str | None
+    seconds: float
+    jobs: int = 1
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def warnings(self) -> list[str]:
+        out = list(self.counts.warnings())
+        for name, reason in self.skipped.items():
+            out.append(f"SKIPPED {name}: {reason}")
+        for by_metric in self.estimates.values():
+            seen: list[str] = []
+            for est in by_metric.values():
+                for w in est.warnings:
+                    if w not in seen:
+                        seen.append(w)
+            label = next(iter(by_metric.values())).estimator
+            out.extend(f"[{label}] {w}" for w in seen)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy, "lam": self.lam, "token_scale": self.token_scale, "arms": list(self.arms),
+            "model": self.model, "counts": self.counts.to_dict(),
+            "estimates": {e: {m: est.to_dict() for m, est in ms.items()} for e, ms in self.estimates.items()},
+            "logging": {m: est.to_dict() for m, est in self.logging.items()},
+            "skipped": self.skipped, "warnings": self.warnings(), "seconds": round(self.seconds, 3),
+            "jobs": self.jobs,
+            **({"notes": self.notes} if self.notes else {}),
+        }
+
+
+def parse_estimators(spec: str | Sequence[str], *, traced: bool) -> list[str]:
+    """Estimator names from ``"ips,snips,dr"``; ``auto`` = ips,snips,dr,dm plus graph-ips,graph-dr when traced."""
+    items = [s.strip().lower() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    if not items:
+        raise ConfigError("estimators is empty: name at least one of " + ", ".join(ESTIMATORS))
+    out: list[str] = []
+    for item in items:
+        if item == "auto":
+            out.extend(DEFAULT_ESTIMATORS + (GRAPH_ESTIMATORS if traced else ()))
+        elif item == "all":
+            out.extend(ESTIMATORS)
+        elif item in ESTIMATORS:
+            out.append(item)
+        else:
+            raise ConfigError(f"unknown estimator {item!r}; known estimators: {', '.join(ESTIMATORS)} (or auto, all)")
+    return list(dict.fromkeys(out))
+
+
+def has_traces(store: ReplayStore) -> bool:
+    """Whether any outcome carries a reference key (every traced, evaluable outcome has one)."""
+    from sqlalchemy import select
+
+    q = select(OUTCOMES.c.id).where(OUTCOMES.c.reference_key.is_not(None)).limit(1)
+    with _guard("has_traces", store.engine), store.engine.connect() as conn:
+        return conn.execute(q).first() is not None
+
+
+def evaluate(
+    store: ReplayStore,
+    arms: ArmSet,
+    candidate: Candidate,
+    estimators: Sequence[str],
+    *,
+    lam: float,
+    token_scale: float,
+    model: HeadsModel | None = None,
+    include: Sequence[str] = ("ok",),
+    since: float | None = None,
+    until: float | None = None,
+    alpha: float = 0.05,
+    chunk: int = DEFAULT_CHUNK,
+    progress: bool | None = None,
+    jobs: int | None = None,
+) -> Evaluation:
+    """Estimate ``candidate``'s EM, tokens and reward at ``lam`` with each estimator, in one streaming pass.
+
+    The logging policy's own (on-policy) value on the same events comes along
+    as the reference row. Memory is bounded by ``chunk``.
+    """
+    reveals = reveal_matrix(arms)
+    ests: dict[str, Estimator] = {name: make_estimator(name, reveals=reveals) for name in estimators}
+    metrics = (Metric("em"), Metric("tokens"), Metric("reward", lam, token_scale))
+    targets = [Target("candidate", candidate, ests, metrics),
+               Target("logging", LoggingCandidate(), {"on-policy": IPS()}, metrics)]
+    reader = LogReader(store, arms, include=include, since=since, until=until, chunk=chunk,
+                       traces=any(name.startswith("graph") for name in ests))
+    result = run_targets(reader, targets, model=model, alpha=alpha, progress=progress, jobs=jobs)
+    require_events(result.counts)
+    return Evaluation(
+        policy=candidate.describe(), lam=lam, token_scale=token_scale, arms=arms.names,
+        estimates=result.estimates.get("candidate", {}), logging=result.estimates["logging"]["on-policy"],
+        counts=result.counts, skipped=result.skipped, model=model.version if model is not None else None,
+        seconds=result.seconds, jobs=result.jobs,
+    )
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    points: list[Any]  # SweepPoint
+    fixed: dict[str, tuple[Estimate, Estimate]]
+    logging: dict[str, Estimate]
+    counts: LogCounts
+    estimator: str
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "estimator": self.estimator,
+            "points": [{"lam": p.lam, "em": p.em.to_dict(), "tokens": p.tokens.to_dict(), "reward": p.reward.to_dict()}
+                       for p in self.points],
+            "fixed_arms": {n: {"em": e.to_dict(), "tokens": t.to_dict()} for n, (e, t) in self.fixed.items()},
+            "logging": {m: est.to_dict() for m, est in self.logging.items()},
+            "counts": self.counts.to_dict(), "seconds": round(self.seconds, 3),
+        }
+
+
+def sweep_log(
+    store: ReplayStore,
+    arms: ArmSet,
+    model: HeadsModel,
+    lambdas: Sequence[float],
+    *,
+    estimator: str = "dr",
+    token_scale: float,
+    explore: bool = False,
+    include: Sequence[str] = ("ok",),
+    since: float | None = None,
+    until: float | None = None,
+    alpha: float = 0.05,
+    chunk: int = DEFAULT_CHUNK,
+    progress: bool | None = None,
+    jobs: int | None = None,
+) -> SweepResult:
+    """The heads' policy at every λ and every fixed arm, EM and mean tokens with intervals, in one pass.
+
+    The streaming counterpart of :func:`stopbandit.replay.sweep.sweep` and
+    :func:`~stopbandit.replay.sweep.fixed_arm_estimates` (same estimates;
+    the tests check it): the heads are asked once per chunk, every λ reuses them.
+    The most lenient arm is labelled "(full reasoning)".
+    """
+    from stopbandit.replay.sweep import SweepPoint
+
+    if not model.has_heads:
+        raise ConfigError(f"the sweep needs EM/token heads; snapshot {model.version!r} is a "
+                          f"{model.policy.name!r} policy without them")
+    est = make_estimator(estimator, reveals=reveal_matrix(arms))
+    targets = []
+    for lam in lambdas:
+        targets.append(Target(f"lam={lam!r}", HeadsCandidate(model=model, lam=lam, explore=explore),
+                              {estimator: est}, (Metric("em"), Metric("tokens"), Metric("reward", lam, token_scale))))
+    full = arms.most_conservative()
+    labels = {}
+    for k, arm in enumerate(arms):
+        label = f"{arm.name} (full reasoning)" if k == full else arm.name
+        labels[label] = f"arm:{arm.name}"
+        targets.append(Target(f"arm:{arm.name}", FixedArm(index=k, name=arm.name), {estimator: est},
+                              (Metric("em"), Metric("tokens"))))
+    targets.append(Target("logging", LoggingCandidate(), {"on-policy": IPS()},
+                          (Metric("em"), Metric("tokens"))))
+    reader = LogReader(store, arms, include=include, since=since, until=until, chunk=chunk,
+                       traces=estimator.startswith("graph"))
+    result = run_targets(reader, targets, model=model, alpha=alpha, progress=progress, jobs=jobs)
+    require_events(result.counts)
+    res = result.estimates
+    if estimator not in res.get(f"lam={lambdas[0]!r}", {}):
+        raise ConfigError(f"estimator {estimator!r} could not run: {result.skipped.get(estimator, 'no model')}")
+    points = []
+    for lam in lambdas:
+        r = res[f"lam={lam!r}"][estimator]
+        points.append(SweepPoint(lam, r["em"], r["tokens"], r["reward"]))
+    fixed = {label: (res[key][estimator]["em"], res[key][estimator]["tokens"]) for label, key in labels.items()}
+    return SweepResult(points, fixed, res["logging"]["on-policy"], result.counts, est.name, result.seconds)
+
+
+# --------------------------------------------------------------------------- CLI plumbing
+
+
+def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``stopbandit.cli.user_errors``, imported when the command runs (no import cycle with cli.py)."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from stopbandit.cli import user_errors
+
+        return user_errors(fn)(*args, **kwargs)
+
+    return wrapper
+
+
+def _emit_json(obj: Any) -> None:
+    from stopbandit.cli import emit_json
+
+    emit_json(obj)
+
+
+def _console():
+    """stdout; wide enough when piped (rich falls back to 80 columns) that table rows stay on one line."""
+    from rich.console import Console
+
+    con = Console(highlight=False)
+    if not con.is_terminal:
+        con = Console(highlight=False, width=140)
+    return con
+
+
+def _err_console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+@dataclass
+class _Setup:
+    store: ReplayStore
+    arms: ArmSet
+    arms_source: str
+    meta: dict[str, Any] | None
+    config: Any  # SelectorConfig | None
+    lam: float
+    lam_source: str
+    token_scale: float
+
+
+def _setup(url: str | None, config_path: str | None, policy: str | None, lam: float | None,
+           token_scale: float | None) -> _Setup:
+    from stopbandit.config import load_config
+
+    cfg = load_config(config_path) if config_path else None
+    store = ReplayStore(url)
+    meta = snapshot_meta(store, policy)
+    arms, arms_source = resolve_arms(cfg.arms if cfg is not None else None, meta)
+    lam_v, lam_source = resolve_lambda(lam, store, meta, cfg.lam if cfg is not None else 0.2)
+    if lam_v < 0 or lam_v != lam_v:
+        raise ConfigError(f"--lam must be a number >= 0, got {lam_v!r}")
+    if token_scale is None:
+        if cfg is not None:
+            token_scale = cfg.token_scale
+        elif meta is not None and isinstance(meta.get("token_scale"), (int, float)):
+            token_scale = float(meta["token_scale"])
+        else:
+            token_scale = 1000.0
+    if not token_scale > 0:
+        raise ConfigError(f"--token-scale must be > 0, got {token_scale!r}")
+    return _Setup(store, arms, arms_source, meta, cfg, lam_v, lam_source, float(token_scale))
+
+
+def _include(include_defaulted: bool, include_late: bool) -> tuple[str, ...]:
+    return ("ok",) + (("defaulted",) if include_defaulted else ()) + (("late",) if include_late else ())
+
+
+def _window(since: str | None, until: str | None) -> tuple[float | None, float | None]:
+    s, u = parse_time(since, field="--since"), parse_time(until, field="--until")
+    if s is not None and u is not None and u <= s:
+        raise ConfigError(f"--until ({until}) must be after --since ({since})")
+    return s, u
+
+
+def _fmt(metric: str, v: float) -> str:
+    if v != v:
+        return "n/a"
+    return f"{v:,.1f}" if metric == "tokens" else f"{v:.4f}"
+
+
+def _ci(metric: str, e: Estimate) -> str:
+    return f"[{_fmt(metric, e.ci_low)}, {_fmt(metric, e.ci_high)}]"
+
+
+def _counts_table(counts: LogCounts, title: str = "events"):
+    from stopbandit.cli import table
+
+    c = counts
+    return table(title, ["events", "used", "ok", "defaulted", "late", "excluded", "traced"],
+                 [[c.events, c.used, c.ok, c.defaulted, c.late, c.excluded, c.traced]])
+
+
+def _print_warnings(lines: Sequence[str]) -> None:
+    from rich.markup import escape
+
+    con = _console()
+    for w in lines:
+        con.print(f"[bold yellow]WARNING[/] {escape(w)}")
+
+
+def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
+        click.option("--db", "url", envvar="STOPBANDIT_DB", help=DB_HELP),
+        click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                     help="Selector TOML config ([[arms]], token_scale, exploration, features)."),
+        click.option("--include-defaulted", is_flag=True,
+                     help="Also estimate on events whose reward was defaulted (excluded by default)."),
+        click.option("--include-late", is_flag=True, help="Also estimate on events whose reward arrived late."),
+        click.option("--chunk", type=click.IntRange(100, 200_000), default=DEFAULT_CHUNK, show_default=True,
+                     help="Events per chunk read (memory is bounded by it)."),
+        click.option("--no-progress", is_flag=True, help="Never show the progress bar (stderr)."),
+        click.option("--jobs", type=click.IntRange(1, 64), default=None,
+                     help="Worker processes (default: one per core, up to 8, for logs of 200,000+ events)."),
+        click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+# --------------------------------------------------------------------------- the group
+
+
+@click.group("replay")
+def replay() -> None:
+    """Evaluate, train and sweep policies offline from the replay log; export/import it (DSJSON, CSV)."""
+
+
+@replay.command("evaluate")
+@_common
+@click.option("--policy", default="latest", show_default=True,
+              help="latest | current | <snapshot version> | arm:NAME | uniform | logging.")
+@click.option("--estimators", default="auto", show_default=True,
+              help="Comma list of ips, snips, dr, dm, switch-dr, graph-ips, graph-dr (auto: ips,snips,dr,dm "
+                   "plus the graph-feedback ones when the log has probe traces; all: every one).")
+@click.option("--lam", type=float, default=None, help="λ of the reward (and of the candidate's scores).")
+@click.option("--token-scale", type=float, default=None, help="token_scale of the reward.")
+@click.option("--explore", is_flag=True, help="Play a snapshot with its exploration rule instead of greedily.")
+@click.option("--model", "model_version", default=None,
+              help="Snapshot whose heads DM/DR use as their model (default: the candidate's, else the newest).")
+@click.option("--since", default=None, help="Only events decided at or after this time (ISO 8601 or epoch s).")
+@click.option("--until", default=None, help="Only events decided before this time.")
+@click.option("--alpha", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.05,
+              show_default=True, help="1 − confidence level of the intervals.")
+@_user_errors
+def evaluate_cmd(url, config_path, include_defaulted, include_late, chunk, no_progress, jobs, as_json, policy,
+                 estimators,
+                 lam, token_scale, explore, model_version, since, until, alpha) -> None:
+    """Off-policy estimates of a candidate policy's EM, tokens and reward, with intervals and diagnostics."""
+    s = _setup(url, config_path, policy, lam, token_scale)
+    since_ts, until_ts = _window(since, until)
+    names = parse_estimators(estimators, traced=has_traces(s.store))
+    cand = make_candidate(policy, CandidateContext(s.store, s.arms, s.lam, explore))
+    model = default_model(s.store, s.arms, cand, model_version)
+    ev = evaluate(s.store, s.arms, cand, names, lam=s.lam, token_scale=s.token_scale, model=model,
+                  include=_include(include_defaulted, include_late), since=since_ts, until=until_ts, alpha=alpha,
+                  chunk=chunk, progress=False if no_progress else None, jobs=jobs)
+    ev.notes.update({"arms_from": s.arms_source, "lam_from": s.lam_source})
+    if as_json:
+        _emit_json(ev.to_dict())
+        return
+    from stopbandit.cli import table
+
+    con = _console()
+    p = ev.policy
+    desc = p["policy"] if "snapshot" not in p else (
+        f"{p['policy']} = snapshot {p['snapshot']} ({p['kind']}, {p['mode']} at λ={p['lam']:g})")
+    from rich.markup import escape
+
+    con.print(f"candidate: {escape(desc)}\nreward = em − {ev.lam:g}·tokens/{ev.token_scale:g} (λ from {s.lam_source}); "
+              f"arms {list(s.arms.names)} (from {s.arms_source}); DM/DR model: {ev.model or 'none'}; "
+              f"{ev.counts.used:,} events in {ev.seconds:.1f} s ({ev.jobs} process{'es' if ev.jobs > 1 else ''})")
+    level = f"{100 * (1 - alpha):g}% CI (normal)"
+    for metric in ("em", "tokens", "reward"):
+        rows = [["logging policy (on-policy)", _fmt(metric, ev.logging[metric].value), _ci(metric, ev.logging[metric]),
+                 f"{ev.logging[metric].ess:,.0f}", "1", "0.0%", ""]]
+        for name in names:
+            e = ev.estimates.get(name, {}).get(metric)
+            if e is None:
+                rows.append([name, "skipped", "", "", "", "", ""])
+                continue
+            rows.append([e.estimator, _fmt(metric, e.value), _ci(metric, e), f"{e.ess:,.1f}", f"{e.max_weight:.3g}",
+                         f"{100 * e.unsupported_share:.1f}%",
+                         f"{100 * e.fallback_share:.1f}%" if name.startswith("graph") else ""])
+        title = METRIC_TITLES[metric] + (f" at λ={ev.lam:g}" if metric == "reward" else "")
+        con.print(table(title, ["estimator", "value", level, "ESS", "max weight", "unsupported", "no trace"], rows))
+    con.print(_counts_table(ev.counts))
+    _print_warnings(ev.warnings())
+
+
+@replay.command("train")
+@_common
+@click.option("--since", default=None, help="The held-out part starts at this decision time (ISO 8601 or epoch s).")
+@click.option("--test-frac", type=float, default=None,
+              help="Hold out the newest fraction of events by decision time (default 0.2).")
+@click.option("--importance-weighting", is_flag=True,
+              help="Weight training examples by 1/P(arm observed) (clipped): fit the heads for every arm evenly.")
+@click.option("--lam", type=float, default=None, help="λ of the reported reward and of the new policy's scores.")
+@click.option("--token-scale", type=float, default=None, help="token_scale of the new heads and of the reward.")
+@click.option("--dry-run", is_flag=True,
+              help="Train and evaluate but do not save the snapshot (serving Selectors pick up saved ones).")
+@_user_errors
+def train_cmd(url, config_path, include_defaulted, include_late, chunk, no_progress, jobs, as_json, since, test_frac,
+              importance_weighting, lam, token_scale, dry_run) -> None:
+    """Fit fresh heads on the older part of the log, evaluate them on the newer part, save a snapshot."""
+    from stopbandit.bandit.exploration import exploration_from_config
+    from stopbandit.features.extract import FeatureConfig
+    from stopbandit.replay.training import time_split, train_and_evaluate
+
+    s = _setup(url, config_path, "latest", lam, token_scale)
+    split = time_split(s.store, since=parse_time(since, field="--since"), test_frac=test_frac)
+    if s.config is not None:
+        exploration, features = s.config.exploration, s.config.features.to_dict()
+    elif s.meta is not None:
+        exploration, features = exploration_from_config(s.meta.get("exploration")), dict(s.meta.get("features", {}))
+    else:
+        exploration, features = exploration_from_config(None), FeatureConfig().to_dict()
+    report = train_and_evaluate(
+        s.store, s.arms, exploration=exploration, lam=s.lam, token_scale=s.token_scale, feature_config=features,
+        split=split, include=_include(include_defaulted, include_late), importance_weighting=importance_weighting,
+        save=not dry_run, chunk=chunk, progress=False if no_progress else None, jobs=jobs,
+    )
+    if as_json:
+        _emit_json(report.to_dict())
+        return
+    from stopbandit.cli import table
+
+    con = _console()
+    con.print(f"split at {iso_time(split.cutoff)} ({split.how}): train on {split.n_train} events, "
+              f"hold out {split.n_test}; learned from {report.train.learned} events "
+              f"({report.train.traced} traced, {report.train.revealed_updates} arm updates) in "
+              f"{report.train.seconds:.1f} s")
+    rows = []
+    for metric in ("em", "tokens", "reward"):
+        lg = report.logging[metric]
+        row = [METRIC_TITLES[metric], _fmt(metric, lg.value), _ci(metric, lg)]
+        for name in ("dr", "snips"):
+            e = report.candidate[name][metric]
+            row += [_fmt(metric, e.value), _ci(metric, e)]
+        rows.append(row)
+    dr = report.candidate["dr"]["em"]
+    con.print(table(f"held-out part: new heads (greedy at λ={report.lam:g}) vs the logging policy",
+                    ["metric", "logging (on-policy)", "95% CI", "new: DR", "95% CI", "new: SNIPS", "95% CI"], rows))
+    con.print(f"ESS {dr.ess:,.1f} of {dr.n}, max weight {dr.max_weight:.3g}")
+    con.print(_counts_table(report.test_counts, "held-out events"))
+    warn = []
+    for by_metric in report.candidate.values():
+        label = next(iter(by_metric.values())).estimator
+        for w in dict.fromkeys(w for e in by_metric.values() for w in e.warnings):
+            warn.append(f"[{label}] {w}")
+    _print_warnings(report.test_counts.warnings() + warn)
+    if report.saved:
+        con.print(f"saved snapshot [bold]{report.version}[/] (serving Selectors that follow the store will load it)")
+    else:
+        con.print(f"dry run: snapshot {report.version} not saved")
+
+
+@replay.command("sweep")
+@_common
+@click.option("--lambdas", default="0:1:0.05", show_default=True, help="start:stop:step (inclusive) or a,b,c.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the EM-vs-tokens Pareto plot (PNG) here.")
+@click.option("--policy", default=None,
+              help="Sweep this snapshot's heads (latest or a version); default: train heads once on the older part.")
+@click.option("--estimator", default="dr", show_default=True, help="The estimator of every point.")
+@click.option("--since", default=None,
+              help="Evaluate on events decided from this time on (when training: train on the ones before).")
+@click.option("--test-frac", type=float, default=None, help="When training: hold out this newest fraction (0.2).")
+@click.option("--importance-weighting", is_flag=True, help="When training: importance-weighted heads.")
+@click.option("--token-scale", type=float, default=None, help="token_scale of the reward.")
+@click.option("--explore", is_flag=True, help="Play each λ's policy with the snapshot's exploration rule.")
+@_user_errors
+def sweep_cmd(url, config_path, include_defaulted, include_late, chunk, no_progress, jobs, as_json, lambdas, plot_path,
+              policy, estimator, since, test_frac, importance_weighting, token_scale, explore) -> None:
+    """EM and mean tokens of the heads' policy at every λ (with intervals), next to every fixed arm."""
+    from stopbandit.bandit.exploration import exploration_from_config
+    from stopbandit.replay.sweep import parse_lambdas, plot_pareto
+    from stopbandit.replay.training import time_split, train_heads
+
+    lams = parse_lambdas(lambdas)
+    if estimator.strip().lower() not in ESTIMATORS:
+        raise ConfigError(f"unknown estimator {estimator!r}; known estimators: {', '.join(ESTIMATORS)}")
+    estimator = estimator.strip().lower()
+    s = _setup(url, config_path, policy or "latest", None, token_scale)
+    include = _include(include_defaulted, include_late)
+    progress = False if no_progress else None
+    trained = None
+    if policy is not None:
+        if test_frac is not None or importance_weighting:
+            raise ConfigError("--test-frac / --importance-weighting only apply when the sweep trains heads; "
+                              "drop them or drop --policy")
+        model = HeadsModel.load(s.store, policy, s.arms)
+        eval_since = parse_time(since, field="--since")
+    else:
+        split = time_split(s.store, since=parse_time(since, field="--since"), test_frac=test_frac)
+        exploration = s.config.exploration if s.config is not None else exploration_from_config(
+            s.meta.get("exploration") if s.meta else None)
+        heads, stats = train_heads(s.store, s.arms, exploration=exploration, token_scale=s.token_scale,
+                                   until=split.cutoff, include=include, importance_weighting=importance_weighting,
+                                   chunk=chunk, progress=progress)
+        if stats.learned == 0:
+            heads.close()
+            require_events(stats.counts, f"the training part (before {iso_time(split.cutoff)})")
+        model = HeadsModel(heads, "trained-for-sweep")
+        eval_since = split.cutoff
+        trained = {"split": split.to_dict(), "train": stats.to_dict()}
+    try:
+        res = sweep_log(s.store, s.arms, model, lams, estimator=estimator, token_scale=s.token_scale,
+                        explore=explore, include=include, since=eval_since, chunk=chunk, progress=progress,
+                        jobs=jobs)
+    finally:
+        model.close()
+    written = None
+    if plot_path:
+        written = str(plot_pareto(res.points, res.fixed, plot_path,
+                                  title=f"EM vs tokens ({res.estimator}, {res.counts.used} events, "
+                                        f"95% intervals)"))
+    if as_json:
+        out = res.to_dict()
+        out.update({"policy": policy or "trained", "token_scale": s.token_scale, "plot": written,
+                    "trained": trained, "arms": list(s.arms.names)})
+        _emit_json(out)
+        return
+    from stopbandit.cli import table
+
+    con = _console()
+    if trained:
+        con.print(f"heads trained on {trained['train']['learned']} events before "
+                  f"{trained['split']['cutoff_iso']}; evaluated on the {res.counts.used} events from then on")
+    rows = []
+    for p in res.points:
+        rows.append([f"{p.lam:g}", _fmt("em", p.em.value), _ci("em", p.em), _fmt("tokens", p.tokens.value),
+                     _ci("tokens", p.tokens), _fmt("reward", p.reward.value), f"{p.em.ess:,.0f}",
+                     f"{p.em.max_weight:.3g}"])
+    for label, (em, tok) in res.fixed.items():
+        rows.append([f"arm {label}", _fmt("em", em.value), _ci("em", em), _fmt("tokens", tok.value),
+                     _ci("tokens", tok), "", f"{em.ess:,.0f}", f"{em.max_weight:.3g}"])
+    lg_em, lg_tok = res.logging["em"], res.logging["tokens"]
+    rows.append(["logging policy", _fmt("em", lg_em.value), _ci("em", lg_em), _fmt("tokens", lg_tok.value),
+                 _ci("tokens", lg_tok), "", f"{lg_em.n:,}", "1"])
+    con.print(table(f"λ sweep ({res.estimator}, greedy{' + exploration' if explore else ''})",
+                    ["λ", "EM", "95% CI", "tokens", "95% CI", "reward", "ESS", "max weight"], rows))
+    con.print(_counts_table(res.counts))
+    warn = []
+    for p in res.points:
+        for w in p.em.warnings:
+            if w.startswith(("UNSUPPORTED", "LOW ESS")):
+                warn.append(f"[λ={p.lam:g}] {w}")
+    _print_warnings(res.counts.warnings() + warn)
+    if written:
+        con.print(f"wrote {written}")
+
+
+FORMATS = ("dsjson", "csv")
+
+
+@replay.command("export")
+@click.option("--db", "url", envvar="STOPBANDIT_DB", help=DB_HELP)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Selector TOML config ([[arms]]).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="dsjson", show_default=True)
+@click.option("--out", "out_path", required=True, help="Output file ('-' = stdout).")
+@click.option("--since", default=None, help="Only events decided at or after this time.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary (on stderr when --out -).")
+@_user_errors
+def export_cmd(url, config_path, fmt, out_path, since, as_json) -> None:
+    """Write every event (decision + outcome, every status) as DSJSON lines or CSV."""
+    from stopbandit.replay.csvlog import CsvWriter
+    from stopbandit.replay.dsjson import write_dsjson
+
+    s = _setup(url, config_path, "latest", None, None)
+    since_ts = parse_time(since, field="--since")
+    t0 = time.perf_counter()
+    to_stdout = out_path == "-"
+    tmp = f"{out_path}.partial"
+    try:
+        fh = sys.stdout if to_stdout else open(tmp, "w", encoding="utf-8", newline="")
+    except OSError as exc:
+        raise ConfigError(f"--out {out_path!r}: cannot write: {exc.strerror}") from None
+    done = False
+    try:
+        if fmt == "csv":
+            w = CsvWriter(fh)
+            n = export_events(s.store, w.write, since=since_ts)
+        else:
+            n = export_events(s.store, lambda ev: write_dsjson(ev, s.arms, fh), since=since_ts)
+        done = True
+    finally:
+        if not to_stdout:
+            fh.close()
+            if done:
+                os.replace(tmp, out_path)  # the file appears whole or not at all
+            else:
+                os.unlink(tmp)
+    summary = {"format": fmt, "out": out_path, "events": n, "arms": list(s.arms.names),
+               "seconds": round(time.perf_counter() - t0, 3)}
+    if as_json:
+        if to_stdout:
+            import json
+
+            click.echo(json.dumps(summary), err=True)
+        else:
+            _emit_json(summary)
+    elif not to_stdout:
+        click.echo(f"wrote {n} events to {out_path} ({fmt})")
+
+
+@replay.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--db", "url", envvar="STOPBANDIT_DB", help=DB_HELP)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="Selector TOML config ([[arms]] to map actions to; token_scale for foreign DSJSON).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+              help="File format (default: csv for *.csv, else dsjson).")
+@click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True,
+              help="skip: leave malformed lines out and list them; fail: write nothing if any line is malformed.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+@_user_errors
+def import_cmd(path, url, config_path, fmt, on_error, as_json) -> None:
+    """Import DSJSON lines or CSV rows into the store (idempotent: a re-import adds nothing)."""
+    from stopbandit.replay import migrate
+    from stopbandit.replay.csvlog import read_csv
+    from stopbandit.replay.dsjson import read_dsjson
+
+    fmt = fmt or ("csv" if path.lower().endswith(".csv") else "dsjson")
+    migrate.upgrade(url)  # a fresh database gets the schema first
+    s = _setup(url, config_path, "latest", None, None)
+    scale = s.token_scale
+    now = time.time()
+    if fmt == "csv":
+        def parse():
+            return read_csv(path, s.arms, token_scale=scale, now=now)
+    else:
+        def parse():
+            return read_dsjson(path, s.arms, token_scale=scale)
+    report = import_events(s.store, parse, path=path, fmt=fmt, on_error=on_error)
+    failed = on_error == "fail" and report.error_count > 0
+    if as_json:
+        _emit_json(report.to_dict())
+    else:
+        from stopbandit.cli import table
+
+        con = _console()
+        r = report
+        con.print(table(f"import {path} ({fmt}, --on-error {on_error})",
+                        ["lines", "valid", "imported", "already stored", "decision only", "malformed"],
+                        [[r.lines, r.valid, r.inserted, r.duplicates, r.decisions_only, r.error_count]]))
+        if r.errors:
+            shown = r.errors[:20]
+            from rich.markup import escape
+
+            con.print(table("malformed lines" + (" (skipped)" if not failed else ""), ["line", "problem"],
+                            [[e.line, escape(e.message)] for e in shown]))
+            if r.error_count > len(shown):
+                con.print(f"… and {r.error_count - len(shown)} more (--json lists up to 1000)")
+        if r.from_cost:
+            _print_warnings([f"{r.from_cost} foreign events carry only a cost: stored as em = clip(−cost, 0, 1), "
+                             f"tokens = 0, lam = 0 ({r.clipped} costs were outside [−1, 0] and clipped)"])
+    if failed:
+        first = report.errors[0]
+        raise InputError(f"{path}: {report.error_count} malformed line(s) (first: line {first.line}: "
+                         f"{first.message}); --on-error fail: nothing was written")
+
+
+__all__ = ["Evaluation", "SweepResult", "evaluate", "parse_estimators", "replay", "sweep_log"]

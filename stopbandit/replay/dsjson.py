@@ -1,0 +1,252 @@
+"""Vowpal Wabbit decision-service JSON lines (DSJSON): export the replay log, import ours or a VW pipeline's.
+
+One line per event, the fields VW's ``--dsjson`` reader uses::
+
+    {"_label_cost": -0.62, "_label_probability": 0.7, "_label_Action": 3, "_labelIndex": 2,
+     "Timestamp": "2024-05-01T12:00:00.000000Z", "Version": "1", "EventId": "r-17",
+     "a": [3, 1, 2, 4],                      # action ids (1-based), the chosen one first
+     "c": {"x": {...request features...},    # shared context, one namespace
+           "_multi": [{"arm": "full", "threshold": 1.01, "max_think_tokens": 0}, ...]},
+     "p": [0.7, 0.1, 0.1, 0.1],              # probabilities, in the order of "a"
+     "VWState": {"m": "<policy version>"},
+     "_stopbandit": {...}}                   # our own fields: the exact event (see below)
+
+* ``_label_cost`` = −reward at the logged λ: ``−(em − lam·tokens/token_scale)``;
+  ``_label_Action`` is the 1-based id of the chosen action and ``_labelIndex``
+  its 0-based index in ``_multi``; action ``j`` (1-based) is ``_multi[j − 1]``,
+  arm ``j − 1`` of the arm set.
+* ``_stopbandit`` holds what DSJSON has no field for — em and tokens separately,
+  λ, token_scale, the exact decision time, domain, experiment, latency, the
+  outcome's time, probe trace, reference key and status — so that exporting
+  and importing into a fresh store gives identical events.
+
+Import of a foreign line (no ``_stopbandit``, e.g. from a VW pipeline):
+
+* actions map to arms by the arm name in ``_multi`` (a string ``arm`` field,
+  at the top of the action object or inside one of its namespaces) when every
+  action has one; otherwise action ``j`` is arm ``j − 1`` of the configured arms
+  (the line must then have exactly K actions);
+* the reward is the only outcome, so it is stored as EM:
+  ``em = clip(−_label_cost, 0, 1)``, ``tokens = 0``, ``lam = 0`` (so the stored
+  reward ``em − lam·tokens/token_scale`` equals ``−_label_cost`` whenever the
+  cost lies in [−1, 0]); costs outside are clipped and counted. Token-based
+  metrics of such events are meaningless, and the import report says how many
+  events were mapped this way;
+* features: the context's scalar fields, namespaces flattened to
+  ``<namespace>_<name>`` (names reduced to ``[A-Za-z0-9_]``, prefixed ``f_``
+  when they would start with a digit), booleans as 0/1, lists dropped;
+  a string field ``domain`` becomes the domain;
+* ``Timestamp`` (ISO 8601) is the decision and outcome time;
+  ``VWState.m`` the policy version (``dsjson`` when absent); a line without
+  ``_label_cost`` (or with ``_skipLearn: true``) is imported as a decision only.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping
+from typing import IO, Any
+
+from stopbandit.bandit.arms import ArmSet
+from stopbandit.errors import InputError, StopbanditError
+from stopbandit.replay.logged import LineError, ParsedEvent, decision_row, iso_time, outcome_of, parse_time
+from stopbandit.replay.store import Event
+
+CUSTOM = "_stopbandit"
+FORMAT_VERSION = 1
+_NAME_BAD = re.compile(r"[^A-Za-z0-9_]")
+
+
+# --------------------------------------------------------------------------- export
+
+
+def event_to_dsjson(ev: Event, arms: ArmSet) -> dict[str, Any]:
+    """The DSJSON object of one stored event (arms: the arm set the log was written with)."""
+    k = len(arms)
+    a = ev.arm_index
+    if not 0 <= a < k or arms[a].name != ev.arm or sorted(ev.probabilities) != sorted(arms.names):
+        raise InputError(
+            f"event {ev.request_key!r}: logged arm {ev.arm!r} (index {a}) and probabilities over "
+            f"{list(ev.probabilities)} do not fit the arms {list(arms.names)}; pass --config with the arms the log was written with"
+        )
+    order = [a] + [j for j in range(k) if j != a]
+    reward = ev.em - ev.lam * ev.tokens / ev.token_scale
+    return {
+        "_label_cost": -reward,
+        "_label_probability": ev.propensity,
+        "_label_Action": a + 1,
+        "_labelIndex": a,
+        "Timestamp": iso_time(ev.ts),
+        "Version": "1",
+        "EventId": ev.request_key,
+        "a": [j + 1 for j in order],
+        "c": {
+            "x": ev.features,
+            "_multi": [{"arm": arm.name, "threshold": arm.threshold, "max_think_tokens": arm.max_think_tokens}
+                       for arm in arms],
+        },
+        "p": [ev.probabilities[arms[j].name] for j in order],
+        "VWState": {"m": ev.policy_version},
+        CUSTOM: {
+            "v": FORMAT_VERSION, "ts": ev.ts, "domain": ev.domain, "em": ev.em, "tokens": ev.tokens,
+            "lam": ev.lam, "token_scale": ev.token_scale, "experiment": ev.experiment,
+            "latency_ms": ev.latency_ms, "outcome_ts": ev.outcome_ts, "trace": ev.trace,
+            "reference_key": ev.reference_key, "status": ev.status,
+        },
+    }
+
+
+def write_dsjson(ev: Event, arms: ArmSet, out: IO[str]) -> None:
+    out.write(json.dumps(event_to_dsjson(ev, arms), separators=(",", ":"), allow_nan=False))
+    out.write("\n")
+
+
+# --------------------------------------------------------------------------- import
+
+
+def _field(obj: Mapping[str, Any], name: str) -> Any:
+    if name not in obj:
+        raise InputError(f"missing field {name!r}")
+    return obj[name]
+
+
+def _arm_name(action: Any) -> str | None:
+    if not isinstance(action, Mapping):
+        return None
+    name = action.get("arm")
+    if isinstance(name, str):
+        return name
+    for value in action.values():
+        if isinstance(value, Mapping) and isinstance(value.get("arm"), str):
+            return value["arm"]
+    return None
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if isinstance(k, str) and not k.startswith("_"):
+                _flatten(f"{prefix}_{k}" if prefix else k, v, out)
+    elif isinstance(value, (str, int, float)):
+        name = _NAME_BAD.sub("_", prefix)[:64] or "f"
+        if not name[0].isalpha() and name[0] != "_":
+            name = f"f_{name}"[:64]
+        out[name] = (1.0 if value else 0.0) if isinstance(value, bool) else value
+
+
+def parse_dsjson(obj: Any, line: int, arms: ArmSet, *, token_scale: float) -> ParsedEvent:
+    """Validate and map one DSJSON object; raises InputError naming the field and the bad value."""
+    if not isinstance(obj, dict):
+        raise InputError(f"a DSJSON line must be a JSON object, got {type(obj).__name__}")
+    key = _field(obj, "EventId")
+    actions = _field(obj, "a")
+    probs = _field(obj, "p")
+    context = _field(obj, "c")
+    if not isinstance(context, dict):
+        raise InputError(f"field 'c' must be an object, got {type(context).__name__}")
+    if not isinstance(actions, list) or not actions or not all(
+            isinstance(x, int) and not isinstance(x, bool) for x in actions):
+        raise InputError(f"field 'a' must be a list of 1-based action ids, got {actions!r}")
+    if not isinstance(probs, list) or len(probs) != len(actions):
+        raise InputError(f"field 'p' must be a list of {len(actions)} probabilities (one per entry of 'a'), "
+                         f"got {probs!r}")
+    multi = context.get("_multi")
+    n_actions = len(multi) if isinstance(multi, list) else len(actions)
+    if sorted(actions) != list(range(1, n_actions + 1)):
+        raise InputError(f"field 'a' must list every action id 1..{n_actions} once, got {actions!r}")
+    names = [_arm_name(x) for x in multi] if isinstance(multi, list) else [None] * n_actions
+    if all(n is not None for n in names):
+        unknown = [n for n in names if n not in arms.names]
+        if unknown:
+            raise InputError(f"unknown arm {unknown[0]!r} in c._multi; known arms: {list(arms.names)}")
+        if sorted(names) != sorted(arms.names):  # type: ignore[type-var]
+            raise InputError(f"c._multi names arms {names}, expected each of {list(arms.names)} once")
+        arm_of = list(names)
+    else:
+        if n_actions != len(arms):
+            raise InputError(f"the line has {n_actions} actions without arm names; mapping by index needs exactly "
+                             f"the {len(arms)} configured arms {list(arms.names)}")
+        arm_of = list(arms.names)
+    prob_of: dict[str, Any] = {}
+    for aid, p in zip(actions, probs):
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= float(p) <= 1.0:
+            raise InputError(f"probability {p!r} of action {aid} is not a number in [0, 1]")
+        prob_of[arm_of[aid - 1]] = p  # type: ignore[index]
+    chosen = _field(obj, "_label_Action") if "_label_Action" in obj else None
+    index = obj.get("_labelIndex")
+    if chosen is None:
+        if index is None:
+            raise InputError("missing field '_label_Action' (or '_labelIndex')")
+        chosen = index + 1 if isinstance(index, int) and not isinstance(index, bool) else index
+    if isinstance(chosen, bool) or not isinstance(chosen, int) or not 1 <= chosen <= n_actions:
+        raise InputError(f"_label_Action must be an action id in 1..{n_actions}, got {chosen!r}")
+    if index is not None and index != chosen - 1:
+        raise InputError(f"_labelIndex {index!r} disagrees with _label_Action {chosen} (expected {chosen - 1})")
+    arm = arm_of[chosen - 1]
+    propensity = _field(obj, "_label_probability")
+    custom = obj.get(CUSTOM)
+    state = obj.get("VWState")
+    version = state.get("m") if isinstance(state, Mapping) and isinstance(state.get("m"), str) else "dsjson"
+    has_label = "_label_cost" in obj and not obj.get("_skipLearn", False)
+    if isinstance(custom, dict):
+        ts = custom.get("ts")
+        decision = decision_row(
+            arms, key=key, ts=ts, domain=custom.get("domain"), features=context.get("x", {}), arm=arm,
+            probabilities=prob_of, propensity=propensity, lam=custom.get("lam"),
+            token_scale=custom.get("token_scale"), policy_version=version,
+            experiment=custom.get("experiment", "champion"),
+        )
+        outcome = None
+        if has_label:
+            outcome = outcome_of(decision["request_key"], em=custom.get("em"), tokens=custom.get("tokens"),
+                                 ts=custom.get("outcome_ts", ts), latency_ms=custom.get("latency_ms"),
+                                 trace=custom.get("trace"), reference_key=custom.get("reference_key"),
+                                 status=custom.get("status", "ok"))
+        return ParsedEvent(line, decision, outcome)
+    # a foreign line
+    stamp = _field(obj, "Timestamp")
+    if not isinstance(stamp, str):
+        raise InputError(f"Timestamp must be an ISO 8601 string, got {stamp!r}")
+    try:
+        ts = parse_time(stamp, field="Timestamp")
+    except StopbanditError as exc:
+        raise InputError(str(exc)) from None
+    features: dict[str, Any] = {}
+    _flatten("", {k: v for k, v in context.items() if k != "_multi"}, features)
+    domain = context.get("domain") if isinstance(context.get("domain"), str) else None
+    decision = decision_row(arms, key=key, ts=ts, domain=domain, features=features, arm=arm,
+                            probabilities=prob_of, propensity=propensity, lam=0.0, token_scale=token_scale,
+                            policy_version=version[:64] or "dsjson")
+    if not has_label:
+        return ParsedEvent(line, decision, None)
+    cost = obj["_label_cost"]
+    if isinstance(cost, bool) or not isinstance(cost, (int, float)) or cost != cost or cost in (float("inf"),
+                                                                                                 float("-inf")):
+        raise InputError(f"_label_cost must be a finite number, got {cost!r}")
+    em = min(1.0, max(0.0, -float(cost)))
+    outcome = outcome_of(decision["request_key"], em=em, tokens=0, ts=ts)
+    return ParsedEvent(line, decision, outcome, mapped_from_cost=True, clipped=em != -float(cost))
+
+
+def read_dsjson(path: str, arms: ArmSet, *, token_scale: float) -> Iterator[ParsedEvent | LineError]:
+    """Each non-blank line of ``path`` as a ParsedEvent or a LineError (1-based line numbers)."""
+    with open(path, encoding="utf-8") as fh:
+        for n, text in enumerate(fh, start=1):
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as exc:
+                yield LineError(n, f"not valid JSON ({exc.msg} at column {exc.colno})")
+                continue
+            except RecursionError:
+                yield LineError(n, "not valid JSON (nested too deeply)")
+                continue
+            try:
+                yield parse_dsjson(obj, n, arms, token_scale=token_scale)
+            except StopbanditError as exc:
+                yield LineError(n, str(exc))
+
+
+__all__ = ["CUSTOM", "event_to_dsjson", "parse_dsjson", "read_dsjson", "write_dsjson"]

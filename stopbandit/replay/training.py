@@ -1,0 +1,277 @@
+"""Counterfactual training from the replay log, with an honest held-out evaluation.
+
+:func:`time_split` splits the log by decision time: the training part is every
+event before the cutoff, the held-out part every event from it on (``--since``
+names the cutoff; ``--test-frac f`` puts it at the ``1 − f`` quantile of the
+decision times). :func:`train_heads` fits fresh EM/token heads on the training
+part in outcome order, the order the online learner saw them: a traced event
+(probe trace + reference) updates every arm its trace reveals
+(``HeadsPolicy.learn_revealed``, the nested feedback of the design), an
+untraced one its logged arm only (``HeadsPolicy.learn``).
+:func:`train_and_evaluate` then scores the new heads on the held-out part
+off-policy (DR and SNIPS, with intervals; the new heads are DR's model, never
+fitted on those events) next to the logging policy's on-policy value on the
+same events, and saves the heads as a snapshot.
+
+Importance weighting (``importance_weighting=True``). The heads are a
+regression on whatever (context, arm) pairs the log holds, so arms the logging
+policy rarely chose in some context are fitted from few, unrepresentative
+examples. Weighting each example by ``w = 1/q`` — ``q`` the probability that
+its arm was observed: the logging probability ``μ(a|x)`` of the logged arm,
+``q_k = Σ_j μ_j·reveals[j, k]`` for an arm a trace revealed — makes the fit
+target the uniform mix of arms (the regression analogue of IPS). Weights are
+clipped to ``[1, IW_CLIP]`` (VW treats a label probability above 1 as 1, and
+large weights make the heads chase single events); an EM between 0 and 1
+(aggregated rewards) is fed as the two labels with weights in the ratio
+``em : 1 − em``, scaled so that the smaller is at least 1 (VW clamps a label
+probability above 1 to 1, which would otherwise flatten the ratio).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select
+
+from stopbandit.bandit.arms import ArmSet
+from stopbandit.bandit.exploration import Exploration
+from stopbandit.bandit.policy import HeadsPolicy
+from stopbandit.bandit.snapshot import new_version, pack
+from stopbandit.bandit.vw import labeled, shared_line
+from stopbandit.errors import ConfigError, InputError
+from stopbandit.replay.candidates import HeadsCandidate, HeadsModel, LoggingCandidate
+from stopbandit.replay.logged import DEFAULT_CHUNK, LogCounts, LogReader, Target, _Progress, iso_time, \
+    require_events, run_targets
+from stopbandit.replay.ope import DoublyRobust, Estimate, Metric, SNIPS, IPS, reveal_matrix
+from stopbandit.replay.store import DECISIONS, OUTCOMES, ReplayStore, _guard
+
+IW_CLIP = 50.0
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    """Train on decision ts < ``cutoff``; hold out ts >= ``cutoff`` (counts: events of every status)."""
+
+    cutoff: float
+    n_train: int
+    n_test: int
+    how: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cutoff": self.cutoff, "cutoff_iso": iso_time(self.cutoff), "n_train": self.n_train,
+                "n_test": self.n_test, "how": self.how}
+
+
+def _count(store: ReplayStore, since: float | None = None, until: float | None = None) -> int:
+    q = select(func.count()).select_from(OUTCOMES.join(DECISIONS, DECISIONS.c.request_key == OUTCOMES.c.decision_key))
+    if since is not None:
+        q = q.where(DECISIONS.c.ts >= since)
+    if until is not None:
+        q = q.where(DECISIONS.c.ts < until)
+    with _guard("count events", store.engine), store.engine.connect() as conn:
+        return int(conn.execute(q).scalar_one())
+
+
+def time_split(store: ReplayStore, *, since: float | None = None, test_frac: float | None = None) -> Split:
+    """The train/test split by decision time (give ``since`` or ``test_frac``; default ``test_frac=0.2``)."""
+    if since is not None and test_frac is not None:
+        raise ConfigError("give either --since (the held-out part starts there) or --test-frac, not both")
+    total = _count(store)
+    if total < 2:
+        raise InputError(f"the store holds {total} event(s) with outcomes; a train/test split needs at least 2")
+    if since is None:
+        frac = 0.2 if test_frac is None else test_frac
+        if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0.0 < frac < 1.0:
+            raise ConfigError(f"test_frac must be a number in (0, 1), got {test_frac!r}")
+        k = min(total - 1, max(1, int(math.floor(total * (1.0 - frac)))))
+        q = (select(DECISIONS.c.ts).select_from(OUTCOMES.join(DECISIONS, DECISIONS.c.request_key == OUTCOMES.c.decision_key))
+             .order_by(DECISIONS.c.ts).offset(k).limit(1))
+        with _guard("split", store.engine), store.engine.connect() as conn:
+            cutoff = float(conn.execute(q).scalar_one())
+        how = f"test-frac {frac:g}"
+    else:
+        cutoff, how = float(since), "since"
+    n_test = _count(store, since=cutoff)
+    n_train = total - n_test
+    if n_train == 0:
+        raise InputError(f"no events before the split at {iso_time(cutoff)}: nothing to train on "
+                         "(move --since later or use --test-frac)")
+    if n_test == 0:
+        raise InputError(f"no events at or after the split at {iso_time(cutoff)}: nothing to evaluate on")
+    return Split(cutoff, n_train, n_test, how)
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass(frozen=True, slots=True)
+class TrainStats:
+    events: int
+    learned: int
+    revealed_updates: int
+    traced: int
+    importance_weighting: bool
+    seconds: float
+    counts: LogCounts
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"events": self.events, "learned": self.learned, "revealed_updates": self.revealed_updates,
+                "traced": self.traced, "importance_weighting": self.importance_weighting,
+                "seconds": round(self.seconds, 3), "counts": self.counts.to_dict()}
+
+
+def _learn_weighted(policy: HeadsPolicy, lines: list[str], arm: int, em: float, tokens: float, w: float) -> None:
+    """``HeadsPolicy._learn_arm`` with an importance weight ``w >= 1`` (label probability ``1/w``)."""
+    if em >= 1.0 or em <= 0.0:
+        policy.em.learn(labeled(lines, arm, -1.0 if em >= 1.0 else 1.0, 1.0 / w))
+    else:  # VW clamps a label probability above 1 to 1: scale both weights up until the smaller is 1
+        hit, miss = w * em, w * (1.0 - em)
+        scale = max(1.0, 1.0 / min(hit, miss))
+        policy.em.learn(labeled(lines, arm, -1.0, 1.0 / (hit * scale)))
+        policy.em.learn(labeled(lines, arm, 1.0, 1.0 / (miss * scale)))
+    policy.tokens.learn(labeled(lines, arm, tokens / policy.token_scale, 1.0 / w))
+
+
+def train_heads(
+    store: ReplayStore,
+    arms: ArmSet,
+    *,
+    exploration: Exploration,
+    token_scale: float,
+    since: float | None = None,
+    until: float | None = None,
+    include: Sequence[str] = ("ok",),
+    importance_weighting: bool = False,
+    chunk: int = DEFAULT_CHUNK,
+    progress: bool | None = None,
+) -> tuple[HeadsPolicy, TrainStats]:
+    """Fresh heads fitted on the events with decision ts in ``[since, until)`` (outcome order)."""
+    t0 = time.perf_counter()
+    reader = LogReader(store, arms, include=include, since=since, until=until, chunk=chunk)
+    reveals = reveal_matrix(arms).astype(np.float64)
+    policy = HeadsPolicy(arms, exploration, token_scale)
+    learned = revealed_updates = traced = 0
+    total = None if progress is False else sum(reader.count().values())
+    bar = _Progress(total, progress, "training")
+    seen = 0
+    try:
+        for batch in reader.batches():
+            feats = batch.features()
+            rev = batch.revealed_em is not None
+            q = batch.logging_probs @ reveals if importance_weighting else None
+            for i in range(batch.n):
+                lines = [shared_line(feats[i]), *policy.arm_lines]
+                a = int(batch.actions[i])
+                outcomes: dict[int, tuple[float, int]] = {}
+                if rev and not np.isnan(batch.revealed_em[i]).all():  # type: ignore[index]
+                    row_em, row_tok = batch.revealed_em[i], batch.revealed_tokens[i]  # type: ignore[index]
+                    outcomes = {k: (float(row_em[k]), int(row_tok[k])) for k in range(len(arms))
+                                if not math.isnan(row_em[k])}
+                    traced += 1
+                outcomes[a] = (float(batch.em[i]), int(batch.tokens[i]))
+                if q is None:
+                    if len(outcomes) > 1:
+                        policy.learn_revealed(lines[0], outcomes, a, float(batch.logging_probs[i, a]), 0.0)
+                    else:
+                        policy.learn(lines[0], a, outcomes[a][0], outcomes[a][1], float(batch.logging_probs[i, a]),
+                                     0.0)
+                else:
+                    for k, (e, tok) in outcomes.items():
+                        prob = batch.logging_probs[i, a] if k == a else q[i, k]
+                        w = min(IW_CLIP, max(1.0, 1.0 / prob)) if prob > 0 else IW_CLIP
+                        _learn_weighted(policy, lines, k, e, tok, w)
+                    policy.t += 1
+                learned += 1
+                revealed_updates += len(outcomes)
+            bar.advance(reader.counts.events - seen)
+            seen = reader.counts.events
+    finally:
+        bar.close()
+    stats = TrainStats(reader.counts.events, learned, revealed_updates, traced, importance_weighting,
+                       time.perf_counter() - t0, reader.counts)
+    return policy, stats
+
+
+# --------------------------------------------------------------------------- train + evaluate
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    version: str | None
+    saved: bool
+    split: Split
+    lam: float
+    token_scale: float
+    train: TrainStats
+    test_counts: LogCounts
+    candidate: dict[str, dict[str, Estimate]]
+    logging: dict[str, Estimate]
+    skipped: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "snapshot": self.version, "saved": self.saved, "split": self.split.to_dict(), "lam": self.lam,
+            "token_scale": self.token_scale, "train": self.train.to_dict(), "test_counts": self.test_counts.to_dict(),
+            "candidate": {e: {m: est.to_dict() for m, est in ms.items()} for e, ms in self.candidate.items()},
+            "logging": {m: est.to_dict() for m, est in self.logging.items()},
+            "skipped": self.skipped,
+        }
+
+
+def train_and_evaluate(
+    store: ReplayStore,
+    arms: ArmSet,
+    *,
+    exploration: Exploration,
+    lam: float,
+    token_scale: float,
+    feature_config: Mapping[str, Any],
+    split: Split,
+    include: Sequence[str] = ("ok",),
+    importance_weighting: bool = False,
+    save: bool = True,
+    alpha: float = 0.05,
+    chunk: int = DEFAULT_CHUNK,
+    progress: bool | None = None,
+    jobs: int | None = None,
+) -> TrainReport:
+    """Train on the part before ``split.cutoff``, evaluate on the rest, save the heads (unless ``save=False``)."""
+    policy, stats = train_heads(store, arms, exploration=exploration, token_scale=token_scale, until=split.cutoff,
+                                include=include, importance_weighting=importance_weighting, chunk=chunk,
+                                progress=progress)
+    if stats.learned == 0:
+        policy.close()
+        require_events(stats.counts, f"the training part (decision time before {iso_time(split.cutoff)})")
+    version = new_version("r")
+    model = HeadsModel(policy, version)
+    try:
+        metrics = (Metric("em"), Metric("tokens"), Metric("reward", lam, token_scale))
+        reader = LogReader(store, arms, include=include, since=split.cutoff, chunk=chunk, traces=False)
+        targets = [
+            Target("candidate", HeadsCandidate(model=model, lam=lam, name=version),
+                   {"dr": DoublyRobust(), "snips": SNIPS()}, metrics),
+            Target("logging", LoggingCandidate(), {"on-policy": IPS()}, metrics),
+        ]
+        result = run_targets(reader, targets, model=model, alpha=alpha, progress=progress, jobs=jobs)
+        require_events(result.counts, f"the held-out part (decision time from {iso_time(split.cutoff)})")
+        if save:
+            packed = pack(policy, lam=lam, feature_config=feature_config, version=version, extra={
+                "trained_by": "stopbandit replay train", "train_events": stats.learned,
+                "train_until": split.cutoff, "importance_weighting": importance_weighting,
+            })
+            store.save_snapshot(packed.version, packed.model, packed.meta, packed.checksum)
+    finally:
+        policy.close()
+    return TrainReport(
+        version=version, saved=save, split=split, lam=lam, token_scale=token_scale, train=stats,
+        test_counts=result.counts, candidate=result.estimates.get("candidate", {}),
+        logging=result.estimates.get("logging", {}).get("on-policy", {}), skipped=result.skipped,
+    )
+
+
+__all__ = ["IW_CLIP", "Split", "TrainReport", "TrainStats", "time_split", "train_and_evaluate", "train_heads"]
