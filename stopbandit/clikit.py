@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from stopbandit.errors import StopbanditError
@@ -35,7 +36,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except StopbanditError as exc:
             # one physical line: collapse the driver's own newlines, never wrap
-            message = " ".join(str(exc).split())
+            message = escape(" ".join(str(exc).split()))  # "[[arms]]" in a message is text, not markup
             err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {message}", highlight=False,
                               soft_wrap=True, markup=True)
             sys.exit(2)

@@ -125,8 +125,11 @@ class HeadsPolicy(Policy):
         if em >= 1.0 or em <= 0.0:
             self.em.learn(labeled(lines, arm, -1.0 if em >= 1.0 else 1.0, 1.0))
         else:
-            self.em.learn(labeled(lines, arm, -1.0, 1.0 / em))
-            self.em.learn(labeled(lines, arm, 1.0, 1.0 / (1.0 - em)))
+            # MTR weighs a label by 1/probability and VW clamps probabilities above 1, so the
+            # weights em : (1 − em) are scaled until the smaller is 1 (probabilities ≤ 1).
+            low = min(em, 1.0 - em)
+            self.em.learn(labeled(lines, arm, -1.0, low / em))
+            self.em.learn(labeled(lines, arm, 1.0, low / (1.0 - em)))
         self.tokens.learn(labeled(lines, arm, tokens / self.token_scale, 1.0))
 
     def learn(self, shared: str, arm: int, em: float, tokens: int, prob: float, lam: float) -> None:
