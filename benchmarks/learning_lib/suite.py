@@ -1,0 +1,105 @@
+"""The learners the benchmark compares, by name, and the tasks that run them.
+
+A :class:`Task` is one learner on one seed of one scenario; :func:`run_task`
+builds (and caches, per process) the stream and the held-out set and plays the
+learner. Tasks are independent, so ``benchmarks/learning.py`` spreads them over
+worker processes.
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from stopbandit.bandit.exploration import Exploration, SquareCB
+
+from . import runners
+from .prototypes import NestedSquareCB, latent_difficulty
+from .streams import ARMS, Scenario, Stream, make_stream
+
+HELD_SEED_OFFSET = 100_000
+
+
+@dataclass(frozen=True)
+class Learner:
+    """How to play one learner. ``kind``: selector | thompson | full-info."""
+
+    label: str
+    kind: str
+    policy: str = "heads"
+    nested: bool = False
+    gamma: float | None = None
+    explore: str | None = None  # None: SquareCB; "graph" / "lenient": NestedSquareCB
+    latent: bool = False
+    prototype: bool = False
+
+    def exploration(self) -> Exploration | None:
+        gamma = 5.0 if self.gamma is None else self.gamma
+        if self.explore is not None:
+            return NestedSquareCB.for_arms(ARMS, gamma_scale=gamma, mode=self.explore)
+        return SquareCB(gamma_scale=gamma) if self.gamma is not None else None
+
+
+LEARNERS: dict[str, Learner] = {
+    "plain": Learner("stopbandit heads + SquareCB (plain)", "selector"),
+    "nested": Learner("stopbandit heads + SquareCB (nested feedback)", "selector", nested=True),
+    "native": Learner("vw-native cb_explore_adf (SquareCB)", "selector", policy="vw-native"),
+    "thompson": Learner("context-free Thompson", "thompson"),
+    "fullinfo": Learner("full-information heads (ceiling)", "full-info"),
+    # prototypes of library changes
+    "nested-graph": Learner("nested + graph exploration", "selector", nested=True, explore="graph", prototype=True),
+    "nested-lenient": Learner("nested + lenient exploration", "selector", nested=True, explore="lenient",
+                              prototype=True),
+    "plain-g20": Learner("plain, SquareCB γ₀=20", "selector", gamma=20.0, prototype=True),
+    "nested-g20": Learner("nested, SquareCB γ₀=20", "selector", nested=True, gamma=20.0, prototype=True),
+    "nested-graph-g20": Learner("nested + graph exploration, γ₀=20", "selector", nested=True, explore="graph",
+                                gamma=20.0, prototype=True),
+    "nested-latent": Learner("nested + true difficulty feature (bound)", "selector", nested=True, latent=True,
+                             prototype=True),
+    "plain-latent": Learner("plain + true difficulty feature (bound)", "selector", latent=True, prototype=True),
+}
+
+
+@dataclass(frozen=True)
+class Task:
+    scenario: Scenario
+    seed: int
+    learner: str
+    held_n: int = 0  # held-out requests (0: no held-out curve)
+    checkpoints: tuple[int, ...] = ()
+
+
+@functools.lru_cache(maxsize=4)
+def stream_for(scenario: Scenario, seed: int) -> Stream:
+    return make_stream(scenario, seed)
+
+
+@functools.lru_cache(maxsize=4)
+def held_for(lam: float, n: int, seed: int) -> Stream:
+    return make_stream(Scenario("held-out", n, lam), HELD_SEED_OFFSET + seed)
+
+
+def run_task(task: Task, progress: Callable[[str], None] | None = None) -> runners.Trajectory:
+    learner = LEARNERS[task.learner]
+    stream = stream_for(task.scenario, task.seed)
+    held = held_for(task.scenario.lam, task.held_n, task.seed) if task.held_n else None
+    cps = task.checkpoints
+    if learner.kind == "thompson":
+        traj = runners.run_thompson(stream, task.seed, learner.label, held=held, checkpoints=cps)
+    elif learner.kind == "full-info":
+        traj = runners.run_full_information(stream, learner.label, held=held, checkpoints=cps)
+    else:
+        with tempfile.TemporaryDirectory(prefix="sb-learning-") as tmp:
+            traj = runners.run_selector(
+                stream, Path(tmp), name=task.learner, policy=learner.policy, nested=learner.nested,
+                exploration=learner.exploration(), seed=task.seed, held=held, checkpoints=cps,
+                extra_features=latent_difficulty if learner.latent else None, progress=progress,
+            )
+        traj.name = learner.label
+    return traj
+
+
+__all__ = ["HELD_SEED_OFFSET", "LEARNERS", "Learner", "Task", "held_for", "run_task", "stream_for"]
