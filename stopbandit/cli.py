@@ -28,6 +28,7 @@ class LazyGroup(click.Group):
         "replay": ("stopbandit.replay.cli_commands", "replay"),
         "lambda": ("stopbandit.control.cli_commands", "lambda_group"),
         "ab": ("stopbandit.control.cli_commands", "ab"),
+        "decode": ("stopbandit.decoder.cli_commands", "decode"),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

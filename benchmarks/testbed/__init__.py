@@ -1,0 +1,9 @@
+"""Synthetic chain-of-thought testbed: a small char-level transformer whose early stopping really costs EM on hard items.
+
+``python -m benchmarks.testbed.train`` trains and saves the model under
+``benchmarks/testbed/out/``; ``python -m benchmarks.testbed.run_arms`` runs
+static arms on held-out items. :func:`benchmarks.testbed.run_arms.run_items`
+is the hook a Selector loop calls.
+"""
+
+__all__: list[str] = []

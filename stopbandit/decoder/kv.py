@@ -1,0 +1,37 @@
+"""KV-cache helpers: the one place that touches transformers' ``Cache`` objects.
+
+Probes are side branches: they must read the main reasoning's cache without
+ever changing it. :func:`fork_rows` gives a branch its own cache holding only
+the probing rows; cache layers grow by concatenation (new tensors), and the
+row selection copies, so nothing a branch does reaches the main cache.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+
+def new_cache(model: Any) -> Any:
+    """An empty dynamic cache laid out for ``model`` (sliding-window layers included), as ``generate`` makes."""
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.config)
+
+
+def fork_rows(cache: Any, rows: torch.Tensor) -> Any:
+    """A new cache with only ``rows`` (int64 ``[k]``) of ``cache``; ``cache`` itself is untouched."""
+    branch = copy.copy(cache)
+    branch.layers = [copy.copy(layer) for layer in cache.layers]
+    branch.batch_select_indices(rows)
+    return branch
+
+
+def keep_rows(cache: Any, rows: torch.Tensor) -> None:
+    """Drop every row of ``cache`` but ``rows`` (in place): stopped rows stop costing compute."""
+    cache.batch_select_indices(rows)
+
+
+__all__ = ["fork_rows", "keep_rows", "new_cache"]

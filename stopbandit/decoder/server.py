@@ -1,0 +1,224 @@
+"""A small OpenAI-compatible HTTP server that runs our own early-exit decoder.
+
+Standard library only (``http.server.ThreadingHTTPServer``), meant for local
+use, tests and demos, not for production traffic: requests are decoded one
+at a time under a lock (a completions request with a list of prompts is
+decoded as one batch). Endpoints:
+
+* ``POST /v1/completions`` -- ``prompt`` (string or list of strings)
+* ``POST /v1/chat/completions`` -- ``messages`` (the tokenizer's chat
+  template when it has one, else the message contents joined by newlines)
+* ``GET /v1/models``, ``GET /health``
+
+The arm comes from the request (:func:`arm_from_request`: thinking budget
+fields, ``max_tokens``, ``stopbandit.threshold``). ``usage.completion_tokens``
+is every token the decoder spent -- thinking, probes and answer -- with the
+split in ``completion_tokens_details``; each choice also carries a
+``stopbandit`` object with the stop reason and the probe trace. ``stop``
+strings truncate the returned answer text (token counts are unchanged).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from stopbandit.decoder.hf import HFDecoder
+from stopbandit.decoder.openai_request import arm_from_request
+from stopbandit.decoder.result import DecodeResult
+from stopbandit.errors import InputError
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+class DecoderServer:
+    """Serves ``decoder`` on ``host:port`` (port 0 = any free port) in a background thread.
+
+    >>> # with DecoderServer(decoder) as server: OpenAIClient(server.url, "m").complete("hi", arm)
+    """
+
+    def __init__(self, decoder: HFDecoder, *, host: str = "127.0.0.1", port: int = 0, model_name: str = "stopbandit") -> None:
+        self.decoder = decoder
+        self.model_name = model_name
+        self._lock = threading.Lock()
+        handler = type("Handler", (_Handler,), {"app": self})
+        self.httpd = ThreadingHTTPServer((host, port), handler)
+        self.httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> DecoderServer:
+        """Start serving in a daemon thread; returns self."""
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="stopbandit-decoder-server", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop serving and release the port."""
+        if self._thread is not None:
+            self.httpd.shutdown()
+            self._thread.join()
+            self._thread = None
+        self.httpd.server_close()
+
+    def __enter__(self) -> DecoderServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- request handling (called by the handler) ---------------------------------------
+
+    def complete(self, body: Mapping[str, Any], chat: bool) -> dict[str, Any]:
+        """The OpenAI response object for one request body."""
+        prompts = self._prompts(body, chat)
+        arm = arm_from_request(body, max_answer_tokens=self.decoder.config.max_answer_tokens)
+        stop = body.get("stop") or []
+        if isinstance(stop, str):
+            stop = [stop]
+        if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+            raise InputError(f"request field stop must be a string or a list of strings, got {body.get('stop')!r}")
+        prompt_ids = [self.decoder.encode(p) for p in prompts]
+        with self._lock:
+            results = self.decoder.run_ids(prompt_ids, arm)
+        choices = [self._choice(i, r, stop, chat) for i, r in enumerate(results)]
+        prompt_tokens = sum(len(p) for p in prompt_ids)
+        completion = sum(r.total_tokens for r in results)
+        return {
+            "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": self.model_name,
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion,
+                "total_tokens": prompt_tokens + completion,
+                "completion_tokens_details": {
+                    "reasoning_tokens": sum(r.think_tokens for r in results),
+                    "probe_tokens": sum(r.probe_tokens for r in results),
+                    "answer_tokens": sum(r.answer_tokens for r in results),
+                },
+            },
+        }
+
+    def _prompts(self, body: Mapping[str, Any], chat: bool) -> list[str]:
+        if chat:
+            messages = body.get("messages")
+            if not isinstance(messages, list) or not messages or not all(
+                isinstance(m, Mapping) and isinstance(m.get("content"), str) for m in messages
+            ):
+                raise InputError(f"request field messages must be a non-empty list of {{role, content}} objects, got {messages!r}")
+            tokenizer = self.decoder.tokenizer
+            if getattr(tokenizer, "chat_template", None):
+                return [tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)]
+            return ["\n".join(m["content"] for m in messages)]
+        prompt = body.get("prompt")
+        if isinstance(prompt, str):
+            return [prompt]
+        if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+            return list(prompt)
+        raise InputError(f"request field prompt must be a string or a non-empty list of strings, got {prompt!r}")
+
+    def _choice(self, index: int, result: DecodeResult, stop: Sequence[str], chat: bool) -> dict[str, Any]:
+        text = result.answer
+        for s in stop:
+            cut = text.find(s)
+            if cut >= 0:
+                text = text[:cut]
+        reasoning = self.decoder.tokenizer.decode(list(result.think_ids), skip_special_tokens=True)
+        finish = "stop" if result.answer_complete else "length"
+        ours = {"stop_reason": result.stop_reason, "arm": result.arm.to_dict(), "trace": result.trace.to_json()}
+        if chat:
+            message = {"role": "assistant", "content": text, "reasoning_content": reasoning}
+            return {"index": index, "message": message, "finish_reason": finish, "stopbandit": ours}
+        return {
+            "index": index,
+            "text": text,
+            "reasoning_content": reasoning,
+            "logprobs": None,
+            "finish_reason": finish,
+            "stopbandit": ours,
+        }
+
+
+class _Handler(BaseHTTPRequestHandler):
+    app: DecoderServer
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+        if self.path == "/health":
+            self._send(HTTPStatus.OK, {"status": "ok"})
+        elif self.path == "/v1/models":
+            self._send(HTTPStatus.OK, {"object": "list", "data": [{"id": self.app.model_name, "object": "model"}]})
+        else:
+            self._error(HTTPStatus.NOT_FOUND, f"no such path {self.path}")
+
+    def do_POST(self) -> None:  # noqa: N802
+        routes = {"/v1/completions": False, "/v1/chat/completions": True}
+        if self.path not in routes:
+            self._error(HTTPStatus.NOT_FOUND, f"no such path {self.path}")
+            return
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            self._error(HTTPStatus.BAD_REQUEST, "Content-Length must be an integer")
+            return
+        if length <= 0 or length > MAX_BODY_BYTES:
+            self._error(HTTPStatus.BAD_REQUEST, f"request body must be 1..{MAX_BODY_BYTES} bytes, got {length}")
+            return
+        try:
+            body = json.loads(self.rfile.read(length))
+        except json.JSONDecodeError as exc:
+            self._error(HTTPStatus.BAD_REQUEST, f"request body is not JSON: {exc}")
+            return
+        if not isinstance(body, dict):
+            self._error(HTTPStatus.BAD_REQUEST, "request body must be a JSON object")
+            return
+        try:
+            response = self.app.complete(body, chat=routes[self.path])
+        except InputError as exc:
+            self._error(HTTPStatus.BAD_REQUEST, str(exc))
+            return
+        except Exception as exc:  # the server must answer even when decoding fails
+            self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(exc).__name__}: {exc}")
+            return
+        self._send(HTTPStatus.OK, response)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (signature of the base class)
+        return  # quiet: tests and the CLI own the terminal
+
+    def _error(self, status: HTTPStatus, message: str) -> None:
+        self._send(status, {"error": {"message": message, "type": "invalid_request_error" if status < 500 else "server_error", "code": int(status)}})
+
+    def _send(self, status: HTTPStatus, payload: Mapping[str, Any]) -> None:
+        data = json.dumps(payload).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def serve(decoder: HFDecoder, host: str = "127.0.0.1", port: int = 8000, model_name: str = "stopbandit") -> None:
+    """Serve in the foreground until interrupted."""
+    server = DecoderServer(decoder, host=host, port=port, model_name=model_name)
+    try:
+        server.httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.httpd.server_close()
+
+
+__all__ = ["DecoderServer", "serve"]

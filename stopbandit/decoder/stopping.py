@@ -1,0 +1,85 @@
+"""Per-row stopping rule for a batch in which every row has its own arm.
+
+Like Hugging Face ``StoppingCriteria``, the rule answers one boolean per row
+(shape ``[batch]``), never one flag for the whole batch. It is evaluated at a
+thinking offset ``s`` shared by every live row (all rows start thinking
+together and advance one token per step) and decides, per row:
+
+* ``end``        -- the model closed its reasoning itself at ``s``;
+* ``confidence`` -- a probe ran at ``s`` and its trial-answer confidence is
+  ``>= threshold`` (DEER, arXiv 2504.15895);
+* ``budget``     -- ``s`` reached the arm's ``max_think_tokens`` (when > 0) or
+  the decoder's global cap.
+
+When several hold, the label follows :func:`stopbandit.bandit.trace.stop_point`,
+so that a counterfactual read from a lenient trace names the same reason as a
+re-run: ``confidence`` when the passing probe lies below the arm's own cap,
+else ``end``, else ``budget`` (a probe passing exactly at the cap is a budget
+stop). The outcome (offset, answer, tokens) is the same whichever label a
+stop gets; only in one corner -- the model closes its reasoning at a probe
+offset where a probe passes, and the arm's cap is that offset -- can the two
+labels differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from stopbandit.bandit.arms import Arm
+
+NONE, CONFIDENCE, BUDGET, END = 0, 1, 2, 3
+REASON_NAMES = {CONFIDENCE: "confidence", BUDGET: "budget", END: "end"}
+
+
+@dataclass(frozen=True)
+class ArmStoppingCriteria:
+    """Thresholds ``[batch]`` (float64, as the trace compares) and caps ``[batch]`` (int64, 0 = no cap) of the live rows."""
+
+    thresholds: torch.Tensor
+    caps: torch.Tensor
+    max_think_tokens: int
+
+    @classmethod
+    def from_arms(cls, arms: Sequence[Arm], max_think_tokens: int, device: torch.device | str = "cpu") -> ArmStoppingCriteria:
+        return cls(
+            torch.tensor([a.threshold for a in arms], dtype=torch.float64, device=device),
+            torch.tensor([a.max_think_tokens for a in arms], dtype=torch.int64, device=device),
+            max_think_tokens,
+        )
+
+    def select(self, rows: torch.Tensor) -> ArmStoppingCriteria:
+        """The rule restricted to ``rows`` (indices into the current batch)."""
+        return ArmStoppingCriteria(self.thresholds[rows], self.caps[rows], self.max_think_tokens)
+
+    def cap_reached(self, offset: int) -> torch.Tensor:
+        """Rows whose arm's own cap is reached at ``offset``: bool ``[batch]``."""
+        return (self.caps > 0) & (self.caps <= offset)
+
+    def budget_spent(self, offset: int) -> torch.Tensor:
+        """Rows that may think no further (arm cap or global cap): bool ``[batch]``."""
+        capped = self.cap_reached(offset)
+        if offset >= self.max_think_tokens:
+            return torch.ones_like(capped)
+        return capped
+
+    def reasons(self, offset: int, confidence: torch.Tensor, ended: torch.Tensor) -> torch.Tensor:
+        """Stop reason per row (int64 ``[batch]``: NONE/CONFIDENCE/BUDGET/END).
+
+        ``confidence``: float ``[batch]``, NaN where no probe ran at ``offset``.
+        ``ended``: bool ``[batch]``, the model closed its reasoning at ``offset``.
+        """
+        confident = (confidence >= self.thresholds) & ~self.cap_reached(offset)  # NaN compares False
+        out = torch.full_like(self.caps, NONE)
+        out = torch.where(self.budget_spent(offset), torch.full_like(out, BUDGET), out)
+        out = torch.where(ended, torch.full_like(out, END), out)
+        return torch.where(confident, torch.full_like(out, CONFIDENCE), out)
+
+    def __call__(self, offset: int, confidence: torch.Tensor, ended: torch.Tensor) -> torch.Tensor:
+        """Bool ``[batch]``: which rows stop thinking at ``offset``."""
+        return self.reasons(offset, confidence, ended) != NONE
+
+
+__all__ = ["BUDGET", "CONFIDENCE", "END", "NONE", "REASON_NAMES", "ArmStoppingCriteria"]
