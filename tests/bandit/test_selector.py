@@ -189,6 +189,7 @@ def test_hot_swap_under_eight_threads(sqlite_url):
     assert not errors, errors[:3]
     assert all(n > 0 for n in served)
     serving.flush()
+    learner.flush()  # the learner logs its own training traffic through its own writer
     c = serving.store.counts()
     assert c["decisions"] == c["outcomes"] == sum(served) + 1100
     learner.close()
