@@ -88,6 +88,10 @@ def test_kill_9_loses_at_most_the_flush_window(outage_db, tmp_path, durable, dur
                 flag.touch()
             start = n_acked(acks)
             assert until(lambda: n_acked(acks) >= start + 300, 60), (tmp_path / "child.log").read_text()[-3000:]
+            # kill only once the outage has reached the writer: rows must be in the spill, not just queued
+            assert until(lambda: spill.parent.exists() and any(p.name.endswith(".jsonl")
+                                                               for p in spill.parent.iterdir()), 30), \
+                "the child never spilled: " + (tmp_path / "child.log").read_text()[-3000:]
         child.send_signal(signal.SIGKILL)
         t_kill = time.monotonic()
         child.wait(30)
