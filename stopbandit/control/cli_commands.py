@@ -24,33 +24,15 @@ from __future__ import annotations
 
 import getpass
 import time
-from collections.abc import Callable
-from functools import wraps
 from typing import Any
 
 import click
 
+from stopbandit.clikit import emit_json as _emit_json
+from stopbandit.clikit import user_errors as _user_errors
 from stopbandit.errors import ConfigError, InputError
 
 DB_HELP = "SQLAlchemy URL of the replay store (default: $STOPBANDIT_DB, else sqlite:///stopbandit.db)."
-
-
-def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``stopbandit.cli.user_errors``, imported when the command runs (no import cycle with cli.py)."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from stopbandit.cli import user_errors
-
-        return user_errors(fn)(*args, **kwargs)
-
-    return wrapper
-
-
-def _emit_json(obj: Any) -> None:
-    from stopbandit.cli import emit_json
-
-    emit_json(obj)
 
 
 def _console():

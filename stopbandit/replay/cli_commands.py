@@ -21,10 +21,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import wraps
 from typing import Any
 
 import click
+
+from stopbandit.clikit import emit_json as _emit_json
+from stopbandit.clikit import user_errors as _user_errors
 
 from stopbandit.bandit.arms import ArmSet
 from stopbandit.errors import ConfigError, InputError
@@ -253,24 +255,6 @@ def sweep_log(
 
 
 # --------------------------------------------------------------------------- CLI plumbing
-
-
-def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``stopbandit.cli.user_errors``, imported when the command runs (no import cycle with cli.py)."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from stopbandit.cli import user_errors
-
-        return user_errors(fn)(*args, **kwargs)
-
-    return wrapper
-
-
-def _emit_json(obj: Any) -> None:
-    from stopbandit.cli import emit_json
-
-    emit_json(obj)
 
 
 def _console():
