@@ -105,6 +105,11 @@ class Challenger:
 # --------------------------------------------------------------------------- report
 
 
+def _json_safe(**fields: Any) -> dict[str, Any]:
+    """The fields as a JSON-ready dict: non-finite floats (no data yet) become None."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in fields.items()}
+
+
 @dataclass(frozen=True, slots=True)
 class Interval:
     value: float
@@ -113,8 +118,7 @@ class Interval:
     n: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                for k, v in (("value", self.value), ("low", self.low), ("high", self.high), ("n", self.n))}
+        return _json_safe(value=self.value, low=self.low, high=self.high, n=self.n)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,9 +132,7 @@ class Difference:
     p_value: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                for k, v in (("value", self.value), ("low", self.low), ("high", self.high), ("z", self.z),
-                             ("p_value", self.p_value))}
+        return _json_safe(value=self.value, low=self.low, high=self.high, z=self.z, p_value=self.p_value)
 
 
 METRICS = ("em", "tokens", "reward")
