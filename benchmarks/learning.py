@@ -56,8 +56,8 @@ from benchmarks.learning_lib.streams import ARMS, Scenario, Shift, Stream, make_
 from benchmarks.learning_lib.suite import LEARNERS, Task, held_for, run_task  # noqa: E402
 
 SECTIONS = ("main", "prototypes", "matched", "drift")
-MAIN_KEYS = ("plain", "nested", "native", "thompson", "fullinfo")
-PROTO_KEYS = ("nested-graph", "nested-lenient")  # more with --protos (e.g. nested-g20, plain-g20)
+MAIN_KEYS = ("plain", "nested", "nested-graph", "native", "thompson", "fullinfo")
+PROTO_KEYS = ("nested-lenient",)  # more with --protos (e.g. nested-g20, plain-g20, nested-graph-g20, nested-latent)
 MATCHED_KEYS = ("nested", "plain", "nested-graph", "nested-latent")
 DRIFT_KEYS = ("plain", "nested", "nested-graph", "native", "thompson")
 CHECKPOINT_GRID = (100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 4000, 5000, 7500, 10000, 15000, 20000,
@@ -83,6 +83,7 @@ class Plan:
     sections: tuple[str, ...] = SECTIONS
     protos: tuple[str, ...] = PROTO_KEYS
     jobs: int = 2
+    features_version: int = 2  # FeatureConfig.version of every learner's features (1: before issue 9)
 
     @property
     def checkpoints(self) -> tuple[int, ...]:
@@ -128,11 +129,12 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         seeds = tuple(range(args.seeds or 2))
         return Plan(n=n, seeds=seeds, lam=args.lam, held_n=600, window=min(1000, n // 4), search_n=max(1000, n // 2),
                     search_lams=(0.25, 0.35, 0.5), matched_n=max(1000, (3 * n) // 4), sections=sections,
-                    protos=protos, jobs=args.jobs)
+                    protos=protos, jobs=args.jobs, features_version=args.features_version)
     n = args.requests or 50000
     seeds = tuple(range(args.seeds or 3))
     return Plan(n=n, seeds=seeds, lam=args.lam, window=min(1000, n // 4), search_n=min(20000, max(2000, n // 2)),
-                matched_n=max(2000, n // 2), sections=sections, protos=protos, jobs=args.jobs)
+                matched_n=max(2000, n // 2), sections=sections, protos=protos, jobs=args.jobs,
+                features_version=args.features_version)
 
 
 # -- running ------------------------------------------------------------------------------------
@@ -163,7 +165,8 @@ def _tasks(plan: Plan) -> list[tuple[str, Task]]:
     out: list[tuple[str, Task]] = []
     if "matched" in plan.sections:
         for lam in plan.search_lams:
-            out.append(("search", Task(Scenario("search", plan.search_n, lam), plan.seeds[0], "nested")))
+            out.append(("search", Task(Scenario("search", plan.search_n, lam), plan.seeds[0], "nested",
+                                       features_version=plan.features_version)))
     if "main" in plan.sections or "prototypes" in plan.sections:
         keys = list(MAIN_KEYS) if "main" in plan.sections else ["plain", "nested", "fullinfo"]
         if "prototypes" in plan.sections:
@@ -171,11 +174,12 @@ def _tasks(plan: Plan) -> list[tuple[str, Task]]:
         keys.sort(key=lambda k: (not LEARNERS[k].nested, LEARNERS[k].kind != "selector"))  # long tasks first
         for seed in plan.seeds:
             for k in keys:
-                out.append(("main", Task(plan.main_scenario(), seed, k, plan.held_n, plan.checkpoints)))
+                out.append(("main", Task(plan.main_scenario(), seed, k, plan.held_n, plan.checkpoints,
+                                         plan.features_version)))
     if "drift" in plan.sections:
         for seed in plan.seeds:
             for k in DRIFT_KEYS:
-                out.append(("drift", Task(plan.drift_scenario(), seed, k)))
+                out.append(("drift", Task(plan.drift_scenario(), seed, k, features_version=plan.features_version)))
     return out
 
 
@@ -203,7 +207,8 @@ def run_benchmark(plan: Plan, log=print) -> Results:
         log(f"λ search: savings {[(lam, round(s, 4)) for lam, s in res.search]}, target "
             f"{res.search_target:.4f} (balanced) → λ* = {res.lam_star:.3f}")
         sc = Scenario("matched", plan.matched_n, res.lam_star)
-        return [("matched", Task(sc, seed, k)) for seed in plan.seeds for k in MATCHED_KEYS]
+        return [("matched", Task(sc, seed, k, features_version=plan.features_version))
+                for seed in plan.seeds for k in MATCHED_KEYS]
 
     if plan.jobs <= 1:
         for section, task in tasks:
@@ -261,7 +266,8 @@ def _build_streams(res: Results) -> None:
                         from_arms("best static arm of each phase (hindsight)", stream, stream.best_static_per_phase()))
             if section == "main":
                 for kind in ("features", "latent"):
-                    res.put(section, seed, f"cells-{kind}", analysis.hindsight_cells(stream, kind))
+                    res.put(section, seed, f"cells-{kind}",
+                            analysis.hindsight_cells(stream, kind, plan.features_version))
                 if plan.held_n:
                     res.helds[seed] = held_for(plan.lam, plan.held_n, seed)
 
@@ -282,7 +288,8 @@ def render(res: Results, command: str) -> str:
     plan = res.plan
     parts = [f"Command: `{command}`  ",
              f"Requests per stream: {plan.n:,}; seeds: {list(plan.seeds)}; λ = {plan.lam:g} (token_scale 1000); "
-             f"cells: mean ± sd over seeds; wall time {res.wall_s / 60:.1f} min with {plan.jobs} worker process(es)."]
+             f"features version {plan.features_version}; cells: mean ± sd over seeds; "
+             f"wall time {res.wall_s / 60:.1f} min with {plan.jobs} worker process(es)."]
     labels = _labels()
     if "main" in res.trajs:
         streams, trajs = res.streams["main"], res.trajs["main"]
@@ -307,14 +314,12 @@ def render(res: Results, command: str) -> str:
                       "always-full → reachable ceiling = max(best static arm, plateau of the full-information "
                       "heads: mean of their last 3 checkpoints).\n", md_table(h, rows)]
             if "plain" in cs.value and "nested" in cs.value:
-                ratio_rows = []
-                for lv in LEVELS:
-                    p, q = analysis.requests_to(cs, "plain", lv), analysis.requests_to(cs, "nested", lv)
-                    ratio = f"{p / q:.1f}×" if p and q else "–"
-                    ratio_rows.append([f"{int(lv * 100)}% of reachable gap", f"{p:,}" if p else "not reached",
-                                       f"{q:,}" if q else "not reached", ratio])
-                parts += ["\nRequests needed, plain vs nested learner:\n",
-                          md_table(["target", "plain", "nested", "plain / nested"], ratio_rows)]
+                h, rows = analysis.ratio_table(cs, "plain", [k for k in ("nested", "nested-graph") if k in cs.value],
+                                               LEVELS)
+                parts += ["\nRequests needed, plain vs nested-feedback learners (seed-mean curve; per seed in "
+                          "brackets, seeds in order; 'same quality as plain @end' = the first checkpoint from which "
+                          "the learner's held-out value stays at or above the plain learner's value at the last "
+                          "checkpoint):\n", md_table(h, rows)]
             if protos:
                 proto_keys = ["nested"] + [k for k in protos if k in cs.value]
                 h, rows = analysis.curve_table(cs, proto_keys, labels, plan.report_at, LEVELS)
@@ -344,7 +349,8 @@ def _render_matched(res: Results) -> str:
         sav_nested = analysis.savings_em(stream, trajs[seed]["nested"], lo, hi)[0]
         bounds["static"].append(analysis.static_frontier_drop(stream, lo, hi, sav_nested))
         bounds["features"].append(analysis.frontier_drop(stream, lo, hi, sav_nested,
-                                                         analysis.cell_keys(stream, "features")))
+                                                         analysis.cell_keys(stream, "features",
+                                                                            plan.features_version)))
         bounds["latent"].append(analysis.frontier_drop(stream, lo, hi, sav_nested,
                                                        analysis.cell_keys(stream, "latent")))
         bounds["oracle"].append(analysis.frontier_drop(stream, lo, hi, sav_nested, None))
@@ -423,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sections", default="", help=f"comma-separated subset of {','.join(SECTIONS)}")
     ap.add_argument("--protos", default="", help="comma-separated prototypes for the 'prototypes' section "
                     f"(default {','.join(PROTO_KEYS)}; also nested-g20, plain-g20, nested-graph-g20)")
+    ap.add_argument("--features-version", type=int, default=2, choices=(1, 2),
+                    help="FeatureConfig.version of the learners' features (default 2; 1 = before issue 9)")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes (default 2)")
     ap.add_argument("--plots", default=str(ROOT / "docs" / "img"), help="directory for the PNGs ('' = none)")
     ap.add_argument("--markdown", default="", help="also write the tables to this file")

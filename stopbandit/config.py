@@ -15,6 +15,9 @@ Example ``stopbandit.toml``::
     [exploration]
     name = "squarecb"           # squarecb | epsilon | softmax
     gamma_scale = 10.0
+    nested = false              # squarecb only: true = graph-aware exploration while rewards carry probe
+                                # traces (do not explore arms the greedy arm's trace reveals); see
+                                # stopbandit.bandit.exploration
 
     [store]
     url = "sqlite:///stopbandit.db"
@@ -119,6 +122,8 @@ class SelectorConfig:
                            ("store", StoreConfig)):
             if not isinstance(getattr(self, name), kind):
                 raise ConfigError(f"{name} must be a {kind.__name__}, got {type(getattr(self, name)).__name__}")
+        # rules that need the arms' reveal structure (graph-aware SquareCB) are bound to these arms here
+        object.__setattr__(self, "exploration", self.exploration.for_arms(self.arms))
         object.__setattr__(self, "reward_window_s", check_window(self.reward_window_s))
         object.__setattr__(self, "reward_aggregation", check_aggregation(self.reward_aggregation))
         object.__setattr__(self, "default_em", check_default_em(self.default_em))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stopbandit.features.extract import FeatureExtractor
+from stopbandit.features.extract import FeatureConfig, FeatureExtractor
 
 from .heldout import arm_values, oracle_value
 from .metrics import first_sustained, fmt, gap_closed, recovery
@@ -33,14 +33,14 @@ def baselines(stream: Stream) -> dict[str, Trajectory]:
     return out
 
 
-def hindsight_cells(stream: Stream, kind: str) -> Trajectory:
+def hindsight_cells(stream: Stream, kind: str, features_version: int = 2) -> Trajectory:
     """Per cell (see :func:`cell_keys`), the arm with the best mean reward over the whole stream, in hindsight.
 
     An in-sample upper bound on what a policy choosing from those cells can
     reach: ``features`` is what the Selector's features can tell apart,
     ``latent`` what a perfect difficulty estimate could (not deployable).
     """
-    keys = cell_keys(stream, kind)
+    keys = cell_keys(stream, kind, features_version)
     r = stream.rewards()
     uniq, inv = np.unique(keys, return_inverse=True)
     sums = np.zeros((len(uniq), r.shape[1]))
@@ -172,6 +172,51 @@ def requests_to(cs: CurveStats, key: str, level: float) -> int | None:
     return first_sustained(cs.at, cs.reach(key).mean(axis=0), level)
 
 
+def ratio_table(cs: CurveStats, base: str, others: Sequence[str],
+                levels: Sequence[float]) -> tuple[list[str], list[list[str]]]:
+    """Requests ``base`` and each of ``others`` need to reach a target, and the ratio base / other.
+
+    Targets: each level of the reachable gap, 90% of the oracle gap, and the
+    held-out value ``base`` has at the last checkpoint ("same quality"). Cells:
+    the seed-mean curve's figure, then the per-seed figures in brackets.
+    """
+    def fig(curves: np.ndarray, level: float | np.ndarray) -> tuple[int | None, list[int | None]]:
+        lv = np.broadcast_to(np.asarray(level, dtype=float), (curves.shape[0],))
+        mean = first_sustained(cs.at, curves.mean(axis=0), float(lv.mean()))
+        return mean, [first_sustained(cs.at, c, float(x)) for c, x in zip(curves, lv)]
+
+    def cell(f: tuple[int | None, list[int | None]]) -> str:
+        mean, per = f
+        head = f"{mean:,}" if mean is not None else "not reached"
+        return head + " [" + " / ".join(f"{x:,}" if x is not None else "–" for x in per) + "]"
+
+    def ratio(a: tuple[int | None, list[int | None]], b: tuple[int | None, list[int | None]]) -> str:
+        if a[0] is None and b[0] is not None:
+            return f"> {cs.at[-1] / b[0]:.1f}×"
+        return f"{a[0] / b[0]:.1f}×" if a[0] and b[0] else "–"
+
+    targets: list[tuple[str, object]] = [(f"{int(lv * 100)}% of reachable gap", ("reach", lv)) for lv in levels]
+    targets += [("90% of oracle gap", ("oracle", 0.9)), ("same quality as plain @end", ("value", None))]
+    header = ["target", base]
+    for o in others:
+        header += [o, f"{base} / {o}"]
+    rows = []
+    for label, (kind, lv) in targets:  # type: ignore[misc]
+        def figure(key: str) -> tuple[int | None, list[int | None]]:
+            if kind == "reach":
+                return fig(cs.reach(key), lv)
+            if kind == "oracle":
+                return fig(cs.oracle_gap(key), lv)
+            return fig(cs.value[key], cs.value[base][:, -1])
+        b = figure(base)
+        row = [label, cell(b)]
+        for o in others:
+            f = figure(o)
+            row += [cell(f), ratio(b, f)]
+        rows.append(row)
+    return header, rows
+
+
 # -- matched savings -----------------------------------------------------------------------
 
 def savings_em(stream: Stream, traj: Trajectory, lo: int, hi: int) -> tuple[float, float]:
@@ -229,11 +274,11 @@ def static_frontier_drop(stream: Stream, lo: int, hi: int, target: float) -> flo
     return float(np.interp(target, s[order], d[order]))
 
 
-def cell_keys(stream: Stream, kind: str) -> np.ndarray:
+def cell_keys(stream: Stream, kind: str, features_version: int = 2) -> np.ndarray:
     """Cell of each request: ``features`` = domain × difficulty bucket × length bucket as the
     extractor computes them; ``latent`` = domain × 20 bins of the true difficulty."""
     if kind == "features":
-        fx = FeatureExtractor()
+        fx = FeatureExtractor(FeatureConfig(version=features_version))
         return np.array([(lambda f: f"{f['dd']}|{f['lbin']}")(fx.extract(r.prompt, r.domain))
                          for r in stream.requests])
     return np.array([f"{r.domain}|{min(int(r.difficulty * 20), 19)}" for r in stream.requests])

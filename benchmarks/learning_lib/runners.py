@@ -28,7 +28,8 @@ from stopbandit.bandit.exploration import EpsilonGreedy, Exploration
 from stopbandit.bandit.policy import HeadsPolicy
 from stopbandit.bandit.trace import revealed_outcomes
 from stopbandit.bandit.vw import shared_line
-from stopbandit.features.extract import FeatureExtractor
+from stopbandit.config import SelectorConfig
+from stopbandit.features.extract import FeatureConfig, FeatureExtractor
 from stopbandit.sim import SimRequest
 from stopbandit.sim import run as sim_run
 
@@ -89,12 +90,14 @@ def run_selector(
     checkpoints: Sequence[int] = (),
     extra_features: Callable[[SimRequest], dict[str, float]] | None = None,
     progress: Callable[[str], None] | None = None,
+    features_version: int = 2,
 ) -> Trajectory:
     """Play the stream through a real Selector writing a real SQLite store under ``workdir``.
 
     With ``held``, the policy as it stands after each of ``checkpoints``
     requests is evaluated on the held-out stream (:mod:`.heldout`).
     ``extra_features``: caller features passed to ``choose`` (prototypes only).
+    ``features_version``: ``FeatureConfig.version`` of the Selector's features.
     """
     url = f"sqlite:///{Path(workdir) / (name.replace(' ', '_') + f'-s{stream.seed}.db')}"
     n = stream.n
@@ -106,7 +109,8 @@ def run_selector(
     marks = set(checkpoints) if held is not None else set()
     curve = Curve() if held is not None else None
     t0 = time.perf_counter()
-    sel = Selector.open(url, lam=float(stream.lam[0]), token_scale=stream.token_scale, policy=policy,
+    cfg = SelectorConfig(features=FeatureConfig(version=features_version))
+    sel = Selector.open(url, config=cfg, lam=float(stream.lam[0]), token_scale=stream.token_scale, policy=policy,
                         exploration=exploration, seed=seed, snapshot=None)
     try:
         for i, req in enumerate(stream.requests):
@@ -184,7 +188,8 @@ def run_thompson(stream: Stream, seed: int = 0, name: str = "context-free Thomps
 
 
 def run_full_information(stream: Stream, name: str = "full-information heads (ceiling)", *,
-                         held: Stream | None = None, checkpoints: Sequence[int] = ()) -> Trajectory:
+                         held: Stream | None = None, checkpoints: Sequence[int] = (),
+                         features_version: int = 2) -> Trajectory:
     """The heads design with every arm's outcome learned on every request, greedy.
 
     Same features (``FeatureExtractor``), same VW heads and arguments as the
@@ -192,7 +197,7 @@ def run_full_information(stream: Stream, name: str = "full-information heads (ce
     fast the heads can learn with perfect feedback; its plateau is what the
     features let any such policy reach.
     """
-    fx = FeatureExtractor()
+    fx = FeatureExtractor(FeatureConfig(version=features_version))
     pol = HeadsPolicy(ARMS, EpsilonGreedy(0.0), stream.token_scale)
     n, k = stream.n, len(ARMS)
     arms = np.zeros(n, np.int64)

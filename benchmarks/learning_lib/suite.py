@@ -17,7 +17,7 @@ from pathlib import Path
 from stopbandit.bandit.exploration import Exploration, SquareCB
 
 from . import runners
-from .prototypes import NestedSquareCB, latent_difficulty
+from .prototypes import LenientSquareCB, latent_difficulty
 from .streams import ARMS, Scenario, Stream, make_stream
 
 HELD_SEED_OFFSET = 100_000
@@ -32,14 +32,16 @@ class Learner:
     policy: str = "heads"
     nested: bool = False
     gamma: float | None = None
-    explore: str | None = None  # None: SquareCB; "graph" / "lenient": NestedSquareCB
+    explore: str | None = None  # None: SquareCB; "graph": the library's SquareCB(nested=True); "lenient": prototype
     latent: bool = False
     prototype: bool = False
 
     def exploration(self) -> Exploration | None:
         gamma = 5.0 if self.gamma is None else self.gamma
-        if self.explore is not None:
-            return NestedSquareCB.for_arms(ARMS, gamma_scale=gamma, mode=self.explore)
+        if self.explore == "graph":  # the library option `[exploration] nested = true`; the Selector binds the arms
+            return SquareCB(gamma_scale=gamma, nested=True)
+        if self.explore == "lenient":
+            return LenientSquareCB.of_arms(ARMS, gamma_scale=gamma)
         return SquareCB(gamma_scale=gamma) if self.gamma is not None else None
 
 
@@ -49,8 +51,9 @@ LEARNERS: dict[str, Learner] = {
     "native": Learner("vw-native cb_explore_adf (SquareCB)", "selector", policy="vw-native"),
     "thompson": Learner("context-free Thompson", "thompson"),
     "fullinfo": Learner("full-information heads (ceiling)", "full-info"),
+    "nested-graph": Learner("stopbandit heads + graph-aware SquareCB (nested feedback, `nested = true`)", "selector",
+                            nested=True, explore="graph"),
     # prototypes of library changes
-    "nested-graph": Learner("nested + graph exploration", "selector", nested=True, explore="graph", prototype=True),
     "nested-lenient": Learner("nested + lenient exploration", "selector", nested=True, explore="lenient",
                               prototype=True),
     "plain-g20": Learner("plain, SquareCB γ₀=20", "selector", gamma=20.0, prototype=True),
@@ -70,6 +73,7 @@ class Task:
     learner: str
     held_n: int = 0  # held-out requests (0: no held-out curve)
     checkpoints: tuple[int, ...] = ()
+    features_version: int = 2  # FeatureConfig.version of the learners' features
 
 
 @functools.lru_cache(maxsize=4)
@@ -90,13 +94,15 @@ def run_task(task: Task, progress: Callable[[str], None] | None = None) -> runne
     if learner.kind == "thompson":
         traj = runners.run_thompson(stream, task.seed, learner.label, held=held, checkpoints=cps)
     elif learner.kind == "full-info":
-        traj = runners.run_full_information(stream, learner.label, held=held, checkpoints=cps)
+        traj = runners.run_full_information(stream, learner.label, held=held, checkpoints=cps,
+                                            features_version=task.features_version)
     else:
         with tempfile.TemporaryDirectory(prefix="sb-learning-") as tmp:
             traj = runners.run_selector(
                 stream, Path(tmp), name=task.learner, policy=learner.policy, nested=learner.nested,
                 exploration=learner.exploration(), seed=task.seed, held=held, checkpoints=cps,
                 extra_features=latent_difficulty if learner.latent else None, progress=progress,
+                features_version=task.features_version,
             )
         traj.name = learner.label
     return traj

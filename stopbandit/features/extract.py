@@ -6,6 +6,13 @@ strings are categorical. Built-ins: ``len`` (log of prompt tokens), ``lbin``
 (difficulty bucket), ``dd`` (domain × difficulty bucket), ``digits``, ``mathsym``, ``steps``, ``prior`` (the
 domain's learned miss rate). Caller extras are validated here, once; escaping
 for VW's text format happens at the VW seam (``bandit/vw.py``).
+
+``FeatureConfig.version`` selects the text statistics behind ``steps`` and
+``diff`` (:mod:`stopbandit.features.text`): 2 (default) counts reasoning-cue
+words and short-answer words; 1 is the original step-word list, kept so a
+snapshot trained on version-1 features can still be served with them. The
+version is part of the snapshot metadata, so a Selector never scores a
+snapshot with features of another version (the load is refused, naming both).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from typing import Any
 from stopbandit.errors import ConfigError, InputError
 from stopbandit.features.difficulty import DifficultyEstimator, DomainPrior, TextDifficulty
 from stopbandit.features.domain import DomainClassifier, KeywordDomainClassifier
-from stopbandit.features.text import TOKEN_COUNTERS, TokenCounter, text_stats
+from stopbandit.features.text import FEATURE_VERSIONS, TOKEN_COUNTERS, TokenCounter, text_stats
 
 Features = dict[str, float | str]
 
@@ -37,7 +44,7 @@ class FeatureConfig:
     length_counter: str = "whitespace"
     difficulty: str = "text+prior"
     prior_halflife: float = 2000.0
-    version: int = 1
+    version: int = 2
     extra: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -49,6 +56,8 @@ class FeatureConfig:
             raise ConfigError(f"features.difficulty must be text+prior, text or none, got {self.difficulty!r}")
         if not (isinstance(self.prior_halflife, Real) and self.prior_halflife > 0):
             raise ConfigError(f"features.prior_halflife must be > 0, got {self.prior_halflife!r}")
+        if isinstance(self.version, bool) or self.version not in FEATURE_VERSIONS:
+            raise ConfigError(f"features.version must be one of {list(FEATURE_VERSIONS)}, got {self.version!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"length_counter": self.length_counter, "difficulty": self.difficulty,
@@ -104,7 +113,7 @@ class FeatureExtractor:
         self.config = config or FeatureConfig()
         self.counter = counter or TOKEN_COUNTERS[self.config.length_counter]
         self.classifier = classifier or KeywordDomainClassifier()
-        self.difficulty = difficulty or TextDifficulty()
+        self.difficulty = difficulty or TextDifficulty(version=self.config.version)
         self.prior = DomainPrior(self.config.prior_halflife)
 
     def extract(self, prompt: str, domain: str | None = None, extra: Mapping[str, Any] | None = None) -> Features:
@@ -115,7 +124,7 @@ class FeatureExtractor:
         if domain is not None and (not isinstance(domain, str) or not domain or len(domain) > 64):
             raise InputError(f"domain must be a non-empty string of at most 64 characters, got {domain!r}")
         extras = validate_extra(extra)
-        stats = text_stats(prompt, self.counter)
+        stats = text_stats(prompt, self.counter, self.config.version)
         dom = domain if domain is not None else self.classifier.classify(prompt)
         feats: Features = {
             "len": round(stats.log_tokens, 4),

@@ -2,6 +2,22 @@
 
 These are the raw material of the length and difficulty features. They must
 stay cheap: they run on every ``choose`` on the serving path.
+
+Cue words (feature-set version 2, the default). ``hard_words`` counts words
+that ask for long or careful reasoning (*prove*, *derive*, *rigorous*,
+*optimal*, *worst-case*, ...); ``easy_words`` counts words that ask for a short
+answer (*simple*, *quick*, *briefly*, ...). Version 1 counted a "step word"
+list that also held filler (*then*, *each*, *after*, *total*) and domain nouns
+(*sum*, *product*, *probability*, *integral*), which every prompt of a domain
+uses whatever its difficulty; on the simulator that list ranked difficulty
+worse than the prompt length alone (``docs/benchmarks.md``, learning section).
+Version 1 stays available (``FeatureConfig(version=1)``) so snapshots trained
+on it keep loading with the features they were trained on.
+
+The version-2 lists hold every cue word of the simulator's prompt vocabulary
+(:mod:`stopbandit.sim.prompts`) and were checked against it, so the simulator
+overstates how well they rank real prompts; a learned difficulty estimate
+would not depend on a word list.
 """
 
 from __future__ import annotations
@@ -12,10 +28,24 @@ from dataclasses import dataclass
 
 _DIGITS = "0123456789"
 _MATHSYMS = "=+-*/^<>%"
-_STEP_WORDS = frozenset(
+_PUNCT = ".,;:?!()\"'"
+
+STEP_WORDS_V1 = frozenset(
     "then after each every total remaining prove derive show least most probability integral sum product "
     "why explain compare step steps".split()
 )
+"""Version 1 "step words" (kept only to reproduce version-1 features)."""
+
+HARD_WORDS = frozenset(
+    "prove proof derive justify rigorous rigorously optimal optimize minimize maximize generalize asymptotic "
+    "asymptotically constraint constraints invariant counterexample worst-case multi-step nested tricky subtle".split()
+)
+"""Version 2: words that ask for long or careful reasoning."""
+
+EASY_WORDS = frozenset("simple simply basic quick quickly single directly briefly brief".split())
+"""Version 2: words that ask for a short, direct answer."""
+
+FEATURE_VERSIONS = (1, 2)
 
 TokenCounter = Callable[[str], int]
 
@@ -35,26 +65,48 @@ TOKEN_COUNTERS: dict[str, TokenCounter] = {"whitespace": whitespace_tokens, "cha
 
 @dataclass(frozen=True, slots=True)
 class TextStats:
+    """``step_words``: version 1, the old step-word count; version 2, :data:`HARD_WORDS` hits.
+
+    ``easy_words``: :data:`EASY_WORDS` hits (always 0 in version 1).
+    """
+
     tokens: int
     digit_share: float
     math_share: float
     step_words: int
+    easy_words: int = 0
 
     @property
     def log_tokens(self) -> float:
         return math.log1p(self.tokens)
 
 
-def text_stats(text: str, counter: TokenCounter = whitespace_tokens) -> TextStats:
-    # str.count and a set lookup per word: C-speed, several times cheaper than regexes.
+def text_stats(text: str, counter: TokenCounter = whitespace_tokens, version: int = 2) -> TextStats:
+    # str.count and set lookups through map(): C-speed, several times cheaper than regexes.
     n = max(len(text), 1)
-    words = text.lower().split()
+    words = [w.strip(_PUNCT) for w in text.lower().split()]
+    if version == 1:
+        steps, easy = sum(map(STEP_WORDS_V1.__contains__, words)), 0
+    else:
+        steps, easy = sum(map(HARD_WORDS.__contains__, words)), sum(map(EASY_WORDS.__contains__, words))
     return TextStats(
         tokens=counter(text),
         digit_share=sum(map(text.count, _DIGITS)) / n,
         math_share=sum(map(text.count, _MATHSYMS)) / n,
-        step_words=sum(1 for w in words if w.strip(".,;:?!()") in _STEP_WORDS),
+        step_words=steps,
+        easy_words=easy,
     )
 
 
-__all__ = ["TOKEN_COUNTERS", "TextStats", "TokenCounter", "chars_over_four", "text_stats", "whitespace_tokens"]
+__all__ = [
+    "EASY_WORDS",
+    "FEATURE_VERSIONS",
+    "HARD_WORDS",
+    "STEP_WORDS_V1",
+    "TOKEN_COUNTERS",
+    "TextStats",
+    "TokenCounter",
+    "chars_over_four",
+    "text_stats",
+    "whitespace_tokens",
+]

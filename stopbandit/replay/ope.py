@@ -21,7 +21,7 @@ of it, ``w_i = π_{i,a_i} / μ_{i,a_i}`` the importance weight.
   Li, ICML 2011, arXiv 1103.4601): unbiased with any model.
 * ``SwitchDR``: DR whose correction is dropped where ``w_i > τ`` (DM there)
   (Wang, Agarwal & Dudík, ICML 2017, arXiv 1612.01205).
-* ``GraphIPS`` / ``GraphDR``: graph feedback, below.
+* ``GraphIPS`` / ``GraphDR`` / ``GraphChainDR``: graph feedback, below.
 
 Graph feedback (nested probe traces). A probe trace of a lenient run reveals
 the exact outcome of every stricter arm (``stopbandit.bandit.trace``). With
@@ -36,6 +36,27 @@ are unbiased (the side-observation weighting of Mannor & Shamir, NeurIPS 2011,
 and Alon et al., SIAM J. Comput. 2017, arXiv 1409.8428, applied to evaluation).
 Because ``q_ik`` sums the probabilities of every arm at least as lenient as
 ``k``, the weights of strict arms shrink, and so do the intervals.
+
+``GraphChainDR`` goes further on nested arms. The outcomes of one request
+are missing in a *monotone* pattern: whenever arm ``k`` is observed, every
+stricter arm is too (the strictest arm on every traced event). So arm ``k``'s
+residual can be corrected in steps along its chain of stricter arms
+``k = c_0, c_1, …, c_L`` (:func:`reveal_chains`), each step weighted by the
+observation probability of its own level, with ``e_ik = r_ik − r̂_ik``:
+
+    GraphChainDR:  V̂_i = Σ_k π_ik · (r̂_ik + Σ_l 1[obs_i c_l] · (e_{i,c_l} − e_{i,c_{l+1}}) / q_{i,c_l})
+                   with e_{c_{L+1}} = 0
+
+Unbiased for any model (given the context and every potential outcome the
+expectation of each step is ``e_{c_l} − e_{c_{l+1}}``, and the sum telescopes
+to ``e_k``): the augmented IPW estimator of monotone coarsening (Robins &
+Rotnitzky 1992; Tsiatis 2006, "Semiparametric Theory and Missing Data", ch. 9;
+Bang & Robins 2005) with the stricter arms' observed residuals as the
+regression at each level. When consecutive arms err together (the same answer
+and most of the same tokens), ``e_{c_l} − e_{c_{l+1}}`` is small and so is the
+interval; with uncorrelated residuals it can be wider than GraphDR's, so both
+are kept. Like GraphDR it is exact-linear in the outcomes (the λ sweep holds)
+and uses no fit of its own (chunked and one-shot estimates agree).
 
 Trace-free fallback. An event whose revealed row is all NaN (no probe trace:
 an old decoder, an adapter that cannot probe) gets the plain IPS / DR
@@ -1008,6 +1029,69 @@ class GraphDR(_GraphBase):
         return _Parts(num, None, w, unsup, fallback, partial)
 
 
+def reveal_chains(reveals: object) -> tuple[tuple[int, ...], ...]:
+    """For each arm ``k``: ``(k, c_1, …, c_L)``, each arm observed whenever the one before it is.
+
+    ``c_{l+1}`` is, among the arms observed on every event that observes
+    ``c_l`` (every arm revealing ``c_l`` reveals it), the one observed least
+    often (the most lenient of them: the smallest step); ties go to the lowest
+    index. For the default arms (lenient → strict) arm ``k``'s chain is
+    ``k, k+1, …, K−1``.
+    """
+    R = np.array(_check_reveals(reveals), dtype=bool)
+    k_arms = R.shape[0]
+    observers = [frozenset(np.flatnonzero(R[:, m]).tolist()) for m in range(k_arms)]
+    chains = []
+    for k in range(k_arms):
+        chain = [k]
+        while True:
+            cur = chain[-1]
+            cands = [m for m in range(k_arms) if m not in chain and observers[cur] <= observers[m]]
+            if not cands:
+                break
+            chain.append(min(cands, key=lambda m: (len(observers[m]), m)))
+        chains.append(tuple(chain))
+    return tuple(chains)
+
+
+@dataclass(frozen=True)
+class GraphChainDR(_GraphBase):
+    """Graph-feedback DR corrected in steps along each arm's chain of stricter arms (module docstring).
+
+    ``V̂_i = Σ_k π_ik (r̂_ik + Σ_l 1[obs_i c_l] (e_{i,c_l} − e_{i,c_{l+1}}) / q_{i,c_l})``, ``e = r − r̂``.
+    Events without a (complete) trace get the plain DR contribution.
+    """
+
+    reveals: tuple[tuple[bool, ...], ...]
+    name: ClassVar[str] = "GraphChainDR"
+    needs_model: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reveals", _check_reveals(self.reveals))
+
+    def _parts(self, data: LoggedData, view: _View) -> _Parts:
+        use, fallback, partial, ratio, rev, w, unsup = self._graph(data, view)
+        R = np.array(self.reveals, dtype=bool)
+        q = data.logging_probs @ R.astype(np.float64)
+        obs = R[data.actions]  # (n, K)
+        rhat = cast(np.ndarray, view.rhat)
+        resid = np.where(obs, rev - rhat, 0.0)  # e_ik where observed (rev is 0 elsewhere)
+        inv_q = np.zeros_like(q)
+        np.divide(obs, q, out=inv_q, where=obs & (q > 0))  # obs ⇒ q ≥ μ(a_i) > 0
+        pi = data.candidate_probs
+        graph = (pi * rhat).sum(axis=1)
+        for k, chain in enumerate(reveal_chains(self.reveals)):
+            if not pi[:, k].any():
+                continue
+            corr = np.zeros(data.n)
+            for level, c in enumerate(chain):
+                nxt = resid[:, chain[level + 1]] if level + 1 < len(chain) else 0.0
+                corr += inv_q[:, c] * (resid[:, c] - nxt)
+            graph += pi[:, k] * corr
+        num = np.where(use, graph, _dr_num(data, view, _ips_weights(data)))
+        return _Parts(num, None, w, unsup, fallback, partial)
+
+
 ESTIMATORS: dict[str, type[Estimator]] = {
     "dm": DirectMethod,
     "ips": IPS,
@@ -1016,6 +1100,7 @@ ESTIMATORS: dict[str, type[Estimator]] = {
     "switch-dr": SwitchDR,
     "graph-ips": GraphIPS,
     "graph-dr": GraphDR,
+    "graph-chain-dr": GraphChainDR,
 }
 """Estimators by the names the CLI accepts (``--estimators ips,snips,dr,dm``)."""
 
@@ -1042,11 +1127,13 @@ __all__ = [
     "DoublyRobust",
     "Estimate",
     "Estimator",
+    "GraphChainDR",
     "GraphDR",
     "GraphIPS",
     "LoggedData",
     "Metric",
     "SwitchDR",
     "make_estimator",
+    "reveal_chains",
     "reveal_matrix",
 ]
