@@ -71,7 +71,8 @@ def trailing(x: np.ndarray, w: int = WINDOW) -> np.ndarray:
 
 
 def one_run(scenario: str, seed: int, n: int, shift_at: int, budget: float, floor: float, lam0: float,
-            holdout: float, margin: float, enforce: bool, interval: int, ki: float | None = None) -> Run:
+            holdout: float, margin: float, enforce: bool, interval: int | None, ki: float | None = None,
+            ff: dict | None = None) -> Run:
     from stopbandit import Selector
     from stopbandit.control import ControlledSelector, ControllerConfig, GuardrailConfig, LambdaController, Target
     from stopbandit.sim import DomainShift, SimConfig, Simulator, run
@@ -80,8 +81,9 @@ def one_run(scenario: str, seed: int, n: int, shift_at: int, budget: float, floo
     with tempfile.TemporaryDirectory() as tmp:
         sel = Selector.open(f"sqlite:///{tmp}/replay.db", lam=lam0, seed=seed)
         guard = GuardrailConfig(holdout_share=holdout, margin=margin, enforce=enforce) if holdout > 0 else None
-        cs = ControlledSelector(sel, controller=LambdaController(target, ControllerConfig(interval=interval, ki=ki)),
-                                guardrail=guard, seed=seed, owns_selector=True)
+        cfg = ControllerConfig(**{"ki": ki, **({} if interval is None else {"interval": interval}), **(ff or {})})
+        cs = ControlledSelector(sel, controller=LambdaController(target, cfg), guardrail=guard, seed=seed,
+                                owns_selector=True)
         schedule = (DomainShift(at=shift_at, mix=SHIFT_MIX),) if shift_at < n else ()
         sim = Simulator(SimConfig(schedule=schedule), seed=100 + seed)
         tokens = np.empty(n)
@@ -291,8 +293,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--enforce", action="store_true",
                     help="Let the guardrail force the full arm (default: monitor only, to measure the controller alone).")
     ap.add_argument("--holdouts", default="0.02,0.05,0.1", help="Holdout shares of the guardrail scenario (seed 0).")
-    ap.add_argument("--interval", type=int, default=200)
+    ap.add_argument("--interval", type=int, default=None,
+                    help="Outcomes per controller step (default: ControllerConfig's, 100).")
     ap.add_argument("--ki", type=float, default=None, help="Integral gain (default: DEFAULT_KI of the target kind).")
+    ap.add_argument("--feedforward", choices=("on", "off"), default=None,
+                    help="Model-based feed-forward of the controller (default: ControllerConfig's default).")
+    ap.add_argument("--contexts", type=int, default=None, help="Feed-forward: contexts in the model's window.")
+    ap.add_argument("--bias-gain", type=float, default=None, help="Feed-forward: gain of the model-bias estimate.")
+    ap.add_argument("--model-warmup", type=int, default=None, help="Feed-forward: outcomes before the model is used.")
+    ap.add_argument("--calibration", type=int, default=None,
+                    help="Feed-forward: rewarded contexts over which the heads are calibrated per domain.")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--scenarios", default="budget,floor")
     ap.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1))
@@ -302,8 +312,12 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     scenarios = [s.strip() for s in args.scenarios.split(",")]
     jobs = [(sc, s) for sc in scenarios if sc in ("budget", "floor") for s in seeds]
+    ff = {k: v for k, v in (("feedforward", None if args.feedforward is None else args.feedforward == "on"),
+                            ("contexts", args.contexts), ("bias_gain", args.bias_gain),
+                            ("calibration", args.calibration), ("model_warmup", args.model_warmup))
+          if v is not None}
     common = (args.requests, args.shift_at, args.budget, args.floor, args.lam0, args.holdout, args.margin,
-              args.enforce, args.interval, args.ki)
+              args.enforce, args.interval, args.ki, ff)
     print(f"# {' '.join(sys.argv)}")
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:

@@ -5,6 +5,7 @@
 
 * :mod:`~stopbandit.control.controller`: dual ascent / PI on λ toward a token
   budget or an EM floor; every move is a logged ``set_lambda``;
+  :mod:`~stopbandit.control.feedforward`: the optional model-based feed-forward;
 * :mod:`~stopbandit.control.guardrail`: a full-reasoning holdout as control and
   a per-domain fallback to the full arm, with a stated test and hysteresis;
 * :mod:`~stopbandit.control.experiment`: a challenger snapshot on a share of
@@ -24,7 +25,8 @@ _EXPORTS = {
     "ControllerConfig": "controller", "ControllerState": "controller", "LambdaController": "controller",
     "Step": "controller", "Target": "controller",
     "ABReport": "experiment", "Challenger": "experiment", "Promotion": "experiment", "ab_report": "experiment",
-    "promote": "experiment",
+    "open_challenger": "experiment", "promote": "experiment",
+    "ContextWindow": "feedforward", "Response": "feedforward",
     "Check": "guardrail", "DomainStatus": "guardrail", "Guardrail": "guardrail", "GuardrailConfig": "guardrail",
     "Transition": "guardrail", "ratio_test": "guardrail",
     "ControlMetrics": "metrics", "MetricsServer": "metrics", "start_metrics_server": "metrics",
@@ -45,6 +47,7 @@ __all__ = [
     "Check",
     "ControlHealth",
     "ControlMetrics",
+    "ContextWindow",
     "ControlledSelector",
     "ControllerConfig",
     "ControllerState",
@@ -54,10 +57,12 @@ __all__ = [
     "LambdaController",
     "MetricsServer",
     "Promotion",
+    "Response",
     "Step",
     "Target",
     "Transition",
     "ab_report",
+    "open_challenger",
     "promote",
     "ratio_test",
     "start_metrics_server",

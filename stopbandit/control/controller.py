@@ -34,6 +34,20 @@ window, so that a window whose true mean sits at the setpoint falls below the
 floor by more than a point only rarely (the acceptance measure of
 ``benchmarks/lambda_control.py``).
 
+Model-based feed-forward (``feedforward=True``; :mod:`stopbandit.control.feedforward`).
+The serving wrapper passes the policy's predicted response to λ over its last
+``contexts`` served contexts. Each step then estimates the model's relative
+bias on the batch, ``r_t = (X̄_t − X̂_t)/X*`` (X = tokens or EM, X̂ = the
+model's prediction for the same contexts at the λ in force), smooths it,
+``b ← b + bias_gain·(r_t − b)``, and moves λ toward the λ the model says
+reaches ``X*·(1 − b)`` (bisection), with the same step bound, clamp and
+deadband. A change of the traffic mix moves the model's answer as soon as
+the contexts change; only the level comes from (noisy) outcomes. While the
+model is missing, has too few contexts, or its bias is beyond ``trust``
+(untrained heads), and for the first ``model_warmup`` outcomes (the heads
+and their calibration move fast while the policy is new), the step is the PI
+step above.
+
 The controller is a pure object: it never touches a store. Feed it outcomes
 (:meth:`LambdaController.observe`) and ask for a step with the λ in force
 (:meth:`LambdaController.update`); :class:`~stopbandit.control.serving.ControlledSelector`
@@ -58,7 +72,12 @@ import time
 from collections import deque
 from dataclasses import dataclass, replace
 
+from typing import TYPE_CHECKING
+
 from stopbandit.errors import ConfigError
+
+if TYPE_CHECKING:  # the controller stays a pure object: no VW import for a type
+    from stopbandit.control.feedforward import Response
 
 TARGET_KINDS = ("token_budget", "em_floor")
 DEFAULT_KI = {"token_budget": 0.3, "em_floor": 0.5}
@@ -67,8 +86,11 @@ DEFAULT_KI = {"token_budget": 0.3, "em_floor": 0.5}
 Measured on the simulator: mean tokens fall by ~1.1 % and EM by ~0.4 % per
 0.01 of λ around λ≈0.3–0.5, so a relative error of ``e`` is closed by
 ``Δλ ≈ 0.9·e`` (budget) or ``≈ 2.7·e`` (floor); the defaults close about a
-third of it per step, which keeps the batch noise (±10 % tokens, ±5 % EM at
-200 outcomes) from moving λ much.
+third of it per step, which keeps the batch noise (±15 % tokens, ±7 % EM at
+100 outcomes) from moving λ much. The default ``interval`` is 100 outcomes
+(200 before issue 8): a domain-mix shift is absorbed in about half as many
+requests, and the 2,000-request windows the targets are judged on got no
+noisier (docs/benchmarks.md, issue 8).
 """
 FLOOR_MARGIN_WINDOW = 2000
 FLOOR_MARGIN_Z = 2.0
@@ -152,9 +174,17 @@ class ControllerConfig:
     outcomes in the rolling window reported in the state and in every step's
     reason. ``max_step``: bound of ``|Δλ|`` per step. ``min_step``: smaller
     moves are skipped. ``lam_min``/``lam_max``: the clamp.
+
+    Model-based feed-forward (off by default; measured in docs/benchmarks.md,
+    issue 8, with ``interval=100``): ``feedforward`` turns it on,
+    ``contexts`` policy-served contexts define the traffic mix it solves for,
+    ``calibration`` rewarded contexts calibrate the heads per domain,
+    ``bias_gain`` smooths the model's remaining relative bias, ``trust`` is
+    the largest bias it still steers with, and the first ``model_warmup``
+    outcomes use the PI step.
     """
 
-    interval: int = 200
+    interval: int = 100
     ki: float | None = None
     kp: float = 0.0
     max_step: float = 0.05
@@ -162,9 +192,23 @@ class ControllerConfig:
     lam_min: float = 0.0
     lam_max: float = 2.0
     window: int = 2000
+    feedforward: bool = False
+    contexts: int = 500
+    calibration: int = 4000
+    bias_gain: float = 0.05
+    trust: float = 0.25
+    model_warmup: int = 2000
 
     def __post_init__(self) -> None:
-        for name in ("interval", "window"):
+        if not isinstance(self.feedforward, bool):
+            raise ConfigError(f"controller.feedforward must be true or false, got {self.feedforward!r}")
+        if not 0 < _number("controller.bias_gain", self.bias_gain) <= 1:
+            raise ConfigError(f"controller.bias_gain must be in (0, 1], got {self.bias_gain!r}")
+        if not 0 < _number("controller.trust", self.trust) < 1:
+            raise ConfigError(f"controller.trust must be in (0, 1), got {self.trust!r}")
+        if isinstance(self.model_warmup, bool) or not isinstance(self.model_warmup, int) or self.model_warmup < 0:
+            raise ConfigError(f"controller.model_warmup must be an integer >= 0, got {self.model_warmup!r}")
+        for name in ("interval", "window", "contexts", "calibration"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"controller.{name} must be a positive integer, got {v!r}")
@@ -199,6 +243,9 @@ class Step:
     window_tokens: float
     window_em: float
     reason: str
+    mode: str = "pi"  # "pi" or "feedforward" (the model's λ, see the module docstring)
+    lam_model: float | None = None  # the λ the model says reaches the bias-corrected setpoint
+    model_bias: float | None = None  # smoothed relative bias of the model (b)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +267,8 @@ class ControllerState:
     window_error: float | None
     saturated: str | None
     last_move_ts: float | None
+    mode: str | None = None
+    model_bias: float | None = None
 
 
 class LambdaController:
@@ -250,6 +299,8 @@ class LambdaController:
         self._lam: float | None = None
         self._saturated: str | None = None
         self._last_move_ts: float | None = None
+        self._bias: float | None = None
+        self._mode: str | None = None
 
     # -- feeding ------------------------------------------------------------------
     def observe(self, em: float, tokens: float) -> bool:
@@ -276,10 +327,12 @@ class LambdaController:
             return (tokens_mean - sp) / sp
         return (sp - em_mean) / sp
 
-    def update(self, lam: float) -> Step | None:
+    def update(self, lam: float, model: Response | None = None) -> Step | None:
         """One step from the λ in force, if ``interval`` outcomes arrived since the last one; else None.
 
-        The batch is consumed whether or not λ moves.
+        ``model``: the policy's predicted response to λ over its recent contexts,
+        at the λ in force (used with ``feedforward=True``). The batch is consumed
+        whether or not λ moves.
         """
         lam = _number("lam", lam)
         cfg = self.config
@@ -293,8 +346,16 @@ class LambdaController:
             prev = err if self._prev_error is None else self._prev_error
             self._prev_error = err
             s = self.target.sign
-            i_term = s * self.ki * err
-            p_term = s * cfg.kp * (err - prev)
+            mode, lam_model, ff_note = "pi", None, ""
+            if cfg.feedforward and model is not None:
+                lam_model, ff_note = self._feedforward(model, n, b_em, b_tok)
+            if lam_model is not None:
+                mode = "feedforward"
+                i_term, p_term = lam_model - lam, 0.0
+            else:
+                i_term = s * self.ki * err
+                p_term = s * cfg.kp * (err - prev)
+            self._mode = mode
             delta = max(-cfg.max_step, min(cfg.max_step, i_term + p_term))
             wanted = lam + delta
             new = min(cfg.lam_max, max(cfg.lam_min, wanted))
@@ -316,15 +377,42 @@ class LambdaController:
                 self._moves += 1
                 self._last_move_ts = time.time()
             self._lam = new
+            step_terms = (f"model λ {lam_model:.4f}" if lam_model is not None
+                          else f"I {i_term:+.4f}, P {p_term:+.4f}")
             reason = (
                 f"controller {self.target.describe()} (setpoint {self.target.setpoint:.4g}): "
                 f"last {n} outcomes tokens {b_tok:.1f} EM {b_em:.4f}; window {wn}: tokens {w_tok:.1f} EM {w_em:.4f}; "
-                f"error {err:+.4f}; step {new - lam:+.4f} (I {i_term:+.4f}, P {p_term:+.4f}"
+                f"error {err:+.4f}; {ff_note}step {new - lam:+.4f} ({mode}: {step_terms}"
                 f"{', bounded' if abs(i_term + p_term) > cfg.max_step else ''}"
                 f"{', clamped at ' + clamped if clamped else ''}); λ {lam:.4f} -> {new:.4f}"
                 f"{'; saturated ' + self._saturated if self._saturated else ''}"
             )
-            return Step(lam, new, moved, err, i_term, p_term, clamped, n, b_tok, b_em, wn, w_tok, w_em, reason)
+            return Step(lam, new, moved, err, i_term, p_term, clamped, n, b_tok, b_em, wn, w_tok, w_em, reason,
+                        mode, lam_model, self._bias)
+
+    def _feedforward(self, model: Response, n: int, b_em: float, b_tok: float) -> tuple[float | None, str]:
+        """Update the model's bias on this batch; the λ it says reaches the corrected setpoint (None: PI).
+
+        Caller holds the lock. Returns (λ or None, a note for the step's reason).
+        """
+        cfg = self.config
+        budget = self.target.kind == "token_budget"
+        sp = self.target.setpoint
+        pred_tok, pred_em = model.served(last=min(n, model.n))
+        predicted, actual = (pred_tok, b_tok) if budget else (pred_em, b_em)
+        resid = (actual - predicted) / sp
+        self._bias = resid if self._bias is None else self._bias + cfg.bias_gain * (resid - self._bias)
+        unit = "tokens" if budget else "EM"
+        note = (f"model ({model.n} contexts) predicted {predicted:.4g} {unit} for the batch, residual {resid:+.3f}, "
+                f"bias {self._bias:+.3f}")
+        if abs(self._bias) > cfg.trust:
+            return None, note + f" beyond trust {cfg.trust:g}: PI step; "
+        if self._observed < cfg.model_warmup:
+            return None, note + f"; model warm-up ({self._observed} of {cfg.model_warmup} outcomes): PI step; "
+        goal = sp * (1.0 - self._bias)
+        lam_model, out_of_reach = model.solve(self.target.kind, goal, cfg.lam_min, cfg.lam_max)
+        reach = f" (out of reach: at lam_{'min' if out_of_reach == 'lo' else 'max'})" if out_of_reach else ""
+        return lam_model, note + f"; model target {goal:.4g} {unit} at λ {lam_model:.4f}{reach}; "
 
     def reset(self) -> None:
         """Forget the batch, the window and the PI memory (e.g. after a manual λ change)."""
@@ -333,6 +421,7 @@ class LambdaController:
             self._win.clear()
             self._win_em = self._win_tokens = 0.0
             self._prev_error = None
+            self._bias = None
 
     def retarget(self, target: Target) -> None:
         """Hold a new target from the next step on (the PI memory is reset; the window is kept)."""
@@ -342,6 +431,7 @@ class LambdaController:
             self.target = target
             self.ki = DEFAULT_KI[target.kind] if self.config.ki is None else float(self.config.ki)
             self._prev_error = None
+            self._bias = None
             self._batch_n, self._batch_em, self._batch_tokens = 0, 0.0, 0.0
 
     # -- reading ------------------------------------------------------------------
@@ -355,7 +445,8 @@ class LambdaController:
                 target=self.target.kind, target_value=self.target.value, setpoint=self.target.setpoint,
                 enabled=self.enabled, lam=self._lam, observed=self._observed, steps=self._steps, moves=self._moves,
                 last_error=self._last_error, window_n=wn, window_tokens=w_tok, window_em=w_em, window_error=w_err,
-                saturated=self._saturated, last_move_ts=self._last_move_ts,
+                saturated=self._saturated, last_move_ts=self._last_move_ts, mode=self._mode,
+                model_bias=self._bias,
             )
 
     def with_config(self, **changes: object) -> LambdaController:

@@ -3,12 +3,18 @@
 Serving (:class:`~stopbandit.control.serving.ControlledSelector`) assigns each
 request at random to one group, logged in ``decisions.experiment``:
 ``holdout`` (the guardrail's full-arm control), ``challenger`` (a share served
-by the candidate snapshot, loaded with :class:`Challenger`, with its own
-probabilities and propensities and ``policy_version`` = the candidate's
-version) or ``champion`` (the serving Selector). The candidate is frozen while
-it is evaluated: what is compared is exactly what :func:`promote` would ship.
-Decisions the guardrail forced to the full arm keep their group and are marked
-by a ``guardrail/`` prefix on ``policy_version`` (and propensity 1).
+by the candidate snapshot through a second Selector, :func:`open_challenger`,
+with its own probabilities and propensities and ``policy_version`` = the
+candidate's version) or ``champion`` (the serving Selector). The candidate is
+frozen while it is evaluated (``learn=False``): what is compared is exactly
+what :func:`promote` would ship. Decisions the guardrail forced to the full
+arm keep their group and are marked by a ``guardrail/`` prefix on
+``policy_version`` (and propensity 1).
+
+Candidates are stored with ``role="candidate"`` (``Selector.snapshot(role=
+"candidate")``, migration 0005): Selectors following the store never swap to
+one, so saving a candidate promotes nothing. A serving snapshot can still be
+named as a challenger.
 
 :func:`ab_report` reads the groups from the store over the period the
 challenger was live (first to last challenger decision) and compares mean EM,
@@ -21,10 +27,12 @@ the same time, so the differences are unbiased (no off-policy weighting is
 needed).
 
 :func:`promote` makes the candidate the serving policy: it copies the
-challenger snapshot to a new snapshot row (new version ``p…``; metadata
+challenger snapshot to a new *serving* snapshot row (new version ``p…``; metadata
 ``extra.promoted_from``, ``promoted_at``, ``promoted_by``, ``promote_reason``;
-checksum recomputed over the new metadata) so it becomes the newest snapshot,
-which every following Selector hot-swaps to within its ``follow_interval``.
+checksum recomputed over the new metadata) so it becomes the newest serving
+snapshot, which every following Selector hot-swaps to within its
+``follow_interval``. The candidate row itself stays as it was (what was
+evaluated is kept as evaluated).
 The audit record is a ``lambda_changes`` row with λ unchanged and the reason
 ``ab promote: …`` (who did it, which version replaced which, the user's reason),
 so ``stopbandit lambda history`` shows promotions next to λ moves.
@@ -41,22 +49,26 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from stopbandit.bandit.exploration import exploration_from_config
 from stopbandit.bandit.policy import Policy
+from stopbandit.bandit.selector import FORCED_TAG, Selector
 from stopbandit.bandit.snapshot import compute_checksum, new_version, unpack, verify
 from stopbandit.bandit.vw import shared_line
 from stopbandit.errors import ConfigError, InputError
 from stopbandit.features.extract import FeatureExtractor
-from stopbandit.replay.store import DECISIONS, ReplayStore
+from stopbandit.replay.store import DECISIONS, ReplayStore, StoredSnapshot
 
 GROUPS = ("champion", "challenger", "holdout")
-FORCED_PREFIX = "guardrail/"
-HOLDOUT_PREFIX = "holdout/"
+GUARDRAIL_TAG = "guardrail"  # Selector.choose(tag=...) of a guardrail fallback
+HOLDOUT_TAG = "holdout"  # ... and of a holdout decision
+FORCED_PREFIX = GUARDRAIL_TAG + "/"
+HOLDOUT_PREFIX = HOLDOUT_TAG + "/"
 VERSION_MAX = 64
 
 
 def base_version(policy_version: str) -> str:
     """The snapshot version behind a logged ``policy_version`` (route prefixes removed)."""
-    for prefix in (FORCED_PREFIX, HOLDOUT_PREFIX):
+    for prefix in (FORCED_PREFIX, HOLDOUT_PREFIX, FORCED_TAG + "/"):
         if policy_version.startswith(prefix):
             return policy_version[len(prefix):]
     return policy_version
@@ -69,22 +81,50 @@ def tagged_version(prefix: str, version: str) -> str:
 # --------------------------------------------------------------------------- the candidate at serving time
 
 
-class Challenger:
-    """A stored snapshot, loaded for serving a share of traffic: its policy and its own feature extractor.
+def _stored_candidate(store: ReplayStore, version: object) -> StoredSnapshot:
+    """The stored snapshot a challenger names; ConfigError naming the problem otherwise."""
+    if not isinstance(version, str) or not version.strip():
+        raise ConfigError(f"challenger must be a snapshot version, got {version!r}")
+    if version == "latest":
+        raise ConfigError("challenger must name a snapshot version, not 'latest' (that is what champions follow)")
+    stored = store.get_snapshot(version)
+    if stored is None:
+        known = [v for v, _, _ in store.list_snapshots(5)]
+        raise ConfigError(f"challenger snapshot {version!r} is not in the store (newest: {known or 'none'})")
+    return stored
 
-    The arms and feature configuration must be the serving Selector's (the
-    decisions share one log); the policy kind and exploration are the snapshot's.
+
+def open_challenger(champion: Selector, version: str, *, seed: int | None = None) -> Selector:
+    """A second Selector on the champion's store that serves snapshot ``version`` as the challenger.
+
+    It logs and settles its decisions exactly like the champion (same store,
+    its own writer and spill file, reward windows), follows the store's λ but
+    never swaps snapshots (``follow="lambda"``), and never learns
+    (``learn=False``). Arms, features and store settings are the champion's
+    (the decisions share one log); the policy kind and exploration are the
+    snapshot's. The caller closes it.
+    """
+    stored = _stored_candidate(champion.store, version)
+    meta = stored.meta
+    try:
+        config = champion.config.with_(policy=meta.get("policy"),
+                                       exploration=exploration_from_config(meta.get("exploration")))
+    except ConfigError as exc:
+        raise ConfigError(f"challenger snapshot {version!r} cannot be served here: {exc}") from exc
+    url = champion.store.engine.url.render_as_string(hide_password=False)  # its own engine, same database
+    return Selector.open(url, config=config, seed=seed, snapshot=stored.version, follow="lambda", learn=False)
+
+
+class Challenger:
+    """A stored snapshot loaded for offline use: its policy's probabilities on logged features.
+
+    (Serving goes through :func:`open_challenger`.) The arms and feature
+    configuration must be the serving Selector's; the policy kind and
+    exploration are the snapshot's.
     """
 
     def __init__(self, store: ReplayStore, version: str, config: Any) -> None:
-        if not isinstance(version, str) or not version.strip():
-            raise ConfigError(f"challenger must be a snapshot version, got {version!r}")
-        if version == "latest":
-            raise ConfigError("challenger must name a snapshot version, not 'latest' (that is what champions follow)")
-        stored = store.get_snapshot(version)
-        if stored is None:
-            known = [v for v, _, _ in store.list_snapshots(5)]
-            raise ConfigError(f"challenger snapshot {version!r} is not in the store (newest: {known or 'none'})")
+        stored = _stored_candidate(store, version)
         self.policy: Policy = unpack(stored.model, stored.meta, stored.checksum, arms=config.arms,
                                      feature_config=config.features.to_dict())
         self.version = stored.version
@@ -338,6 +378,8 @@ __all__ = [
     "FORCED_PREFIX",
     "GROUPS",
     "HOLDOUT_PREFIX",
+    "GUARDRAIL_TAG",
+    "HOLDOUT_TAG",
     "ABReport",
     "Challenger",
     "Difference",
@@ -347,6 +389,7 @@ __all__ = [
     "base_version",
     "challenger_period",
     "latest_challenger",
+    "open_challenger",
     "promote",
     "tagged_version",
 ]

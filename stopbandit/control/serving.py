@@ -6,46 +6,41 @@ the same ``choose``/``reward`` signatures (``choose`` always returns a
 request it draws one uniform and routes:
 
 * ``holdout`` (``guardrail.holdout_share``): the most lenient arm
-  (``ArmSet.most_conservative()``, full reasoning), logged with
-  ``experiment='holdout'``, probabilities one-hot, propensity 1;
-* ``challenger`` (``challenger_share``): the candidate snapshot's own
-  probabilities and propensity, ``experiment='challenger'``,
-  ``policy_version`` = the candidate's version (:mod:`stopbandit.control.experiment`);
+  (``ArmSet.most_conservative()``, full reasoning), through
+  ``Selector.choose(force_arm=…, experiment="holdout", tag="holdout")``:
+  probabilities one-hot, propensity 1, ``policy_version`` ``holdout/<version>``;
+* ``challenger`` (``challenger_share``): a second Selector serving the
+  candidate snapshot (:func:`~stopbandit.control.experiment.open_challenger`:
+  frozen, follows λ, never swaps), ``experiment='challenger'``, its own
+  probabilities and propensity, ``policy_version`` = the candidate's version;
 * otherwise the champion: ``Selector.choose`` itself (``experiment='champion'``).
 
 If the guardrail (when it enforces) has the request's domain in fallback, a champion or
-challenger request gets the full arm instead (propensity 1, its group kept,
+challenger request gets the full arm instead (``force_arm``, propensity 1, its group kept,
 ``policy_version`` prefixed ``guardrail/``), except ``probe_share`` of the
 champion's requests, which the policy keeps serving so recovery is observable.
 
-Every outcome passing through :meth:`ControlledSelector.reward` feeds the
-λ controller (by default every outcome except the guardrail's fallback ones;
-see ``scope``), the guardrail (policy-served EM; full-arm EM, paired with
-the champion policy's exact EM on the same request when the outcome carries a
-probe trace) and the metrics. Every λ move goes through
-``Selector.set_lambda(value, reason=<controller state>, who="controller")``,
-so it is stored in ``lambda_changes`` and followed by every other Selector on
-the store within its ``follow_interval``.
-
-Interim, until the Selector grows the hook (see the final section of
-``docs/benchmarks_control.md``): decisions the wrapper makes itself (holdout,
-fallback, challenger) are written through the Selector's own writer with the
-same row format as ``Selector.choose`` (same store, same spill path), their
-outcomes likewise, and the champion's policy learns from holdout and fallback
-outcomes (propensity 1, nested feedback from the trace) exactly as
-``Selector.reward`` would. Those decisions bypass the Selector's reward window
-(``reward_window_s``): their rewards are settled when they arrive. A reward
-for a decision the wrapper no longer remembers goes to ``Selector.reward``,
-which finds it in the store.
+Every decision is made, logged and settled by a Selector, so rewards go
+through ``Selector.reward`` (idempotency, conflicts, reward windows, spill,
+counters, nested feedback): the champion learns from its own, holdout and
+fallback outcomes, the challenger from none. The wrapper only remembers the
+route of each decision for accounting. Every outcome passing through
+:meth:`ControlledSelector.reward` feeds the λ controller (by default every
+outcome except the guardrail's fallback ones; see ``scope``), the guardrail
+(policy-served EM; full-arm EM, paired with the champion policy's exact EM on
+the same request when the outcome carries a probe trace) and the metrics.
+Every λ move goes through ``Selector.set_lambda(value, reason=<controller
+state>, who="controller")``, so it is stored in ``lambda_changes`` and
+followed by every other Selector on the store (the challenger's included)
+within its ``follow_interval``. A reward for a decision the wrapper no longer
+remembers (more than ``MAX_REMEMBERED`` ago) goes to the champion's
+``Selector.reward``, which finds it in the store.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import random
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -54,14 +49,14 @@ from typing import Any
 import numpy as np
 
 from stopbandit.bandit.selector import Decision, Health, Selector
-from stopbandit.bandit.trace import ProbeTrace, answer_key, revealed_outcomes
+from stopbandit.bandit.trace import ProbeTrace, revealed_outcomes
 from stopbandit.bandit.vw import shared_line
 from stopbandit.control.controller import ControllerState, LambdaController, Target
-from stopbandit.control.experiment import FORCED_PREFIX, HOLDOUT_PREFIX, Challenger, tagged_version
+from stopbandit.control.experiment import GUARDRAIL_TAG, HOLDOUT_TAG, Challenger, open_challenger
+from stopbandit.control.feedforward import ContextWindow
 from stopbandit.control.guardrail import DomainStatus, Guardrail, GuardrailConfig, Transition
 from stopbandit.control.metrics import ControlMetrics, MetricsServer
 from stopbandit.errors import ConfigError, InputError, StopbanditError
-from stopbandit.replay.store import check_same_outcome, outcome_row
 from stopbandit.replay.validate import check_key
 
 log = logging.getLogger("stopbandit.control")
@@ -79,11 +74,8 @@ class _Meta:
     experiment: str
     domain: str | None
     arm: int
-    own: bool
-    shared: str | None = None
-    lam: float = 0.0
+    challenger: bool  # decided (and rewarded) by the challenger Selector
     shadow: list[float] | None = None  # the champion's probabilities on a full-arm request (paired guardrail test)
-    learn: bool = False
     done: tuple[float, int] | None = None
 
 
@@ -103,6 +95,7 @@ class ControlHealth:
     guardrail: dict[str, DomainStatus] | None
     fallback: tuple[str, ...]
     last_error: str | None
+    challenger_selector: Health | None = None  # the challenger Selector's own store/writer health
 
 
 def _check_text(value: str, what: str) -> None:
@@ -114,17 +107,23 @@ class ControlledSelector:
     """A Selector with an online λ controller, a holdout guardrail and champion/challenger routing.
 
     ``controller``: a :class:`Target` or a :class:`LambdaController` (None: λ is
-    left alone). ``guardrail``: a :class:`GuardrailConfig`, a :class:`Guardrail`,
-    True for the defaults, or None (no holdout, no fallback). ``challenger``: a
-    snapshot version (or a loaded :class:`Challenger`) served to
-    ``challenger_share`` of the traffic. ``scope``: which outcomes the
-    controller counts: ``unforced`` (default: everything but the guardrail's
-    fallback decisions; the holdout is a fixed overhead the target absorbs,
-    while chasing the cost of a fallback would raise λ on every other domain
-    to pay for a safety override), ``served`` (everything) or ``policy``
-    (decisions a policy chose: champion and challenger). ``seed``: routing randomness (one Generator). ``metrics``: the
-    :class:`ControlMetrics` to update (None: a fresh one with its own
-    registry). ``owns_selector``: :meth:`close` also closes the Selector.
+    left alone; with ``feedforward=True`` in its config the wrapper feeds it
+    the champion policy's predicted response over its recent contexts, see
+    :mod:`stopbandit.control.feedforward`). ``guardrail``: a
+    :class:`GuardrailConfig`, a :class:`Guardrail`, True for the defaults, or
+    None (no holdout, no fallback). ``challenger``: a snapshot version (or a
+    loaded :class:`Challenger`; its version is served) served to
+    ``challenger_share`` of the traffic by a second, frozen Selector.
+    ``scope``: which outcomes the controller counts: ``unforced`` (default:
+    everything but the guardrail's fallback decisions; the holdout is a fixed
+    overhead the target absorbs, while chasing the cost of a fallback would
+    raise λ on every other domain to pay for a safety override), ``served``
+    (everything) or ``policy`` (decisions a policy chose: champion and
+    challenger). ``seed``: routing randomness (one Generator; the challenger
+    Selector gets ``seed + 1``). ``metrics``: the :class:`ControlMetrics` to
+    update (None: a fresh one with its own registry). ``owns_selector``:
+    :meth:`close` also closes the Selector (the challenger Selector is always
+    the wrapper's own).
     """
 
     def __init__(
@@ -164,6 +163,13 @@ class ControlledSelector:
             raise ConfigError(f"holdout_share {holdout:g} + challenger_share {challenger_share:g} must stay below 1")
         if challenger_share > 0 and challenger is None:
             raise ConfigError(f"challenger_share={challenger_share:g} needs a challenger snapshot version")
+        if isinstance(challenger, Challenger):
+            challenger = challenger.version
+        if challenger is not None and not isinstance(challenger, str):
+            raise ConfigError(f"challenger must be a snapshot version or a Challenger, got {type(challenger).__name__}")
+        metrics = ControlMetrics() if metrics is None else metrics
+        if not isinstance(metrics, ControlMetrics):
+            raise ConfigError(f"metrics must be a ControlMetrics or None, got {type(metrics).__name__}")
         self.selector = selector
         self.arms = selector.arms
         self.controller = controller
@@ -171,22 +177,20 @@ class ControlledSelector:
         self.scope = scope
         self._owns = owns_selector
         self._holdout = float(holdout)
-        self._full = self.arms.most_conservative()
-        if isinstance(challenger, str):
-            challenger = Challenger(selector.store, challenger, selector.config)
-        if challenger is not None and not isinstance(challenger, Challenger):
-            raise ConfigError(f"challenger must be a snapshot version or a Challenger, got {type(challenger).__name__}")
-        self.challenger = challenger
+        self._full_arm = self.arms[self.arms.most_conservative()].name
+        self.challenger: Selector | None = None
+        self.challenger_version: str | None = challenger
+        if challenger is not None:
+            self.challenger = open_challenger(selector, challenger, seed=None if seed is None else seed + 1)
         self._challenger_share = float(challenger_share) if challenger is not None else 0.0
         self._challenger_active = challenger is not None and self._challenger_share > 0
         self._seen_version = selector.policy_version
-        metrics = ControlMetrics() if metrics is None else metrics
-        if not isinstance(metrics, ControlMetrics):
-            raise ConfigError(f"metrics must be a ControlMetrics or None, got {type(metrics).__name__}")
+        self._contexts: ContextWindow | None = None
+        if controller is not None and controller.config.feedforward:
+            self._contexts = ContextWindow(controller.config.contexts, controller.config.calibration)
         self.metrics = metrics
         self._rng = np.random.default_rng(seed)
         self._rng_lock = threading.Lock()
-        self._key_rng, self._key_pid = random.Random(os.urandom(32)), os.getpid()
         self._lock = threading.Lock()
         self._meta: OrderedDict[str, _Meta] = OrderedDict()
         self._routes = dict.fromkeys(ROUTES, 0)
@@ -218,16 +222,12 @@ class ControlledSelector:
             raise
 
     # -- routing -----------------------------------------------------------------------
-    def _draw(self) -> tuple[float, float, float]:
+    def _draw(self) -> tuple[float, float]:
+        # Three uniforms per request, as before the Selector hook (the third sampled the
+        # challenger's arm, which its own Selector does now): seeded routing is unchanged.
         with self._rng_lock:
             u = self._rng.random(3)
-        return float(u[0]), float(u[1]), float(u[2])
-
-    def _new_key(self) -> str:
-        pid = os.getpid()
-        if pid != self._key_pid:
-            self._key_rng, self._key_pid = random.Random(os.urandom(32)), pid
-        return f"{self._key_rng.getrandbits(128):032x}"
+        return float(u[0]), float(u[1])
 
     def _check_promoted(self) -> None:
         """Stop routing to the challenger once the champion runs a promotion of it."""
@@ -243,10 +243,10 @@ class ControlledSelector:
         except StopbanditError as exc:
             self._last_error = f"{type(exc).__name__}: {exc}"
             return
-        if stored is not None and self.challenger is not None and \
-                stored.meta.get("extra", {}).get("promoted_from") == self.challenger.version:
+        if stored is not None and self.challenger_version is not None and \
+                stored.meta.get("extra", {}).get("promoted_from") == self.challenger_version:
             self._challenger_active = False
-            log.info("challenger %s was promoted (serving as %s): experiment ended", self.challenger.version, version)
+            log.info("challenger %s was promoted (serving as %s): experiment ended", self.challenger_version, version)
 
     def end_experiment(self) -> None:
         """Stop routing traffic to the challenger (its logged decisions stay in the store)."""
@@ -254,7 +254,7 @@ class ControlledSelector:
 
     def choose(self, prompt: str, *, domain: str | None = None, request_id: str | None = None,
                features: Mapping[str, Any] | None = None) -> Decision:
-        """Route one request (holdout / challenger / champion, guardrail fallback) and log the decision."""
+        """Route one request (holdout / challenger / champion, guardrail fallback); a Selector decides and logs."""
         sel = self.selector
         key = None
         if request_id is not None:
@@ -264,137 +264,63 @@ class ControlledSelector:
                 raise InputError(f"request_id {key!r} was already used for a decision; ids must be unique")
         if self._challenger_active:
             self._check_promoted()
-        u, u_probe, u_arm = self._draw()
+        u, u_probe = self._draw()
         guard = self.guardrail
         route, group = "policy", "champion"
         if guard is not None and u < self._holdout:
             route, group = "holdout", "holdout"
         elif self._challenger_active and u < self._holdout + self._challenger_share:
             route, group = "challenger", "challenger"
-        feats: dict[str, Any] | None = None
         if route != "holdout" and guard is not None and guard.any_fallback and guard.config.enforce:
             dom = domain
             if dom is None:
-                feats = sel.extractor.extract(prompt, domain, features)
-                dom = feats.get("domain")  # type: ignore[assignment]
+                dom = sel.extractor.extract(prompt, domain, features).get("domain")  # type: ignore[assignment]
             if guard.in_fallback(dom) and not (route == "policy" and u_probe < guard.config.probe_share):
                 route = "fallback"
-        if route == "policy":
-            d = sel.choose(prompt, domain=domain, request_id=key, features=features)
-            self._remember(d.decision_id, _Meta("policy", "champion", d.features.get("domain"),  # type: ignore[arg-type]
-                                                d.arm_index, own=False))
-            self.metrics.on_decision("champion", "policy", d.arm.name, d.features.get("domain"))  # type: ignore[arg-type]
-            return d
-        return self._own_decision(prompt, domain, key, features, feats, route, group, u_arm)
-
-    def _own_decision(self, prompt: str, domain: str | None, key: str | None, features: Mapping[str, Any] | None,
-                      feats: dict[str, Any] | None, route: str, group: str, u_arm: float) -> Decision:
-        sel = self.selector
-        ch = self.challenger
-        if feats is None or (route == "challenger" and ch is not None):
-            extractor = ch.extractor if route == "challenger" and ch is not None else sel.extractor
-            feats = extractor.extract(prompt, domain, features)
-        for name, value in feats.items():
-            if isinstance(value, str):
-                _check_text(value, "domain" if name == "domain" else f"feature {name!r}")
-        key = self._new_key() if key is None else key
-        lam = sel.lam
-        shared = shared_line(feats)
-        names = self.arms.names
-        shadow = None
-        if route == "challenger" and ch is not None:
-            probs = ch.decide(feats, lam)
-            idx, acc = len(probs) - 1, 0.0
-            for i, p in enumerate(probs):
-                acc += p
-                if u_arm < acc:
-                    idx = i
-                    break
-            prob_map = dict(zip(names, probs))
-            version, learn = ch.version, False
+        by_challenger = group == "challenger" and self.challenger is not None
+        target = self.challenger if by_challenger else sel
+        if route in ("policy", "challenger"):
+            d = target.choose(prompt, domain=domain, request_id=key, features=features, experiment=group)
         else:
-            shadow, _ = sel.policy.decide(shared, lam)
-            idx = self._full
-            prob_map = {n: (1.0 if i == idx else 0.0) for i, n in enumerate(names)}
-            base = ch.version if group == "challenger" and ch is not None else sel.policy_version
-            version = tagged_version(HOLDOUT_PREFIX if route == "holdout" else FORCED_PREFIX, base)
-            learn = True
-        meta = _Meta(route, group, feats.get("domain"), idx, own=True, shared=shared, lam=lam,  # type: ignore[arg-type]
-                     shadow=shadow, learn=learn)
-        self._remember(key, meta)
-        row = {
-            "request_key": key, "ts": time.time(), "domain": feats.get("domain"), "features": feats,
-            "arm": names[idx], "arm_index": idx, "probabilities": prob_map, "propensity": prob_map[names[idx]],
-            "lam": lam, "token_scale": sel.config.token_scale, "policy_version": version, "experiment": group,
-        }
-        self._write("d", row)
-        self.metrics.on_decision(group, route, names[idx], meta.domain)
-        return Decision(key, self.arms[idx], idx, prob_map[names[idx]], prob_map, lam, version, feats)
+            d = target.choose(prompt, domain=domain, request_id=key, features=features, force_arm=self._full_arm,
+                              experiment=group, tag=HOLDOUT_TAG if route == "holdout" else GUARDRAIL_TAG)
+        shadow = None
+        if route in ("holdout", "fallback"):  # the champion's own choice on this request, for the paired test
+            shadow, _ = sel.policy.decide(shared_line(d.features), d.lam)
+        elif route == "policy" and self._contexts is not None:
+            self._contexts.add(d.decision_id, d.features, [d.probabilities[n] for n in self.arms.names])
+        dom: str | None = d.features.get("domain")  # type: ignore[assignment]
+        self._remember(d.decision_id, _Meta(route, group, dom, d.arm_index, by_challenger, shadow))
+        self.metrics.on_decision(group, route, d.arm.name, dom)
+        return d
 
     def _remember(self, key: str, meta: _Meta) -> None:
         with self._lock:
-            if key in self._meta:
-                raise InputError(f"request_id {key!r} was already used for a decision; ids must be unique")
             self._meta[key] = meta
             self._routes[meta.route] += 1
             if len(self._meta) > MAX_REMEMBERED:
                 self._meta.popitem(last=False)
 
-    def _write(self, kind: str, row: dict[str, Any]) -> None:
-        writer = self.selector.writer
-        if self.selector.config.store.durable:
-            writer.write_now(kind, row)
-        elif kind == "d":
-            writer.submit_decision(row)
-        else:
-            writer.submit_outcome(row)
-
     # -- rewards ---------------------------------------------------------------------
     def reward(self, decision_id: str, em: float, tokens: int, *, latency_ms: float | None = None,
                trace: ProbeTrace | None = None, reference: str | None = None) -> None:
-        """Report an outcome; same contract as ``Selector.reward`` (idempotent, conflicts raise)."""
+        """Report an outcome; the deciding Selector's contract (idempotent, conflicts raise, windows)."""
         meta = self._meta.get(decision_id) if isinstance(decision_id, str) else None
-        if meta is None or not meta.own:
-            self.selector.reward(decision_id, em, tokens, latency_ms=latency_ms, trace=trace, reference=reference)
-            if meta is None:
-                return
-            with self._lock:
-                if meta.done is not None:
-                    return
-                meta.done = (float(em), int(tokens))
-            self._account(meta, float(em), int(tokens), None)
+        target = self.challenger if meta is not None and meta.challenger and self.challenger is not None \
+            else self.selector
+        target.reward(decision_id, em, tokens, latency_ms=latency_ms, trace=trace, reference=reference)
+        if meta is None:
             return
-        if trace is not None and not isinstance(trace, ProbeTrace):
-            raise InputError(f"trace must be a ProbeTrace or None, got {type(trace).__name__}")
-        if reference is not None and not isinstance(reference, str):
-            raise InputError(f"reference must be a string or None, got {type(reference).__name__}")
-        row = outcome_row(decision_id, em, tokens, latency_ms,
-                          trace=trace.hashed().to_json() if trace is not None else None,
-                          reference_key=answer_key(reference) if reference is not None else None)
         with self._lock:
             if meta.done is not None:
-                check_same_outcome(decision_id, {"em": meta.done[0], "tokens": meta.done[1]}, row)
                 return
-            meta.done = (row["em"], row["tokens"])
-        self._write("o", row)
+            meta.done = (float(em), int(tokens))
+        if meta.route == "policy" and self._contexts is not None:
+            self._contexts.outcome(decision_id, em, tokens)
         revealed = None
-        if trace is not None and reference is not None:
+        if meta.shadow is not None and trace is not None and reference is not None:
             revealed = revealed_outcomes(trace, self.arms.arms, reference)
-        if meta.learn:
-            self._learn(meta, row, revealed)
-        self._account(meta, row["em"], row["tokens"], revealed)
-
-    def _learn(self, meta: _Meta, row: Mapping[str, Any], revealed: dict[int, tuple[float | None, int]] | None) -> None:
-        """What ``Selector.reward`` does for its own decisions: learn every revealed arm, update the domain prior."""
-        sel = self.selector
-        policy = sel.policy
-        if revealed is not None:
-            known = {k: (e, t) for k, (e, t) in revealed.items() if e is not None}
-            known[meta.arm] = (row["em"], row["tokens"])
-            policy.learn_revealed(meta.shared, known, meta.arm, 1.0, meta.lam)  # type: ignore[arg-type]
-        else:
-            policy.learn(meta.shared, meta.arm, row["em"], row["tokens"], 1.0, meta.lam)  # type: ignore[arg-type]
-        sel.extractor.observe(meta.domain, row["em"])
+        self._account(meta, float(em), int(tokens), revealed)
 
     def _shadow_em(self, meta: _Meta, em: float, revealed: dict[int, tuple[float | None, int]] | None) -> float | None:
         """The champion's exact expected EM on this full-arm request, Σ_k π_k·EM_k, or None if not revealed."""
@@ -439,7 +365,14 @@ class ControlledSelector:
         c = self.controller
         if c is None:
             return
-        step = c.update(self.selector.lam)
+        lam = self.selector.lam
+        model = None
+        if self._contexts is not None:
+            try:
+                model = self._contexts.response(self.selector.policy, lam, min_contexts=c.config.interval // 2)
+            except StopbanditError as exc:  # the model is an aid: without it the step is plain PI
+                self._last_error = f"{type(exc).__name__}: {exc}"
+        step = c.update(lam, model)
         if step is None or not step.moved:
             return
         try:
@@ -469,12 +402,13 @@ class ControlledSelector:
             rewards = self._rewards
         return ControlHealth(
             selector=self.selector.health(), lam=self.selector.lam, routes=routes, rewards=rewards,
-            holdout_share=self._holdout, challenger=self.challenger.version if self.challenger else None,
+            holdout_share=self._holdout, challenger=self.challenger_version,
             challenger_share=self._challenger_share, challenger_active=self._challenger_active,
             controller=self.controller.state() if self.controller is not None else None,
             guardrail=g.status() if g is not None else None,
             fallback=tuple(sorted(g.fallback_domains)) if g is not None else (),
             last_error=self._last_error,
+            challenger_selector=self.challenger.health() if self.challenger is not None else None,
         )
 
     def serve_metrics(self, port: int = 0, addr: str = "127.0.0.1") -> MetricsServer:
@@ -484,7 +418,10 @@ class ControlledSelector:
         return server
 
     def flush(self, timeout: float = 30.0) -> bool:
-        return self.selector.flush(timeout)
+        ok = self.selector.flush(timeout)
+        if self.challenger is not None:
+            ok = self.challenger.flush(timeout) and ok
+        return ok
 
     def close(self) -> None:
         for s in self._servers:

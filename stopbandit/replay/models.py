@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, LargeBinary, String, Text
+from sqlalchemy import JSON, BigInteger, CheckConstraint, Float, ForeignKey, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
@@ -66,10 +66,20 @@ class OutcomeRow(Base):
     status: Mapped[str] = mapped_column(String(16), server_default="ok")
 
 
+SNAPSHOT_ROLES = ("serving", "candidate")
+
+
 class SnapshotRow(Base):
-    """A saved policy: VW model bytes plus JSON metadata, never pickle."""
+    """A saved policy: VW model bytes plus JSON metadata, never pickle.
+
+    ``role`` (migration 0005): ``serving`` snapshots are what Selectors load as
+    "latest" and hot-swap to; a ``candidate`` (an A/B challenger, a retrained
+    policy under review) is loaded only by its version, so saving one never
+    promotes it. ``stopbandit ab promote`` makes a candidate serve.
+    """
 
     __tablename__ = "snapshots"
+    __table_args__ = (CheckConstraint("role IN ('serving', 'candidate')", name="ck_snapshots_role"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     version: Mapped[str] = mapped_column(String(64), unique=True)
@@ -77,6 +87,7 @@ class SnapshotRow(Base):
     model: Mapped[bytes] = mapped_column(LargeBinary)
     meta: Mapped[dict[str, Any]] = mapped_column(JSON)
     checksum: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16), server_default="serving")
 
 
 class LambdaChangeRow(Base):
@@ -91,4 +102,4 @@ class LambdaChangeRow(Base):
     who: Mapped[str] = mapped_column(String(128))
 
 
-__all__ = ["Base", "DecisionRow", "LambdaChangeRow", "OutcomeRow", "SnapshotRow"]
+__all__ = ["SNAPSHOT_ROLES", "Base", "DecisionRow", "LambdaChangeRow", "OutcomeRow", "SnapshotRow"]

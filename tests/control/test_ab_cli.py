@@ -111,3 +111,42 @@ def test_report_without_a_challenger_is_a_user_error(sqlite_url):
     assert "no challenger to promote" in " ".join(res.stderr.split())
     res = invoke(ab, "promote", "--db", sqlite_url, "--reason", "x", "--yes", "--version", "v-nope", code=2)
     assert "snapshot 'v-nope' is not in the store" in " ".join(res.stderr.split())
+
+
+def test_candidate_snapshot_is_served_only_as_challenger_until_promoted(sqlite_url):
+    """A candidate saved with role="candidate": no follower swaps to it, the A/B serves it, promote ships it."""
+    from stopbandit.config import SelectorConfig
+
+    fast = SelectorConfig(follow_interval=0.1)
+    trainer = Selector.open(sqlite_url, lam=0.25, seed=31, follow=False, snapshot=None)
+    serve(trainer, Simulator(seed=31).stream(600))
+    serving_version = trainer.snapshot()
+    serve(trainer, Simulator(seed=32).stream(300))
+    candidate = trainer.snapshot(role="candidate")
+    trainer.close()
+    champion = Selector.open(sqlite_url, seed=33, config=fast)
+    other = Selector.open(sqlite_url, seed=34, config=fast)  # another serving process, following the store
+    assert champion.policy_version == other.policy_version == serving_version
+    cs = ControlledSelector(champion, challenger=candidate, challenger_share=0.4, seed=35)
+    served = serve(cs, Simulator(seed=36).stream(600))
+    cs.flush()
+    time.sleep(0.5)
+    assert champion.policy_version == other.policy_version == serving_version  # nobody swapped to the candidate
+    assert cs.challenger.policy_version == candidate
+    assert {cs.experiment_of(s.decision_id) for s in served} == {"champion", "challenger"}
+
+    rep = json.loads(invoke(ab, "report", "--db", sqlite_url, "--json").stdout)
+    assert rep["challenger"] == candidate and rep["groups"]["challenger"]["em"]["n"] > 150
+    promo = json.loads(invoke(ab, "promote", "--db", sqlite_url, "--reason", "candidate wins", "--yes",
+                              "--json").stdout)
+    assert promo["challenger"] == candidate and promo["previous"] == serving_version
+    deadline = time.monotonic() + 5
+    while {champion.policy_version, other.policy_version} != {promo["new_version"]} and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert champion.policy_version == other.policy_version == promo["new_version"]
+    after = serve(cs, Simulator(seed=37).stream(50))
+    assert not cs.health().challenger_active
+    assert all(cs.experiment_of(s.decision_id) == "champion" for s in after)
+    cs.close()
+    other.close()
+    champion.close()

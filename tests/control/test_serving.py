@@ -141,3 +141,30 @@ def test_controller_moves_lambda_through_logged_set_lambda_and_others_follow(sql
     other.close()
     cs.close()
     sel.close()
+
+
+def test_feedforward_controller_gets_the_policys_model_and_logs_its_moves(sqlite_url):
+    sel = Selector.open(sqlite_url, lam=0.2, seed=7)
+    ctl = LambdaController(Target.token_budget(650), ControllerConfig(feedforward=True, contexts=400, calibration=800,
+                                                                       model_warmup=400))
+    cs = ControlledSelector(sel, controller=ctl, guardrail=GuardrailConfig(holdout_share=0.02), seed=7)
+    serve(cs, Simulator(seed=8).stream(1600))
+    st = cs.health().controller
+    assert st.mode == "feedforward" and st.model_bias is not None and abs(st.model_bias) < 0.25
+    moves = [c for c in sel.store.lambda_history(1000) if c.who == "controller"]
+    assert moves and len(moves) == st.moves
+    assert all("model (" in c.reason and "contexts) predicted" in c.reason for c in moves)
+    assert any("model warm-up" in c.reason for c in moves)
+    assert any("(feedforward: model λ" in c.reason for c in moves)
+    cs.close()
+
+
+def test_feedforward_without_heads_stays_pi(sqlite_url):
+    sel = Selector.open(sqlite_url, lam=0.2, seed=7, policy="vw-native")
+    ctl = LambdaController(Target.token_budget(650), ControllerConfig(feedforward=True, interval=50))
+    cs = ControlledSelector(sel, controller=ctl, seed=7)
+    serve(cs, Simulator(seed=8).stream(300))
+    st = cs.health().controller
+    assert st.steps == 6 and st.mode == "pi" and st.model_bias is None
+    cs.close()
+    sel.close()

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
 
+from stopbandit.errors import StoreError
 from stopbandit.replay import migrate
 from stopbandit.replay.engine import make_engine
 from stopbandit.replay.models import Base
@@ -34,3 +38,52 @@ def test_every_revision_steps_down_and_up(db_url):
     for rev in revisions:
         migrate.upgrade(db_url, rev)
         assert migrate.current_revision(db_url) == rev
+
+
+def _snapshot_columns(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        return {c["name"] for c in inspect(engine).get_columns("snapshots")}
+    finally:
+        engine.dispose()
+
+
+def test_0005_snapshot_role_up_down_up_keeps_rows(db_url):
+    """Existing snapshots become serving; the role is NOT NULL, defaults to serving and is checked."""
+    migrate.upgrade(db_url, "0004")
+    engine = make_engine(db_url)
+    insert_row = text("INSERT INTO snapshots (version, ts, model, meta, checksum) "
+                      "VALUES (:v, :ts, :m, '{}', 'c')")
+    with engine.begin() as conn:
+        conn.execute(insert_row, [{"v": "old-1", "ts": 1.0, "m": b"\x00"}, {"v": "old-2", "ts": 2.0, "m": b"\x01"}])
+    migrate.upgrade(db_url, "0005")
+    assert "role" in _snapshot_columns(db_url)
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT version, role FROM snapshots ORDER BY id")).all() == [
+            ("old-1", "serving"), ("old-2", "serving")]
+        conn.execute(insert_row, {"v": "new-default", "ts": 3.0, "m": b"\x02"})  # server default
+        conn.execute(text("INSERT INTO snapshots (version, ts, model, meta, checksum, role) "
+                          "VALUES ('cand', 4.0, :m, '{}', 'c', 'candidate')"), {"m": b"\x03"})
+    for bad in ("'draft'", "NULL"):
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(text("INSERT INTO snapshots (version, ts, model, meta, checksum, role) "
+                              f"VALUES ('bad', 5.0, :m, '{{}}', 'c', {bad})"), {"m": b"\x04"})
+    with engine.connect() as conn:
+        roles = dict(conn.execute(text("SELECT version, role FROM snapshots")).all())
+    assert roles == {"old-1": "serving", "old-2": "serving", "new-default": "serving", "cand": "candidate"}
+    # below 0005 the newest row is followed: a candidate would be promoted by the downgrade, so it refuses
+    with pytest.raises(StoreError, match=r"cannot downgrade below 0005: 1 candidate snapshot\(s\) \['cand'\]"):
+        migrate.downgrade(db_url, "0004")
+    assert migrate.current_revision(db_url) == "0005" and "role" in _snapshot_columns(db_url)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM snapshots WHERE role = 'candidate'"))
+    migrate.downgrade(db_url, "0004")
+    assert "role" not in _snapshot_columns(db_url)
+    with engine.connect() as conn:
+        assert [r[0] for r in conn.execute(text("SELECT version FROM snapshots ORDER BY id"))] == [
+            "old-1", "old-2", "new-default"]
+    migrate.upgrade(db_url)
+    assert migrate.current_revision(db_url) == migrate.head_revision()
+    with engine.connect() as conn:
+        assert {r[0] for r in conn.execute(text("SELECT role FROM snapshots"))} == {"serving"}
+    engine.dispose()
