@@ -2,6 +2,7 @@
 
     python benchmarks/ope_scale.py                      # 1,000,000 events, every estimator
     python benchmarks/ope_scale.py --events 200000 --db /tmp/ope.db --keep
+    valgrind --tool=cachegrind --cache-sim=no python3.11 benchmarks/ope_scale.py --db /tmp/ope.db --single-pass 20000
 
 Setup (not timed): seeded synthetic events shaped like the Selector's —
 the ten built-in features, a SquareCB-like probability vector over the four
@@ -16,6 +17,15 @@ Timed: the code path of ``stopbandit replay evaluate --policy latest
 the log with every estimator), called in-process in a fresh interpreter, so
 its peak RSS (``resource.getrusage``) is that of the evaluation alone.
 Targets: at most 20 s and 1.5 GB on a 2-core machine.
+
+After the timed run, in the same fresh interpreter (not timed against the
+targets): the same-run baseline, a plain keyset read of the whole log through
+``LogReader.raw_chunks`` (the evaluation's query, nothing decoded), and the
+split by phase, CPU time per event of each step of the pass (read, decode and
+checks with the probe traces, VW shared lines, VW heads, estimators) measured
+in one process over the first ``--phase-events`` events with the very calls
+the evaluation makes. On a loaded machine wall time is CPU time stretched by
+the load, so the split is reported as CPU per event and as a share.
 """
 
 from __future__ import annotations
@@ -175,6 +185,109 @@ def timed_evaluate(url: str, estimators: str, chunk: int, jobs: int | None = Non
             "dr_reward": None if dr is None else [dr.value, dr.ci_low, dr.ci_high]}
 
 
+def read_baseline(url: str, chunk: int) -> dict:
+    """A plain keyset read of every event (the evaluation's query; rows only, nothing decoded)."""
+    from stopbandit.bandit.arms import ArmSet
+    from stopbandit.replay.logged import LogReader
+    from stopbandit.replay.store import ReplayStore
+
+    store = ReplayStore(url)
+    reader = LogReader(store, ArmSet.of(None), chunk=chunk)
+    t0, c0 = time.perf_counter(), time.process_time()
+    n = sum(len(rows) for rows in reader.raw_chunks())
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    store.dispose()
+    return {"events": n, "wall_s": wall, "cpu_s": cpu}
+
+
+def phase_split(url: str, estimators: str, chunk: int, events: int) -> dict:
+    """CPU seconds per phase of one streaming pass over the first ``events`` events, in this process.
+
+    The calls of ``run_targets`` one chunk at a time, with the heads' predictions
+    timed on their own and then handed to the estimators (``_accumulate`` asks
+    the model once per chunk; here it gets the predictions just made).
+    """
+    from stopbandit.replay.candidates import CandidateContext, LoggingCandidate, batch_shared_lines, default_model, \
+        make_candidate, resolve_arms, resolve_lambda, snapshot_meta
+    from stopbandit.replay.cli_commands import has_traces, parse_estimators
+    from stopbandit.replay.logged import LogReader, Target, _accumulate
+    from stopbandit.replay.ope import IPS, Metric, make_estimator, reveal_matrix
+    from stopbandit.replay.store import ReplayStore
+
+    store = ReplayStore(url)
+    meta = snapshot_meta(store, "latest")
+    arms, _ = resolve_arms(None, meta)
+    lam, _ = resolve_lambda(None, store, meta, 0.2)
+    names = parse_estimators(estimators, traced=has_traces(store))
+    cand = make_candidate("latest", CandidateContext(store, arms, lam))
+    model = default_model(store, arms, cand)
+    reveals = reveal_matrix(arms)
+    ests = {n: make_estimator(n, reveals=reveals) for n in names}
+    metrics = (Metric("em"), Metric("tokens"), Metric("reward", lam, 1000.0))
+    plan = [(Target("candidate", cand, ests, metrics), ests),
+            (Target("logging", LoggingCandidate(), {"on-policy": IPS()}, metrics), {"on-policy": IPS()})]
+    reader = LogReader(store, arms, chunk=chunk, traces=any(n.startswith("graph") for n in names))
+    cpu = {"read": 0.0, "decode, checks, traces": 0.0, "VW shared lines": 0.0, "VW heads": 0.0, "estimators": 0.0}
+    accs: dict = {}
+    clock = time.process_time
+    n = 0
+    chunks = reader.raw_chunks()
+    while n < events:
+        t0 = clock()
+        rows = next(chunks, None)
+        if rows is None:
+            break
+        t1 = clock()
+        batch, _ = reader.build(rows)
+        t2 = clock()
+        lines = batch_shared_lines(batch)
+        t3 = clock()
+        heads = model.predict_lines(lines)
+        t4 = clock()
+        model.predict = lambda b, h=heads: h  # type: ignore[method-assign]  # the predictions just timed
+        _accumulate(batch, plan, model, accs)
+        del model.predict
+        t5 = clock()
+        for key, a, b in (("read", t0, t1), ("decode, checks, traces", t1, t2), ("VW shared lines", t2, t3),
+                          ("VW heads", t3, t4), ("estimators", t4, t5)):
+            cpu[key] += b - a
+        n += len(rows)
+    model.close()
+    store.dispose()
+    return {"events": n, "cpu_s": cpu}
+
+
+def single_pass(url: str, estimators: str, chunk: int, events: int) -> None:
+    """Setup, then (``events`` > 0) one single-process pass over the first ``events`` outcome ids; nothing timed.
+
+    For instruction counts that the machine's load cannot change: run it under
+    ``valgrind --tool=cachegrind --cache-sim=no`` with N and with 0 events and
+    divide the difference by N.
+    """
+    from stopbandit.replay.candidates import CandidateContext, LoggingCandidate, default_model, make_candidate, \
+        resolve_arms, resolve_lambda, snapshot_meta
+    from stopbandit.replay.cli_commands import has_traces, parse_estimators
+    from stopbandit.replay.logged import LogReader, Target, run_targets
+    from stopbandit.replay.ope import IPS, Metric, make_estimator, reveal_matrix
+    from stopbandit.replay.store import ReplayStore
+
+    store = ReplayStore(url)
+    meta = snapshot_meta(store, "latest")
+    arms, _ = resolve_arms(None, meta)
+    lam, _ = resolve_lambda(None, store, meta, 0.2)
+    names = parse_estimators(estimators, traced=has_traces(store))
+    cand = make_candidate("latest", CandidateContext(store, arms, lam))
+    model = default_model(store, arms, cand)
+    ests = {n: make_estimator(n, reveals=reveal_matrix(arms)) for n in names}
+    metrics = (Metric("em"), Metric("tokens"), Metric("reward", lam, 1000.0))
+    targets = [Target("candidate", cand, ests, metrics),
+               Target("logging", LoggingCandidate(), {"on-policy": IPS()}, metrics)]
+    if events > 0:
+        reader = LogReader(store, arms, chunk=chunk, upto=events, traces=any(n.startswith("graph") for n in names))
+        res = run_targets(reader, targets, model=model, progress=False, jobs=1)
+        print(f"{res.counts.used} events; DR reward {res.estimates['candidate']['dr']['reward'].value!r}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--events", type=int, default=1_000_000)
@@ -184,11 +297,24 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=5000)
     ap.add_argument("--jobs", type=int, default=None, help="Worker processes (default: as the CLI, one per core).")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--phase-events", type=int, default=200_000,
+                    help="Events of the single-process phase split after the timed run (0: skip it).")
+    ap.add_argument("--single-pass", type=int, default=None, metavar="N",
+                    help="Only set up and stream the first N events in this process, untimed, on an existing "
+                         "--db (0: setup only); for instruction counts under valgrind.")
     ap.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     url = f"sqlite:///{Path(args.db).resolve()}"
+    if args.single_pass is not None:
+        single_pass(url, args.estimators, args.chunk, args.single_pass)
+        return
     if args._child:
-        print(json.dumps(timed_evaluate(url, args.estimators, args.chunk, args.jobs)))
+        res = timed_evaluate(url, args.estimators, args.chunk, args.jobs)
+        res["load_during"] = os.getloadavg()[0]
+        res["baseline"] = read_baseline(url, args.chunk)
+        if args.phase_events > 0:
+            res["phases"] = phase_split(url, args.estimators, args.chunk, args.phase_events)
+        print(json.dumps(res))
         return
     have = event_count(url) if Path(args.db).exists() else -1
     if have != args.events:
@@ -203,7 +329,7 @@ def main() -> None:
         print(f"reusing {args.db} ({have:,} events)", file=sys.stderr)
     load_before = os.getloadavg()[0]
     cmd = [sys.executable, __file__, "--_child", "--db", args.db, "--events", str(args.events),
-           "--estimators", args.estimators, "--chunk", str(args.chunk)]
+           "--estimators", args.estimators, "--chunk", str(args.chunk), "--phase-events", str(args.phase_events)]
     if args.jobs is not None:
         cmd += ["--jobs", str(args.jobs)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -215,8 +341,9 @@ def main() -> None:
     ok_t = "yes" if res["wall_s"] <= TARGET_S else "NO"
     ok_m = "yes" if total_mb <= TARGET_MB else "NO"
     print(f"\n`{' '.join(['python', 'benchmarks/ope_scale.py', *sys.argv[1:]])}` on {platform.node()} "
-          f"({os.cpu_count()} cores, Python {platform.python_version()}; load average before the timed run "
-          f"{load_before:.1f}, after {os.getloadavg()[0]:.1f})\n")
+          f"({os.cpu_count()} cores, Python {platform.python_version()}; 1-minute load average before the timed "
+          f"run {load_before:.1f}, at its end {res['load_during']:.1f}, after the baseline and phases "
+          f"{os.getloadavg()[0]:.1f})\n")
     print("| events | estimators | processes | wall (s) | CPU (s) | CPU per event (µs) | events/s | "
           "peak RSS main + workers (MB) | ≤ 20 s | ≤ 1.5 GB |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|:-:|:-:|")
@@ -229,6 +356,22 @@ def main() -> None:
     if res["dr_reward"]:
         v, lo, hi = res["dr_reward"]
         print(f"\nDR reward of the latest snapshot: {v:.4f} [{lo:.4f}, {hi:.4f}]")
+    base = res["baseline"]
+    print(f"\nSame-run baseline, plain keyset read of the {base['events']:,} events (one process, rows only): "
+          f"{base['wall_s']:.1f} s wall, {base['cpu_s']:.1f} s CPU, {base['events'] / base['wall_s']:,.0f} events/s; "
+          f"the evaluation ran at {res['events'] / res['wall_s']:,.0f} events/s "
+          f"({res['wall_s'] / base['wall_s']:.1f}× the read's wall time)")
+    if "phases" in res:
+        ph = res["phases"]
+        total = sum(ph["cpu_s"].values())
+        print(f"\nSplit by phase, one process over the first {ph['events']:,} events "
+              f"(CPU µs per event; share; estimated wall s of the timed run = share × wall):\n")
+        print("| phase | CPU µs / event | share | ≈ wall s |")
+        print("|---|---:|---:|---:|")
+        for name, sec in ph["cpu_s"].items():
+            share = sec / total if total else 0.0
+            print(f"| {name} | {1e6 * sec / ph['events']:.1f} | {100 * share:.0f}% | {share * res['wall_s']:.1f} |")
+        print(f"| total | {1e6 * total / ph['events']:.1f} | 100% | {res['wall_s']:.1f} |")
 
 
 if __name__ == "__main__":

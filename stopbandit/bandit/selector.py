@@ -43,7 +43,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -61,7 +61,7 @@ from stopbandit.config import SelectorConfig, load_config
 from stopbandit.errors import InputError, SnapshotError, StopbanditError, StoreError, UnknownDecisionError
 from stopbandit.features.extract import FeatureExtractor
 from stopbandit.replay import migrate
-from stopbandit.replay.store import ReplayStore, check_same_outcome, outcome_row
+from stopbandit.replay.store import ReplayStore, check_role, check_same_outcome, outcome_row
 from stopbandit.replay.validate import check_key
 from stopbandit.replay.writer import BatchWriter
 
@@ -70,6 +70,10 @@ log = logging.getLogger("stopbandit.selector")
 MAX_PENDING = 200_000  # the default of SelectorConfig.max_pending
 RETIRE_GRACE_S = 5.0  # a swapped-out policy stays open this long for callers holding ``Selector.policy``
 REAP_BATCH = 1000
+FOLLOW_MODES = (True, False, "all", "lambda")  # what a Selector follows in the store (see Selector.open)
+EXPERIMENTS = ("champion", "challenger", "holdout")  # decisions.experiment (migration 0004)
+FORCED_TAG = "forced"  # policy_version prefix of a forced decision unless the caller tags it
+_TAG_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +148,47 @@ class _Live:
         self.policy, self.version, self.users, self.retired_at = policy, version, 0, 0.0
 
 
+class FrozenPolicy(Policy):
+    """Decides exactly like the policy it wraps and never learns.
+
+    For a Selector opened with ``learn=False``: a challenger serving a
+    candidate snapshot logs its decisions and outcomes like any Selector, but
+    the candidate must stay what was evaluated (and what ``ab promote`` ships).
+    """
+
+    def __init__(self, inner: Policy) -> None:
+        super().__init__(inner.arms, inner.exploration, inner.token_scale)
+        self.inner = inner
+        self.name = inner.name  # type: ignore[misc]
+        self.t = inner.t
+
+    def _decide(self, lines: list[str], lam: float) -> tuple[list[float], list[float]]:
+        return self.inner._decide(lines, lam)
+
+    def learn(self, shared: str, arm: int, em: float, tokens: int, prob: float, lam: float, *,
+              weight: float = 1.0) -> None:
+        return None
+
+    def learn_revealed(self, shared: str, outcomes: Mapping[int, tuple[float, int]], logged: int,
+                       prob: float, lam: float, *, weights: Mapping[int, float] | None = None) -> None:
+        return None
+
+    def predict_heads(self, shared: str) -> tuple[np.ndarray, np.ndarray]:
+        return self.inner.predict_heads(shared)
+
+    def predict_heads_batch(self, shared: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        return self.inner.predict_heads_batch(shared)
+
+    def blobs(self) -> dict[str, bytes]:
+        return self.inner.blobs()
+
+    def vw_args(self) -> dict[str, str]:
+        return self.inner.vw_args()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 def _check_text(value: str, field: str) -> str:
     """Strings that reach the store must be storable everywhere: no NUL (PostgreSQL), valid Unicode."""
     if "\x00" in value:
@@ -174,9 +219,16 @@ class Selector:
     """Chooses a stopping arm per request and learns from rewards. Thread-safe."""
 
     def __init__(self, config: SelectorConfig, store: ReplayStore, *, snapshot: str | None = "latest",
-                 follow: bool = True) -> None:
+                 follow: bool | str = True, learn: bool = True) -> None:
+        if follow not in FOLLOW_MODES:
+            raise InputError(f"follow must be one of {list(FOLLOW_MODES)}, got {follow!r}")
+        if not isinstance(learn, bool):
+            raise InputError(f"learn must be True or False, got {learn!r}")
+        self._follow_snapshots = follow is True or follow == "all"
+        self._learns = learn
         self.config = config
         self.arms: ArmSet = config.arms
+        self._arm_names = self.arms.names  # ArmSet.names builds a new tuple per call; choose needs it every time
         self.store = store
         self.extractor = FeatureExtractor(config.features)
         self._rng = np.random.default_rng(config.seed)
@@ -200,8 +252,8 @@ class Selector:
         self._live_lock = threading.Lock()
         self._swap_lock = threading.Lock()
         self._retired: list[_Live] = []
-        self._live = _Live(make_policy(config.policy, self.arms, config.exploration, config.token_scale),
-                           f"fresh-{uuid.uuid4().hex[:8]}")
+        fresh = make_policy(config.policy, self.arms, config.exploration, config.token_scale)
+        self._live = _Live(fresh if learn else FrozenPolicy(fresh), f"fresh-{uuid.uuid4().hex[:8]}")
         self._closed = False
         self._calls = 0  # choose/reward calls in flight (close waits for them)
         self._stop = threading.Event()
@@ -216,6 +268,8 @@ class Selector:
             max_spill_bytes=config.store.max_spill_bytes,
             retry_interval=config.store.retry_interval,
         )
+        # durable: committed or fsync'd before choose/reward return; else queued (bound once, off the hot path)
+        self._log_row = self.writer.write_now if config.store.durable else self.writer.submit
         try:
             if self._store_ok:
                 try:
@@ -253,14 +307,20 @@ class Selector:
         seed: int | None = None,
         durable: bool | None = None,
         snapshot: str | None = "latest",
-        follow: bool = True,
+        follow: bool | str = True,
         reward_window_s: float | None = None,
         reward_aggregation: str | None = None,
+        learn: bool = True,
     ) -> Selector:
         """Open a Selector on the replay store at ``url`` (migrating it to the newest schema).
 
         ``config`` is a TOML path or a :class:`SelectorConfig`; keyword arguments override it.
-        ``snapshot``: load this stored snapshot version ("latest": the newest, if any; None: start fresh).
+        ``snapshot``: load this stored snapshot version ("latest": the newest *serving* one, if any; a
+        version may name a candidate; None: start fresh).
+        ``follow``: True (or "all") follows the store's λ and hot-swaps to newer serving snapshots;
+        "lambda" follows λ only (a challenger serving a fixed candidate); False follows nothing.
+        ``learn``: False freezes the policy (rewards are still logged, never learned): a candidate
+        under A/B evaluation must stay exactly what ``ab promote`` would ship.
         ``durable``: commit (or fsync to the spill) every row before ``choose``/``reward`` return.
         ``reward_window_s``/``reward_aggregation``: delayed rewards (see :mod:`stopbandit.bandit.delayed`).
         """
@@ -272,7 +332,7 @@ class Selector:
         if durable is not None:
             cfg = replace(cfg, store=replace(cfg.store, durable=durable))
         store = ReplayStore(url or cfg.store.url, check_schema=False)
-        return cls(cfg, store, snapshot=snapshot, follow=follow)
+        return cls(cfg, store, snapshot=snapshot, follow=follow, learn=learn)
 
     def _new_key(self) -> str:
         """A random 128-bit id without a syscall.
@@ -329,16 +389,45 @@ class Selector:
 
     # -- the serving path ---------------------------------------------------------------
     def choose(self, prompt: str, *, domain: str | None = None, request_id: str | None = None,
-               features: Mapping[str, Any] | None = None) -> Decision:
-        """Pick an arm for one request; logs the decision; never raises because of the store."""
+               features: Mapping[str, Any] | None = None, force_arm: str | None = None,
+               experiment: str = "champion", tag: str | None = None) -> Decision:
+        """Pick an arm for one request; logs the decision; never raises because of the store.
+
+        ``force_arm``: serve this arm instead of sampling the policy's (a guardrail
+        holdout or fallback). It is logged with one-hot probabilities and
+        propensity 1 and rewarded like any other decision (reward windows, spill,
+        counters; the policy learns from it at propensity 1), so a caller that
+        overrides the policy never writes rows of its own.
+        ``experiment``: the ``decisions.experiment`` group (champion, challenger, holdout).
+        ``tag``: the logged ``policy_version`` becomes ``<tag>/<version>``; a
+        forced decision is tagged ``forced`` unless a tag is given, so the log
+        tells the policy's own choices from overrides.
+        """
+        forced = None
+        if force_arm is not None or experiment != "champion" or tag is not None:
+            forced = self._check_route(force_arm, experiment, tag)
         self._enter()
         try:
-            return self._choose(prompt, domain, request_id, features)
+            return self._choose(prompt, domain, request_id, features, forced, experiment, tag)
         finally:
             self._leave()
 
+    def _check_route(self, force_arm: object, experiment: object, tag: object) -> int | None:
+        """Validate choose's routing arguments once; returns the forced arm's index (None: the policy picks)."""
+        if experiment not in EXPERIMENTS:
+            raise InputError(f"experiment must be one of {list(EXPERIMENTS)}, got {experiment!r}")
+        if tag is not None and (not isinstance(tag, str) or not 1 <= len(tag) <= 32 or not set(tag) <= _TAG_CHARS):
+            raise InputError(f"tag must be 1 to 32 letters, digits, '_' or '-', got {tag!r}")
+        if force_arm is None:
+            return None
+        names = self.arms.names
+        if not isinstance(force_arm, str) or force_arm not in names:
+            raise InputError(f"force_arm must be one of the arms {list(names)}, got {force_arm!r}")
+        return names.index(force_arm)
+
     def _choose(self, prompt: str, domain: str | None, request_id: str | None,
-                features: Mapping[str, Any] | None) -> Decision:
+                features: Mapping[str, Any] | None, forced: int | None = None, experiment: str = "champion",
+                tag: str | None = None) -> Decision:
         key = self._new_key() if request_id is None else _check_id(request_id, "request_id")
         feats = self.extractor.extract(prompt, domain, features)
         for name, value in feats.items():
@@ -348,18 +437,26 @@ class Selector:
         lam = self._lam
         live = self._acquire()
         try:
-            probs, _ = live.policy.decide(shared, lam)
+            if forced is None:
+                probs, _ = live.policy.decide(shared, lam)
+            else:  # one-hot, propensity 1
+                probs = [0.0] * len(self.arms)
+                probs[forced] = 1.0
         finally:
             self._release(live)
-        with self._rng_lock:
-            u = self._rng.random()
-        idx, acc = len(probs) - 1, 0.0
-        for i, p in enumerate(probs):
-            acc += p
-            if u < acc:
-                idx = i
-                break
-        names = self.arms.names
+        version = live.version if tag is None and forced is None else f"{tag or FORCED_TAG}/{live.version}"[:64]
+        if forced is None:
+            with self._rng_lock:
+                u = self._rng.random()
+            idx, acc = len(probs) - 1, 0.0
+            for i, p in enumerate(probs):
+                acc += p
+                if u < acc:
+                    idx = i
+                    break
+        else:  # no draw: overrides leave the policy's sampling sequence as it was
+            idx = forced
+        names = self._arm_names
         prob_map = dict(zip(names, probs))
         window = self._window
         pending = _Pending(shared, idx, probs[idx], lam, feats.get("domain"),  # type: ignore[arg-type]
@@ -380,11 +477,11 @@ class Selector:
         row = {
             "request_key": key, "ts": time.time(), "domain": feats.get("domain"), "features": feats,
             "arm": names[idx], "arm_index": idx, "probabilities": prob_map, "propensity": probs[idx],
-            "lam": lam, "token_scale": self.config.token_scale, "policy_version": live.version,
-            "experiment": "champion",
+            "lam": lam, "token_scale": self.config.token_scale, "policy_version": version,
+            "experiment": experiment,
         }
         self._log("d", row)
-        return Decision(key, self.arms[idx], idx, probs[idx], prob_map, lam, live.version, feats)
+        return Decision(key, self.arms[idx], idx, probs[idx], prob_map, lam, version, feats)
 
     def reward(self, decision_id: str, em: float, tokens: int, *, latency_ms: float | None = None,
                trace: ProbeTrace | None = None, reference: str | None = None) -> None:
@@ -522,13 +619,14 @@ class Selector:
         with self._cache_lock:
             self._rewards += 1
         self._learn(pending, row, trace, reference)
-        self._log("o", dict(row))
+        self._log("o", row)  # a fresh outcome_row dict, not kept by the caller: no copy needed
 
     def _learn(self, pending: _Pending, row: Mapping[str, Any], trace: ProbeTrace | None,
                reference: str | None) -> None:
         live = self._acquire()
         try:
             policy = live.policy
+            policy.exploration.observe_reward(trace is not None and reference is not None)
             if trace is not None and reference is not None:
                 revealed = {k: (em, tok) for k, (em, tok) in
                             revealed_outcomes(trace, self.arms.arms, reference).items() if em is not None}
@@ -666,10 +764,11 @@ class Selector:
             self._wake.clear()
 
     def _log(self, kind: str, row: dict[str, Any]) -> None:
-        if self.config.store.durable:
-            self.writer.write_now(kind, row)
-        else:
-            self.writer.submit(kind, row)
+        """Hand a row to the writer: queued, or written before returning with ``store.durable``.
+
+        The row is the writer's from here on: callers build a fresh dict per call and never change it after.
+        """
+        self._log_row(kind, row)
 
     # -- λ ---------------------------------------------------------------------------
     @property
@@ -714,20 +813,31 @@ class Selector:
     def policy_version(self) -> str:
         return self._live.version
 
-    def snapshot(self) -> str:
-        """Save the current policy to the store; returns its version."""
+    def snapshot(self, *, role: str = "serving") -> str:
+        """Save the current policy to the store; returns its version.
+
+        ``role="serving"``: it becomes the newest serving snapshot, which every
+        Selector following the store hot-swaps to. ``role="candidate"``: stored
+        for evaluation only (a challenger, ``replay evaluate --policy VERSION``);
+        nothing swaps to it until ``stopbandit ab promote`` makes it serve.
+        """
+        role = check_role(role)
         live = self._acquire()
         try:
             packed = pack(live.policy, lam=self._lam, feature_config=self.config.features.to_dict(),
                           extra={"prior": self.extractor.prior.state()})
         finally:
             self._release(live)
-        self.store.save_snapshot(packed.version, packed.model, packed.meta, packed.checksum)
-        self._own_versions.add(packed.version)
+        self.store.save_snapshot(packed.version, packed.model, packed.meta, packed.checksum, role=role)
+        if role == "serving":
+            self._own_versions.add(packed.version)
         return packed.version
 
     def load_snapshot(self, version: str = "latest", *, missing_ok: bool = False) -> bool:
-        """Load a stored snapshot and swap it in atomically. False if none exists and ``missing_ok``."""
+        """Load a stored snapshot and swap it in atomically. False if none exists and ``missing_ok``.
+
+        "latest" is the newest serving snapshot; a version may name any snapshot, a candidate included.
+        """
         with self._swap_lock:
             stored = self.store.get_snapshot(version)
             if stored is None:
@@ -744,6 +854,8 @@ class Selector:
             prior = stored.meta.get("extra", {}).get("prior")
             if prior:
                 self.extractor.prior.load(prior)
+            if not self._learns:
+                policy = FrozenPolicy(policy)
             with self._live_lock:
                 old, self._live = self._live, _Live(policy, stored.version)
                 old.retired_at = time.monotonic()
@@ -764,7 +876,8 @@ class Selector:
                         self._follow_ok = False
                         continue
                 self._sync_lambda()
-                latest = self.store.latest_snapshot_version()
+                # only serving snapshots: a stored candidate is never swapped to (it has to be promoted)
+                latest = self.store.latest_snapshot_version() if self._follow_snapshots else None
                 if latest is not None and latest not in self._own_versions:
                     self.load_snapshot(latest)
                     log.info("hot-swapped to snapshot %s", latest)

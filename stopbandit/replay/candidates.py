@@ -2,12 +2,13 @@
 
 ``--policy`` accepts:
 
-* ``latest``: the newest stored snapshot, scored with its heads at λ and
+* ``latest``: the newest stored *serving* snapshot, scored with its heads at λ and
   played greedily (exploration off; ties go to the most lenient arm).
   ``explore=True`` plays it with its own exploration rule instead.
-* ``current``: what serving runs now: the newest snapshot with its
+* ``current``: what serving runs now: the newest serving snapshot with its
   exploration rule, at λ (by default the λ in force in the store).
-* a snapshot version (``v20240501…``): that snapshot, like ``latest``.
+* a snapshot version (``v20240501…``): that snapshot, like ``latest``; the
+  only way to evaluate a *candidate* snapshot (``replay train --candidate``).
 * ``arm:NAME``: always the arm NAME (a static stopping rule).
 * ``uniform``: every arm with probability 1/K.
 * ``logging``: the logged probabilities themselves (the logging policy's own,
@@ -30,7 +31,7 @@ import numpy as np
 from stopbandit.bandit.arms import ArmSet, arms_from_config
 from stopbandit.bandit.policy import HeadsPolicy, Policy
 from stopbandit.bandit.snapshot import unpack
-from stopbandit.bandit.vw import shared_line
+from stopbandit.bandit.vw import shared_lines
 from stopbandit.errors import ConfigError, SnapshotError
 from stopbandit.replay.logged import EventBatch
 from stopbandit.replay.store import ReplayStore
@@ -40,6 +41,13 @@ Heads = tuple[np.ndarray, np.ndarray]
 
 
 # --------------------------------------------------------------------------- models
+
+
+def batch_shared_lines(batch: EventBatch) -> list[str]:
+    """``[shared_line(f) for f in batch.features()]``, each distinct stored context turned into a line once."""
+    distinct, inv = batch.distinct_features()
+    lines = shared_lines(distinct)
+    return lines if inv is None else [lines[i] for i in inv]
 
 
 class HeadsModel:
@@ -85,38 +93,19 @@ class HeadsModel:
         """(em_hat (n, K) = P(EM | x, a), tokens_hat (n, K) = E[tokens | x, a]) for every event of the batch."""
         if not self.has_heads:
             raise ConfigError(f"snapshot {self.version!r} is a {self.policy.name!r} policy: it has no EM/token heads")
-        return self.predict_lines([shared_line(f) for f in batch.features()])
+        return self.predict_lines(batch_shared_lines(batch))
 
     def predict_lines(self, shared: Sequence[str]) -> Heads:
-        """``HeadsPolicy.predict_heads`` for many shared lines at once.
-
-        The per-arm outputs of the two VW heads are collected row by row and
-        mapped to P(EM) and tokens in one vectorised step (the mapping of
-        ``HeadsPolicy._heads``: P(EM) = sigmoid(−cost), tokens = max(cost, 0)·token_scale;
-        ``tests/replay/test_logged.py`` checks the result equals ``predict_heads``).
-        """
+        """``HeadsPolicy.predict_heads`` for many shared lines at once (``HeadsPolicy.predict_heads_batch``)."""
         policy = self.policy
         if not isinstance(policy, HeadsPolicy):
             raise ConfigError(f"snapshot {self.version!r} is a {policy.name!r} policy: it has no EM/token heads")
-        arm_lines = policy.arm_lines
-        em_predict, tok_predict = policy.em.predict, policy.tokens.predict
-        raw_em: list[list[float]] = []
-        raw_tok: list[list[float]] = []
-        for line in shared:
-            lines = [line, *arm_lines]
-            raw_em.append(em_predict(lines))
-            raw_tok.append(tok_predict(lines))
-        k = len(arm_lines)
-        m = np.array(raw_em, dtype=np.float64).reshape(len(raw_em), k)
-        c = np.array(raw_tok, dtype=np.float64).reshape(len(raw_tok), k)
-        em = 1.0 / (1.0 + np.exp(-np.clip(-m, -30.0, 30.0)))
-        tok = np.where(c > 0.0, c, 0.0) * policy.token_scale
-        return em, tok
+        return policy.predict_heads_batch(shared)
 
     def decide(self, batch: EventBatch, lam: float) -> np.ndarray:
         """(n, K) the policy's own serving probabilities at ``lam`` (exploration included)."""
         decide = self.policy.decide
-        return np.array([decide(shared_line(f), lam)[0] for f in batch.features()], dtype=np.float64)
+        return np.array([decide(line, lam)[0] for line in batch_shared_lines(batch)], dtype=np.float64)
 
     def close(self) -> None:
         self.policy.close()
@@ -341,6 +330,7 @@ __all__ = [
     "HeadsModel",
     "LoggingCandidate",
     "UniformCandidate",
+    "batch_shared_lines",
     "default_model",
     "make_candidate",
     "resolve_arms",

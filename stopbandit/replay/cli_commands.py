@@ -60,7 +60,7 @@ from stopbandit.replay.store import OUTCOMES, ReplayStore, _guard
 
 DB_HELP = "SQLAlchemy URL of the replay store (default: $STOPBANDIT_DB, else sqlite:///stopbandit.db)."
 DEFAULT_ESTIMATORS = ("ips", "snips", "dr", "dm")
-GRAPH_ESTIMATORS = ("graph-ips", "graph-dr")
+GRAPH_ESTIMATORS = ("graph-ips", "graph-dr", "graph-chain-dr")
 METRIC_TITLES = {"em": "EM", "tokens": "tokens", "reward": "reward"}
 
 
@@ -446,9 +446,12 @@ def evaluate_cmd(url, config_path, include_defaulted, include_late, chunk, no_pr
 @click.option("--token-scale", type=float, default=None, help="token_scale of the new heads and of the reward.")
 @click.option("--dry-run", is_flag=True,
               help="Train and evaluate but do not save the snapshot (serving Selectors pick up saved ones).")
+@click.option("--candidate", is_flag=True,
+              help="Save as a candidate snapshot: Selectors following the store do not load it; serve it with "
+                   "ControlledSelector(challenger=VERSION) and ship it with `stopbandit ab promote`.")
 @_user_errors
 def train_cmd(url, config_path, include_defaulted, include_late, chunk, no_progress, jobs, as_json, since, test_frac,
-              importance_weighting, lam, token_scale, dry_run) -> None:
+              importance_weighting, lam, token_scale, dry_run, candidate) -> None:
     """Fit fresh heads on the older part of the log, evaluate them on the newer part, save a snapshot."""
     from stopbandit.bandit.exploration import exploration_from_config
     from stopbandit.features.extract import FeatureConfig
@@ -466,6 +469,7 @@ def train_cmd(url, config_path, include_defaulted, include_late, chunk, no_progr
         s.store, s.arms, exploration=exploration, lam=s.lam, token_scale=s.token_scale, feature_config=features,
         split=split, include=_include(include_defaulted, include_late), importance_weighting=importance_weighting,
         save=not dry_run, chunk=chunk, progress=False if no_progress else None, jobs=jobs,
+        role="candidate" if candidate else "serving",
     )
     if as_json:
         _emit_json(report.to_dict())
@@ -496,7 +500,10 @@ def train_cmd(url, config_path, include_defaulted, include_late, chunk, no_progr
         for w in dict.fromkeys(w for e in by_metric.values() for w in e.warnings):
             warn.append(f"[{label}] {w}")
     _print_warnings(report.test_counts.warnings() + warn)
-    if report.saved:
+    if report.saved and report.role == "candidate":
+        con.print(f"saved candidate snapshot [bold]{report.version}[/] (not served until promoted: "
+                  f"`stopbandit ab promote --version {report.version}`)")
+    elif report.saved:
         con.print(f"saved snapshot [bold]{report.version}[/] (serving Selectors that follow the store will load it)")
     else:
         con.print(f"dry run: snapshot {report.version} not saved")

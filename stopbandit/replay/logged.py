@@ -34,24 +34,37 @@ candidate policies with any estimators: per chunk each estimator's
 :class:`~stopbandit.replay.ope.Accumulator`, and accumulators merge exactly,
 so a million events are evaluated in the memory of one chunk. Model
 predictions (VW heads) are computed once per chunk and shared by every
-candidate and estimator that needs them.
+candidate and estimator that needs them. The pass is cut into fixed ranges
+of outcome ids (:func:`partition`), streamed by one process or by worker
+processes and merged in range order: the estimates are the same floats
+whatever the number of processes.
+
+A chunk is decoded column by column: the probe traces of all its events are
+revealed together on flat arrays (:func:`reveal_rows`, the same values as
+:func:`reveal_row` per trace), and on SQLite the rows come straight from the
+driver. ``benchmarks/ope_scale.py`` measures a million events this way.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
 import time
 from bisect import bisect_left
-from itertools import accumulate
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from itertools import accumulate, chain
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import Text, cast, func, select
+from sqlalchemy import Text, bindparam, cast, func, select
+from sqlalchemy.exc import OperationalError
 
 from stopbandit.bandit.arms import Arm, ArmSet
 from stopbandit.errors import ConfigError, InputError
@@ -64,13 +77,32 @@ if TYPE_CHECKING:  # pragma: no cover
 try:  # an optional accelerator: the same JSON, parsed ~5x faster; the stdlib is the fallback
     import orjson as _orjson
 
+    _fast_loads: Callable[[Any], Any] = _orjson.loads
+    _FastError: type[Exception] = _orjson.JSONDecodeError
+
     def _loads(text: str | bytes) -> Any:
         try:
             return _orjson.loads(text)
         except _orjson.JSONDecodeError:
             return json.loads(text)  # NaN/Infinity literals and other leniencies of the stdlib
 except ImportError:  # pragma: no cover - depends on the environment
-    _loads = json.loads
+    _loads = _fast_loads = json.loads
+    _FastError = ValueError
+
+loads_json = _loads
+"""Decode one stored JSON text (orjson when installed, the stdlib for what it rejects)."""
+
+
+def loads_many(values: Sequence[Any]) -> list[Any]:
+    """``[loads_json(v) for v in values]``, values that are already decoded (dicts) kept as they are.
+
+    The common case, every value a text the fast parser accepts, runs as one
+    comprehension without the per-value fallback wrapper.
+    """
+    try:
+        return [_fast_loads(v) for v in values]
+    except (_FastError, TypeError):
+        return [v if isinstance(v, dict) else _loads(v) for v in values]
 
 DEFAULT_CHUNK = 5000
 MAX_CHUNK = 200_000
@@ -81,6 +113,10 @@ PROGRESS_EVENTS = 50_000
 PROB_TOL = 1e-6
 PARALLEL_EVENTS = 200_000
 """Passes over at least this many events use one worker process per core by default."""
+PARTITION_IDS = 50_000
+"""A pass is cut into ranges of this many outcome ids, evaluated one after another or by worker processes;
+either way each range is read from its start and the ranges' results are merged in order, so the
+estimates are the same floats whatever the number of processes."""
 
 
 # --------------------------------------------------------------------------- small parsers
@@ -189,6 +225,165 @@ def _reveal(trace: Mapping[str, Any], reference_key: str,
     return out
 
 
+def reveal_rows(traces: Sequence[Any], reference_keys: Sequence[str], arms: Sequence[Arm],
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`reveal_row` of many stored traces: (EM (E, K), tokens (E, K), ok (E,)).
+
+    NaN where :func:`reveal_row` gives None; ``ok`` is False where it raises
+    on a malformed trace (KeyError, TypeError, ValueError or IndexError).
+    """
+    return _reveal_many(traces, reference_keys, [(a.cap, a.threshold) for a in arms])
+
+
+def _reveal_many(traces: Sequence[Any], refs: Sequence[str], specs: Sequence[tuple[float, float]],
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_reveal` for many decoded traces at once: (em (E, K), tokens (E, K), ok (E,)).
+
+    NaN marks an arm the trace does not reveal; ``ok`` is False for a
+    malformed trace (its rows all NaN). The numbers are those of
+    :func:`_reveal` on each trace: traces in canonical form (what
+    ``ProbeTrace.to_json`` writes: probe lists ``[offset, confidence, answer,
+    tokens]`` of integers and finite confidences, offsets non-decreasing and
+    non-negative) are evaluated on flat probe arrays, one set of array
+    operations per arm for the whole chunk; any other trace goes through
+    :func:`_reveal` itself.
+    """
+    n_ev, k = len(traces), len(specs)
+    em = np.full((n_ev, k), np.nan)
+    tok = np.full((n_ev, k), np.nan)
+    ok = np.ones(n_ev, dtype=bool)
+    fast: list[int] = []
+    slow: list[int] = []
+    try:  # the canonical case: every field present, column by column
+        fields = list(map(_TRACE_FIELDS, traces))
+    except (KeyError, TypeError, IndexError):
+        fields = []
+        for i, tr in enumerate(traces):
+            try:
+                fields.append(_TRACE_FIELDS(tr))
+                fast.append(i)
+            except (KeyError, TypeError, IndexError):
+                slow.append(i)
+    else:
+        fast = list(range(n_ev))
+    if fields:
+        ps, stops, reasons, finals, final_n = zip(*fields)
+        if set(map(type, ps)) != {list}:
+            slow, fast = sorted(slow + fast), []
+    if fast and not _reveal_flat(fast, ps, stops, reasons, finals, final_n, refs, specs, em, tok):
+        slow = sorted(slow + fast)
+    for i in slow:
+        try:
+            got = _reveal(traces[i], refs[i], specs)
+        except (KeyError, TypeError, ValueError, IndexError):
+            ok[i] = False  # its rows stay NaN
+            continue
+        em[i] = [np.nan if v is None else v[0] for v in got]
+        tok[i] = [np.nan if v is None else v[1] for v in got]
+    return em, tok, ok
+
+
+_TRACE_FIELDS = itemgetter("p", "s", "r", "a", "n")
+_NUMBERS = frozenset((int, float))
+
+
+def _reveal_flat(rows: list[int], ps: Sequence[list], stops: Sequence[Any], reasons: Sequence[Any],
+                 finals: Sequence[Any], final_n: Sequence[Any], refs: Sequence[str],
+                 specs: Sequence[tuple[float, float]], em: np.ndarray, tok: np.ndarray) -> bool:
+    """Fill ``em``/``tok`` rows ``rows`` from the flattened probes; False (nothing written) when not canonical."""
+    n_ev = len(rows)
+    lens = list(map(len, ps))
+    probes = list(chain.from_iterable(ps))
+    n_pr = len(probes)
+    del ps
+    stop = np.array(stops)
+    fin_n = np.array(final_n)
+    if stop.dtype.kind != "i" or fin_n.dtype.kind != "i" or stop.shape != (n_ev,) or fin_n.shape != (n_ev,):
+        return False
+    is_end = np.array([r == "end" for r in reasons], dtype=bool)
+    if n_pr:
+        # columns of the flattened [offset, confidence, answer, tokens] probes (exactly four fields each);
+        # offsets and tokens must be ints and confidences ints or floats, as ProbeTrace writes them
+        if set(map(len, probes)) != {4}:
+            return False
+        flat = list(chain.from_iterable(probes))
+        del probes
+        offs, confs, answers, ntoks = flat[0::4], flat[1::4], flat[2::4], flat[3::4]
+        del flat
+        if set(map(type, offs)) != {int} or set(map(type, ntoks)) != {int} or not set(map(type, confs)) <= _NUMBERS:
+            return False  # text, None, booleans: _reveal converts them its way
+        try:
+            off = np.fromiter(offs, dtype=np.int64, count=n_pr)
+            ntok = np.fromiter(ntoks, dtype=np.int64, count=n_pr)
+        except OverflowError:
+            return False
+        conf = np.fromiter(confs, dtype=np.float64, count=n_pr)
+        if not np.isfinite(conf).all() or off.min() < 0:
+            return False
+    else:
+        off = ntok = np.zeros(0, dtype=np.int64)
+        conf = np.zeros(0)
+        answers = ()
+    length = np.array(lens, dtype=np.int64)
+    start = np.zeros(n_ev, dtype=np.int64)
+    np.cumsum(length[:-1], out=start[1:])
+    end = start + length
+    ev = np.repeat(np.arange(n_ev, dtype=np.int64), length)
+    if n_pr > 1 and (np.diff(off)[ev[1:] == ev[:-1]] < 0).any():
+        return False  # offsets out of order: _reveal's bisections define the result
+    cums = np.zeros(n_pr + 1, dtype=np.int64)
+    np.cumsum(ntok, out=cums[1:])  # cums[j]: tokens of the flat probes before j
+    width = int(off.max()) + 1 if n_pr else 1
+    if width * (n_ev + 1) >= 2**62:
+        return False  # the (event, offset) keys would not fit in int64
+    key = ev * width + off  # sorted: events in order, offsets non-decreasing within one
+
+    def first_at_or_after(x: np.ndarray) -> np.ndarray:
+        """Per event, the flat index of its first probe with offset >= x (its end when none)."""
+        return np.searchsorted(key, np.arange(n_ev, dtype=np.int64) * width + np.clip(x, 0, width), side="left")
+
+    refs_s = [refs[i].strip() for i in rows]
+    for col, (cap, thr) in enumerate(specs):
+        # stops on confidence at the first probe under the cap whose confidence reaches thr
+        hit = conf >= thr
+        if cap != math.inf:
+            hit &= off < cap
+        first = np.full(n_ev, n_pr, dtype=np.int64)
+        idx = np.flatnonzero(hit)
+        if idx.size:
+            evs = ev[idx]
+            lead = np.ones(idx.size, dtype=bool)
+            lead[1:] = evs[1:] != evs[:-1]
+            first[evs[lead]] = idx[lead]
+        on_conf = first < n_pr
+        budget = ~on_conf & ((cap < stop) | ((cap == stop) & ~is_end))
+        at_end = ~on_conf & ~budget & is_end
+        cap_i = int(cap) if cap != math.inf else 0
+        offset = np.where(budget, cap_i, stop)
+        if n_pr:
+            offset = np.where(on_conf, off[np.minimum(first, n_pr - 1)], offset)
+        pos = first_at_or_after(offset)
+        if n_pr:
+            probe_at = budget & (pos < end) & (off[np.minimum(pos, n_pr - 1)] == offset)
+        else:
+            probe_at = np.zeros(n_ev, dtype=bool)
+        final_at = (budget & ~probe_at & (offset == stop)) | at_end
+        known = on_conf | probe_at | final_at
+        src = np.where(on_conf, first, np.where(probe_at, pos, -1))
+        extra = np.where(src >= 0, ntok[np.clip(src, 0, max(n_pr - 1, 0))] if n_pr else 0, fin_n)
+        tokens = offset + (cums[pos] - cums[start]) + extra
+        out_em = [math.nan] * n_ev
+        src_l = src.tolist()
+        for e in np.flatnonzero(known).tolist():
+            q = src_l[e]
+            answer = answers[q] if q >= 0 else finals[e]
+            ref = refs_s[e]
+            out_em[e] = 1.0 if answer == ref or str(answer).strip() == ref else 0.0
+        em[rows, col] = out_em
+        tok[rows, col] = np.where(known, tokens, np.nan)
+    return True
+
+
 # --------------------------------------------------------------------------- batches
 
 
@@ -263,8 +458,23 @@ class EventBatch:
     def features(self) -> list[dict[str, Any]]:
         """The stored feature dicts (decoded on first use: only models need them)."""
         if self._features is None:
-            self._features = [f if isinstance(f, dict) else _loads(f) for f in self.features_raw]
+            self._features = loads_many(self.features_raw)
         return self._features
+
+    def distinct_features(self) -> tuple[list[dict[str, Any]], list[int] | None]:
+        """(the distinct feature dicts, per event the index of its dict; None: all distinct, in event order).
+
+        Events often log the very same features: each distinct stored text is
+        decoded once (a model then scores each distinct context once).
+        """
+        raw = self.features_raw
+        if self._features is not None or set(map(type, raw)) != {str}:
+            return self.features(), None
+        distinct = dict.fromkeys(raw)
+        if len(distinct) == len(raw):
+            return loads_many(raw), None
+        index = {f: i for i, f in enumerate(distinct)}
+        return loads_many(list(distinct)), list(map(index.__getitem__, raw))
 
     def logged_data(self, candidate_probs: np.ndarray | None = None, em_hat: np.ndarray | None = None,
                     tokens_hat: np.ndarray | None = None) -> LoggedData:
@@ -282,12 +492,19 @@ class EventBatch:
         )
 
 
+def _floats(values: list[Any]) -> np.ndarray:
+    """``np.array(values, dtype=float64)`` in one pass (the same conversion of each value)."""
+    return np.fromiter(values, dtype=np.float64, count=len(values))
+
+
 _RAW_COLUMNS = (
     OUTCOMES.c.id, DECISIONS.c.request_key, DECISIONS.c.ts, DECISIONS.c.domain,
     cast(DECISIONS.c.features, Text), DECISIONS.c.arm, DECISIONS.c.arm_index, cast(DECISIONS.c.probabilities, Text),
     DECISIONS.c.lam, DECISIONS.c.token_scale, OUTCOMES.c.em, OUTCOMES.c.tokens, cast(OUTCOMES.c.trace, Text),
     OUTCOMES.c.reference_key, OUTCOMES.c.status,
 )
+_STATUS_AT = len(_RAW_COLUMNS) - 1
+_STATUS = itemgetter(_STATUS_AT)
 
 
 class LogReader:
@@ -325,6 +542,7 @@ class LogReader:
         self.counts = LogCounts()
         self._names = arms.names
         self._orders: dict[tuple[str, ...], list[int] | None] = {self._names: None}
+        self._names_array = np.array(self._names, dtype=object)
         self._specs = [(a.cap, a.threshold) for a in arms]
 
     # -- counting ------------------------------------------------------------------
@@ -341,18 +559,45 @@ class LogReader:
         with _guard("count events", self.store.engine), self.store.engine.connect() as conn:
             return {str(s): int(c) for s, c in conn.execute(q).all()}
 
+    def count_total(self) -> int:
+        """Events in the window, every status (one ``count(*)``: SQLite answers it from an index).
+
+        ``sum(count().values())`` without the per-status grouping, which has to
+        read every outcome row (a second of I/O on a million-event log).
+        """
+        q = select(func.count()).select_from(OUTCOMES)
+        if self.since is not None or self.until is not None:
+            q = self._window(select(func.count()).select_from(
+                OUTCOMES.join(DECISIONS, DECISIONS.c.request_key == OUTCOMES.c.decision_key)))
+        if self.after:
+            q = q.where(OUTCOMES.c.id > self.after)
+        if self.upto is not None:
+            q = q.where(OUTCOMES.c.id <= self.upto)
+        with _guard("count events", self.store.engine), self.store.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
     def cursor_bounds(self) -> tuple[int, int]:
-        """(after, upto): the outcome-id range ``after < id <= upto`` this reader covers."""
-        q = select(func.min(OUTCOMES.c.id), func.max(OUTCOMES.c.id)).where(OUTCOMES.c.id > self.after)
+        """(after, upto): the outcome-id range ``after < id <= upto`` this reader covers.
+
+        The first and the last id, each an ``ORDER BY id LIMIT 1`` on the key
+        (``min``/``max`` with a condition make SQLite scan the table).
+        """
+        q = select(OUTCOMES.c.id).where(OUTCOMES.c.id > self.after)
         if self.upto is not None:
             q = q.where(OUTCOMES.c.id <= self.upto)
         if self.since is not None or self.until is not None:
             q = self._window(q.join_from(OUTCOMES, DECISIONS, DECISIONS.c.request_key == OUTCOMES.c.decision_key))
         with _guard("count events", self.store.engine), self.store.engine.connect() as conn:
-            low, top = conn.execute(q).one()
-        if low is None:
-            return self.after, self.after
+            low = conn.execute(q.order_by(OUTCOMES.c.id).limit(1)).scalar()
+            if low is None:
+                return self.after, self.after
+            top = conn.execute(q.order_by(OUTCOMES.c.id.desc()).limit(1)).scalar()
         return int(low) - 1, int(top)
+
+    def part(self, after: int, upto: int) -> LogReader:
+        """The same reader over the outcome ids ``after < id <= upto`` only."""
+        return LogReader(self.store, self.arms, include=self.include, since=self.since, until=self.until,
+                         chunk=self.chunk, traces=self.traces, after=after, upto=upto)
 
     def spec(self) -> dict[str, Any]:
         """What a worker process needs to read the same events (the URL keeps its password)."""
@@ -368,17 +613,35 @@ class LogReader:
         return q
 
     # -- reading -------------------------------------------------------------------
+    def _chunk_query(self):
+        q = select(*_RAW_COLUMNS).join(DECISIONS, DECISIONS.c.request_key == OUTCOMES.c.decision_key)
+        q = q.where(OUTCOMES.c.id > bindparam("sb_after"))
+        if self.upto is not None:
+            q = q.where(OUTCOMES.c.id <= self.upto)
+        return self._window(q).order_by(OUTCOMES.c.id).limit(self.chunk)
+
     def raw_chunks(self) -> Iterator[Sequence[Any]]:
-        """Raw rows (JSON as text), ``chunk`` at a time, in outcome order."""
+        """Raw rows (JSON as text), ``chunk`` at a time, in outcome order.
+
+        On SQLite the rows come straight from the driver's cursor (plain
+        tuples; the columns need no conversion there), which skips building
+        a SQLAlchemy row per event; other databases go through SQLAlchemy.
+        """
+        engine = self.store.engine
+        q = self._chunk_query()
+        raw_sql: str | None = None
+        if engine.dialect.name == "sqlite":
+            compiled = q.compile(dialect=engine.dialect)
+            if compiled.positional and compiled.positiontup is not None:
+                raw_sql, names = compiled.string, list(compiled.positiontup)
         cursor = self.after
         while True:
-            q = select(*_RAW_COLUMNS).join(DECISIONS, DECISIONS.c.request_key == OUTCOMES.c.decision_key)
-            q = q.where(OUTCOMES.c.id > cursor)
-            if self.upto is not None:
-                q = q.where(OUTCOMES.c.id <= self.upto)
-            q = self._window(q).order_by(OUTCOMES.c.id).limit(self.chunk)
-            with _guard("read events", self.store.engine), self.store.engine.connect() as conn:
-                rows = conn.execute(q).all()
+            with _guard("read events", engine), engine.connect() as conn:
+                if raw_sql is not None:
+                    params = compiled.construct_params({"sb_after": cursor})
+                    rows = _fetch_raw(conn, raw_sql, tuple(params[n] for n in names))
+                else:
+                    rows = conn.execute(q, {"sb_after": cursor}).all()
             if not rows:
                 return
             yield rows
@@ -396,96 +659,116 @@ class LogReader:
                 yield batch
 
     def build(self, rows: Sequence[tuple]) -> tuple[EventBatch | None, LogCounts]:
-        """Turn raw rows into a batch of the included events, and count what was seen."""
+        """Turn raw rows into a batch of the included events, and count what was seen.
+
+        Column-wise: the rows are transposed once, the JSON columns decoded in
+        one pass each, the checks and the revealed outcomes computed on arrays.
+        The cyclic garbage collector is paused meanwhile: a chunk's decoded
+        JSON is some ten container objects per event, all acyclic and freed
+        by reference counting once the chunk's arrays are built, and letting
+        the collector run would trace them (and every long-lived object)
+        several times per chunk (that doubled the cost of a chunk).
+        """
+        with _gc_paused():
+            return self._build(rows)
+
+    def _build(self, rows: Sequence[tuple]) -> tuple[EventBatch | None, LogCounts]:
         names, arms, k = self._names, self.arms, len(self._names)
+        if not rows:
+            return None, LogCounts()
+        status_n = Counter(map(_STATUS, rows))
+        counts = LogCounts(events=len(rows), ok=status_n.get("ok", 0), defaulted=status_n.get("defaulted", 0),
+                           late=status_n.get("late", 0))
         include = self.include
-        status_n = {"ok": 0, "defaulted": 0, "late": 0}
-        cursors, keys, ts, domains, actions, probs, em, tokens, lam, scale, status, feats = (
-            [], [], [], [], [], [], [], [], [], [], [], [])
-        traced_rows: list[tuple[int, Any, str]] = []
-        for row in rows:
-            (cur, key, t, dom, f, arm, idx, p, lm, sc, e, tok, trace, ref, st) = row
-            status_n[st] = status_n.get(st, 0) + 1
-            if st not in include:
-                continue
-            pd = p if isinstance(p, dict) else _loads(p)
-            if not isinstance(pd, dict):
-                raise InputError(f"event {key!r} (cursor {cur}): stored probabilities are not a mapping: {p!r}")
-            order = self._orders.get(tuple(pd), False)
-            if order is False:
-                order = self._order_of(tuple(pd), key, cur)
-            vals = list(pd.values())
-            probs.append(vals if order is None else [vals[j] for j in order])
-            if not (0 <= idx < k) or names[idx] != arm:
-                raise InputError(
-                    f"event {key!r} (cursor {cur}): logged arm {arm!r} at arm_index {idx} does not match the "
-                    f"evaluation's arms {list(names)}; pass --config with the arms the log was written with"
-                )
-            if trace is not None and ref is not None and trace != "null":
-                traced_rows.append((len(keys), trace, ref))
-            cursors.append(cur)
-            keys.append(key)
-            ts.append(t)
-            domains.append(dom)
-            actions.append(idx)
-            em.append(e)
-            tokens.append(tok)
-            lam.append(lm)
-            scale.append(sc)
-            status.append(st)
-            feats.append(f)
-        counts = LogCounts(events=len(rows), used=len(keys), ok=status_n.get("ok", 0),
-                           defaulted=status_n.get("defaulted", 0), late=status_n.get("late", 0))
-        if not keys:
-            return None, counts
+        if all(st in include for st in status_n):
+            used = rows
+        else:
+            used = [row for row in rows if row[_STATUS_AT] in include]
+            if not used:
+                return None, counts
+        (cursors, keys, ts, domains, feats, arm_col, idx_col, p_col, lam, scale, em, tokens, trace_col, ref_col,
+         status) = (list(c) for c in zip(*used))
         n = len(keys)
-        mu = np.array(probs, dtype=np.float64)
-        em_a = np.array(em, dtype=np.float64)
-        tok_a = np.array(tokens, dtype=np.float64)
-        act = np.array(actions, dtype=np.int64)
+        probs = self._probabilities(p_col, keys, cursors)
+        act = self._actions(arm_col, idx_col, keys, cursors)
+        try:  # rows of k values each: one flat pass (np.array would first discover the nesting)
+            mu = np.fromiter(chain.from_iterable(probs), dtype=np.float64, count=n * k).reshape(n, k)
+        except (TypeError, ValueError):
+            mu = np.array(probs, dtype=np.float64)
+        em_a = _floats(em)
+        tok_a = _floats(tokens)
         self._check(mu, act, em_a, tok_a, keys, cursors)
+        traced_rows = [i for i, (tr, ref) in enumerate(zip(trace_col, ref_col))
+                       if tr is not None and ref is not None and tr != "null"]
         rev_em = rev_tok = None
         traced, disagree, malformed = len(traced_rows), 0, 0
         if traced_rows and self.traces:
-            nan = math.nan
-            specs = self._specs
-            idx: list[int] = []
-            em_rows: list[list[float]] = []
-            tok_rows: list[list[float]] = []
-            for i, trace, ref in traced_rows:
-                tr = trace if isinstance(trace, dict) else _loads(trace)
-                if tr is None:
-                    traced -= 1
-                    continue
-                try:
-                    got = _reveal(tr, ref, specs)
-                except (KeyError, TypeError, ValueError, IndexError):
-                    malformed += 1
-                    traced -= 1
-                    continue
-                a = actions[i]
-                own = got[a]
-                e_i, t_i = em[i], tokens[i]
-                if own is None or own[0] != e_i or own[1] != t_i:
-                    disagree += 1
-                got[a] = (e_i, t_i)  # the logged outcome is the logged arm's revealed one
-                idx.append(i)
-                em_rows.append([nan if v is None else v[0] for v in got])
-                tok_rows.append([nan if v is None else v[1] for v in got])
-            if idx:
+            decoded = loads_many([trace_col[i] for i in traced_rows])
+            keep = [j for j, tr in enumerate(decoded) if tr is not None]
+            traced = len(keep)
+            rows_t = [traced_rows[j] for j in keep]
+            got_em, got_tok, ok = _reveal_many([decoded[j] for j in keep], [ref_col[i] for i in rows_t], self._specs)
+            malformed = int((~ok).sum())
+            traced -= malformed
+            if ok.any():
+                sel = np.flatnonzero(ok)
+                at = np.asarray(rows_t, dtype=np.int64)[sel]
+                got_em, got_tok = got_em[sel], got_tok[sel]
+                own = np.arange(at.size), act[at]
+                own_em, own_tok = got_em[own], got_tok[own]
+                # an unrevealed own arm (NaN) disagrees too; then the logged outcome is the logged arm's revealed one
+                disagree = int((~(own_em == em_a[at]) | ~(own_tok == tok_a[at])).sum())
+                got_em[own], got_tok[own] = em_a[at], tok_a[at]
                 rev_em = np.full((n, k), np.nan)
                 rev_tok = np.full((n, k), np.nan)
-                rev_em[idx] = em_rows
-                rev_tok[idx] = tok_rows
+                rev_em[at] = got_em
+                rev_tok[at] = got_tok
         batch = EventBatch(
-            arms=arms, cursors=np.array(cursors, dtype=np.int64), keys=keys, ts=np.array(ts, dtype=np.float64),
+            arms=arms, cursors=np.array(cursors, dtype=np.int64), keys=keys, ts=_floats(ts),
             domains=domains, actions=act, logging_probs=mu, em=em_a, tokens=tok_a,
-            lam=np.array(lam, dtype=np.float64), token_scale=np.array(scale, dtype=np.float64), status=status,
+            lam=_floats(lam), token_scale=_floats(scale), status=status,
             features_raw=feats, revealed_em=rev_em, revealed_tokens=rev_tok,
         )
-        counts = LogCounts(counts.events, counts.used, counts.ok, counts.defaulted, counts.late, traced, disagree,
-                           malformed)
+        counts = LogCounts(counts.events, n, counts.ok, counts.defaulted, counts.late, traced, disagree, malformed)
         return batch, counts
+
+    def _probabilities(self, p_col: list[Any], keys: list[str], cursors: list[int]) -> list[list[Any]]:
+        """The stored probability dicts as rows in the evaluation's arm order (any stored key order)."""
+        orders = self._orders
+        decoded = loads_many(p_col)
+        try:  # the common case: every row a dict with the arms in the evaluation's order
+            if set(map(type, decoded)) == {dict} and set(map(tuple, decoded)) == {self._names}:
+                return list(map(list, map(dict.values, decoded)))
+        except TypeError:
+            pass
+        out = []
+        for pd, key, cur in zip(decoded, keys, cursors):
+            if not isinstance(pd, dict):
+                raise InputError(f"event {key!r} (cursor {cur}): stored probabilities are not a mapping: {pd!r}")
+            stored = tuple(pd)
+            order = orders.get(stored, False)
+            if order is False:
+                order = self._order_of(stored, key, cur)
+            vals = list(pd.values())
+            out.append(vals if order is None else [vals[j] for j in order])
+        return out
+
+    def _actions(self, arm_col: list[Any], idx_col: list[Any], keys: list[str], cursors: list[int]) -> np.ndarray:
+        """(n,) logged arm indices; each must index the logged arm's name in the evaluation's arms."""
+        names, k = self._names, len(self._names)
+        if set(map(type, idx_col)) == {int}:  # the common case, checked on arrays
+            act = np.fromiter(idx_col, dtype=np.int64, count=len(idx_col))
+            if ((act >= 0) & (act < k)).all() and (self._names_array[act] == np.array(arm_col, dtype=object)).all():
+                return act
+        bad = next((i for i, (arm, idx) in enumerate(zip(arm_col, idx_col))
+                    if not (0 <= idx < k) or names[idx] != arm), None)
+        if bad is not None:
+            raise InputError(
+                f"event {keys[bad]!r} (cursor {cursors[bad]}): logged arm {arm_col[bad]!r} at arm_index "
+                f"{idx_col[bad]} does not match the evaluation's arms {list(names)}; pass --config with the arms "
+                "the log was written with"
+            )
+        return np.array(idx_col, dtype=np.int64)
 
     def _order_of(self, stored: tuple[str, ...], key: str, cursor: int) -> list[int] | None:
         if sorted(stored) != sorted(self._names):
@@ -514,6 +797,32 @@ class LogReader:
                 i = int(np.argmax(bad))
                 raise InputError(f"event {keys[i]!r} (cursor {cursors[i]}) has {what}: probabilities row "
                                  f"{mu[i].tolist()}, arm_index {int(act[i])}, em {em[i]!r}, tokens {tok[i]!r}")
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector inside the block (reference counting still frees everything acyclic)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _fetch_raw(conn: Any, sql: str, params: tuple) -> list[tuple]:
+    """Rows of ``sql`` from the connection's DBAPI cursor (driver errors as SQLAlchemy's OperationalError)."""
+    import sqlite3
+
+    cur = conn.connection.dbapi_connection.cursor()
+    try:
+        cur.execute(sql, params)
+        return cur.fetchall()
+    except sqlite3.OperationalError as exc:
+        raise OperationalError(sql, params, exc) from exc
+    finally:
+        cur.close()
 
 
 def iter_logged(reader: LogReader, candidate: Candidate, model: HeadsModel | None = None) -> Iterator[LoggedData]:
@@ -590,7 +899,17 @@ AccKey = tuple[str, str, str]
 
 
 def _accumulate(batch: EventBatch, plan: Plan, model: HeadsModel | None, accs: dict[AccKey, Accumulator]) -> None:
-    """Add one chunk to every (target, estimator, metric) accumulator; each model is asked once."""
+    """Add one chunk to every (target, estimator, metric) accumulator; each model is asked once.
+
+    The cyclic collector is paused as in :meth:`LogReader.build` (the decoded
+    features and the VW lines of a chunk are acyclic and die with the chunk).
+    """
+    with _gc_paused():
+        _accumulate_chunk(batch, plan, model, accs)
+
+
+def _accumulate_chunk(batch: EventBatch, plan: Plan, model: HeadsModel | None,
+                      accs: dict[AccKey, Accumulator]) -> None:
     preds: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def heads_of(m: HeadsModel | None) -> tuple[np.ndarray, np.ndarray] | None:
@@ -643,10 +962,31 @@ def _worker_task(after: int, upto: int) -> tuple[dict[AccKey, Accumulator], LogC
     reader = LogReader(w["store"], ArmSet.of(w["spec"]["arms"]), include=w["spec"]["include"],
                        since=w["spec"]["since"], until=w["spec"]["until"], chunk=w["spec"]["chunk"],
                        traces=w["spec"]["traces"], after=after, upto=upto)
+    return _run_range(reader, w["plan"], w["model"])
+
+
+def _run_range(reader: LogReader, plan: Plan, model: HeadsModel | None,
+               advance: Callable[[int], None] | None = None) -> tuple[dict[AccKey, Accumulator], LogCounts]:
+    """One range of a pass, chunk by chunk from its start: its accumulators and counts."""
     accs: dict[AccKey, Accumulator] = {}
+    seen = 0
     for batch in reader.batches():
-        _accumulate(batch, w["plan"], w["model"], accs)
+        _accumulate(batch, plan, model, accs)
+        if advance is not None:
+            advance(reader.counts.events - seen)
+            seen = reader.counts.events
+    if advance is not None:
+        advance(reader.counts.events - seen)  # chunks with no included event
     return accs, reader.counts
+
+
+def partition(reader: LogReader, span: int = PARTITION_IDS) -> list[tuple[int, int]]:
+    """The ranges ``(after, upto]`` of ``span`` outcome ids that a pass over ``reader`` is cut into, in order."""
+    if isinstance(span, bool) or not isinstance(span, int) or span < 1:
+        raise ConfigError(f"partition span must be a positive integer, got {span!r}")
+    lo, hi = reader.cursor_bounds()
+    edges = [*range(lo, hi, span), hi]
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:])]
 
 
 def auto_jobs(total_events: int | None) -> int:
@@ -658,7 +998,8 @@ def auto_jobs(total_events: int | None) -> int:
 
 
 def run_targets(reader: LogReader, targets: Sequence[Target], *, model: HeadsModel | None = None,
-                alpha: float = 0.05, progress: bool | None = None, jobs: int | None = 1) -> StreamResult:
+                alpha: float = 0.05, progress: bool | None = None, jobs: int | None = 1,
+                partition_ids: int = PARTITION_IDS) -> StreamResult:
     """Stream the log once; evaluate every target with every estimator on every metric.
 
     ``model``: the per-arm predictions DM/DR-type estimators use (None: they are
@@ -666,11 +1007,12 @@ def run_targets(reader: LogReader, targets: Sequence[Target], *, model: HeadsMod
     their own model's predictions; a model shared by several targets (a λ
     sweep) is asked once per chunk. ``progress``: True/False forces the
     stderr progress bar on/off; None shows it for big or slow jobs.
-    ``jobs``: worker processes (None: :func:`auto_jobs`). With more than one,
-    the outcome ids are cut into contiguous ranges that the workers stream
-    independently; the accumulators are merged in range order, so the result
-    does not depend on which worker finishes first (and equals the one-process
-    result up to floating-point rounding of the merges).
+    ``jobs``: worker processes (None: :func:`auto_jobs`). The outcome ids are
+    cut into ranges of ``partition_ids`` ids (:func:`partition`); each range
+    is streamed from its own start, by this process one after another or by
+    the workers independently, and the ranges' accumulators are merged in
+    range order. The merges are the same in both cases, so the estimates are
+    the same floats whatever ``jobs`` is (and whichever worker finishes first).
     """
     t0 = time.perf_counter()
     skipped: dict[str, str] = {}
@@ -684,7 +1026,7 @@ def run_targets(reader: LogReader, targets: Sequence[Target], *, model: HeadsMod
                 continue
             usable[name] = est
         plan.append((t, usable))
-    total = sum(reader.count().values()) if (progress is not False or jobs is None) else None
+    total = reader.count_total() if (progress is not False or jobs is None) else None
     if jobs is None:
         jobs = auto_jobs(total)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
@@ -692,48 +1034,47 @@ def run_targets(reader: LogReader, targets: Sequence[Target], *, model: HeadsMod
     if jobs > 1 and reader.store.engine.url.get_backend_name() == "sqlite" and \
             reader.store.engine.url.database in (None, "", ":memory:"):
         jobs = 1  # an in-memory database is private to this process
-    accs: dict[AccKey, Accumulator] = {}
+    ranges = partition(reader, partition_ids)
+    results: list[tuple[dict[AccKey, Accumulator], LogCounts]] = []
     if jobs == 1:
         bar = _Progress(total, progress, "evaluating")
-        seen = 0
         try:
-            for batch in reader.batches():
-                _accumulate(batch, plan, model, accs)
-                bar.advance(reader.counts.events - seen)
-                seen = reader.counts.events
+            for a, b in ranges:
+                results.append(_run_range(reader.part(a, b), plan, model, bar.advance))
         finally:
             bar.close()
-        counts = reader.counts
     else:
         from concurrent.futures.process import BrokenProcessPool
 
         try:
-            counts = _run_parallel(reader, plan, model, accs, jobs, total, progress)
+            results = _run_parallel(reader, plan, model, ranges, jobs, total, progress)
         except BrokenProcessPool as exc:  # workers could not start (e.g. spawned from an interactive main)
             import logging
 
             logging.getLogger("stopbandit.replay").warning("worker processes failed (%s); evaluating in one", exc)
-            accs.clear()
-            return run_targets(reader, targets, model=model, alpha=alpha, progress=progress, jobs=1)
-        reader.counts = counts
+            return run_targets(reader, targets, model=model, alpha=alpha, progress=progress, jobs=1,
+                               partition_ids=partition_ids)
+    accs: dict[AccKey, Accumulator] = {}
+    counts = LogCounts()
+    for part_accs, part_counts in results:
+        _merge_into(accs, part_accs)
+        counts = counts.merge(part_counts)
+    reader.counts = counts
     estimates: dict[str, dict[str, dict[str, Estimate]]] = {}
     for (label, ename, kind), acc in accs.items():
         estimates.setdefault(label, {}).setdefault(ename, {})[kind] = acc.finalize(alpha)
     return StreamResult(estimates, counts, time.perf_counter() - t0, skipped, jobs)
 
 
-def _run_parallel(reader: LogReader, plan: Plan, model: HeadsModel | None, accs: dict[AccKey, Accumulator],
-                  jobs: int, total: int | None, progress: bool | None) -> LogCounts:
+def _run_parallel(reader: LogReader, plan: Plan, model: HeadsModel | None, ranges: Sequence[tuple[int, int]],
+                  jobs: int, total: int | None, progress: bool | None,
+                  ) -> list[tuple[dict[AccKey, Accumulator], LogCounts]]:
+    """Each range by a worker process; the results in range order."""
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    lo, hi = reader.cursor_bounds()
-    counts = LogCounts()
-    if hi <= lo:
-        return counts
-    n_tasks = max(jobs * 2, min(400, (hi - lo) // 50_000 + 1))
-    edges = np.linspace(lo, hi, n_tasks + 1).round().astype(np.int64).tolist()
-    ranges = [(edges[i], edges[i + 1]) for i in range(n_tasks) if edges[i + 1] > edges[i]]
+    if not ranges:
+        return []
     spec = reader.spec()
     # fork is the cheapest start and safe while this process runs a single thread; with other threads
     # alive (a serving Selector's writer, say) a forked child could inherit a held lock: start clean ones
@@ -748,19 +1089,13 @@ def _run_parallel(reader: LogReader, plan: Plan, model: HeadsModel | None, accs:
         futures = {pool.submit(_worker_task, a, b): i for i, (a, b) in enumerate(ranges)}
         bar = _Progress(total, progress, f"evaluating ({jobs} processes)")  # after the fork: no thread is copied
         try:
-            from concurrent.futures import as_completed
-
             for fut in as_completed(futures):
                 part = fut.result()
                 results[futures[fut]] = part
                 bar.advance(part[1].events)
         finally:
             bar.close()
-    for i in sorted(results):
-        part_accs, part_counts = results[i]
-        _merge_into(accs, part_accs)
-        counts = counts.merge(part_counts)
-    return counts
+    return [results[i] for i in range(len(ranges))]
 
 
 def require_events(counts: LogCounts, what: str = "the selected events") -> None:
@@ -1062,9 +1397,13 @@ __all__ = [
     "iso_time",
     "outcome_of",
     "auto_jobs",
+    "partition",
     "iter_logged",
     "parse_time",
     "require_events",
+    "loads_json",
+    "loads_many",
     "reveal_row",
+    "reveal_rows",
     "run_targets",
 ]

@@ -2,10 +2,20 @@
 
 Lines are ``{"k": kind, "r": row}`` — ``d`` a decision, ``o`` an outcome,
 ``l`` a late reward that upgrades a ``defaulted`` outcome (see
-``stopbandit.bandit.delayed``) — appended in batches and fsync'd per batch, so
-a crash loses at most the batch being written (a torn last line, which
-:class:`SpillReader` skips). Replaying is idempotent because the store ignores
-keys it already has.
+``stopbandit.bandit.delayed``) — appended in batches, so a crash loses at most
+the batch being written (a torn last line, which :class:`SpillReader` skips).
+Replaying is idempotent because the store ignores keys it already has.
+
+Two kinds of append (``sync``):
+
+* ``sync=True`` (durable mode, and the default): written and fsync'd before
+  ``append`` returns;
+* ``sync=False`` (the queued writer): written at once — in the kernel, so a
+  killed process loses nothing of it — and fsync'd by the file's syncer thread
+  right after. The batch writer never waits for the disk: an fsync can take
+  a second on a busy disk, and rows waiting behind it in the writer's memory
+  were what a ``kill -9`` during an outage lost (issue 10). :meth:`SpillFile.sync`
+  waits for the fsync of everything appended so far.
 
 Every writer owns its own file, ``<prefix>.<pid>-<id>.jsonl``, and holds an
 exclusive ``flock`` on ``<file>.lock`` while it lives: two writers sharing one
@@ -28,9 +38,11 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import re
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,8 +51,14 @@ from typing import IO, Any
 
 from stopbandit.errors import InputError
 
+try:  # optional accelerator: encoding spill lines holds the GIL (see encode)
+    import orjson
+except ImportError:  # pragma: no cover - exercised where orjson is not installed
+    orjson = None
+
 KINDS = ("d", "o", "l")
 SpillItem = tuple[str, dict[str, Any]]
+log = logging.getLogger("stopbandit.spill")
 
 
 def _lock(path: Path) -> IO[str] | None:
@@ -79,17 +97,47 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # one encoder: ``json.dumps(..., separators=…)``
+# builds a new one per call
+
+
 def encode(items: Sequence[tuple[str, Mapping[str, Any]]]) -> bytes:
-    return "".join(json.dumps({"k": k, "r": r}, separators=(",", ":")) + "\n" for k, r in items).encode("utf-8")
+    """The spill lines of ``items``; TypeError/ValueError for a row that is not JSON.
+
+    orjson when installed (several times faster: during an outage every row is
+    encoded here, holding the GIL the serving threads need); a row it refuses
+    goes through ``json`` (so what can be spilled is what the standard library
+    accepts).
+    """
+    if orjson is not None:
+        try:
+            dumps = orjson.dumps
+            return b"".join([dumps({"k": k, "r": r}) + b"\n" for k, r in items])
+        except TypeError:
+            pass
+    enc = _ENCODE
+    return "".join([enc({"k": k, "r": r}) + "\n" for k, r in items]).encode("utf-8")
+
+
+def _write_all(fd: int, blob: bytes) -> None:
+    view = memoryview(blob)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 class SpillFile:
-    """Append-only spill with a size bound; thread-safe; owned by one writer."""
+    """Append-only spill with a size bound; thread-safe; owned by one writer.
+
+    The live file stays open while it receives appends; ``sync=False`` appends
+    are fsync'd by a syncer thread (started on the first one) so that the
+    appender never waits for the disk.
+    """
 
     def __init__(self, prefix: str | os.PathLike[str], max_bytes: int = 1 << 30) -> None:
         self.prefix = str(prefix)
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
+        self._synced_cv = threading.Condition(self._lock)
         Path(self.prefix).parent.mkdir(parents=True, exist_ok=True)
         for _ in range(100):
             self.path = Path(f"{self.prefix}.{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl")
@@ -103,6 +151,15 @@ class SpillFile:
         self._live_lines = self._live_bytes = 0
         self._replay_lines = self._replay_bytes = 0
         self.max_backlog = 0
+        # the open live file: bytes written to it, and of those the bytes known fsync'd
+        self._fd: int | None = None
+        self._gen = 0  # counts the live files opened (an fd number can be reused after a close)
+        self._written = self._synced = 0
+        self._syncing = 0  # fsyncs of the open file in flight (it is not closed under them)
+        self._dir_dirty = False  # the live file was created and its directory entry not yet fsync'd
+        self._syncer: threading.Thread | None = None
+        self._closing = False
+        self.sync_error: str | None = None  # the last fsync failure, if the disk refused one
 
     def release(self) -> None:
         """Give up ownership (at close): the lock file goes when nothing is left to replay.
@@ -112,6 +169,12 @@ class SpillFile:
         with self._lock:
             if self._owner.closed:
                 return
+            self._closing = True
+            self._synced_cv.notify_all()
+        if self._syncer is not None:
+            self._syncer.join(30.0)
+        with self._lock:
+            self._close_live()
             if not self.has_backlog():
                 for p in (self.path, self.replay_path):
                     p.unlink(missing_ok=True)
@@ -123,25 +186,107 @@ class SpillFile:
         """Spill files of this store other than ours (whether their writer is alive is up to :class:`Adopted`)."""
         return [p for p in spill_files(self.prefix) if p != self.path]
 
-    def append(self, items: Sequence[tuple[str, Mapping[str, Any]]]) -> int:
-        """Append (kind, row) items, fsync'd; returns how many were written (0 when over the size bound)."""
+    def append(self, items: Sequence[tuple[str, Mapping[str, Any]]], *, sync: bool = True) -> int:
+        """Append (kind, row) items; returns how many were written (0 when over the size bound).
+
+        ``sync``: fsync'd before returning; otherwise written now and fsync'd by the syncer thread.
+        """
         if not items:
             return 0
         blob = encode(items)
         with self._lock:
             if self._live_bytes + self._replay_bytes + len(blob) > self.max_bytes:
                 return 0
-            new = not self.path.exists()
-            with open(self.path, "ab") as fh:
-                fh.write(blob)
-                fh.flush()
-                os.fsync(fh.fileno())
-            if new:
-                _fsync_dir(self.path.parent)
+            if self._fd is None:
+                new = not self.path.exists()
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                self._gen += 1
+                self._written = self._synced = 0
+                self._dir_dirty = self._dir_dirty or new
+            _write_all(self._fd, blob)
+            self._written += len(blob)
             self._live_lines += len(items)
             self._live_bytes += len(blob)
             self.max_backlog = max(self.max_backlog, self._live_lines + self._replay_lines)
+            if sync:
+                fd, target, sync_dir = self._fd, self._written, self._dir_dirty
+                self._dir_dirty = False
+                self._syncing += 1
+            else:
+                self._start_syncer()
+                self._synced_cv.notify_all()
+        if sync:
+            self._fsync(fd, target, sync_dir)
         return len(items)
+
+    def sync(self, timeout: float | None = None) -> bool:
+        """Wait until everything appended so far is fsync'd; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            gen, target = self._gen, self._written
+            while self._fd is not None and self._gen == gen and self._synced < target:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._synced_cv.wait(left)
+        return True
+
+    def _fsync(self, fd: int, target: int, sync_dir: bool) -> None:
+        """fsync ``fd`` (pinned by ``_syncing``, so it is not closed meanwhile) outside the lock."""
+        ok = False
+        try:
+            if sync_dir:
+                _fsync_dir(self.path.parent)
+            os.fsync(fd)
+            ok = True
+        finally:
+            with self._lock:
+                self._syncing -= 1
+                if ok and fd == self._fd:
+                    self._synced = max(self._synced, target)
+                self._synced_cv.notify_all()
+
+    def _start_syncer(self) -> None:
+        if self._syncer is None:
+            self._syncer = threading.Thread(target=self._sync_loop, name="stopbandit-spill-sync", daemon=True)
+            self._syncer.start()
+
+    def _sync_loop(self) -> None:
+        """fsync the live file whenever it holds unsynced bytes (group fsync: one call covers every append before it)."""
+        while True:
+            with self._lock:
+                while not self._closing and (self._fd is None or self._synced >= self._written or self._syncing):
+                    self._synced_cv.wait()
+                if self._closing:
+                    return
+                fd, target, sync_dir = self._fd, self._written, self._dir_dirty
+                self._dir_dirty = False
+                self._syncing += 1
+            try:
+                self._fsync(fd, target, sync_dir)
+                self.sync_error = None
+            except Exception as exc:  # noqa: BLE001 - the syncer must survive: report, retry shortly
+                self.sync_error = f"fsync of {self.path}: {exc}"
+                log.error("spill %s", self.sync_error)
+                time.sleep(0.5)
+
+    def _close_live(self) -> None:
+        """fsync and close the open live file (caller holds the lock); waits for fsyncs in flight."""
+        while self._syncing:
+            self._synced_cv.wait()
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            if self._synced < self._written or self._dir_dirty:
+                if self._dir_dirty:
+                    _fsync_dir(self.path.parent)
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+            self._written = self._synced = 0
+            self._dir_dirty = False
+            self._synced_cv.notify_all()
 
     def backlog_lines(self) -> int:
         """Events waiting in the spill (both the live file and one being replayed)."""
@@ -151,11 +296,12 @@ class SpillFile:
         return self._live_lines + self._replay_lines > 0
 
     def take_for_replay(self) -> Path | None:
-        """Move the live file aside for replay (new appends start a fresh file)."""
+        """Move the live file aside for replay (new appends start a fresh file); it is fsync'd first."""
         with self._lock:
             if self._replay_lines:
                 return self.replay_path
             if self._live_lines:
+                self._close_live()
                 os.replace(self.path, self.replay_path)
                 self._replay_lines, self._replay_bytes = self._live_lines, self._live_bytes
                 self._live_lines = self._live_bytes = 0

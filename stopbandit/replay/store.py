@@ -3,25 +3,33 @@
 Writes are idempotent by request key: a decision or outcome written twice (a
 retry, a replayed spill file) is stored once. A second outcome that disagrees
 with the first is a :class:`ConflictError`; an outcome for a decision the store
-has never seen is an :class:`UnknownDecisionError`. All SQL goes through
-SQLAlchemy Core with bound parameters.
+has never seen is an :class:`UnknownDecisionError`. All SQL is built by
+SQLAlchemy Core with bound parameters; the bulk write path renders its INSERT
+once and runs it as a driver-level executemany (:class:`_BulkInsert`).
 """
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Connection, Engine, bindparam, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from stopbandit.errors import ConflictError, InputError, StoreError, UnknownDecisionError
+
+try:  # optional accelerator for the serving path's JSON columns (see dumps_json)
+    import orjson
+except ImportError:  # pragma: no cover - exercised where orjson is not installed
+    orjson = None
 from stopbandit.replay import migrate
 from stopbandit.replay.engine import make_engine, redact, resolve_url
-from stopbandit.replay.models import DecisionRow, LambdaChangeRow, OutcomeRow, SnapshotRow
+from stopbandit.replay.models import SNAPSHOT_ROLES, DecisionRow, LambdaChangeRow, OutcomeRow, SnapshotRow
 from stopbandit.replay.validate import check_em, check_key, check_latency, check_tokens
 
 DECISIONS = DecisionRow.__table__
@@ -34,6 +42,12 @@ DECISION_FIELDS = (
     "probabilities", "propensity", "lam", "token_scale", "policy_version", "experiment",
 )
 OUTCOME_FIELDS = ("decision_key", "ts", "em", "tokens", "latency_ms", "trace", "reference_key", "status")
+# values of the optional fields when a row leaves them out (the columns' server defaults, or NULL)
+DECISION_DEFAULTS: dict[str, Any] = {"domain": None, "experiment": "champion"}
+OUTCOME_DEFAULTS: dict[str, Any] = {"latency_ms": None, "trace": None, "reference_key": None, "status": "ok"}
+# largest multi-row VALUES insert on SQLite: few GIL releases per batch (so the writer keeps up with a busy
+# serving thread), short GIL holds per statement (so a choose() waiting for the interpreter waits little)
+MULTI_ROWS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +92,7 @@ class StoredSnapshot:
     model: bytes
     meta: dict[str, Any]
     checksum: str
+    role: str = "serving"  # serving | candidate (see SnapshotRow)
 
 
 def _guard(what: str, engine: Engine):
@@ -93,6 +108,139 @@ def _guard(what: str, engine: Engine):
             return False
 
     return _G()
+
+
+def dumps_json(value: Any) -> str:
+    """JSON text of a JSON column's value, as the column stores it.
+
+    Why not only ``json.dumps``: encoding features and probabilities was the
+    largest single cost of the batch writer per row; orjson (when installed)
+    does it several times faster. Its text is compact where ``json.dumps``
+    puts spaces, which readers do not see. A value orjson refuses (a numpy
+    scalar, a non-string key) goes through ``json.dumps``, so what can be
+    stored is what the standard library accepts. (orjson writes NaN as null;
+    every float that reaches the store is checked finite first.)
+    """
+    if value is None:
+        return "null"
+    if orjson is not None:
+        try:
+            return orjson.dumps(value).decode()
+        except TypeError:
+            pass
+    return json.dumps(value)
+
+
+class _BulkInsert:
+    """One ``INSERT … ON CONFLICT DO NOTHING`` of many rows, sent through the driver.
+
+    Why: the batch writer spent about two thirds of its time per batch in
+    SQLAlchemy's per-row parameter processing (a parameter dict per row, bind
+    processors, JSON through the type system), more than in the database.
+    SQLAlchemy still renders every statement — once, for the engine's dialect
+    (quoting, PostgreSQL's casts, ON CONFLICT) — and still wraps driver errors
+    (IntegrityError, OperationalError, …) through ``exec_driver_sql``; only
+    the per-row work is done here: one ``itemgetter`` per row, JSON columns
+    serialised by :func:`dumps_json`. Every value stays a bound parameter.
+
+    ``multi_rows`` (SQLite): rows go in multi-row ``VALUES`` statements of
+    power-of-two sizes up to that many rows, not an executemany. Python's
+    sqlite3 releases the GIL around every row of an executemany, and each
+    re-acquisition can wait a switch interval behind a busy serving thread:
+    with the serving loop on the other core, an executemany writer fell so
+    far behind that batches took seconds (rows queued behind them are what a
+    crash loses, issue 10). One statement per chunk releases the GIL once.
+    The chunk is small because every statement's parameters are built and
+    bound holding the GIL, and a ``choose`` that needs the interpreter then
+    waits for it (``docs/benchmarks.md``, issue 4). PostgreSQL keeps psycopg's
+    pipelined executemany.
+    """
+
+    def __init__(self, engine: Engine, stmt: Any, fields: Sequence[str], defaults: Mapping[str, Any],
+                 json_fields: Sequence[str], multi_rows: int = 0) -> None:
+        compiled = stmt.compile(dialect=engine.dialect, column_keys=list(fields), for_executemany=True)
+        self.sql: str = compiled.string
+        names = list(compiled.positiontup) if compiled.positional else list(fields)
+        if sorted(names) != sorted(fields):  # pragma: no cover - the statement binds exactly the fields
+            raise StoreError(f"bulk insert binds {names}, expected {list(fields)}")
+        self.names = names
+        self.defaults = dict(defaults)
+        self._get = itemgetter(*names)
+        self._json = [i for i, n in enumerate(names) if n in json_fields]
+        self._positional = compiled.positional
+        self._engine, self._stmt = engine, stmt
+        self._multi_rows = multi_rows if compiled.positional else 0
+        self._multi_sql: dict[int, str | None] = {}
+        self._tmpl: tuple[str, str, str, str] | bool | None = None
+
+    def params(self, row: Mapping[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
+        """The driver's parameters for one row; InputError (naming the row) if it cannot be stored."""
+        try:
+            try:
+                values = list(self._get(row))
+            except KeyError:  # an optional field left out: its default (a missing required field raises)
+                values = [row[n] if n in row or n not in self.defaults else self.defaults[n] for n in self.names]
+            dumps = dumps_json
+            for i in self._json:
+                values[i] = dumps(values[i])
+        except (KeyError, TypeError, ValueError) as exc:
+            key = row.get(self.names[0]) if isinstance(row, Mapping) else None
+            raise InputError(f"row {key!r} cannot be stored: {type(exc).__name__}: {exc}") from exc
+        return tuple(values) if self._positional else dict(zip(self.names, values))
+
+    def _render(self, n: int) -> str | None:
+        """SQLAlchemy's ``n``-row VALUES insert, or None if its parameters are not in row-major field order."""
+        k = len(self.names)
+        rows = [{name: bindparam(f"p{i}_{j}") for j, name in enumerate(self.names)} for i in range(n)]
+        compiled = self._stmt.values(rows).compile(dialect=self._engine.dialect)
+        row_major = list(compiled.positiontup or ()) == [f"p{i}_{j}" for i in range(n) for j in range(k)]
+        return compiled.string if row_major else None
+
+    def _template(self) -> tuple[str, str, str, str] | None:
+        """(head, row group, separator, tail) of SQLAlchemy's multi-row rendering, checked against it for 1–3 rows.
+
+        Rendering a 256-row statement through SQLAlchemy takes tens of
+        milliseconds; a fresh writer's first batches paid that for every
+        size, holding the GIL while rows queued up. The template gives any
+        size for the cost of a string join.
+        """
+        if self._tmpl is None:
+            s1, s2, s3 = self._render(1), self._render(2), self._render(3)
+            group = "(" + ", ".join(["?"] * len(self.names)) + ")"
+            self._tmpl = False
+            if s1 and s2 and s3 and s1.count(group) == 1:
+                head, tail = s1.split(group)
+                sep = s2[len(head) + len(group):len(s2) - len(tail) - len(group)]
+                if s2 == head + sep.join([group] * 2) + tail and s3 == head + sep.join([group] * 3) + tail:
+                    self._tmpl = (head, group, sep, tail)
+        return self._tmpl or None
+
+    def _multi(self, n: int) -> str | None:
+        """The SQL of an ``n``-row VALUES insert (built once per size), or None where it cannot be built."""
+        if n not in self._multi_sql:
+            t = self._template()
+            self._multi_sql[n] = t[0] + t[2].join([t[1]] * n) + t[3] if t else self._render(n)
+        return self._multi_sql[n]
+
+    def execute(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert ``rows``; a chunk's parameters are built just before it is sent.
+
+        Building parameters holds the GIL and sending a statement releases it:
+        interleaving them chunk by chunk keeps the writer from holding the
+        interpreter for a whole batch (a serving thread waiting for it would
+        wait that long).
+        """
+        params: Callable[[Mapping[str, Any]], Any] = self.params
+        i, n = 0, len(rows)
+        while self._multi_rows and n - i > 1:
+            size = min(self._multi_rows, 1 << ((n - i).bit_length() - 1))
+            sql = self._multi(size)
+            if sql is None:
+                break
+            conn.exec_driver_sql(sql, tuple([v for r in rows[i:i + size] for v in params(r)]))
+            i += size
+        if i < n:
+            conn.exec_driver_sql(self.sql, [params(r) for r in rows[i:]])
 
 
 class ReplayStore:
@@ -112,6 +260,11 @@ class ReplayStore:
             migrate.require_head(self.engine)
         self._insert_decisions = self._upsert_nothing(DECISIONS, "request_key")
         self._insert_outcomes = self._upsert_nothing(OUTCOMES, "decision_key")
+        multi = MULTI_ROWS if self.engine.dialect.name == "sqlite" else 0
+        self._bulk_decisions = _BulkInsert(self.engine, self._insert_decisions, DECISION_FIELDS, DECISION_DEFAULTS,
+                                           ("features", "probabilities"), multi)
+        self._bulk_outcomes = _BulkInsert(self.engine, self._insert_outcomes, OUTCOME_FIELDS, OUTCOME_DEFAULTS,
+                                          ("trace",), multi)
 
     # -- construction helpers -------------------------------------------------
     def _upsert_nothing(self, table, key: str):
@@ -142,9 +295,9 @@ class ReplayStore:
         """
         with _guard("write_batch", self.engine), self.engine.begin() as conn:
             if decisions:
-                conn.execute(self._insert_decisions, list(decisions))
+                self._bulk_decisions.execute(conn, decisions)
             if outcomes:
-                conn.execute(self._insert_outcomes, list(outcomes))
+                self._bulk_outcomes.execute(conn, outcomes)
 
     def record_decision(self, row: Mapping[str, Any]) -> None:
         self.write_batch([row], [])
@@ -246,36 +399,54 @@ class ReplayStore:
         return [LambdaChange(*r) for r in rows]
 
     # -- snapshots ------------------------------------------------------------
+    # "latest" always means the newest *serving* snapshot: that is what Selectors load and
+    # hot-swap to. A candidate is reachable only by its version, so saving one promotes nothing.
     def save_snapshot(self, version: str, model: bytes, meta: Mapping[str, Any], checksum: str,
-                      ts: float | None = None) -> None:
+                      ts: float | None = None, *, role: str = "serving") -> None:
+        """Store a snapshot; ``role="candidate"`` keeps it out of "latest" (Selectors do not swap to it)."""
+        role = check_role(role)
         ts = time.time() if ts is None else ts
         with _guard("save_snapshot", self.engine), self.engine.begin() as conn:
             conn.execute(insert(SNAPSHOTS).values(version=version, ts=ts, model=model, meta=dict(meta),
-                                                  checksum=checksum))
+                                                  checksum=checksum, role=role))
 
-    def latest_snapshot_version(self) -> str | None:
+    def latest_snapshot_version(self, role: str = "serving") -> str | None:
+        """The newest snapshot of ``role`` (default: the one serving Selectors follow), or None."""
+        role = check_role(role)
+        q = select(SNAPSHOTS.c.version).where(SNAPSHOTS.c.role == role).order_by(SNAPSHOTS.c.id.desc()).limit(1)
         with _guard("latest_snapshot", self.engine), self.engine.connect() as conn:
-            return conn.execute(select(SNAPSHOTS.c.version).order_by(SNAPSHOTS.c.id.desc()).limit(1)).scalar()
+            return conn.execute(q).scalar()
 
     def get_snapshot(self, version: str | None = None) -> StoredSnapshot | None:
-        """The snapshot ``version``, or the newest one when ``version`` is None or 'latest'."""
-        q = select(SNAPSHOTS.c.version, SNAPSHOTS.c.ts, SNAPSHOTS.c.model, SNAPSHOTS.c.meta, SNAPSHOTS.c.checksum)
+        """The snapshot ``version`` (any role), or the newest serving one when ``version`` is None or 'latest'."""
+        q = select(SNAPSHOTS.c.version, SNAPSHOTS.c.ts, SNAPSHOTS.c.model, SNAPSHOTS.c.meta, SNAPSHOTS.c.checksum,
+                   SNAPSHOTS.c.role)
         if version in (None, "latest"):
-            q = q.order_by(SNAPSHOTS.c.id.desc()).limit(1)
+            q = q.where(SNAPSHOTS.c.role == "serving").order_by(SNAPSHOTS.c.id.desc()).limit(1)
         else:
             q = q.where(SNAPSHOTS.c.version == version)
         with _guard("get_snapshot", self.engine), self.engine.connect() as conn:
             r = conn.execute(q).first()
-        return StoredSnapshot(r[0], r[1], bytes(r[2]), dict(r[3]), r[4]) if r else None
+        return StoredSnapshot(r[0], r[1], bytes(r[2]), dict(r[3]), r[4], r[5]) if r else None
 
-    def list_snapshots(self, limit: int = 50) -> list[tuple[str, float, str]]:
+    def list_snapshots(self, limit: int = 50, *, role: str | None = None) -> list[tuple[str, float, str]]:
+        """(version, ts, checksum), newest first; only those of ``role`` when given."""
+        q = select(SNAPSHOTS.c.version, SNAPSHOTS.c.ts, SNAPSHOTS.c.checksum)
+        if role is not None:
+            q = q.where(SNAPSHOTS.c.role == check_role(role))
         with self.engine.connect() as conn:
-            rows = conn.execute(select(SNAPSHOTS.c.version, SNAPSHOTS.c.ts, SNAPSHOTS.c.checksum)
-                                .order_by(SNAPSHOTS.c.id.desc()).limit(limit)).all()
+            rows = conn.execute(q.order_by(SNAPSHOTS.c.id.desc()).limit(limit)).all()
         return [tuple(r) for r in rows]
 
 
 OUTCOME_STATUSES = ("ok", "defaulted", "late")
+
+
+def check_role(role: object) -> str:
+    """A snapshot role, validated: ``serving`` or ``candidate``."""
+    if role not in SNAPSHOT_ROLES:
+        raise InputError(f"snapshot role must be one of {list(SNAPSHOT_ROLES)}, got {role!r}")
+    return role  # type: ignore[return-value]
 
 
 def outcome_row(key: str, em: float, tokens: int, latency_ms: float | None = None,
@@ -304,4 +475,5 @@ def check_same_outcome(key: str, existing: Mapping[str, Any], new: Mapping[str, 
         raise ConflictError(f"conflicting outcome for decision {key!r} ({detail}); outcomes are write-once")
 
 
-__all__ = ["OUTCOME_STATUSES", "Event", "LambdaChange", "ReplayStore", "StoredSnapshot", "check_same_outcome", "outcome_row"]
+__all__ = ["OUTCOME_STATUSES", "SNAPSHOT_ROLES", "Event", "LambdaChange", "ReplayStore", "StoredSnapshot", "check_role",
+           "check_same_outcome", "outcome_row"]

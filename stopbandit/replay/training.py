@@ -7,7 +7,7 @@ decision times). :func:`train_heads` fits fresh EM/token heads on the training
 part in outcome order, the order the online learner saw them: a traced event
 (probe trace + reference) updates every arm its trace reveals
 (``HeadsPolicy.learn_revealed``, the nested feedback of the design), an
-untraced one its logged arm only (``HeadsPolicy.learn``).
+untraced one its logged arm only (the same call with that one outcome).
 :func:`train_and_evaluate` then scores the new heads on the held-out part
 off-policy (DR and SNIPS, with intervals; the new heads are DR's model, never
 fitted on those events) next to the logging policy's on-policy value on the
@@ -21,8 +21,9 @@ its arm was observed: the logging probability ``μ(a|x)`` of the logged arm,
 ``q_k = Σ_j μ_j·reveals[j, k]`` for an arm a trace revealed — makes the fit
 target the uniform mix of arms (the regression analogue of IPS). Weights are
 clipped to ``[1, IW_CLIP]`` (VW treats a label probability above 1 as 1, and
-large weights make the heads chase single events); an EM between 0 and 1
-(aggregated rewards) is fed as the two labels with weights in the ratio
+large weights make the heads chase single events) and passed to
+``HeadsPolicy.learn_revealed(weights=…)``, which feeds an EM between 0 and 1
+(aggregated rewards) as the two labels with weights in the ratio
 ``em : 1 − em``, scaled so that the smaller is at least 1 (VW clamps a label
 probability above 1 to 1, which would otherwise flatten the ratio).
 """
@@ -42,13 +43,12 @@ from stopbandit.bandit.arms import ArmSet
 from stopbandit.bandit.exploration import Exploration
 from stopbandit.bandit.policy import HeadsPolicy
 from stopbandit.bandit.snapshot import new_version, pack
-from stopbandit.bandit.vw import labeled, shared_line
 from stopbandit.errors import ConfigError, InputError
-from stopbandit.replay.candidates import HeadsCandidate, HeadsModel, LoggingCandidate
+from stopbandit.replay.candidates import HeadsCandidate, HeadsModel, LoggingCandidate, batch_shared_lines
 from stopbandit.replay.logged import DEFAULT_CHUNK, LogCounts, LogReader, Target, _Progress, iso_time, \
     require_events, run_targets
 from stopbandit.replay.ope import DoublyRobust, Estimate, Metric, SNIPS, IPS, reveal_matrix
-from stopbandit.replay.store import DECISIONS, OUTCOMES, ReplayStore, _guard
+from stopbandit.replay.store import DECISIONS, OUTCOMES, ReplayStore, _guard, check_role
 
 IW_CLIP = 50.0
 
@@ -125,18 +125,6 @@ class TrainStats:
                 "seconds": round(self.seconds, 3), "counts": self.counts.to_dict()}
 
 
-def _learn_weighted(policy: HeadsPolicy, lines: list[str], arm: int, em: float, tokens: float, w: float) -> None:
-    """``HeadsPolicy._learn_arm`` with an importance weight ``w >= 1`` (label probability ``1/w``)."""
-    if em >= 1.0 or em <= 0.0:
-        policy.em.learn(labeled(lines, arm, -1.0 if em >= 1.0 else 1.0, 1.0 / w))
-    else:  # VW clamps a label probability above 1 to 1: scale both weights up until the smaller is 1
-        hit, miss = w * em, w * (1.0 - em)
-        scale = max(1.0, 1.0 / min(hit, miss))
-        policy.em.learn(labeled(lines, arm, -1.0, 1.0 / (hit * scale)))
-        policy.em.learn(labeled(lines, arm, 1.0, 1.0 / (miss * scale)))
-    policy.tokens.learn(labeled(lines, arm, tokens / policy.token_scale, 1.0 / w))
-
-
 def train_heads(
     store: ReplayStore,
     arms: ArmSet,
@@ -156,16 +144,15 @@ def train_heads(
     reveals = reveal_matrix(arms).astype(np.float64)
     policy = HeadsPolicy(arms, exploration, token_scale)
     learned = revealed_updates = traced = 0
-    total = None if progress is False else sum(reader.count().values())
+    total = None if progress is False else reader.count_total()
     bar = _Progress(total, progress, "training")
     seen = 0
     try:
         for batch in reader.batches():
-            feats = batch.features()
+            lines = batch_shared_lines(batch)
             rev = batch.revealed_em is not None
             q = batch.logging_probs @ reveals if importance_weighting else None
             for i in range(batch.n):
-                lines = [shared_line(feats[i]), *policy.arm_lines]
                 a = int(batch.actions[i])
                 outcomes: dict[int, tuple[float, int]] = {}
                 if rev and not np.isnan(batch.revealed_em[i]).all():  # type: ignore[index]
@@ -174,18 +161,13 @@ def train_heads(
                                 if not math.isnan(row_em[k])}
                     traced += 1
                 outcomes[a] = (float(batch.em[i]), int(batch.tokens[i]))
-                if q is None:
-                    if len(outcomes) > 1:
-                        policy.learn_revealed(lines[0], outcomes, a, float(batch.logging_probs[i, a]), 0.0)
-                    else:
-                        policy.learn(lines[0], a, outcomes[a][0], outcomes[a][1], float(batch.logging_probs[i, a]),
-                                     0.0)
-                else:
-                    for k, (e, tok) in outcomes.items():
+                weights = None
+                if q is not None:
+                    weights = {}
+                    for k in outcomes:
                         prob = batch.logging_probs[i, a] if k == a else q[i, k]
-                        w = min(IW_CLIP, max(1.0, 1.0 / prob)) if prob > 0 else IW_CLIP
-                        _learn_weighted(policy, lines, k, e, tok, w)
-                    policy.t += 1
+                        weights[k] = min(IW_CLIP, max(1.0, 1.0 / prob)) if prob > 0 else IW_CLIP
+                policy.learn_revealed(lines[i], outcomes, a, float(batch.logging_probs[i, a]), 0.0, weights=weights)
                 learned += 1
                 revealed_updates += len(outcomes)
             bar.advance(reader.counts.events - seen)
@@ -212,10 +194,12 @@ class TrainReport:
     candidate: dict[str, dict[str, Estimate]]
     logging: dict[str, Estimate]
     skipped: dict[str, str]
+    role: str = "serving"
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "snapshot": self.version, "saved": self.saved, "split": self.split.to_dict(), "lam": self.lam,
+            "snapshot": self.version, "saved": self.saved, "role": self.role, "split": self.split.to_dict(),
+            "lam": self.lam,
             "token_scale": self.token_scale, "train": self.train.to_dict(), "test_counts": self.test_counts.to_dict(),
             "candidate": {e: {m: est.to_dict() for m, est in ms.items()} for e, ms in self.candidate.items()},
             "logging": {m: est.to_dict() for m, est in self.logging.items()},
@@ -239,8 +223,14 @@ def train_and_evaluate(
     chunk: int = DEFAULT_CHUNK,
     progress: bool | None = None,
     jobs: int | None = None,
+    role: str = "serving",
 ) -> TrainReport:
-    """Train on the part before ``split.cutoff``, evaluate on the rest, save the heads (unless ``save=False``)."""
+    """Train on the part before ``split.cutoff``, evaluate on the rest, save the heads (unless ``save=False``).
+
+    ``role="candidate"`` stores the heads without making them what following
+    Selectors hot-swap to: they are served only as a challenger until promoted.
+    """
+    check_role(role)
     policy, stats = train_heads(store, arms, exploration=exploration, token_scale=token_scale, until=split.cutoff,
                                 include=include, importance_weighting=importance_weighting, chunk=chunk,
                                 progress=progress)
@@ -264,13 +254,14 @@ def train_and_evaluate(
                 "trained_by": "stopbandit replay train", "train_events": stats.learned,
                 "train_until": split.cutoff, "importance_weighting": importance_weighting,
             })
-            store.save_snapshot(packed.version, packed.model, packed.meta, packed.checksum)
+            store.save_snapshot(packed.version, packed.model, packed.meta, packed.checksum, role=role)
     finally:
         policy.close()
     return TrainReport(
         version=version, saved=save, split=split, lam=lam, token_scale=token_scale, train=stats,
         test_counts=result.counts, candidate=result.estimates.get("candidate", {}),
         logging=result.estimates.get("logging", {}).get("on-policy", {}), skipped=result.skipped,
+        role=role,
     )
 
 

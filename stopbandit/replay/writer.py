@@ -32,6 +32,18 @@ row is committed, or fsync'd to the spill, before it returns. While the store
 is down or a backlog is being replayed it goes to the spill without trying the
 database (a circuit breaker: no connect timeout per request, and the order is
 kept).
+
+Cost on the serving path: ``submit`` is a deque append (no lock, no
+notify; the writer thread is woken only when it sleeps), because every lock
+and wake-up per row is paid by the serving thread and, through the GIL, by
+everything else in the process. :meth:`BatchWriter.flush` stays exact with a
+marker queued behind the caller's rows. The writer commits a group at most
+every ``linger`` seconds (a small fraction of ``flush_interval``) while rows
+keep coming, so a busy writer makes a few large transactions instead of many
+one-row ones. In the queued mode the spill is written at once and fsync'd off
+the writer thread (see :mod:`stopbandit.replay.spill`): during an outage
+every row reaches the spill file within the flush window, however slow the
+disk's fsync is.
 """
 
 from __future__ import annotations
@@ -40,11 +52,11 @@ import atexit
 import json
 import logging
 import os
-import queue
 import tempfile
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,13 +69,23 @@ from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlche
 from stopbandit.errors import StoreError
 from stopbandit.replay import migrate
 from stopbandit.replay.engine import redact
-from stopbandit.replay.spill import Adopted, Chunk, SpillFile, SpillReader, read_spill
+from stopbandit.replay.spill import Adopted, Chunk, SpillFile, SpillReader, encode, read_spill
 from stopbandit.replay.store import OUTCOMES, ReplayStore
 
 log = logging.getLogger("stopbandit.writer")
 
 Item = tuple[str, Mapping[str, Any]]  # ("d", decision) | ("o", outcome) | ("l", late outcome over a defaulted one)
 MAX_DEFERRED = 100_000
+MAX_LINGER_S = 0.01  # longest wait for a group to fill (see BatchWriter.linger)
+
+
+class _Marker:
+    """Queued by :meth:`BatchWriter.flush` behind the caller's rows; set once every row before it is done."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,13 +171,21 @@ class BatchWriter:
         self.flush_interval = flush_interval
         self.retry_interval = retry_interval
         self.orphan_scan_interval = orphan_scan_interval
+        self.max_queue = max_queue
+        # group commit: while rows keep coming, wait this long for a group to fill (well inside the flush window)
+        self.linger = min(MAX_LINGER_S, flush_interval / 5)
         self.spill = SpillFile(spill_path or default_spill_path(store.url), max_spill_bytes)
         self.rejected_path = Path(f"{self.spill.prefix}.rejected.jsonl")
         self._late_sql = _late_statements(store)
-        self._q: queue.Queue[Item] = queue.Queue(maxsize=max_queue)
+        # the queue: appends and pops of a deque are atomic, so producers take no lock (see submit)
+        self._q: deque[Item | _Marker] = deque()
+        self._wake = threading.Event()  # set by a producer only while the writer sleeps, and by flush/close
+        self._sleeping = False
+        self._flushes = 0  # flush() calls waiting: the writer does not linger meanwhile
         self._stop = threading.Event()
-        self._idle = threading.Condition()
-        self._busy = 0
+        self._direct_lock = threading.Lock()  # held by a producer spilling an overflow row (flush waits for it)
+        self._busy = 0  # batches in progress (only the writer thread changes it)
+        self._last_commit = 0.0
         self._count_lock = threading.Lock()
         self._reject_lock = threading.Lock()
         self._store_ok = True
@@ -165,8 +195,6 @@ class BatchWriter:
         self._next_orphan_scan = 0.0
         self._scan_requested = False
         self._oldest_pending = 0.0
-        self._submitted = 0  # rows handed to submit (queued or spilled)
-        self._completed = 0  # of those, rows the writer thread has finished with (or spilled at once)
         self._job: _ReplayJob | None = None
         self._deferred: list[Item] = []
         self.written = self.spilled = self.rejected = self.dropped = 0
@@ -190,23 +218,24 @@ class BatchWriter:
         self._submit((kind, row))
 
     def _submit(self, item: Item) -> None:
-        with self._idle:
-            self._submitted += 1
-        if self._stop.is_set():  # closing: the thread may be gone; the next writer adopts the spill
+        """Queue one row: a deque append, and a wake-up only if the writer is asleep.
+
+        The bound is checked without a lock, so concurrent producers can overshoot
+        ``max_queue`` by at most one row each. A row over the bound, or arriving
+        while the writer closes (its thread may be gone; the next writer adopts
+        the spill), goes to the spill from the caller's thread.
+        """
+        q = self._q
+        if len(q) >= self.max_queue or self._stop.is_set():
             self._spill_direct(item)
             return
-        try:
-            self._q.put_nowait(item)
-        except queue.Full:
-            self._spill_direct(item)
+        q.append(item)
+        if self._sleeping:
+            self._wake.set()
 
     def _spill_direct(self, item: Item) -> None:
-        try:
+        with self._direct_lock:
             self._to_spill([item])
-        finally:
-            with self._idle:
-                self._completed += 1
-                self._idle.notify_all()
 
     def write_now(self, kind: str, row: Mapping[str, Any]) -> bool:
         """Durable write: committed (True) or fsync'd to the spill (False) before returning.
@@ -220,28 +249,41 @@ class BatchWriter:
                 return True
             except StoreError as exc:
                 self._mark_down(exc)
-        self._to_spill([item])
+        self._to_spill([item], sync=True)
         return False
 
     # -- control ----------------------------------------------------------------
     def flush(self, timeout: float | None = 30.0) -> bool:
-        """Wait until everything submitted before this call is in the database or the spill.
+        """Wait until everything submitted before this call is in the database or the (fsync'd) spill.
 
-        Rows submitted meanwhile by other threads are not waited for, so a
-        flush returns even under continuous traffic (the queue is FIFO: once as
-        many rows as were submitted before the call are done, those are).
+        Exact, and it returns under continuous traffic: a marker is queued
+        behind the rows submitted before the call (the queue is FIFO) and the
+        writer sets it once the batch holding them is committed or spilled;
+        rows submitted meanwhile are not waited for. An overflow row being
+        spilled by another thread at the time of the call is waited for too.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._idle:
-            target = self._submitted
-            while self._completed < target:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
+        if not self._thread.is_alive():
+            return not any(not isinstance(x, _Marker) for x in list(self._q))
+        marker = _Marker()
+        with self._count_lock:
+            self._flushes += 1
+        self._q.append(marker)  # behind every row submitted before this call (the queue is FIFO)
+        try:
+            self._wake.set()
+            while not marker.done.wait(0.05):
+                if deadline is not None and time.monotonic() >= deadline:
                     return False
                 if not self._thread.is_alive():
-                    return False
-                self._idle.wait(0.05 if left is None else min(left, 0.05))
-        return True
+                    return marker.done.is_set()
+        finally:
+            with self._count_lock:
+                self._flushes -= 1
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._direct_lock.acquire(timeout=-1 if left is None else left):  # an overflow row being spilled
+            return False
+        self._direct_lock.release()
+        return self.spill.sync(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def drain(self, timeout: float = 30.0) -> bool:
         """Wait until everything submitted so far is in the database: queue empty and spill replayed.
@@ -254,6 +296,7 @@ class BatchWriter:
             return False
         self._scan_requested = True
         self._next_retry = 0.0
+        self._wake.set()  # a sleeping writer starts the scan now, not at the end of its nap
         while time.monotonic() < deadline:
             if not (self._backlog() or self._deferred or self._scan_requested or self._busy):
                 return True
@@ -269,10 +312,16 @@ class BatchWriter:
         if self._store_ok and (self._backlog() or self._deferred):
             self.drain(max(0.0, deadline - time.monotonic()))
         self._stop.set()
+        self._wake.set()
         self._thread.join(max(1.0, deadline - time.monotonic()))
         if self._thread.is_alive():  # stuck in a database call: leave everything to the next writer
             log.error("batch writer did not stop within %.0f s; its spill file is left for adoption", timeout)
             return
+        markers: list[_Marker] = []
+        leftover = self._take(len(self._q), markers)  # rows of a producer that raced with the stop
+        if leftover:
+            self._to_spill(leftover, sync=True)
+        _set_all(markers)
         if self._job is not None:
             self._job.abandon()
             self._job = None
@@ -283,7 +332,7 @@ class BatchWriter:
                 except StoreError:
                     pass
             if self._deferred:  # store down: keep them for whoever adopts the backlog
-                self._to_spill(self._deferred)
+                self._to_spill(self._deferred, sync=True)
                 self._deferred = []
         self.spill.release()
 
@@ -292,7 +341,7 @@ class BatchWriter:
         return WriterHealth(
             store_ok=self._store_ok,
             last_error=self._last_error,
-            queue_depth=self._q.qsize(),
+            queue_depth=len(self._q),
             spill_backlog=self.spill.backlog_lines(),
             written=self.written,
             spilled=self.spilled,
@@ -313,15 +362,17 @@ class BatchWriter:
     def _run(self) -> None:
         while True:
             replay_due = self._replay_due()
-            try:
-                first = self._q.get_nowait() if replay_due else self._q.get(timeout=self.flush_interval)
-            except queue.Empty:
-                first = None
-            if first is None and self._stop.is_set():
-                return
-            if first is not None:
-                self._process(first)
-            if replay_due or first is None:
+            if not self._q:
+                if self._stop.is_set():
+                    return
+                if not replay_due:
+                    self._sleep(self.flush_interval)
+            processed = False
+            if self._q:
+                if not replay_due:
+                    self._linger()
+                processed = self._process()
+            if replay_due or not processed:
                 try:
                     self._replay_step()
                 except Exception as exc:  # noqa: BLE001 - the writer thread must survive anything
@@ -329,30 +380,78 @@ class BatchWriter:
                     self._last_error = f"spill replay: {exc!r}"
                     self._next_retry = time.monotonic() + self.retry_interval
 
-    def _process(self, first: Item) -> None:
-        batch = [first]
-        while len(batch) < self.batch_size:
+    def _sleep(self, seconds: float) -> None:
+        """Wait for rows (a producer wakes us), a flush or close, or ``seconds``."""
+        self._sleeping = True
+        try:
+            if not self._q:  # re-checked after announcing the sleep: a row queued before that is seen here
+                self._wake.wait(seconds)
+        finally:
+            self._sleeping = False
+            self._wake.clear()
+
+    def _linger(self) -> None:
+        """Group commit: wait up to ``linger`` after the last commit for a group to fill.
+
+        Not while a flush waits, the store is down or spilling (rows go to the
+        spill at once), or a full batch is already queued.
+        """
+        if self._flushes or not self._store_ok or self._backlog() or len(self._q) >= self.batch_size:
+            return
+        left = self._last_commit + self.linger - time.monotonic()
+        if left > 0:
+            self._wake.wait(left)
+            self._wake.clear()
+
+    def _take(self, n: int, markers: list[_Marker]) -> list[Item]:
+        """Pop up to ``n`` rows from the queue (markers met on the way go to ``markers``)."""
+        q = self._q
+        batch: list[Item] = []
+        popleft = q.popleft
+        while len(batch) < n:
             try:
-                batch.append(self._q.get_nowait())
-            except queue.Empty:
+                item = popleft()
+            except IndexError:
                 break
-        with self._idle:
-            self._busy += 1
+            if type(item) is _Marker:
+                markers.append(item)
+            else:
+                batch.append(item)  # type: ignore[arg-type]
+        return batch
+
+    def _process(self) -> bool:
+        """Write the next batch (spill it if the store is down); False if only markers were queued.
+
+        While rows go to the spill, the whole queue is taken (in ``batch_size``
+        chunks): spilling is a write, not a transaction, and a row left in
+        memory is a row a crash would lose.
+        """
+        markers: list[_Marker] = []
+        queued = len(self._q)  # spilling takes at most what is queued now: then a replay step may run
+        batch = self._take(self.batch_size, markers)
+        had_rows, taken = bool(batch), len(batch)
+        self._busy += 1
         self._oldest_pending = time.time()
         try:
-            self._write(batch)
-        except Exception as exc:  # noqa: BLE001 - the writer thread must survive anything
-            log.exception("writer batch failed; spilling it")
-            self._last_error = repr(exc)
-            self._to_spill(batch)
+            try:
+                if batch:
+                    self._write(batch)
+                while batch and (not self._store_ok or self._backlog()) and taken < queued:
+                    _set_all(markers)  # every row before them is in the spill
+                    batch = self._take(min(self.batch_size, queued - taken), markers)
+                    taken += len(batch)
+                    if batch:
+                        self._to_spill(batch)
+            except Exception as exc:  # noqa: BLE001 - the writer thread must survive anything
+                log.exception("writer batch failed; spilling it")
+                self._last_error = repr(exc)
+                self._to_spill(batch)
         finally:
             self._oldest_pending = 0.0
-            for _ in batch:
-                self._q.task_done()
-            with self._idle:
-                self._busy -= 1
-                self._completed += len(batch)
-                self._idle.notify_all()
+            self._last_commit = time.monotonic()
+            self._busy -= 1
+            _set_all(markers)
+        return had_rows
 
     def _write(self, batch: Sequence[Item]) -> None:
         if self._backlog() or not self._store_ok:
@@ -456,13 +555,31 @@ class BatchWriter:
                     raise
                 self._reject(kind, row, _reason(exc))
 
-    def _to_spill(self, batch: Sequence[Item]) -> None:
-        n = self.spill.append(batch)
+    def _to_spill(self, batch: Sequence[Item], *, sync: bool = False) -> None:
+        """Append to the spill: fsync'd before returning with ``sync`` (durable), else by the spill's syncer."""
+        try:
+            try:
+                n = self.spill.append(batch, sync=sync)
+            except (TypeError, ValueError):  # a row that is not JSON: reject it, spill the others
+                batch = [item for item in batch if self._encodable(item)]
+                n = self.spill.append(batch, sync=sync)
+        except OSError as exc:  # the local disk refused too: count and say so, never raise into the caller
+            self._last_error = f"spill: {exc}"
+            log.error("cannot write the spill file %s: %s", self.spill.path, exc)
+            n = 0
         self._count("spilled", n)
         if n < len(batch):
             self._count("dropped", len(batch) - n)
-            log.error("spill file %s is full (%d bytes): %d events dropped", self.spill.path, self.spill.max_bytes,
-                      len(batch) - n)
+            log.error("spill file %s is full (%d bytes) or unwritable: %d events dropped", self.spill.path,
+                      self.spill.max_bytes, len(batch) - n)
+
+    def _encodable(self, item: Item) -> bool:
+        try:
+            encode([item])
+            return True
+        except (TypeError, ValueError) as exc:
+            self._reject(item[0], item[1], f"not JSON: {exc}")
+            return False
 
     def _count(self, name: str, n: int) -> None:
         with self._count_lock:
@@ -574,6 +691,13 @@ class BatchWriter:
 
 def _nothing() -> None:
     return None
+
+
+def _set_all(markers: list[_Marker]) -> None:
+    """Release the flush() calls waiting on ``markers`` (and forget them)."""
+    for m in markers:
+        m.done.set()
+    markers.clear()
 
 
 def _reason(exc: BaseException) -> str:

@@ -185,3 +185,18 @@ def test_selector_logs_the_graph_probabilities_it_used(sqlite_url):
             assert [row["probabilities"][n] for n in ARMS.names] == pytest.approx(want, abs=1e-12)
     finally:
         store.dispose()
+
+
+def test_selector_reports_untraced_rewards_to_nested_exploration(tmp_path):
+    """A Selector declared nested but fed rewards without traces falls back to plain SquareCB."""
+    from stopbandit.bandit.selector import Selector
+    from stopbandit.config import config_from_mapping
+
+    config = config_from_mapping({"exploration": {"name": "squarecb", "nested": True}})
+    with Selector.open(f"sqlite:///{tmp_path / 'n.db'}", config=config) as sel:
+        exploration = sel.policy.exploration
+        assert exploration.graph_active
+        for i in range(60):
+            d = sel.choose(f"what is {i} + {i}?", domain="math")
+            sel.reward(d.decision_id, em=1.0, tokens=100)
+        assert not exploration.graph_active

@@ -5,7 +5,11 @@ After each ``choose`` and each ``reward`` returns, it appends ``d|o <id>
 ``kill -9`` cannot tear or lose), so the parent knows exactly what was
 acknowledged and when.
 
+``--slow-fsync S`` makes every ``os.fsync`` of the process (the spill's)
+take S seconds longer: a slow or contended disk.
+
     python -m tests.reliability.child_serve URL ACKS SPILL [--durable] [--flush-interval S] [--outage-flag PATH]
+        [--slow-fsync S]
 """
 
 from __future__ import annotations
@@ -23,7 +27,17 @@ def main() -> None:
     ap.add_argument("--durable", action="store_true")
     ap.add_argument("--flush-interval", type=float, default=0.1)
     ap.add_argument("--outage-flag", default=None, help="SQLite: the store is 'down' while this file exists")
+    ap.add_argument("--slow-fsync", type=float, default=0.0, help="seconds added to every os.fsync (a slow disk)")
     args = ap.parse_args()
+
+    if args.slow_fsync:
+        real_fsync = os.fsync
+
+        def slow_fsync(fd: int) -> None:
+            time.sleep(args.slow_fsync)
+            real_fsync(fd)
+
+        os.fsync = slow_fsync
 
     from stopbandit import Selector
     from stopbandit.config import SelectorConfig, StoreConfig

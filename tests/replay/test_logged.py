@@ -24,7 +24,7 @@ from stopbandit.replay.candidates import (
     make_candidate,
 )
 from stopbandit.replay.cli_commands import evaluate, sweep_log
-from stopbandit.replay.logged import LogReader, Target, parse_time, reveal_row, run_targets
+from stopbandit.replay.logged import LogReader, Target, parse_time, reveal_row, reveal_rows, run_targets
 from stopbandit.replay.ope import ESTIMATORS, LoggedData, Metric, make_estimator, reveal_matrix
 from stopbandit.replay.store import ReplayStore, outcome_row
 from stopbandit.replay.sweep import fixed_arm_estimates, lenience_rank, sweep
@@ -158,6 +158,83 @@ def test_reveal_row_equals_counterfactual_on_simulated_traces():
     assert checked > 50_000 and revealed > checked // 3
 
 
+def _reveal_or_error(trace, ref, arms):
+    try:
+        return reveal_row(trace, ref, arms)
+    except (KeyError, TypeError, ValueError, IndexError):
+        return "malformed"
+
+
+def _assert_rows_equal_reveal_row(traces, refs, arms):
+    em, tok, ok = reveal_rows(traces, refs, arms)
+    assert em.shape == tok.shape == (len(traces), len(arms))
+    for i, (trace, ref) in enumerate(zip(traces, refs)):
+        want = _reveal_or_error(trace, ref, arms)
+        if want == "malformed":
+            assert not ok[i] and np.isnan(em[i]).all() and np.isnan(tok[i]).all(), i
+            continue
+        assert ok[i], i
+        for k, value in enumerate(want):
+            if value is None:
+                assert math.isnan(em[i, k]) and math.isnan(tok[i, k]), (i, k)
+            else:
+                assert (em[i, k], tok[i, k]) == value, (i, k, value)
+    return ok
+
+
+def test_reveal_rows_equal_reveal_row_on_simulated_traces():
+    from stopbandit.bandit.trace import answer_key
+
+    extra = (Arm("cap64", 0.5, 64), Arm("cap100", 0.75, 100), Arm("cap200", 0.97, 200), Arm("cap512", 1.01, 512),
+             Arm("t050", 0.5, 0), Arm("t099_cap2048", 0.99, 2048), Arm("cap1", 0.9, 1))
+    arms = DEFAULT_ARMS + extra
+    requests = Simulator(seed=7).take(300) + Simulator(SimConfig(min_think_tokens=1), seed=8).take(80)
+    traces, refs = [], []
+    for req in requests:
+        for logged in arms[::3]:
+            traces.append(run(req, logged).trace.hashed().to_json())
+            refs.append(answer_key(req.reference))
+    ok = _assert_rows_equal_reveal_row(traces, refs, arms)
+    assert ok.all() and len(traces) > 1000
+
+
+def test_reveal_rows_handle_traces_off_the_canonical_form_like_reveal_row():
+    """Anything but canonical traces takes the one-trace path: same values, same malformed verdicts."""
+    arms = DEFAULT_ARMS + (Arm("cap100", 0.75, 100), Arm("cap128", 0.9, 128))
+    good = {"p": [[64, 0.5, "x", 9], [128, 0.95, "ref", 11], [192, 0.99, "ref", 7]], "s": 200, "r": "end",
+            "a": "ref", "n": 5}
+
+    def variant(**changes):
+        return {**good, **changes}
+
+    traces = [
+        good,
+        variant(p=[]),  # no probes
+        variant(p=[[64.0, 0.5, "x", 9], [128.0, 0.95, "ref", 11]]),  # float offsets
+        variant(p=[[64, "0.5", "x", 9], [128, "0.95", " ref ", "11"]]),  # numbers as text, padded answer
+        variant(p=[[64, 0.5, "x", 9, "extra"], [128, 0.95, "ref", 11, None]]),  # extra fields are ignored
+        variant(p=[[64, 0.5, "x"], [128, 0.95, "ref", 11]]),  # a short probe: malformed
+        variant(p=[[128, 0.5, "x", 9], [64, 0.95, "ref", 11]]),  # out of order
+        variant(p=[[-64, 0.5, "x", 9], [128, 0.95, "ref", 11]]),  # negative offset
+        variant(p=[[64, True, "x", 9], [128, 1, "ref", 11]]),  # booleans and integers as confidences
+        variant(p=[[64, 0.5, "x", 9.5], [128, 0.95, "ref", 11]]),  # fractional probe tokens
+        variant(p={"0": [64, 0.5, "x", 9]}),  # probes not a list
+        variant(s="200", n=5.0),  # scalars as text / float
+        variant(r="budget", s=100),  # stopped at a cap
+        {k: v for k, v in good.items() if k != "a"},  # no final answer: only arms that need it fail
+        {k: v for k, v in good.items() if k != "p"},  # no probes at all: malformed
+        [1, 2, 3],  # not a mapping
+        variant(s=None),  # malformed stop
+        variant(p=[[64, 0.5, 7, 9], [128, 0.95, None, 11]]),  # answers that are not text
+    ]
+    refs = ["ref"] * len(traces)
+    ok = _assert_rows_equal_reveal_row(traces, refs, arms)
+    assert ok[0] and not ok.all()
+    # one odd trace among canonical ones leaves the others on the fast path with the same values
+    _assert_rows_equal_reveal_row([good] * 5 + traces + [good] * 5, ["ref"] * (len(traces) + 10), arms)
+    _assert_rows_equal_reveal_row([], [], arms)
+
+
 # --------------------------------------------------------------------------- statuses, arms, errors
 
 
@@ -282,6 +359,47 @@ def test_parallel_workers_give_the_same_estimates(log):
     model.close()
 
 
+@pytest.mark.parametrize("chunk", [40, 64])
+def test_estimates_are_the_same_floats_whatever_the_number_of_processes(log, chunk):
+    """Ranges of ids streamed from their own starts and merged in order: jobs changes nothing, not even rounding."""
+    from stopbandit.replay.logged import partition
+
+    store, version = log
+    add_status_events(store, ["defaulted", "late"])  # excluded events inside the ranges
+    model = HeadsModel.load(store, version, ARMS)
+    cand = HeadsCandidate(model=model, lam=0.2)
+    targets = [Target("c", cand, _all_estimators(), (Metric("em"), Metric("tokens"), Metric("reward", 0.2, 1000.0))),
+               Target("logging", LoggingCandidate(), {"ips": make_estimator("ips")}, (Metric("em"),))]
+    reader = LogReader(store, ARMS, chunk=chunk)
+    assert len(partition(reader, 70)) == 5  # 302 ids
+    runs = {jobs: run_targets(LogReader(store, ARMS, chunk=chunk), targets, model=model, progress=False, jobs=jobs,
+                              partition_ids=70) for jobs in (1, 2, 3)}
+    want = {t: {e: {m: est.to_dict() for m, est in ms.items()} for e, ms in es.items()}
+            for t, es in runs[1].estimates.items()}
+    for jobs in (2, 3):
+        got = runs[jobs]
+        assert got.jobs == jobs and got.counts == runs[1].counts
+        assert {t: {e: {m: est.to_dict() for m, est in ms.items()} for e, ms in es.items()}
+                for t, es in got.estimates.items()} == want
+    assert runs[1].counts.used == 300 and runs[1].counts.events == 302
+    model.close()
+
+
+def test_partition_covers_the_ids_once(log):
+    from stopbandit.replay.logged import partition
+
+    store, _ = log
+    reader = LogReader(store, ARMS)
+    lo, hi = reader.cursor_bounds()
+    for span in (1, 7, 100, 299, 300, 10_000):
+        ranges = partition(reader, span)
+        assert ranges[0][0] == lo and ranges[-1][1] == hi
+        assert all(a < b <= a + span for a, b in ranges) and all(x[1] == y[0] for x, y in zip(ranges, ranges[1:]))
+    assert partition(LogReader(store, ARMS, since=4e9)) == []
+    with pytest.raises(ConfigError, match="partition span must be a positive integer, got 0"):
+        partition(reader, 0)
+
+
 def test_streaming_sweep_equals_sweep_and_fixed_arm_estimates(log):
     store, version = log
     model = HeadsModel.load(store, version, ARMS)
@@ -386,6 +504,80 @@ def test_batched_heads_equal_predict_heads(log):
         np.testing.assert_allclose(em_hat[i], em, rtol=1e-12, atol=1e-15)
         np.testing.assert_allclose(tok_hat[i], tok, rtol=1e-12, atol=1e-9)
     model.close()
+
+
+def test_batched_heads_are_the_same_floats_as_one_at_a_time(log):
+    """Batch scoring of a stored snapshot (dedupe, shared parsing) = HeadsPolicy.predict_heads, float for float."""
+    from stopbandit.bandit.vw import shared_line
+    from stopbandit.replay.candidates import batch_shared_lines
+
+    store, version = log
+    # repeated contexts: the same features logged again under new keys
+    events = [e for chunk in store.iter_events() for e in chunk][:40]
+    store.write_batch(
+        [dict(request_key=f"again-{i}", ts=e.ts + 1e4, domain=e.domain, features=e.features, arm=e.arm,
+              arm_index=e.arm_index, probabilities=e.probabilities, propensity=e.propensity, lam=e.lam,
+              token_scale=e.token_scale, policy_version="v", experiment="champion") for i, e in enumerate(events)],
+        [outcome_row(f"again-{i}", e.em, e.tokens) for i, e in enumerate(events)])
+    model = HeadsModel.load(store, version, ARMS)
+    batches = list(LogReader(store, ARMS, chunk=128).batches())
+    assert sum(b.n for b in batches) == 340
+    for b in batches:
+        lines = batch_shared_lines(b)
+        assert lines == [shared_line(f) for f in b.features()]
+        em_hat, tok_hat = model.predict(b)
+        for i, line in enumerate(lines):
+            em, tok = model.policy.predict_heads(line)
+            assert em_hat[i].tolist() == em.tolist() and tok_hat[i].tolist() == tok.tolist()
+    [whole] = list(LogReader(store, ARMS, chunk=1000).batches())
+    assert len(set(batch_shared_lines(whole))) <= whole.n - 40  # the repeats are scored once ...
+    em_hat, tok_hat = model.predict(whole)
+    assert em_hat[300:].tolist() == em_hat[:40].tolist() and tok_hat[300:].tolist() == tok_hat[:40].tolist()
+    model.close()
+
+
+def test_sqlite_rows_from_the_driver_equal_sqlalchemy_rows(log):
+    """On SQLite the reader fetches plain tuples from the driver; they equal SQLAlchemy's rows."""
+    store, _ = log
+    add_status_events(store, ["defaulted", "late"])
+    reader = LogReader(store, ARMS, chunk=70)
+    fast = [tuple(r) for chunk in reader.raw_chunks() for r in chunk]
+    with store.engine.connect() as conn:
+        slow = [tuple(r) for r in conn.execute(reader._chunk_query().limit(None), {"sb_after": 0}).all()]
+    assert fast == slow and len(fast) == 302
+
+
+def test_count_total_and_cursor_bounds_agree_with_the_rows(log):
+    store, _ = log
+    add_status_events(store, ["defaulted", "late"])
+    rows = [r for chunk in LogReader(store, ARMS, chunk=1000).raw_chunks() for r in chunk]
+    ids = [r[0] for r in rows]
+    ts = sorted(r[2] for r in rows)
+    for kw in ({}, {"since": ts[100]}, {"until": ts[250]}, {"since": ts[50], "until": ts[60]}, {"after": ids[10]},
+               {"after": ids[5], "upto": ids[200]}, {"since": ts[-1] + 1.0}, {"after": ids[-1]}):
+        reader = LogReader(store, ARMS, include=("ok", "defaulted", "late"), **kw)
+        got = [r for chunk in reader.raw_chunks() for r in chunk]
+        assert reader.count_total() == sum(reader.count().values()) == len(got), kw
+        lo, hi = reader.cursor_bounds()
+        if got:
+            assert (lo, hi) == (got[0][0] - 1, got[-1][0]), kw
+        else:
+            assert lo == hi, kw
+
+
+def test_building_a_batch_leaves_the_garbage_collector_as_it_was(log):
+    import gc
+
+    store, _ = log
+    assert gc.isenabled()
+    list(LogReader(store, ARMS).batches())
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        list(LogReader(store, ARMS).batches())
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_heads_model_survives_pickling_for_worker_processes(log):

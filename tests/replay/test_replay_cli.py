@@ -55,7 +55,7 @@ def test_evaluate_auto_estimators_and_table(db):
                    "GraphDR", "ESS", "max weight", "defaulted"):
         assert needle in text, needle
     out = as_json("evaluate", "--db", db, "--policy", "arm:careful", "--include-defaulted")
-    assert list(out["estimates"]) == ["ips", "snips", "dr", "dm", "graph-ips", "graph-dr"]
+    assert list(out["estimates"]) == ["ips", "snips", "dr", "dm", "graph-ips", "graph-dr", "graph-chain-dr"]
     assert out["counts"]["used"] == 251 and out["lam"] == 0.2
 
 
@@ -94,6 +94,22 @@ def test_train_json(db):
     assert ev["policy"]["snapshot"] == out["snapshot"]
     dry = as_json("train", "--db", db, "--dry-run", "--importance-weighting")
     assert not dry["saved"] and dry["train"]["importance_weighting"]
+
+
+def test_train_candidate_is_not_latest(db):
+    serving = as_json("train", "--db", db, "--test-frac", "0.3")
+    cand = as_json("train", "--db", db, "--test-frac", "0.3", "--candidate")
+    assert cand["saved"] and cand["role"] == "candidate" and serving["role"] == "serving"
+    store = ReplayStore(db)
+    try:
+        assert store.latest_snapshot_version() == serving["snapshot"]
+        assert store.latest_snapshot_version("candidate") == cand["snapshot"]
+    finally:
+        store.dispose()
+    # `latest` still evaluates the serving heads; the candidate is evaluated by its version
+    assert as_json("evaluate", "--db", db, "--estimators", "dr")["policy"]["snapshot"] == serving["snapshot"]
+    by_version = as_json("evaluate", "--db", db, "--estimators", "dr", "--policy", cand["snapshot"])
+    assert by_version["policy"]["snapshot"] == cand["snapshot"]
 
 
 def test_sweep_plot_and_json(db, tmp_path):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
+import threading
 import time
 
+import numpy as np
 import pytest
 
 from stopbandit.errors import ConfigError, ConflictError, InputError, StoreError, UnknownDecisionError
@@ -126,6 +128,35 @@ def test_writer_flush_and_counts(store):
     w.close()
 
 
+def test_writer_flush_is_exact_and_returns_under_continuous_traffic(store):
+    """flush() waits for every row submitted before it (and only those), while another thread keeps submitting."""
+    w = BatchWriter(store, batch_size=50, flush_interval=0.05)
+    stop = threading.Event()
+
+    def noise() -> None:
+        i = 0
+        while not stop.is_set():
+            w.submit_decision(decision(f"noise{i}"))
+            i += 1
+            if i % 10 == 0:
+                time.sleep(0.001)
+
+    t = threading.Thread(target=noise)
+    t.start()
+    try:
+        for round_ in range(20):
+            keys = [f"r{round_}-{i}" for i in range(round_ * 7)]
+            for k in keys:
+                w.submit_decision(decision(k))
+            assert w.flush(30)
+            assert all(store.get_decision(k) is not None for k in keys[-3:] + keys[:1])
+    finally:
+        stop.set()
+        t.join()
+    w.close()
+    assert store.counts()["decisions"] == w.health().written
+
+
 def test_writer_rejects_orphan_outcome_without_losing_the_batch(store, tmp_path):
     w = BatchWriter(store, spill_path=tmp_path / "s.jsonl")
     w.submit_decision(decision("a"))
@@ -184,3 +215,57 @@ def test_bad_urls_are_config_errors(url, match):
 def test_unreachable_database_is_a_store_error():
     with pytest.raises(StoreError, match="cannot reach database|unavailable"):
         ReplayStore("postgresql+psycopg://nobody@127.0.0.1:1/none")
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 255, 256, 257, 1000])
+def test_write_batch_stores_every_row_once_whatever_the_batch_size(store, n):
+    """The bulk path (multi-row VALUES in power-of-two chunks on SQLite, executemany on PostgreSQL)."""
+    rows = [decision(f"b{i}") for i in range(n)]
+    store.write_batch(rows + rows[: n // 2], [outcome_row(f"b{i}", i % 2, i) for i in range(n)])
+    store.write_batch(rows[:3], [])  # again: duplicates by key are ignored
+    c = store.counts()
+    assert (c["decisions"], c["outcomes"], store.duplicate_keys()) == (n, n, 0)
+    last = store.get_decision(f"b{n - 1}")
+    assert last["features"] == {"len": 3.1, "domain": "math"} and last["probabilities"]["balanced"] == 0.7
+    assert store.get_outcome(f"b{n - 1}")["tokens"] == n - 1
+
+
+def test_write_batch_fills_in_optional_fields(store):
+    row = decision("opt")
+    del row["experiment"], row["domain"]
+    out = {"decision_key": "opt", "ts": 1.0, "em": 1.0, "tokens": 3}
+    store.write_batch([row], [out])
+    assert (store.get_decision("opt")["experiment"], store.get_decision("opt")["domain"]) == ("champion", None)
+    got = store.get_outcome("opt")
+    assert (got["status"], got["trace"], got["latency_ms"], got["reference_key"]) == ("ok", None, None, None)
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    ({"features": {"x": {1, 2}}}, r"row 'bad' cannot be stored: .*not JSON serializable"),
+    ({"arm": None, "features": object()}, r"row 'bad' cannot be stored"),
+])
+def test_write_batch_names_a_row_it_cannot_encode(store, change, match):
+    with pytest.raises(InputError, match=match):
+        store.write_batch([{**decision("bad"), **change}], [])
+    assert store.counts()["decisions"] == 0
+
+
+@pytest.mark.parametrize("value", [
+    {"len": 3.1, "lbin": "l4", "domain": "math"},
+    {"é": "ü\u2028", "x": 1e-300, "big": 1.7976931348623157e308, "neg": -0.0, "i": 3},
+    {"nested": {"a": [1, 2.5, None, True, "s"]}},
+    {"np": np.float64(0.25)},  # a numpy scalar: not orjson's, the standard library's
+    None,
+])
+def test_json_columns_read_back_the_same_with_and_without_orjson(store, monkeypatch, value):
+    from stopbandit.replay import store as store_module
+
+    for accelerated in (True, False):
+        if not accelerated:
+            monkeypatch.setattr(store_module, "orjson", None)
+        key = f"j-{accelerated}"
+        trace = value if isinstance(value, dict) else None
+        store.write_batch([{**decision(key), "features": value}],
+                          [{**outcome_row(key, 1.0, 1), "trace": trace}])
+        assert store.get_decision(key)["features"] == value
+        assert store.get_outcome(key)["trace"] == trace

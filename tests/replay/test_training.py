@@ -124,3 +124,34 @@ def test_training_on_postgres(db_url):
     assert report.train.learned == 60 and report.candidate["snips"]["em"].n == 60
     assert store.get_snapshot(report.version) is not None
     store.dispose()
+
+
+def test_training_equals_learning_the_log_one_event_at_a_time(store):
+    """train_heads (batched lines, one learn_revealed per event) = the plain per-event loop, float for float."""
+    import math
+
+    from stopbandit.bandit.policy import HeadsPolicy
+    from stopbandit.bandit.vw import shared_line
+
+    trained, stats = train_heads(store, ARMS, exploration=SquareCB(), token_scale=1000.0, progress=False, chunk=70)
+    ref = HeadsPolicy(ARMS, SquareCB(), 1000.0)
+    lines = []
+    for b in LogReader(store, ARMS, chunk=70).batches():
+        for i, feats in enumerate(b.features()):
+            a = int(b.actions[i])
+            outcomes = {}
+            if b.revealed_em is not None:
+                outcomes = {k: (float(b.revealed_em[i, k]), int(b.revealed_tokens[i, k])) for k in range(len(ARMS))
+                            if not math.isnan(b.revealed_em[i, k])}
+            outcomes[a] = (float(b.em[i]), int(b.tokens[i]))
+            line = shared_line(feats)
+            lines.append(line)
+            if len(outcomes) > 1:
+                ref.learn_revealed(line, outcomes, a, float(b.logging_probs[i, a]), 0.0)
+            else:
+                ref.learn(line, a, *outcomes[a], float(b.logging_probs[i, a]), 0.0)
+    assert stats.learned == ref.t == trained.t == 400
+    for got, want in zip(trained.predict_heads_batch(lines), ref.predict_heads_batch(lines)):
+        assert got.tolist() == want.tolist()
+    trained.close()
+    ref.close()
