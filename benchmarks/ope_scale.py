@@ -159,14 +159,13 @@ def event_count(url: str) -> int:
         store.dispose()
 
 
-def timed_evaluate(url: str, estimators: str, chunk: int, jobs: int | None = None) -> dict:
-    """The `replay evaluate` code path, in this (fresh) process."""
+def _latest_setup(url: str, estimators: str):
+    """What `replay evaluate --policy latest` sets up: store, arms, λ, estimator names, candidate, heads model."""
     from stopbandit.replay.candidates import CandidateContext, default_model, make_candidate, resolve_arms, \
         resolve_lambda, snapshot_meta
-    from stopbandit.replay.cli_commands import evaluate, has_traces, parse_estimators
+    from stopbandit.replay.cli_commands import has_traces, parse_estimators
     from stopbandit.replay.store import ReplayStore
 
-    t0 = time.perf_counter()
     store = ReplayStore(url)
     meta = snapshot_meta(store, "latest")
     arms, _ = resolve_arms(None, meta)
@@ -174,6 +173,15 @@ def timed_evaluate(url: str, estimators: str, chunk: int, jobs: int | None = Non
     names = parse_estimators(estimators, traced=has_traces(store))
     cand = make_candidate("latest", CandidateContext(store, arms, lam))
     model = default_model(store, arms, cand)
+    return store, arms, lam, names, cand, model
+
+
+def timed_evaluate(url: str, estimators: str, chunk: int, jobs: int | None = None) -> dict:
+    """The `replay evaluate` code path, in this (fresh) process."""
+    from stopbandit.replay.cli_commands import evaluate
+
+    t0 = time.perf_counter()
+    store, arms, lam, names, cand, model = _latest_setup(url, estimators)
     ev = evaluate(store, arms, cand, names, lam=lam, token_scale=1000.0, model=model, chunk=chunk, progress=False,
                   jobs=jobs)
     wall = time.perf_counter() - t0
@@ -207,20 +215,11 @@ def phase_split(url: str, estimators: str, chunk: int, events: int) -> dict:
     timed on their own and then handed to the estimators (``_accumulate`` asks
     the model once per chunk; here it gets the predictions just made).
     """
-    from stopbandit.replay.candidates import CandidateContext, LoggingCandidate, batch_shared_lines, default_model, \
-        make_candidate, resolve_arms, resolve_lambda, snapshot_meta
-    from stopbandit.replay.cli_commands import has_traces, parse_estimators
+    from stopbandit.replay.candidates import LoggingCandidate, batch_shared_lines
     from stopbandit.replay.logged import LogReader, Target, _accumulate
     from stopbandit.replay.ope import IPS, Metric, make_estimator, reveal_matrix
-    from stopbandit.replay.store import ReplayStore
 
-    store = ReplayStore(url)
-    meta = snapshot_meta(store, "latest")
-    arms, _ = resolve_arms(None, meta)
-    lam, _ = resolve_lambda(None, store, meta, 0.2)
-    names = parse_estimators(estimators, traced=has_traces(store))
-    cand = make_candidate("latest", CandidateContext(store, arms, lam))
-    model = default_model(store, arms, cand)
+    store, arms, lam, names, cand, model = _latest_setup(url, estimators)
     reveals = reveal_matrix(arms)
     ests = {n: make_estimator(n, reveals=reveals) for n in names}
     metrics = (Metric("em"), Metric("tokens"), Metric("reward", lam, 1000.0))
@@ -264,20 +263,11 @@ def single_pass(url: str, estimators: str, chunk: int, events: int) -> None:
     ``valgrind --tool=cachegrind --cache-sim=no`` with N and with 0 events and
     divide the difference by N.
     """
-    from stopbandit.replay.candidates import CandidateContext, LoggingCandidate, default_model, make_candidate, \
-        resolve_arms, resolve_lambda, snapshot_meta
-    from stopbandit.replay.cli_commands import has_traces, parse_estimators
+    from stopbandit.replay.candidates import LoggingCandidate
     from stopbandit.replay.logged import LogReader, Target, run_targets
     from stopbandit.replay.ope import IPS, Metric, make_estimator, reveal_matrix
-    from stopbandit.replay.store import ReplayStore
 
-    store = ReplayStore(url)
-    meta = snapshot_meta(store, "latest")
-    arms, _ = resolve_arms(None, meta)
-    lam, _ = resolve_lambda(None, store, meta, 0.2)
-    names = parse_estimators(estimators, traced=has_traces(store))
-    cand = make_candidate("latest", CandidateContext(store, arms, lam))
-    model = default_model(store, arms, cand)
+    store, arms, lam, names, cand, model = _latest_setup(url, estimators)
     ests = {n: make_estimator(n, reveals=reveal_matrix(arms)) for n in names}
     metrics = (Metric("em"), Metric("tokens"), Metric("reward", lam, 1000.0))
     targets = [Target("candidate", cand, ests, metrics),
