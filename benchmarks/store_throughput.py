@@ -6,7 +6,7 @@ PostgreSQL: the same rows are written (1) by a raw SQLAlchemy Core
 (``submit_*`` from the caller's thread, group commit in the background,
 ``flush`` included in the time). An *event* is one decision plus its outcome.
 The JSON encoder in use is printed: the store uses orjson when it is installed
-(``stopbandit.replay.store.dumps_json``), the raw baseline always SQLAlchemy's.
+(``stopbandit.replay.jsoncodec.dumps``), the raw baseline always SQLAlchemy's.
 
     python benchmarks/store_throughput.py [--events 100000] [--pg URL]
 """
@@ -22,7 +22,7 @@ import uuid
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from stopbandit.replay import store as store_module
+from stopbandit.replay import jsoncodec
 from stopbandit.replay.store import DECISIONS, OUTCOMES, ReplayStore, outcome_row
 from stopbandit.replay.writer import BatchWriter
 
@@ -102,10 +102,8 @@ def main() -> None:
     args = ap.parse_args()
     print(f"command: python benchmarks/store_throughput.py --events {args.events}"
           + (" --pg <throwaway PostgreSQL 15>" if args.pg else ""))
-    fast = getattr(store_module, "orjson", None)
     load = os.getloadavg()
-    print(f"load average at start: {load[0]:.2f}; writer's JSON encoder: "
-          + (f"orjson {fast.__version__}" if fast else "json (standard library)"))
+    print(f"load average at start: {load[0]:.2f}; writer's JSON encoder: {jsoncodec.accelerator()}")
     print("| backend | raw executemany (events/s) | batch writer (events/s) | writer / raw |")
     print("|---|---|---|---|")
     with tempfile.TemporaryDirectory() as d:

@@ -1,9 +1,10 @@
 """``stopbandit lambda …`` and ``stopbandit ab …``: read, set and target λ; compare and promote a challenger.
 
 Two plain click groups; register them with ``main.add_command(lambda_group)``
-and ``main.add_command(ab)``. Helpers of :mod:`stopbandit.cli` are imported
-when a command runs, so this module can be imported from ``cli.py`` at any
-point without an import cycle. User errors print one line and exit 2.
+and ``main.add_command(ab)``. Console, tables and error handling come from
+:mod:`stopbandit.clikit` (not ``cli.py``), so this module can be imported from
+``cli.py`` at any point without an import cycle. User errors print one line
+and exit 2.
 
 * ``lambda get`` / ``set VALUE --reason R [--who W]`` / ``history [--limit N]``:
   the ``lambda_changes`` table. Every change is a new row (value, reason, who,
@@ -28,26 +29,10 @@ from typing import Any
 
 import click
 
+from stopbandit.clikit import DB_HELP, console, table
 from stopbandit.clikit import emit_json as _emit_json
 from stopbandit.clikit import user_errors as _user_errors
 from stopbandit.errors import ConfigError, InputError
-
-DB_HELP = "SQLAlchemy URL of the replay store (default: $STOPBANDIT_DB, else sqlite:///stopbandit.db)."
-
-
-def _console():
-    """stdout; 160 columns when it is not a terminal (a file or a pipe), so tables of intervals are not squeezed."""
-    import sys
-
-    from rich.console import Console
-
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-
-
-def _table(title: str, columns: list[str], rows: list[list[Any]]):
-    from stopbandit.cli import table
-
-    return table(title, columns, rows)
 
 
 def _store(url: str | None):
@@ -147,7 +132,7 @@ def lambda_history(limit: int, url: str | None, as_json: bool) -> None:
         _emit_json([_change_dict(c) for c in changes])
         return
     rows = [[c.id, _iso(c.ts), f"{c.value:g}", c.who, c.reason] for c in changes]
-    _console().print(_table(f"λ history (newest {len(rows)})", ["#", "time", "λ", "who", "reason"], rows))
+    console.print(table(f"λ history (newest {len(rows)})", ["#", "time", "λ", "who", "reason"], rows))
 
 
 def _pick_target(token_budget: float | None, em_floor: float | None) -> tuple[str, float]:
@@ -279,16 +264,15 @@ def lambda_target(token_budget, em_floor, lambdas, snapshot, estimator, greedy, 
         rows.append([f"{pt['lam']:g}", f"{pt['em']['value']:.4f}",
                      f"[{pt['em']['ci_low']:.4f}, {pt['em']['ci_high']:.4f}]", f"{pt['tokens']['value']:,.1f}",
                      f"[{pt['tokens']['ci_low']:,.1f}, {pt['tokens']['ci_high']:,.1f}]", mark])
-    con = _console()
-    con.print(_table(f"λ sweep ({out['estimator']}, {out['mode']}, {out['events']} events, snapshot {out['snapshot']})",
-                     ["λ", "EM", f"{level} CI", "tokens", f"{level} CI", "pick"], rows))
-    con.print(f"{t['kind']}={t['value']:g}: λ = {p['lam']:g}; predicted EM {p['em']['value']:.4f} "
+    console.print(table(f"λ sweep ({out['estimator']}, {out['mode']}, {out['events']} events, snapshot {out['snapshot']})",
+                        ["λ", "EM", f"{level} CI", "tokens", f"{level} CI", "pick"], rows))
+    console.print(f"{t['kind']}={t['value']:g}: λ = {p['lam']:g}; predicted EM {p['em']['value']:.4f} "
               f"[{p['em']['ci_low']:.4f}, {p['em']['ci_high']:.4f}], tokens {p['tokens']['value']:,.1f} "
               f"[{p['tokens']['ci_low']:,.1f}, {p['tokens']['ci_high']:,.1f}] ({level})")
     if applied:
-        con.print(f"applied: change #{applied['id']} sets λ = {applied['value']:g}")
+        console.print(f"applied: change #{applied['id']} sets λ = {applied['value']:g}")
     else:
-        con.print("not applied (--apply sets it)")
+        console.print("not applied (--apply sets it)")
 
 
 # --------------------------------------------------------------------------- ab
@@ -341,9 +325,8 @@ def ab_report_cmd(challenger, lam, alpha, by_domain, url, as_json) -> None:
         d = rep.differences[m]
         diff.append(("+" if d.value >= 0 else "") + cell(m, d.value, d.low, d.high) + f" p={_fmt_metric('em', d.p_value)}")
     rows.append(diff)
-    con = _console()
-    con.print(_table(f"challenger {rep.challenger} ({_iso(rep.start)} – {_iso(rep.end)}), reward at λ={rep.lam:g}",
-                     ["group", "n", f"EM [{level} CI]", f"tokens [{level} CI]", f"reward [{level} CI]"], rows))
+    console.print(table(f"challenger {rep.challenger} ({_iso(rep.start)} – {_iso(rep.end)}), reward at λ={rep.lam:g}",
+                        ["group", "n", f"EM [{level} CI]", f"tokens [{level} CI]", f"reward [{level} CI]"], rows))
     if rep.by_domain:
         drows = []
         for dom, gs in rep.by_domain.items():
@@ -351,9 +334,9 @@ def ab_report_cmd(challenger, lam, alpha, by_domain, url, as_json) -> None:
                 if ms["em"].n:
                     drows.append([dom, g, ms["em"].n, _fmt_metric("em", ms["em"].value),
                                   _fmt_metric("tokens", ms["tokens"].value), _fmt_metric("reward", ms["reward"].value)])
-        con.print(_table("by domain", ["domain", "group", "n", "EM", "tokens", "reward"], drows))
+        console.print(table("by domain", ["domain", "group", "n", "EM", "tokens", "reward"], drows))
     for w in rep.warnings:
-        con.print(f"[bold yellow]WARNING[/] {w}")
+        console.print(f"[bold yellow]WARNING[/] {w}")
 
 
 @ab.command("promote")

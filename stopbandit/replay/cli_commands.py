@@ -25,10 +25,10 @@ from typing import Any
 
 import click
 
+from stopbandit.bandit.arms import ArmSet
+from stopbandit.clikit import DB_HELP, console, table
 from stopbandit.clikit import emit_json as _emit_json
 from stopbandit.clikit import user_errors as _user_errors
-
-from stopbandit.bandit.arms import ArmSet
 from stopbandit.errors import ConfigError, InputError
 from stopbandit.replay.candidates import (
     Candidate,
@@ -58,7 +58,6 @@ from stopbandit.replay.logged import (
 from stopbandit.replay.ope import ESTIMATORS, IPS, Estimate, Estimator, Metric, make_estimator, reveal_matrix
 from stopbandit.replay.store import OUTCOMES, ReplayStore, _guard
 
-DB_HELP = "SQLAlchemy URL of the replay store (default: $STOPBANDIT_DB, else sqlite:///stopbandit.db)."
 DEFAULT_ESTIMATORS = ("ips", "snips", "dr", "dm")
 GRAPH_ESTIMATORS = ("graph-ips", "graph-dr", "graph-chain-dr")
 METRIC_TITLES = {"em": "EM", "tokens": "tokens", "reward": "reward"}
@@ -257,22 +256,6 @@ def sweep_log(
 # --------------------------------------------------------------------------- CLI plumbing
 
 
-def _console():
-    """stdout; wide enough when piped (rich falls back to 80 columns) that table rows stay on one line."""
-    from rich.console import Console
-
-    con = Console(highlight=False)
-    if not con.is_terminal:
-        con = Console(highlight=False, width=140)
-    return con
-
-
-def _err_console():
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False)
-
-
 @dataclass
 class _Setup:
     store: ReplayStore
@@ -330,8 +313,6 @@ def _ci(metric: str, e: Estimate) -> str:
 
 
 def _counts_table(counts: LogCounts, title: str = "events"):
-    from stopbandit.cli import table
-
     c = counts
     return table(title, ["events", "used", "ok", "defaulted", "late", "excluded", "traced"],
                  [[c.events, c.used, c.ok, c.defaulted, c.late, c.excluded, c.traced]])
@@ -340,9 +321,8 @@ def _counts_table(counts: LogCounts, title: str = "events"):
 def _print_warnings(lines: Sequence[str]) -> None:
     from rich.markup import escape
 
-    con = _console()
     for w in lines:
-        con.print(f"[bold yellow]WARNING[/] {escape(w)}")
+        console.print(f"[bold yellow]WARNING[/] {escape(w)}")
 
 
 def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -406,15 +386,12 @@ def evaluate_cmd(url, config_path, include_defaulted, include_late, chunk, no_pr
     if as_json:
         _emit_json(ev.to_dict())
         return
-    from stopbandit.cli import table
-
-    con = _console()
     p = ev.policy
     desc = p["policy"] if "snapshot" not in p else (
         f"{p['policy']} = snapshot {p['snapshot']} ({p['kind']}, {p['mode']} at λ={p['lam']:g})")
     from rich.markup import escape
 
-    con.print(f"candidate: {escape(desc)}\nreward = em − {ev.lam:g}·tokens/{ev.token_scale:g} (λ from {s.lam_source}); "
+    console.print(f"candidate: {escape(desc)}\nreward = em − {ev.lam:g}·tokens/{ev.token_scale:g} (λ from {s.lam_source}); "
               f"arms {list(s.arms.names)} (from {s.arms_source}); DM/DR model: {ev.model or 'none'}; "
               f"{ev.counts.used:,} events in {ev.seconds:.1f} s ({ev.jobs} process{'es' if ev.jobs > 1 else ''})")
     level = f"{100 * (1 - alpha):g}% CI (normal)"
@@ -430,8 +407,8 @@ def evaluate_cmd(url, config_path, include_defaulted, include_late, chunk, no_pr
                          f"{100 * e.unsupported_share:.1f}%",
                          f"{100 * e.fallback_share:.1f}%" if name.startswith("graph") else ""])
         title = METRIC_TITLES[metric] + (f" at λ={ev.lam:g}" if metric == "reward" else "")
-        con.print(table(title, ["estimator", "value", level, "ESS", "max weight", "unsupported", "no trace"], rows))
-    con.print(_counts_table(ev.counts))
+        console.print(table(title, ["estimator", "value", level, "ESS", "max weight", "unsupported", "no trace"], rows))
+    console.print(_counts_table(ev.counts))
     _print_warnings(ev.warnings())
 
 
@@ -474,10 +451,7 @@ def train_cmd(url, config_path, include_defaulted, include_late, chunk, no_progr
     if as_json:
         _emit_json(report.to_dict())
         return
-    from stopbandit.cli import table
-
-    con = _console()
-    con.print(f"split at {iso_time(split.cutoff)} ({split.how}): train on {split.n_train} events, "
+    console.print(f"split at {iso_time(split.cutoff)} ({split.how}): train on {split.n_train} events, "
               f"hold out {split.n_test}; learned from {report.train.learned} events "
               f"({report.train.traced} traced, {report.train.revealed_updates} arm updates) in "
               f"{report.train.seconds:.1f} s")
@@ -490,10 +464,10 @@ def train_cmd(url, config_path, include_defaulted, include_late, chunk, no_progr
             row += [_fmt(metric, e.value), _ci(metric, e)]
         rows.append(row)
     dr = report.candidate["dr"]["em"]
-    con.print(table(f"held-out part: new heads (greedy at λ={report.lam:g}) vs the logging policy",
-                    ["metric", "logging (on-policy)", "95% CI", "new: DR", "95% CI", "new: SNIPS", "95% CI"], rows))
-    con.print(f"ESS {dr.ess:,.1f} of {dr.n}, max weight {dr.max_weight:.3g}")
-    con.print(_counts_table(report.test_counts, "held-out events"))
+    console.print(table(f"held-out part: new heads (greedy at λ={report.lam:g}) vs the logging policy",
+                        ["metric", "logging (on-policy)", "95% CI", "new: DR", "95% CI", "new: SNIPS", "95% CI"], rows))
+    console.print(f"ESS {dr.ess:,.1f} of {dr.n}, max weight {dr.max_weight:.3g}")
+    console.print(_counts_table(report.test_counts, "held-out events"))
     warn = []
     for by_metric in report.candidate.values():
         label = next(iter(by_metric.values())).estimator
@@ -501,12 +475,12 @@ def train_cmd(url, config_path, include_defaulted, include_late, chunk, no_progr
             warn.append(f"[{label}] {w}")
     _print_warnings(report.test_counts.warnings() + warn)
     if report.saved and report.role == "candidate":
-        con.print(f"saved candidate snapshot [bold]{report.version}[/] (not served until promoted: "
+        console.print(f"saved candidate snapshot [bold]{report.version}[/] (not served until promoted: "
                   f"`stopbandit ab promote --version {report.version}`)")
     elif report.saved:
-        con.print(f"saved snapshot [bold]{report.version}[/] (serving Selectors that follow the store will load it)")
+        console.print(f"saved snapshot [bold]{report.version}[/] (serving Selectors that follow the store will load it)")
     else:
-        con.print(f"dry run: snapshot {report.version} not saved")
+        console.print(f"dry run: snapshot {report.version} not saved")
 
 
 @replay.command("sweep")
@@ -575,11 +549,8 @@ def sweep_cmd(url, config_path, include_defaulted, include_late, chunk, no_progr
                     "trained": trained, "arms": list(s.arms.names)})
         _emit_json(out)
         return
-    from stopbandit.cli import table
-
-    con = _console()
     if trained:
-        con.print(f"heads trained on {trained['train']['learned']} events before "
+        console.print(f"heads trained on {trained['train']['learned']} events before "
                   f"{trained['split']['cutoff_iso']}; evaluated on the {res.counts.used} events from then on")
     rows = []
     for p in res.points:
@@ -592,9 +563,9 @@ def sweep_cmd(url, config_path, include_defaulted, include_late, chunk, no_progr
     lg_em, lg_tok = res.logging["em"], res.logging["tokens"]
     rows.append(["logging policy", _fmt("em", lg_em.value), _ci("em", lg_em), _fmt("tokens", lg_tok.value),
                  _ci("tokens", lg_tok), "", f"{lg_em.n:,}", "1"])
-    con.print(table(f"λ sweep ({res.estimator}, greedy{' + exploration' if explore else ''})",
-                    ["λ", "EM", "95% CI", "tokens", "95% CI", "reward", "ESS", "max weight"], rows))
-    con.print(_counts_table(res.counts))
+    console.print(table(f"λ sweep ({res.estimator}, greedy{' + exploration' if explore else ''})",
+                        ["λ", "EM", "95% CI", "tokens", "95% CI", "reward", "ESS", "max weight"], rows))
+    console.print(_counts_table(res.counts))
     warn = []
     for p in res.points:
         for w in p.em.warnings:
@@ -602,7 +573,7 @@ def sweep_cmd(url, config_path, include_defaulted, include_late, chunk, no_progr
                 warn.append(f"[λ={p.lam:g}] {w}")
     _print_warnings(res.counts.warnings() + warn)
     if written:
-        con.print(f"wrote {written}")
+        console.print(f"wrote {written}")
 
 
 FORMATS = ("dsjson", "csv")
@@ -691,21 +662,18 @@ def import_cmd(path, url, config_path, fmt, on_error, as_json) -> None:
     if as_json:
         _emit_json(report.to_dict())
     else:
-        from stopbandit.cli import table
-
-        con = _console()
         r = report
-        con.print(table(f"import {path} ({fmt}, --on-error {on_error})",
-                        ["lines", "valid", "imported", "already stored", "decision only", "malformed"],
-                        [[r.lines, r.valid, r.inserted, r.duplicates, r.decisions_only, r.error_count]]))
+        console.print(table(f"import {path} ({fmt}, --on-error {on_error})",
+                            ["lines", "valid", "imported", "already stored", "decision only", "malformed"],
+                            [[r.lines, r.valid, r.inserted, r.duplicates, r.decisions_only, r.error_count]]))
         if r.errors:
             shown = r.errors[:20]
             from rich.markup import escape
 
-            con.print(table("malformed lines" + (" (skipped)" if not failed else ""), ["line", "problem"],
-                            [[e.line, escape(e.message)] for e in shown]))
+            console.print(table("malformed lines" + (" (skipped)" if not failed else ""), ["line", "problem"],
+                                [[e.line, escape(e.message)] for e in shown]))
             if r.error_count > len(shown):
-                con.print(f"… and {r.error_count - len(shown)} more (--json lists up to 1000)")
+                console.print(f"… and {r.error_count - len(shown)} more (--json lists up to 1000)")
         if r.from_cost:
             _print_warnings([f"{r.from_cost} foreign events carry only a cost: stored as em = clip(−cost, 0, 1), "
                              f"tokens = 0, lam = 0 ({r.clipped} costs were outside [−1, 0] and clipped)"])

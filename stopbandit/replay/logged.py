@@ -48,7 +48,6 @@ driver. ``benchmarks/ope_scale.py`` measures a million events this way.
 from __future__ import annotations
 
 import gc
-import json
 import math
 import os
 import time
@@ -68,41 +67,16 @@ from sqlalchemy.exc import OperationalError
 
 from stopbandit.bandit.arms import Arm, ArmSet
 from stopbandit.errors import ConfigError, InputError
+from stopbandit.replay import jsoncodec
 from stopbandit.replay.ope import Accumulator, Estimate, Estimator, LoggedData, Metric
 from stopbandit.replay.store import DECISIONS, OUTCOME_STATUSES, OUTCOMES, ReplayStore, _guard
 
 if TYPE_CHECKING:  # pragma: no cover
     from stopbandit.replay.candidates import Candidate, HeadsModel
 
-try:  # an optional accelerator: the same JSON, parsed ~5x faster; the stdlib is the fallback
-    import orjson as _orjson
-
-    _fast_loads: Callable[[Any], Any] = _orjson.loads
-    _FastError: type[Exception] = _orjson.JSONDecodeError
-
-    def _loads(text: str | bytes) -> Any:
-        try:
-            return _orjson.loads(text)
-        except _orjson.JSONDecodeError:
-            return json.loads(text)  # NaN/Infinity literals and other leniencies of the stdlib
-except ImportError:  # pragma: no cover - depends on the environment
-    _loads = _fast_loads = json.loads
-    _FastError = ValueError
-
-loads_json = _loads
-"""Decode one stored JSON text (orjson when installed, the stdlib for what it rejects)."""
-
-
-def loads_many(values: Sequence[Any]) -> list[Any]:
-    """``[loads_json(v) for v in values]``, values that are already decoded (dicts) kept as they are.
-
-    The common case, every value a text the fast parser accepts, runs as one
-    comprehension without the per-value fallback wrapper.
-    """
-    try:
-        return [_fast_loads(v) for v in values]
-    except (_FastError, TypeError):
-        return [v if isinstance(v, dict) else _loads(v) for v in values]
+loads_json = jsoncodec.loads
+"""Decode one stored JSON text (:func:`stopbandit.replay.jsoncodec.loads`: orjson, the stdlib for what it rejects)."""
+loads_many = jsoncodec.loads_many
 
 DEFAULT_CHUNK = 5000
 MAX_CHUNK = 200_000

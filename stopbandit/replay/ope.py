@@ -108,7 +108,6 @@ from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import numpy as np
-from scipy import stats as _stats
 
 from stopbandit.errors import ConfigError, InputError
 
@@ -629,7 +628,7 @@ class Accumulator:
                 ss = self.m2_num - 2 * value * self.m2_cross + value * value * self.m2_den
                 var_psi = max(ss, 0.0) / ((n - 1) * self.mean_den**2)
                 se = math.sqrt(var_psi / n)
-        z = float(_stats.norm.ppf(1 - alpha / 2))
+        z = _normal_quantile(1 - alpha / 2)
         low, high = value - z * se, value + z * se
         if math.isnan(value):
             low = high = math.nan
@@ -642,6 +641,18 @@ class Accumulator:
             metric=self.metric.kind, lam=self.metric.lam, token_scale=self.metric.token_scale,
             fallback_share=self.n_fallback / n, warnings=tuple(warnings),
         )
+
+
+def _normal_quantile(q: float) -> float:
+    """The standard normal's ``q`` quantile (``z`` of a two-sided interval).
+
+    scipy is imported here, not at the top: importing it took about a second
+    of every start that imports the estimators and never builds an interval
+    (``stopbandit --help`` listing the replay group did).
+    """
+    from scipy import stats
+
+    return float(stats.norm.ppf(q))
 
 
 def _support_warnings(acc: Accumulator, ess: float) -> list[str]:
@@ -959,8 +970,14 @@ def reveal_matrix(arms: ArmSet) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
 class _GraphBase(Estimator):
+    """The graph-feedback estimators' shared setting (``reveals``, validated once) and observation weights."""
+
     reveals: tuple[tuple[bool, ...], ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reveals", _check_reveals(self.reveals))
 
     def _graph(self, data: LoggedData, view: _View):
         R = np.array(self.reveals, dtype=bool)
@@ -993,11 +1010,7 @@ class GraphIPS(_GraphBase):
     ``reveals`` is a (K, K) boolean matrix, see :func:`reveal_matrix`.
     """
 
-    reveals: tuple[tuple[bool, ...], ...]
     name: ClassVar[str] = "GraphIPS"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "reveals", _check_reveals(self.reveals))
 
     def _parts(self, data: LoggedData, view: _View) -> _Parts:
         use, fallback, partial, ratio, rev, w, unsup = self._graph(data, view)
@@ -1013,12 +1026,8 @@ class GraphDR(_GraphBase):
     Events without a (complete) trace get the plain DR contribution.
     """
 
-    reveals: tuple[tuple[bool, ...], ...]
     name: ClassVar[str] = "GraphDR"
     needs_model: ClassVar[bool] = True
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "reveals", _check_reveals(self.reveals))
 
     def _parts(self, data: LoggedData, view: _View) -> _Parts:
         use, fallback, partial, ratio, rev, w, unsup = self._graph(data, view)
@@ -1062,12 +1071,8 @@ class GraphChainDR(_GraphBase):
     Events without a (complete) trace get the plain DR contribution.
     """
 
-    reveals: tuple[tuple[bool, ...], ...]
     name: ClassVar[str] = "GraphChainDR"
     needs_model: ClassVar[bool] = True
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "reveals", _check_reveals(self.reveals))
 
     def _parts(self, data: LoggedData, view: _View) -> _Parts:
         use, fallback, partial, ratio, rev, w, unsup = self._graph(data, view)

@@ -50,11 +50,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from stopbandit.errors import InputError
-
-try:  # optional accelerator: encoding spill lines holds the GIL (see encode)
-    import orjson
-except ImportError:  # pragma: no cover - exercised where orjson is not installed
-    orjson = None
+from stopbandit.replay import jsoncodec
 
 KINDS = ("d", "o", "l")
 SpillItem = tuple[str, dict[str, Any]]
@@ -97,26 +93,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-_ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # one encoder: ``json.dumps(..., separators=…)``
-# builds a new one per call
-
-
 def encode(items: Sequence[tuple[str, Mapping[str, Any]]]) -> bytes:
     """The spill lines of ``items``; TypeError/ValueError for a row that is not JSON.
 
-    orjson when installed (several times faster: during an outage every row is
-    encoded here, holding the GIL the serving threads need); a row it refuses
-    goes through ``json`` (so what can be spilled is what the standard library
-    accepts).
+    The error is a :class:`~stopbandit.replay.jsoncodec.NotJSONError`, naming
+    the row's line in the batch and the offending key. Encoded by orjson
+    (several times faster than the standard library: during an outage every
+    row is encoded here, holding the GIL the serving threads need); a row it
+    refuses goes through ``json``, so what can be spilled is what the standard
+    library accepts (:func:`~stopbandit.replay.jsoncodec.dumps_lines`).
     """
-    if orjson is not None:
-        try:
-            dumps = orjson.dumps
-            return b"".join([dumps({"k": k, "r": r}) + b"\n" for k, r in items])
-        except TypeError:
-            pass
-    enc = _ENCODE
-    return "".join([enc({"k": k, "r": r}) + "\n" for k, r in items]).encode("utf-8")
+    return jsoncodec.dumps_lines([{"k": k, "r": r} for k, r in items])
 
 
 def _write_all(fd: int, blob: bytes) -> None:
@@ -319,7 +306,8 @@ class SpillFile:
             self._replay_lines = self._replay_bytes = 0
 
 
-_NAME = r"\.(\d+-[0-9a-f]{8})\.jsonl(?:\.replay|\.lock)?$"
+_NAME = re.compile(r"\.(\d+-[0-9a-f]{8})\.jsonl(?:\.replay|\.lock)?$")
+"""What follows the prefix in a writer's spill file names (live, ``.replay``, ``.lock``)."""
 
 
 def spill_files(prefix: str | os.PathLike[str]) -> list[Path]:
@@ -330,12 +318,14 @@ def spill_files(prefix: str | os.PathLike[str]) -> list[Path]:
     The ``.rejected.jsonl`` file never matches.
     """
     prefix = Path(prefix)
-    pattern = re.compile(re.escape(prefix.name) + _NAME)
+    head = prefix.name
     try:
         names = os.listdir(prefix.parent)
     except FileNotFoundError:
         return []
-    found = {prefix.parent / f"{prefix.name}.{m.group(1)}.jsonl" for n in names if (m := pattern.match(n))}
+    match = _NAME.match
+    found = {prefix.parent / f"{head}.{m.group(1)}.jsonl"
+             for n in names if n.startswith(head) and (m := match(n, len(head)))}
     return sorted(found)
 
 
@@ -416,7 +406,7 @@ class SpillReader:
 
 def parse_line(raw: bytes | str) -> SpillItem:
     try:
-        obj = json.loads(raw)
+        obj = jsoncodec.loads(raw)
         kind, row = obj["k"], obj["r"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
         raise InputError(f"spill line does not parse: {exc}") from exc

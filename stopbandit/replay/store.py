@@ -10,7 +10,6 @@ once and runs it as a driver-level executemany (:class:`_BulkInsert`).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,12 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from stopbandit.errors import ConflictError, InputError, StoreError, UnknownDecisionError
-
-try:  # optional accelerator for the serving path's JSON columns (see dumps_json)
-    import orjson
-except ImportError:  # pragma: no cover - exercised where orjson is not installed
-    orjson = None
-from stopbandit.replay import migrate
+from stopbandit.replay import jsoncodec, migrate
 from stopbandit.replay.engine import make_engine, redact, resolve_url
 from stopbandit.replay.models import SNAPSHOT_ROLES, DecisionRow, LambdaChangeRow, OutcomeRow, SnapshotRow
 from stopbandit.replay.validate import check_em, check_key, check_latency, check_tokens
@@ -110,27 +104,6 @@ def _guard(what: str, engine: Engine):
     return _G()
 
 
-def dumps_json(value: Any) -> str:
-    """JSON text of a JSON column's value, as the column stores it.
-
-    Why not only ``json.dumps``: encoding features and probabilities was the
-    largest single cost of the batch writer per row; orjson (when installed)
-    does it several times faster. Its text is compact where ``json.dumps``
-    puts spaces, which readers do not see. A value orjson refuses (a numpy
-    scalar, a non-string key) goes through ``json.dumps``, so what can be
-    stored is what the standard library accepts. (orjson writes NaN as null;
-    every float that reaches the store is checked finite first.)
-    """
-    if value is None:
-        return "null"
-    if orjson is not None:
-        try:
-            return orjson.dumps(value).decode()
-        except TypeError:
-            pass
-    return json.dumps(value)
-
-
 class _BulkInsert:
     """One ``INSERT … ON CONFLICT DO NOTHING`` of many rows, sent through the driver.
 
@@ -141,7 +114,9 @@ class _BulkInsert:
     (quoting, PostgreSQL's casts, ON CONFLICT) — and still wraps driver errors
     (IntegrityError, OperationalError, …) through ``exec_driver_sql``; only
     the per-row work is done here: one ``itemgetter`` per row, JSON columns
-    serialised by :func:`dumps_json`. Every value stays a bound parameter.
+    serialised by :func:`stopbandit.replay.jsoncodec.dumps` (orjson; why: encoding
+    features and probabilities was the largest single cost per row). Every
+    value stays a bound parameter.
 
     ``multi_rows`` (SQLite): rows go in multi-row ``VALUES`` statements of
     power-of-two sizes up to that many rows, not an executemany. Python's
@@ -180,7 +155,7 @@ class _BulkInsert:
                 values = list(self._get(row))
             except KeyError:  # an optional field left out: its default (a missing required field raises)
                 values = [row[n] if n in row or n not in self.defaults else self.defaults[n] for n in self.names]
-            dumps = dumps_json
+            dumps = jsoncodec.dumps
             for i in self._json:
                 values[i] = dumps(values[i])
         except (KeyError, TypeError, ValueError) as exc:

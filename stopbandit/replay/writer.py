@@ -578,7 +578,8 @@ class BatchWriter:
             encode([item])
             return True
         except (TypeError, ValueError) as exc:
-            self._reject(item[0], item[1], f"not JSON: {exc}")
+            why = str(exc)  # NotJSONError names the key: "features.x is not JSON: …"
+            self._reject(item[0], item[1], why if "not JSON" in why else f"not JSON: {why}")
             return False
 
     def _count(self, name: str, n: int) -> None:

@@ -258,11 +258,11 @@ def test_write_batch_names_a_row_it_cannot_encode(store, change, match):
     None,
 ])
 def test_json_columns_read_back_the_same_with_and_without_orjson(store, monkeypatch, value):
-    from stopbandit.replay import store as store_module
+    from stopbandit.replay import jsoncodec
 
     for accelerated in (True, False):
         if not accelerated:
-            monkeypatch.setattr(store_module, "orjson", None)
+            monkeypatch.setattr(jsoncodec, "orjson", None)
         key = f"j-{accelerated}"
         trace = value if isinstance(value, dict) else None
         store.write_batch([{**decision(key), "features": value}],
