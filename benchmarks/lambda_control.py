@@ -26,7 +26,17 @@ target`` on a 10,000-request log, then the realized tokens/EM of the next
 ``--holdout`` share, default guardrail settings, math degraded ×0.15 on
 requests [10,000, 50,000) of 70,000).
 
+Reference runs (``--hindsight``): for every seed and target, the same
+Selector and stream with the controller off and λ held constant per phase
+(before / after the shift), each constant found by a short secant search so
+that, in hindsight, the phase's mean tokens sit on B (or its EM on the
+floor's setpoint). They show how far a perfectly tuned constant λ gets on
+the 2,000-window criteria; an i.i.d. resampling of their outcomes at exactly
+the target mean (``oracle``) gives the pure sampling noise floor.
+
     python benchmarks/lambda_control.py --seeds 0,1,2 --jobs 2
+    python benchmarks/lambda_control.py --seeds 0,1,2 --jobs 2 --hindsight
+    python benchmarks/lambda_control.py --seeds 0,1,2 --jobs 2 --mix-ff on     # domain-mix feed-forward
 """
 
 from __future__ import annotations
@@ -60,6 +70,8 @@ class Run:
     seconds: float
     lambda_rows: int
     fallback: tuple[str, ...]
+    domains: np.ndarray | None = None  # (n,) domain of each request (str)
+    lams: tuple[float, float] | None = None  # constant λ before / after the shift (hindsight runs)
 
 
 def trailing(x: np.ndarray, w: int = WINDOW) -> np.ndarray:
@@ -72,31 +84,36 @@ def trailing(x: np.ndarray, w: int = WINDOW) -> np.ndarray:
 
 def one_run(scenario: str, seed: int, n: int, shift_at: int, budget: float, floor: float, lam0: float,
             holdout: float, margin: float, enforce: bool, interval: int | None, ki: float | None = None,
-            ff: dict | None = None) -> Run:
+            ff: dict | None = None, floor_margin: float | None = None,
+            lams: tuple[float, float] | None = None) -> Run:
+    """One run; ``lams`` = (λ before, λ after the shift): the controller is off and λ is held at those."""
     from stopbandit import Selector
     from stopbandit.control import ControlledSelector, ControllerConfig, GuardrailConfig, LambdaController, Target
     from stopbandit.sim import DomainShift, SimConfig, Simulator, run
 
-    target = Target.token_budget(budget) if scenario == "budget" else Target.em_floor(floor)
+    target = Target.token_budget(budget) if scenario == "budget" else Target.em_floor(floor, floor_margin)
     with tempfile.TemporaryDirectory() as tmp:
-        sel = Selector.open(f"sqlite:///{tmp}/replay.db", lam=lam0, seed=seed)
+        sel = Selector.open(f"sqlite:///{tmp}/replay.db", lam=lam0 if lams is None else lams[0], seed=seed)
         guard = GuardrailConfig(holdout_share=holdout, margin=margin, enforce=enforce) if holdout > 0 else None
         cfg = ControllerConfig(**{"ki": ki, **({} if interval is None else {"interval": interval}), **(ff or {})})
-        cs = ControlledSelector(sel, controller=LambdaController(target, cfg), guardrail=guard, seed=seed,
-                                owns_selector=True)
+        controller = LambdaController(target, cfg) if lams is None else None
+        cs = ControlledSelector(sel, controller=controller, guardrail=guard, seed=seed, owns_selector=True)
         schedule = (DomainShift(at=shift_at, mix=SHIFT_MIX),) if shift_at < n else ()
         sim = Simulator(SimConfig(schedule=schedule), seed=100 + seed)
         tokens = np.empty(n)
         em = np.empty(n)
         lam = np.empty(n)
+        domains = np.empty(n, dtype=object)
         transitions: list[tuple[int, str, str, float]] = []
         seen = 0
         t0 = time.perf_counter()
         for i, r in enumerate(sim.stream(n)):
+            if lams is not None and i == shift_at:
+                sel.set_lambda(lams[1], reason="benchmark: hindsight λ after the shift", who="benchmark")
             d = cs.choose(r.prompt, domain=r.domain, request_id=r.request_id)
             o = run(r, d.arm)
             cs.reward(d.decision_id, em=o.em, tokens=o.tokens, trace=o.trace, reference=r.reference)
-            tokens[i], em[i], lam[i] = o.tokens, o.em, d.lam
+            tokens[i], em[i], lam[i], domains[i] = o.tokens, o.em, d.lam, r.domain
             if cs.guardrail is not None and i % 100 == 0:
                 tr = cs.guardrail.transitions()
                 transitions += [(i, t.domain, t.to, round(t.check.relative_loss, 3)) for t in tr[seen:]]
@@ -107,7 +124,90 @@ def one_run(scenario: str, seed: int, n: int, shift_at: int, budget: float, floo
         rows = len(sel.store.lambda_history(100_000))
         cs.close()
     return Run(scenario, seed, budget if scenario == "budget" else floor, tokens, em, lam, h.routes, transitions,
-               h.controller.moves if h.controller else 0, seconds, rows, h.fallback)
+               h.controller.moves if h.controller else 0, seconds, rows, h.fallback, domains.astype(str), lams)
+
+
+def phases(n: int, shift_at: int, warmup: int) -> list[tuple[int, int]]:
+    """Request ranges a hindsight λ is tuned on: [warm-up, shift) and [shift, n), or [warm-up, n) without a shift."""
+    return [(warmup, shift_at), (shift_at, n)] if shift_at < n else [(warmup, n)]
+
+
+def phase_goal(scenario: str, budget: float, floor: float, floor_margin: float | None = None) -> float:
+    """What a hindsight phase mean is put on: B (tokens) or the floor's setpoint (EM)."""
+    from stopbandit.control import Target
+
+    return budget if scenario == "budget" else Target.em_floor(floor, floor_margin).setpoint
+
+
+HINDSIGHT_SLOPE = {"budget": -1.1, "floor": -0.4}
+"""d(mean)/dλ relative to the goal, the prior slope of the secant search (see ``DEFAULT_KI``)."""
+
+
+def hindsight_run(scenario: str, seed: int, guess: tuple[float, float], warmup: int, iters: int, tol: float,
+                  *common) -> tuple[Run, list[tuple[tuple[float, float], list[float]]]]:
+    """Constant λ per phase, found by a secant search on each phase's mean; the run closest to the goal.
+
+    Both phases are updated from the same run at each iteration (the second
+    phase depends on the first one's λ only through what the policy learned).
+    Returns the best run and the search history ((λ1, λ2), relative errors).
+    """
+    n, shift_at, budget, floor = common[0], common[1], common[2], common[3]
+    goal = phase_goal(scenario, budget, floor, common[11])
+    ranges = phases(n, shift_at, warmup)
+    lams = [min(2.0, max(0.0, g)) for g in guess[: len(ranges)]]
+    history: list[tuple[tuple[float, float], list[float]]] = []
+    best: tuple[float, Run] | None = None
+    for _ in range(iters):
+        pair = (lams[0], lams[-1])
+        r = one_run(scenario, seed, *common, lams=pair)
+        x = r.tokens if scenario == "budget" else r.em
+        errs = [float(x[a:b].mean()) / goal - 1.0 for a, b in ranges]
+        history.append((pair, errs))
+        worst = max(abs(e) for e in errs)
+        if best is None or worst < best[0]:
+            best = (worst, r)
+        if worst < tol:
+            return r, history
+        for k in range(len(ranges)):
+            slope = HINDSIGHT_SLOPE[scenario]
+            if len(history) >= 2:
+                (l_prev, e_prev), (l_now, e_now) = history[-2], history[-1]
+                dl = (l_now[0], l_now[1])[k] - (l_prev[0], l_prev[1])[k]
+                if abs(dl) > 1e-4 and (e_now[k] - e_prev[k]) / dl < 0:
+                    slope = (e_now[k] - e_prev[k]) / dl
+            step = max(-0.3, min(0.3, -errs[k] / slope))
+            lams[k] = min(2.0, max(0.0, lams[k] + step))
+    return best[1] if best is not None else r, history
+
+
+def oracle_noise(r: Run, scenario: str, shift_at: int, warmup: int, goal: float, reps: int = 200,
+                 seed: int = 0) -> dict[str, float]:
+    """The sampling noise floor: i.i.d. resamples of each phase's outcomes at exactly the goal mean.
+
+    Budget: tokens resampled per phase and rescaled to mean B; the share of
+    resampled runs whose 2,000-windows (ending after request 5,000) leave ±5 %
+    at least once, and the median of their largest deviation. Floor: EM drawn
+    i.i.d. Bernoulli(setpoint); the share of runs with a window (starting
+    after the warm-up) below F − 1 point, and the median of the minimum.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(r.tokens)
+    ranges = [(0, shift_at), (shift_at, n)] if shift_at < n else [(0, n)]
+    worst = np.empty(reps)
+    for j in range(reps):
+        if scenario == "budget":
+            x = np.empty(n)
+            for a, b in ranges:
+                src = r.tokens[max(a, 5000 if a == 0 else a):b]
+                x[a:b] = rng.choice(src, size=b - a) * (goal / src.mean())
+            worst[j] = np.nanmax(np.abs(trailing(x) / goal - 1.0)[5000:])
+        else:
+            x = (rng.random(n) < goal).astype(float)
+            worst[j] = np.nanmin(trailing(x)[warmup + WINDOW - 1:])
+    if scenario == "budget":
+        return {"oracle_p_leave_5pct": float(np.mean(worst > 0.05)), "oracle_median_max_dev": float(np.median(worst))}
+    return {"oracle_p_below_floor_minus_1pt": float(np.mean(worst < r.target - 0.01)),
+            "oracle_median_min_window_em": float(np.median(worst))}
 
 
 def offline_run(seed: int, budget: float, floor: float, lam0: float, n_log: int = 10_000, n_check: int = 5_000) -> dict:
@@ -241,6 +341,12 @@ def floor_figures(r: Run, shift_at: int, warmup: int) -> dict[str, float]:
     return out
 
 
+def save(r: Run, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, tokens=r.tokens, em=r.em, lam=r.lam,
+                        domains=r.domains if r.domains is not None else np.array([], dtype=str))
+
+
 def plot(runs: list[Run], scenario: str, shift_at: int, warmup: int, path: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -287,6 +393,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=5_000)
     ap.add_argument("--budget", type=float, default=650.0)
     ap.add_argument("--floor", type=float, default=0.64)
+    ap.add_argument("--floor-margin", type=float, default=None,
+                    help="Setpoint margin above the EM floor (default: Target.em_floor's, 2 standard errors of a "
+                         "2,000-window).")
     ap.add_argument("--lam0", type=float, default=0.2)
     ap.add_argument("--holdout", type=float, default=0.02)
     ap.add_argument("--margin", type=float, default=0.10, help="Guardrail margin (relative EM loss tolerated).")
@@ -303,6 +412,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-warmup", type=int, default=None, help="Feed-forward: outcomes before the model is used.")
     ap.add_argument("--calibration", type=int, default=None,
                     help="Feed-forward: rewarded contexts over which the heads are calibrated per domain.")
+    ap.add_argument("--mix-ff", choices=("on", "off"), default=None,
+                    help="Domain-mix feed-forward of the controller (default: ControllerConfig's default).")
+    ap.add_argument("--mix-recent", type=int, default=None, help="Mix feed-forward: outcomes in the recent mix.")
+    ap.add_argument("--mix-gain", type=float, default=None, help="Mix feed-forward: λ per unit relative mix error.")
+    ap.add_argument("--mix-gate", type=float, default=None,
+                    help="Mix feed-forward: shift detection threshold in standard deviations (0: always on).")
+    ap.add_argument("--hindsight", action="store_true",
+                    help="Also run the hindsight-λ reference (controller off, the best constant λ per phase).")
+    ap.add_argument("--hindsight-iters", type=int, default=5, help="Runs per hindsight search (at most).")
+    ap.add_argument("--hindsight-tol", type=float, default=0.002,
+                    help="Stop the hindsight search when every phase mean is within this relative error.")
+    ap.add_argument("--save", default=None, help="Directory for per-run arrays (npz: tokens, em, lam, domains).")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--scenarios", default="budget,floor")
     ap.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1))
@@ -314,10 +435,13 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(sc, s) for sc in scenarios if sc in ("budget", "floor") for s in seeds]
     ff = {k: v for k, v in (("feedforward", None if args.feedforward is None else args.feedforward == "on"),
                             ("contexts", args.contexts), ("bias_gain", args.bias_gain),
-                            ("calibration", args.calibration), ("model_warmup", args.model_warmup))
+                            ("calibration", args.calibration), ("model_warmup", args.model_warmup),
+                            ("mix_feedforward", None if args.mix_ff is None else args.mix_ff == "on"),
+                            ("mix_recent", args.mix_recent), ("mix_gain", args.mix_gain),
+                            ("mix_gate", args.mix_gate))
           if v is not None}
     common = (args.requests, args.shift_at, args.budget, args.floor, args.lam0, args.holdout, args.margin,
-              args.enforce, args.interval, args.ki, ff)
+              args.enforce, args.interval, args.ki, ff, args.floor_margin)
     print(f"# {' '.join(sys.argv)}")
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
@@ -327,6 +451,14 @@ def main(argv: list[str] | None = None) -> int:
         guards = [pool.submit(guardrail_run, seeds[0], float(h)) for h in args.holdouts.split(",")] \
             if "guardrail" in scenarios else []
         runs = [f.result() for f in futures]
+        hind: dict[tuple[str, int], object] = {}
+        if args.hindsight:
+            for r in runs:
+                guess = tuple(float(r.lam[a:b].mean()) for a, b in phases(args.requests, args.shift_at,
+                                                                          args.warmup))
+                hind[(r.scenario, r.seed)] = pool.submit(hindsight_run, r.scenario, r.seed, guess, args.warmup,
+                                                         args.hindsight_iters, args.hindsight_tol, *common)
+            hind = {k: f.result() for k, f in hind.items()}
         offline_results = [f.result() for f in offline]
         guard_results = [f.result() for f in guards]
     print(f"# {len(runs)} runs of {args.requests} requests in {time.perf_counter() - t0:.0f} s")
@@ -352,6 +484,20 @@ def main(argv: list[str] | None = None) -> int:
                   + f", λ moves={r.moves}, λ rows={r.lambda_rows}, routes={r.routes}, guardrail transitions "
                     f"(request, domain, to, relative loss)={r.transitions}, "
                     f"{per_req:.2f} ms/request")
+            if args.save:
+                save(r, Path(args.save) / f"{sc}{args.tag}_seed{r.seed}.npz")
+            if (sc, r.seed) in hind:
+                h, history = hind[(sc, r.seed)]
+                hf = budget_figures(h, args.shift_at) if sc == "budget" else floor_figures(h, args.shift_at,
+                                                                                         args.warmup)
+                goal = phase_goal(sc, args.budget, args.floor, args.floor_margin)
+                hf.update(oracle_noise(h, sc, args.shift_at, args.warmup, goal, seed=r.seed))
+                print(f"  hindsight seed {r.seed}: λ before/after shift = {h.lams[0]:.4f}/{h.lams[1]:.4f} "
+                      f"(search: " + "; ".join(f"({a:.4f}, {b:.4f}) -> " + ", ".join(f"{e:+.4f}" for e in errs)
+                                              for (a, b), errs in history) + "), "
+                      + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in hf.items()))
+                if args.save:
+                    save(h, Path(args.save) / f"{sc}{args.tag}_hindsight_seed{r.seed}.npz")
         name = f"lambda_{sc}{args.tag}.png"
         print(f"wrote {plot(rs, sc, args.shift_at, args.warmup, Path(args.img) / name)}")
     return 0

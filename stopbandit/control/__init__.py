@@ -5,6 +5,8 @@
 
 * :mod:`~stopbandit.control.controller`: dual ascent / PI on λ toward a token
   budget or an EM floor; every move is a logged ``set_lambda``;
+  :mod:`~stopbandit.control.mix`: the domain-mix feed-forward it uses by default
+  (a change of the traffic mix moves λ at once);
   :mod:`~stopbandit.control.feedforward`: the optional model-based feed-forward;
 * :mod:`~stopbandit.control.guardrail`: a full-reasoning holdout as control and
   a per-domain fallback to the full arm, with a stated test and hysteresis;
@@ -26,7 +28,7 @@ _EXPORTS = {
     "Step": "controller", "Target": "controller",
     "ABReport": "experiment", "Challenger": "experiment", "Promotion": "experiment", "ab_report": "experiment",
     "open_challenger": "experiment", "promote": "experiment",
-    "ContextWindow": "feedforward", "Response": "feedforward",
+    "ContextWindow": "feedforward", "Response": "feedforward", "MixTracker": "mix",
     "Check": "guardrail", "DomainStatus": "guardrail", "Guardrail": "guardrail", "GuardrailConfig": "guardrail",
     "Transition": "guardrail", "ratio_test": "guardrail",
     "ControlMetrics": "metrics", "MetricsServer": "metrics", "start_metrics_server": "metrics",
@@ -56,6 +58,7 @@ __all__ = [
     "GuardrailConfig",
     "LambdaController",
     "MetricsServer",
+    "MixTracker",
     "Promotion",
     "Response",
     "Step",

@@ -29,10 +29,13 @@ even at ``lam_max``; "low": the floor is not reachable even at ``lam_min``).
 
 Setpoints sit on the safe side of the target: ``B* = B − margin`` (default
 margin 0) and ``F* = F + margin``. The floor's default margin is
-``2·sqrt(F(1−F)/2000)``: two standard errors of the EM of a 2,000-request
-window, so that a window whose true mean sits at the setpoint falls below the
-floor by more than a point only rarely (the acceptance measure of
-``benchmarks/lambda_control.py``).
+``3·sqrt(F(1−F)/2000)``: three standard errors of the EM of a 2,000-request
+window, so that no 2,000-request window falls below the floor by more than a
+point (the acceptance measure of ``benchmarks/lambda_control.py``). With two
+standard errors one run in twelve had a window 0.1 point under ``F − 1 pt``
+(inside the noise: an EM held exactly at that setpoint misses on 12–17.5 % of
+runs); three cost 3.3–4.9 % more tokens and missed in none
+(docs/benchmarks.md, issue 8, "Floor margin"). Pass ``margin`` to trade back.
 
 Model-based feed-forward (``feedforward=True``; :mod:`stopbandit.control.feedforward`).
 The serving wrapper passes the policy's predicted response to λ over its last
@@ -47,6 +50,25 @@ model is missing, has too few contexts, or its bias is beyond ``trust``
 (untrained heads), and for the first ``model_warmup`` outcomes (the heads
 and their calibration move fast while the policy is new), the step is the PI
 step above.
+
+Domain-mix feed-forward (``mix_feedforward``, on by default;
+:mod:`stopbandit.control.mix`). Each outcome comes with its request's
+domain. The change of the recent domain mix (last ``mix_recent`` outcomes),
+weighted by the per-domain means of the rolling window,
+``Δm = Σ_d (w_d − w_d^ref)·m̄_d``, is the part of the error that the mix
+alone explains. It is gated: while ``|Δm|`` against a reference mix stays
+within ``mix_gate`` (4) standard deviations of its no-shift sampling noise,
+nothing is added, so on steady traffic the controller is the PI controller
+to the last digit (the mix's own noise would only make λ noisier). Once the
+gate opens, the whole ``Δm`` since the reference is added at once, then
+every further mix change step by step (``Δm_t = Σ_d (w_d,t − w_d,t−1)·m̄_d``)
+for ``mix_hold`` outcomes, after which the mix of that moment becomes the
+new reference (the λ already moved stays). A mix change adds
+``s·k_mix·e_mix`` to the step, ``e_mix = Δm/B*`` (budget) or ``−Δm/F*``
+(floor), ``k_mix`` the inverse of the plant's sensitivity
+(:data:`DEFAULT_MIX_GAIN`). What the bound ``max_step`` cuts off is carried
+to the next steps (dropped at a clamp, so nothing winds up), so a large
+shift is still absorbed in full, at most ``max_step`` per step.
 
 The controller is a pure object: it never touches a store. Feed it outcomes
 (:meth:`LambdaController.observe`) and ask for a step with the λ in force
@@ -74,6 +96,7 @@ from dataclasses import dataclass, replace
 
 from typing import TYPE_CHECKING
 
+from stopbandit.control.mix import MixTracker
 from stopbandit.errors import ConfigError
 
 if TYPE_CHECKING:  # the controller stays a pure object: no VW import for a type
@@ -92,8 +115,16 @@ third of it per step, which keeps the batch noise (±15 % tokens, ±7 % EM at
 requests, and the 2,000-request windows the targets are judged on got no
 noisier (docs/benchmarks.md, issue 8).
 """
+DEFAULT_MIX_GAIN = {"token_budget": 0.9, "em_floor": 2.5}
+"""λ per unit relative mix error, by target kind: the inverse of the sensitivities quoted for :data:`DEFAULT_KI`.
+
+A mix change that moves the expected mean by ``e`` (relative) is undone by
+``Δλ ≈ e/1.1`` (tokens fall ~1.1 % per 0.01 of λ) or ``≈ e/0.4`` (EM falls
+~0.4 % per 0.01 of λ). Unlike the PI gain this one can be the full inverse:
+its input is a mix change, not a noisy outcome mean.
+"""
 FLOOR_MARGIN_WINDOW = 2000
-FLOOR_MARGIN_Z = 2.0
+FLOOR_MARGIN_Z = 3.0
 
 
 def _number(name: str, value: object) -> float:
@@ -108,7 +139,7 @@ class Target:
 
     ``margin``: distance of the setpoint from the target, on the safe side
     (fewer tokens / more EM), in the target's units; None = the default
-    (0 for a budget, ``2·sqrt(F(1−F)/2000)`` for a floor).
+    (0 for a budget, ``3·sqrt(F(1−F)/2000)`` for a floor).
     """
 
     kind: str
@@ -182,6 +213,18 @@ class ControllerConfig:
     ``bias_gain`` smooths the model's remaining relative bias, ``trust`` is
     the largest bias it still steers with, and the first ``model_warmup``
     outcomes use the PI step.
+
+    Domain-mix feed-forward (on by default since issue 8's shift runs;
+    :mod:`stopbandit.control.mix`): ``mix_feedforward`` turns it on, ``mix_recent`` outcomes define the
+    recent mix, ``mix_gain`` (None: :data:`DEFAULT_MIX_GAIN`) is λ per unit
+    relative mix error, and a domain needs ``mix_min_n`` outcomes in the
+    window for a mean of its own. ``mix_gate``: the feed-forward stays silent
+    until the recent mix differs from a reference mix by more than
+    ``mix_gate`` standard deviations of that difference under no shift (0:
+    always on); it then applies the whole difference at once, follows every
+    mix change for ``mix_hold`` outcomes, and takes the mix of that moment as
+    the new reference (the λ it moved stays). With ``feedforward=True`` it is
+    not used: the model already sees the mix through its contexts.
     """
 
     interval: int = 100
@@ -198,8 +241,24 @@ class ControllerConfig:
     bias_gain: float = 0.05
     trust: float = 0.25
     model_warmup: int = 2000
+    mix_feedforward: bool = True
+    mix_recent: int = 500
+    mix_gain: float | None = None
+    mix_min_n: int = 20
+    mix_gate: float = 4.0
+    mix_hold: int = 2000
 
     def __post_init__(self) -> None:
+        if not _number("controller.mix_gate", self.mix_gate) >= 0:
+            raise ConfigError(f"controller.mix_gate must be >= 0, got {self.mix_gate!r}")
+        if not isinstance(self.mix_feedforward, bool):
+            raise ConfigError(f"controller.mix_feedforward must be true or false, got {self.mix_feedforward!r}")
+        for name in ("mix_recent", "mix_min_n", "mix_hold"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"controller.{name} must be a positive integer, got {v!r}")
+        if self.mix_gain is not None and not _number("controller.mix_gain", self.mix_gain) >= 0:
+            raise ConfigError(f"controller.mix_gain must be >= 0, got {self.mix_gain!r}")
         if not isinstance(self.feedforward, bool):
             raise ConfigError(f"controller.feedforward must be true or false, got {self.feedforward!r}")
         if not 0 < _number("controller.bias_gain", self.bias_gain) <= 1:
@@ -246,6 +305,8 @@ class Step:
     mode: str = "pi"  # "pi" or "feedforward" (the model's λ, see the module docstring)
     lam_model: float | None = None  # the λ the model says reaches the bias-corrected setpoint
     model_bias: float | None = None  # smoothed relative bias of the model (b)
+    mix_term: float = 0.0  # λ move the domain-mix feed-forward asked for at this step (mix_feedforward)
+    mix_pending: float = 0.0  # what the step bound left of the mix moves, carried to the next steps
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +330,8 @@ class ControllerState:
     last_move_ts: float | None
     mode: str | None = None
     model_bias: float | None = None
+    mix_shares: dict[str | None, float] | None = None  # recent domain mix (mix_feedforward), else None
+    mix_pending: float = 0.0
 
 
 class LambdaController:
@@ -301,12 +364,26 @@ class LambdaController:
         self._last_move_ts: float | None = None
         self._bias: float | None = None
         self._mode: str | None = None
+        self.mix_gain = self._mix_gain(target)
+        self._mix = MixTracker(config.window, config.mix_recent, config.mix_min_n) \
+            if config.mix_feedforward and not config.feedforward else None
+        self._mix_pending = 0.0
+        self._mix_armed_at: int | None = None  # outcome count at which the gate opened (None: closed)
+
+    def _mix_gain(self, target: Target) -> float:
+        g = self.config.mix_gain
+        return DEFAULT_MIX_GAIN[target.kind] if g is None else float(g)
 
     # -- feeding ------------------------------------------------------------------
-    def observe(self, em: float, tokens: float) -> bool:
-        """Count one outcome; True when a step is due (call :meth:`update`)."""
+    def observe(self, em: float, tokens: float, domain: str | None = None) -> bool:
+        """Count one outcome (of a request of ``domain``); True when a step is due (call :meth:`update`).
+
+        ``domain`` is used only by the domain-mix feed-forward.
+        """
         em, tokens = float(em), float(tokens)
         with self._lock:
+            if self._mix is not None:
+                self._mix.add(domain, em, tokens)
             self._observed += 1
             self._batch_n += 1
             self._batch_em += em
@@ -355,8 +432,11 @@ class LambdaController:
             else:
                 i_term = s * self.ki * err
                 p_term = s * cfg.kp * (err - prev)
+            mix_term, mix_note = self._mix_step()
+            pending = self._mix_pending + mix_term
             self._mode = mode
-            delta = max(-cfg.max_step, min(cfg.max_step, i_term + p_term))
+            fb = max(-cfg.max_step, min(cfg.max_step, i_term + p_term))
+            delta = max(-cfg.max_step, min(cfg.max_step, i_term + p_term + pending))
             wanted = lam + delta
             new = min(cfg.lam_max, max(cfg.lam_min, wanted))
             clamped = "lam_max" if wanted > cfg.lam_max else "lam_min" if wanted < cfg.lam_min else None
@@ -369,6 +449,9 @@ class LambdaController:
             moved = abs(new - lam) >= max(cfg.min_step, 1e-12)
             if not moved:
                 new = lam
+            if self._mix is not None:  # carry what the bound cut off; nothing past a clamp (no wind-up)
+                used = min(max(new - lam - fb, min(0.0, pending)), max(0.0, pending))
+                self._mix_pending = 0.0 if clamped else pending - used
             self._steps += 1
             self._last_error = err
             wn = len(self._win)
@@ -382,13 +465,51 @@ class LambdaController:
             reason = (
                 f"controller {self.target.describe()} (setpoint {self.target.setpoint:.4g}): "
                 f"last {n} outcomes tokens {b_tok:.1f} EM {b_em:.4f}; window {wn}: tokens {w_tok:.1f} EM {w_em:.4f}; "
-                f"error {err:+.4f}; {ff_note}step {new - lam:+.4f} ({mode}: {step_terms}"
-                f"{', bounded' if abs(i_term + p_term) > cfg.max_step else ''}"
+                f"error {err:+.4f}; {ff_note}{mix_note}step {new - lam:+.4f} ({mode}: {step_terms}"
+                f"{', bounded' if abs(i_term + p_term + pending) > cfg.max_step else ''}"
                 f"{', clamped at ' + clamped if clamped else ''}); λ {lam:.4f} -> {new:.4f}"
                 f"{'; saturated ' + self._saturated if self._saturated else ''}"
             )
             return Step(lam, new, moved, err, i_term, p_term, clamped, n, b_tok, b_em, wn, w_tok, w_em, reason,
-                        mode, lam_model, self._bias)
+                        mode, lam_model, self._bias, mix_term, self._mix_pending)
+
+    def _mix_step(self) -> tuple[float, str]:
+        """The λ move the domain-mix change since the last step asks for, and a note for the reason.
+
+        Caller holds the lock. ``e_mix`` is the relative error the mix change
+        alone adds (same sign convention as the batch error).
+        """
+        mix = self._mix
+        if mix is None:
+            return 0.0, ""
+        budget = self.target.kind == "token_budget"
+        sp = self.target.setpoint
+
+        def rel(em: float, tok: float) -> float:  # a change of mean → the error it adds
+            return tok / sp if budget else -em / sp
+
+        d_em, d_tok = mix.step()
+        e_mix = rel(d_em, d_tok)
+        gate = self.config.mix_gate
+        note = ""
+        if gate > 0:
+            if self._mix_armed_at is None:
+                if not mix.has_reference:
+                    mix.set_reference()
+                    return 0.0, "mix reference set; "
+                lv_em, lv_tok, sd_em, sd_tok = mix.shift()
+                level, sd = rel(lv_em, lv_tok), (sd_tok if budget else sd_em) / sp
+                if abs(level) <= gate * sd:
+                    return 0.0, f"mix {level:+.4f} within {gate:g} sd ({sd:.4f}); "
+                self._mix_armed_at = self._observed
+                e_mix = level  # the whole shift since the reference, at once
+                note = f"mix shift detected ({level:+.4f} > {gate:g} sd {sd:.4f}); "
+            elif self._observed - self._mix_armed_at >= self.config.mix_hold:
+                self._mix_armed_at = None
+                mix.set_reference()
+                note = "mix reference re-set; "
+        term = self.target.sign * self.mix_gain * e_mix
+        return term, f"{note}mix change {e_mix:+.4f} -> {term:+.4f} (carried {self._mix_pending:+.4f}); "
 
     def _feedforward(self, model: Response, n: int, b_em: float, b_tok: float) -> tuple[float | None, str]:
         """Update the model's bias on this batch; the λ it says reaches the corrected setpoint (None: PI).
@@ -422,6 +543,10 @@ class LambdaController:
             self._win_em = self._win_tokens = 0.0
             self._prev_error = None
             self._bias = None
+            self._mix_pending = 0.0
+            self._mix_armed_at = None
+            if self._mix is not None:
+                self._mix.clear()
 
     def retarget(self, target: Target) -> None:
         """Hold a new target from the next step on (the PI memory is reset; the window is kept)."""
@@ -430,8 +555,13 @@ class LambdaController:
         with self._lock:
             self.target = target
             self.ki = DEFAULT_KI[target.kind] if self.config.ki is None else float(self.config.ki)
+            self.mix_gain = self._mix_gain(target)
             self._prev_error = None
             self._bias = None
+            self._mix_pending = 0.0
+            self._mix_armed_at = None
+            if self._mix is not None:
+                self._mix.forget_step()
             self._batch_n, self._batch_em, self._batch_tokens = 0, 0.0, 0.0
 
     # -- reading ------------------------------------------------------------------
@@ -447,6 +577,8 @@ class LambdaController:
                 last_error=self._last_error, window_n=wn, window_tokens=w_tok, window_em=w_em, window_error=w_err,
                 saturated=self._saturated, last_move_ts=self._last_move_ts, mode=self._mode,
                 model_bias=self._bias,
+                mix_shares=self._mix.shares() if self._mix is not None else None,
+                mix_pending=self._mix_pending,
             )
 
     def with_config(self, **changes: object) -> LambdaController:
@@ -454,4 +586,4 @@ class LambdaController:
         return LambdaController(self.target, replace(self.config, **changes))  # type: ignore[arg-type]
 
 
-__all__ = ["DEFAULT_KI", "TARGET_KINDS", "ControllerConfig", "ControllerState", "LambdaController", "Step", "Target"]
+__all__ = ["DEFAULT_KI", "DEFAULT_MIX_GAIN", "TARGET_KINDS", "ControllerConfig", "ControllerState", "LambdaController", "Step", "Target"]

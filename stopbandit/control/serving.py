@@ -348,7 +348,7 @@ class ControlledSelector:
         c = self.controller
         if c is not None and (self.scope == "served" or (self.scope == "unforced" and meta.route != "fallback")
                               or meta.route in ("policy", "challenger")):
-            if c.observe(em, tokens):
+            if c.observe(em, tokens, meta.domain):  # the domain feeds the mix feed-forward
                 self._step_controller()
         g = self.guardrail
         if g is not None:

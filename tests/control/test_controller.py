@@ -43,7 +43,7 @@ def test_setpoints_sit_on_the_safe_side():
     assert Target.token_budget(800).setpoint == 800
     assert Target.token_budget(800, margin=40).setpoint == 760
     floor = Target.em_floor(0.7)
-    assert floor.setpoint == pytest.approx(0.7 + 2 * math.sqrt(0.7 * 0.3 / 2000))
+    assert floor.setpoint == pytest.approx(0.7 + 3 * math.sqrt(0.7 * 0.3 / 2000))
     assert Target.em_floor(0.7, margin=0.0).setpoint == 0.7
 
 
