@@ -24,7 +24,10 @@ shift at 50% of the stream, a λ change (``set_lambda``) at 70% (section "drift"
 Figures: cumulative reward, fraction of the oracle gap closed over trailing
 windows, held-out learning curves (requests to reach a share of the reachable
 gap), recovery after drift; PNGs ``learning_curve.png`` and ``drift.png``.
-Definitions: ``benchmarks/learning_lib/metrics.py`` and docs/benchmarks_learning.md.
+Definitions: ``benchmarks/learning_lib/metrics.py`` and docs/benchmarks.md ("Learning benchmarks").
+Prototypes (``--sections prototypes --protos KEY,...``, any key of ``learning_lib.suite.LEARNERS``):
+issue 9's candidates for the λ = 0.4 plateau include revealed updates weighted 1/q (``nested-graph-iw10``),
+VW ``-l 0.25`` (``nested-graph-lr0.25``, ``plain-lr0.25``) and exploration variants (``nested-graph-r75``).
 
     python benchmarks/learning.py                 # full run: 50k requests, 3 seeds (16–20 min measured on 2 busy cores)
     python benchmarks/learning.py --quick         # 4k requests, 2 seeds (~1 min)
@@ -120,10 +123,9 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     if unknown:
         raise SystemExit(f"--sections: unknown section(s) {sorted(unknown)}; known: {list(SECTIONS)}")
     protos = tuple(p for p in args.protos.split(",") if p) if args.protos else PROTO_KEYS
-    unknown = set(protos) - {k for k, v in LEARNERS.items() if v.prototype}
+    unknown = set(protos) - set(LEARNERS)
     if unknown:
-        raise SystemExit(f"--protos: unknown prototype(s) {sorted(unknown)}; known: "
-                         f"{sorted(k for k, v in LEARNERS.items() if v.prototype)}")
+        raise SystemExit(f"--protos: unknown learner(s) {sorted(unknown)}; known: {sorted(LEARNERS)}")
     if args.quick:
         n = args.requests or 4000
         seeds = tuple(range(args.seeds or 2))
@@ -168,7 +170,8 @@ def _tasks(plan: Plan) -> list[tuple[str, Task]]:
             out.append(("search", Task(Scenario("search", plan.search_n, lam), plan.seeds[0], "nested",
                                        features_version=plan.features_version)))
     if "main" in plan.sections or "prototypes" in plan.sections:
-        keys = list(MAIN_KEYS) if "main" in plan.sections else ["plain", "nested", "fullinfo"]
+        # prototypes alone: the plain learner and the ceiling, plus what --protos names (any learner key)
+        keys = list(MAIN_KEYS) if "main" in plan.sections else ["plain", "fullinfo"]
         if "prototypes" in plan.sections:
             keys += [k for k in plan.protos if k not in keys]
         keys.sort(key=lambda k: (not LEARNERS[k].nested, LEARNERS[k].kind != "selector"))  # long tasks first
@@ -302,7 +305,7 @@ def render(res: Results, command: str) -> str:
                   f"Gap closed = Σ(r_policy − r_ref) / Σ(r_oracle − r_ref) over the trailing {plan.window:,} "
                   "requests before the checkpoint, on the same requests; r_ref = always-full or the best static arm "
                   "in hindsight.\n", md_table(t.header, t.rows)]
-        curve_keys = [k for k in learners + protos if trajs[plan.seeds[0]][k].curve]
+        curve_keys = [k for k in dict.fromkeys(learners + protos) if trajs[plan.seeds[0]][k].curve]
         cs = analysis.curve_stats(res.helds, trajs, curve_keys, plan.lam)
         if cs is not None:
             h, rows = analysis.curve_table(cs, [k for k in curve_keys if k in learners], labels, plan.report_at,
@@ -321,11 +324,24 @@ def render(res: Results, command: str) -> str:
                           "the learner's held-out value stays at or above the plain learner's value at the last "
                           "checkpoint):\n", md_table(h, rows)]
             if protos:
-                proto_keys = ["nested"] + [k for k in protos if k in cs.value]
+                proto_keys = list(dict.fromkeys([k for k in ("nested", "nested-graph") if k in cs.value] +
+                                                [k for k in protos if k in cs.value]))
                 h, rows = analysis.curve_table(cs, proto_keys, labels, plan.report_at, LEVELS)
                 t = analysis.main_table(streams, trajs, proto_keys, checkpoints=plan.report_at, window=plan.window)
                 parts += [f"\n### Prototypes (candidate library changes), λ = {plan.lam:g}\n",
                           md_table(t.header, t.rows), "", md_table(h, rows)]
+                if "plain" in cs.value:
+                    h, rows = analysis.ratio_table(cs, "plain", proto_keys, LEVELS)
+                    parts += ["\nRequests needed, plain vs the prototypes (as above):\n", md_table(h, rows)]
+                for base in (k for k in proto_keys if k.startswith("plain-")):  # a plain variant as the baseline
+                    nested = [k for k in proto_keys if LEARNERS[k].nested]
+                    if nested:
+                        h, rows = analysis.ratio_table(cs, base, nested, LEVELS)
+                        parts += [f"\nRequests needed, {base} vs the nested prototypes (as above):\n",
+                                  md_table(h, rows)]
+                parts += ["\nExploration's share of the plateau (held-out, last checkpoint): value as served vs "
+                          "the greedy arm's value, and the full-information heads (greedy):\n",
+                          md_table(*analysis.greedy_table(cs, ["plain"] + proto_keys + ["fullinfo"], labels))]
     if "matched" in res.trajs:
         parts += ["\n" + _render_matched(res)]
     if "drift" in res.trajs:
@@ -428,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lam", type=float, default=0.2, help="λ of the main scenario (default 0.2)")
     ap.add_argument("--sections", default="", help=f"comma-separated subset of {','.join(SECTIONS)}")
     ap.add_argument("--protos", default="", help="comma-separated prototypes for the 'prototypes' section "
-                    f"(default {','.join(PROTO_KEYS)}; also nested-g20, plain-g20, nested-graph-g20)")
+                    f"(default {','.join(PROTO_KEYS)}; also nested-g20, plain-g20, nested-graph-g20, "
+                    "nested-iw10, nested-graph-iw5/10/20)")
     ap.add_argument("--features-version", type=int, default=2, choices=(1, 2),
                     help="FeatureConfig.version of the learners' features (default 2; 1 = before issue 9)")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes (default 2)")

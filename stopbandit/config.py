@@ -19,6 +19,12 @@ Example ``stopbandit.toml``::
                                 # traces (do not explore arms the greedy arm's trace reveals); see
                                 # stopbandit.bandit.exploration
 
+    [learning]
+    revealed_weighting = "none" # or "inverse-observation": weight each arm a probe trace reveals by
+                                # min(1/q, revealed_weight_clip), q = P(arm observed), see
+                                # stopbandit.bandit.policy.observation_weights (policy "heads" only)
+    revealed_weight_clip = 10.0
+
     [store]
     url = "sqlite:///stopbandit.db"
     durable = false             # true: commit (or fsync to the spill) before choose() returns
@@ -53,7 +59,7 @@ from stopbandit.bandit.delayed import (
     check_window,
 )
 from stopbandit.bandit.exploration import Exploration, exploration_from_config
-from stopbandit.bandit.policy import POLICIES
+from stopbandit.bandit.policy import POLICIES, REVEALED_WEIGHTINGS
 from stopbandit.bandit.reward import check_lambda, check_token_scale
 from stopbandit.errors import ConfigError, StopbanditError
 from stopbandit.features.extract import FeatureConfig
@@ -87,6 +93,35 @@ class StoreConfig:
                 raise ConfigError(f"store.{name} must be in (0, 60] seconds, got {v!r}")
 
 
+@dataclass(frozen=True)
+class LearningConfig:
+    """How rewards update the policy (``[learning]``).
+
+    ``revealed_weighting``: ``"none"`` learns every arm a probe trace reveals
+    with weight 1; ``"inverse-observation"`` weights each by
+    ``min(1/q, revealed_weight_clip)``, ``q`` the probability that the arm's
+    outcome is observed under the decision's probability vector
+    (:func:`stopbandit.bandit.policy.observation_weights` says why). Rewards
+    without a trace are unaffected.
+    """
+
+    revealed_weighting: str = "none"
+    revealed_weight_clip: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.revealed_weighting not in REVEALED_WEIGHTINGS:
+            raise ConfigError(f"learning.revealed_weighting must be one of {list(REVEALED_WEIGHTINGS)}, "
+                              f"got {self.revealed_weighting!r}")
+        clip = self.revealed_weight_clip
+        if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not (math.isfinite(clip) and clip >= 1):
+            raise ConfigError(f"learning.revealed_weight_clip must be a finite number >= 1, got {clip!r}")
+        object.__setattr__(self, "revealed_weight_clip", float(clip))
+
+    @property
+    def weighted(self) -> bool:
+        return self.revealed_weighting != "none"
+
+
 def _seconds(v: object) -> bool:
     return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and 0 < v <= 60
 
@@ -101,6 +136,7 @@ class SelectorConfig:
     exploration: Exploration = field(default_factory=lambda: exploration_from_config(None))
     features: FeatureConfig = field(default_factory=FeatureConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    learning: LearningConfig = field(default_factory=LearningConfig)
     follow_interval: float = 0.5
     # delayed rewards (stopbandit.bandit.delayed); None = settle each reward when it arrives
     reward_window_s: float | None = None
@@ -119,9 +155,12 @@ class SelectorConfig:
         if not _seconds(self.follow_interval):
             raise ConfigError(f"follow_interval must be in (0, 60] seconds, got {self.follow_interval!r}")
         for name, kind in (("arms", ArmSet), ("exploration", Exploration), ("features", FeatureConfig),
-                           ("store", StoreConfig)):
+                           ("store", StoreConfig), ("learning", LearningConfig)):
             if not isinstance(getattr(self, name), kind):
                 raise ConfigError(f"{name} must be a {kind.__name__}, got {type(getattr(self, name)).__name__}")
+        if self.learning.weighted and self.policy != "heads":
+            raise ConfigError(f"learning.revealed_weighting = {self.learning.revealed_weighting!r} needs policy "
+                              f"'heads' (per-arm importance weights), got policy {self.policy!r}")
         # rules that need the arms' reveal structure (graph-aware SquareCB) are bound to these arms here
         object.__setattr__(self, "exploration", self.exploration.for_arms(self.arms))
         object.__setattr__(self, "reward_window_s", check_window(self.reward_window_s))
@@ -145,7 +184,7 @@ class SelectorConfig:
 
 _SCALARS = ("lam", "token_scale", "policy", "seed", "follow_interval", "reward_window_s", "reward_aggregation",
             "default_em", "default_tokens", "max_pending")
-_TOP = {"arms", "exploration", "features", "store", *_SCALARS}
+_TOP = {"arms", "exploration", "features", "store", "learning", *_SCALARS}
 
 
 def config_from_mapping(data: Mapping[str, Any], *, source: str = "config") -> SelectorConfig:
@@ -170,12 +209,20 @@ def config_from_mapping(data: Mapping[str, Any], *, source: str = "config") -> S
     exploration = data.get("exploration")
     if exploration is not None and not isinstance(exploration, Mapping):
         raise ConfigError(f"{source}: [exploration] must be a table, got {exploration!r}")
+    learning = data.get("learning", {})
+    if not isinstance(learning, Mapping):
+        raise ConfigError(f"{source}: [learning] must be a table, got {learning!r}")
+    unknown_learning = set(learning) - set(LearningConfig.__dataclass_fields__)
+    if unknown_learning:
+        raise ConfigError(f"{source}: [learning] unknown key(s) {sorted(map(str, unknown_learning))}; "
+                          f"known: {sorted(LearningConfig.__dataclass_fields__)}")
     kwargs: dict[str, Any] = {k: data[k] for k in _SCALARS if k in data}
     parts: dict[str, Any] = {}
     for name, build in (("arms", lambda: arms_from_config(data.get("arms"))),
                         ("exploration", lambda: exploration_from_config(exploration)),
                         ("features", lambda: FeatureConfig.from_dict(features)),
-                        ("store", lambda: StoreConfig(**{str(k): v for k, v in store.items()}))):
+                        ("store", lambda: StoreConfig(**{str(k): v for k, v in store.items()})),
+                        ("learning", lambda: LearningConfig(**{str(k): v for k, v in learning.items()}))):
         try:
             parts[name] = build()
         except StopbanditError as exc:
@@ -201,4 +248,4 @@ def load_config(path: str | os.PathLike[str]) -> SelectorConfig:
     return config_from_mapping(data, source=os.fspath(path))
 
 
-__all__ = ["SelectorConfig", "StoreConfig", "config_from_mapping", "load_config"]
+__all__ = ["LearningConfig", "SelectorConfig", "StoreConfig", "config_from_mapping", "load_config"]

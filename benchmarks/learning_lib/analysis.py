@@ -217,6 +217,26 @@ def ratio_table(cs: CurveStats, base: str, others: Sequence[str],
     return header, rows
 
 
+def greedy_table(cs: CurveStats, keys: Sequence[str], labels: Mapping[str, str],
+                 last: int = 3) -> tuple[list[str], list[list[str]]]:
+    """Plateau (mean of the last ``last`` checkpoints) as served and greedy, and what exploration costs.
+
+    Why: the held-out value counts exploration, the full-information ceiling
+    is greedy; this splits a learner's shortfall into "exploring" (served vs
+    greedy) and "learned less well" (greedy vs the ceiling).
+    """
+    header = ["policy", f"served (last {last} checkpoints)", "greedy", "exploration cost",
+              "greedy, share of reachable gap"]
+    rows = []
+    for k in keys:
+        if k not in cs.value:
+            continue
+        v, g = cs.value[k][:, -last:].mean(axis=1), cs.greedy[k][:, -last:].mean(axis=1)
+        rg = cs.reach(k, greedy=True)[:, -last:].mean(axis=1)
+        rows.append([labels.get(k, k), fmt(v, 4), fmt(g, 4), fmt(g - v, 4), fmt(rg, 3)])
+    return header, rows
+
+
 # -- matched savings -----------------------------------------------------------------------
 
 def savings_em(stream: Stream, traj: Trajectory, lo: int, hi: int) -> tuple[float, float]:

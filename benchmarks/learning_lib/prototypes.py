@@ -11,6 +11,13 @@
 * :func:`latent_difficulty` -- the simulator's true latent difficulty as a
   caller feature (``features=`` of ``Selector.choose``). Not deployable: it
   measures what a perfect difficulty estimate would be worth.
+* :class:`SlowHeadsPolicy` (``policy="heads-lr0.25"``) -- the heads with VW's
+  learning rate halved (``-l 0.25``), and :class:`LoggedWeightHeadsPolicy`
+  (``policy="heads-lw3"``) -- the logged arm's update weighted 3, revealed
+  arms 1 (issue 9: what keeps the nested learners below the full-information
+  heads). :func:`register_policies` adds them to the library's ``POLICIES``
+  registry under their names (the suite calls it before it opens a Selector
+  on one), so the real Selector can run them; prototypes only.
 """
 
 from __future__ import annotations
@@ -19,8 +26,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from collections.abc import Mapping
+
 from stopbandit.bandit.arms import ArmSet
 from stopbandit.bandit.exploration import Exploration
+from stopbandit.bandit.policy import EM_ARGS, POLICIES, TOKEN_ARGS, HeadsPolicy
 from stopbandit.errors import ConfigError
 from stopbandit.sim import SimRequest
 
@@ -72,4 +82,37 @@ def latent_difficulty(request: SimRequest) -> dict[str, float]:
     return {"xdiff": round(request.difficulty, 4)}
 
 
-__all__ = ["LenientSquareCB", "latent_difficulty"]
+class SlowHeadsPolicy(HeadsPolicy):
+    """The heads with VW's learning rate halved: does a slower learner plateau higher (less late noise)?"""
+
+    name = "heads-lr0.25"  # type: ignore[assignment]
+
+    def __init__(self, arms: ArmSet, exploration: Exploration, token_scale: float,
+                 blobs: Mapping[str, bytes] | None = None, args: Mapping[str, str] | None = None) -> None:
+        super().__init__(arms, exploration, token_scale, blobs,
+                         args or {"em": EM_ARGS + " -l 0.25", "tokens": TOKEN_ARGS + " -l 0.25"})
+
+
+class LoggedWeightHeadsPolicy(HeadsPolicy):
+    """Nested feedback with the logged arm's update weighted 3 and revealed arms 1."""
+
+    name = "heads-lw3"  # type: ignore[assignment]
+    logged_weight: float = 3.0
+
+    def learn_revealed(self, shared: str, outcomes: Mapping[int, tuple[float, int]], logged: int,
+                       prob: float, lam: float, *, weights: Mapping[int, float] | None = None) -> None:
+        w = {a: (self.logged_weight if a == logged else 1.0) for a in outcomes}
+        super().learn_revealed(shared, outcomes, logged, prob, lam, weights=w)
+
+
+PROTOTYPE_POLICIES: dict[str, type[HeadsPolicy]] = {c.name: c for c in (SlowHeadsPolicy, LoggedWeightHeadsPolicy)}
+
+
+def register_policies() -> None:
+    """Make the prototype policies known to ``Selector`` / ``make_policy`` in this process (idempotent)."""
+    for name, cls in PROTOTYPE_POLICIES.items():
+        POLICIES.setdefault(name, cls)
+
+
+__all__ = ["LenientSquareCB", "LoggedWeightHeadsPolicy", "PROTOTYPE_POLICIES", "SlowHeadsPolicy",
+           "latent_difficulty", "register_policies"]

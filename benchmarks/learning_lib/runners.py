@@ -28,7 +28,7 @@ from stopbandit.bandit.exploration import EpsilonGreedy, Exploration
 from stopbandit.bandit.policy import HeadsPolicy
 from stopbandit.bandit.trace import revealed_outcomes
 from stopbandit.bandit.vw import shared_line
-from stopbandit.config import SelectorConfig
+from stopbandit.config import LearningConfig, SelectorConfig
 from stopbandit.features.extract import FeatureConfig, FeatureExtractor
 from stopbandit.sim import SimRequest
 from stopbandit.sim import run as sim_run
@@ -91,6 +91,7 @@ def run_selector(
     extra_features: Callable[[SimRequest], dict[str, float]] | None = None,
     progress: Callable[[str], None] | None = None,
     features_version: int = 2,
+    learning: LearningConfig | None = None,
 ) -> Trajectory:
     """Play the stream through a real Selector writing a real SQLite store under ``workdir``.
 
@@ -98,6 +99,7 @@ def run_selector(
     requests is evaluated on the held-out stream (:mod:`.heldout`).
     ``extra_features``: caller features passed to ``choose`` (prototypes only).
     ``features_version``: ``FeatureConfig.version`` of the Selector's features.
+    ``learning``: the Selector's ``[learning]`` settings (default: the library default).
     """
     url = f"sqlite:///{Path(workdir) / (name.replace(' ', '_') + f'-s{stream.seed}.db')}"
     n = stream.n
@@ -109,7 +111,7 @@ def run_selector(
     marks = set(checkpoints) if held is not None else set()
     curve = Curve() if held is not None else None
     t0 = time.perf_counter()
-    cfg = SelectorConfig(features=FeatureConfig(version=features_version))
+    cfg = SelectorConfig(features=FeatureConfig(version=features_version), learning=learning or LearningConfig())
     sel = Selector.open(url, config=cfg, lam=float(stream.lam[0]), token_scale=stream.token_scale, policy=policy,
                         exploration=exploration, seed=seed, snapshot=None)
     try:

@@ -75,9 +75,10 @@ class Exploration(ABC):
         Plain Python floats: for the handful of arms a request has, this is
         several times faster than NumPy's per-call overhead on the serving path.
         """
-        p = self._probabilities([float(s) for s in scores], max(int(t), 1))
+        p = self._probabilities(list(map(float, scores)), max(int(t), 1))
         total = math.fsum(p)
-        if not total > 0 or not all(x >= 0.0 and math.isfinite(x) for x in p):
+        # a finite positive sum of non-negative terms: every term is finite (a NaN makes the sum NaN)
+        if not (0.0 < total < math.inf and min(p) >= 0.0):
             raise StopbanditError(f"{self.name} produced an invalid probability vector {p!r}")
         return [x / total for x in p]
 

@@ -33,14 +33,14 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
 from stopbandit.bandit.arms import ArmSet
 from stopbandit.bandit.exploration import Exploration
-from stopbandit.bandit.vw import VWHead, arm_line, labeled, predict_batch
+from stopbandit.bandit.vw import ContextScorer, VWHead, arm_line, cb_label, labeled, predict_batch
 from stopbandit.errors import ConfigError, InputError, SnapshotError
 
 BASE_ARGS = "--cb_adf --cb_type mtr -q ca -q da --cubic dca -b 18"
@@ -71,6 +71,41 @@ def _check_weight(weight: float) -> float:
     if not (math.isfinite(w) and w >= 1.0):
         raise InputError(f"weight must be a finite number >= 1 (label probability 1/weight), got {weight!r}")
     return w
+
+
+REVEALED_WEIGHTINGS = ("none", "inverse-observation")
+"""How updates revealed by a probe trace are weighted (``[learning] revealed_weighting``)."""
+
+
+def observation_weights(probs: Sequence[float], reveals: Sequence[Sequence[int]], logged: int,
+                        revealed: Iterable[int], clip: float) -> dict[int, float]:
+    """Per revealed arm ``a``: ``min(1/q(a), clip)``, the importance weight of its nested-feedback update.
+
+    Why: with nested feedback a stricter arm's outcome is revealed whenever
+    the logged arm is at least as lenient, so stricter arms are learned on
+    almost every context and lenient ones only where they were chosen; the
+    shared regression then fits a skewed context distribution per arm.
+    Weighting each revealed update by the inverse of its observation
+    probability re-balances it (importance-weighted regression; the same
+    ``q`` as graph-feedback OPE, ``stopbandit.replay.ope``):
+
+        q(a) = Σ_j probs[j] · 1[reveals[j] ∋ a  or  reveals[j] ∋ logged]
+
+    ``probs`` (K,): the decision's probability vector; ``reveals[j]``: the
+    arms a run of arm ``j`` reveals (``ArmSet.revealed_by``). The second term
+    covers an arm that this trace revealed beyond the arms' static structure
+    (a run that ended on its own reveals the more lenient arms too): any arm
+    at least as lenient as the logged one would have revealed it as well.
+    Weights are clipped to ``[1, clip]`` (``clip >= 1``): 1/q is unbounded
+    for rarely chosen arms, and one huge VW update would swamp the heads.
+    """
+    k = len(probs)
+    has_logged = [logged in reveals[j] for j in range(k)]
+    out: dict[int, float] = {}
+    for a in revealed:
+        q = math.fsum(probs[j] for j in range(k) if has_logged[j] or a in reveals[j])
+        out[a] = min(max(1.0 / q, 1.0), clip) if q > 0.0 else clip
+    return out
 
 
 class Policy(ABC):
@@ -134,6 +169,9 @@ class HeadsPolicy(Policy):
         blobs = blobs or {}
         self.em = VWHead(args["em"], blobs.get("em"))
         self.tokens = VWHead(args["tokens"], blobs.get("tokens"))
+        # one parse of the context for both heads (when they parse alike, as the defaults do)
+        same = self.em.parse_key() == self.tokens.parse_key()
+        self._scorer = ContextScorer([self.em, self.tokens], self.arm_lines) if same else None
 
     def predict_heads(self, shared: str) -> tuple[np.ndarray, np.ndarray]:
         em, tok = self._heads([shared, *self.arm_lines])
@@ -157,10 +195,16 @@ class HeadsPolicy(Policy):
         return em.reshape(n, k), tok.reshape(n, k)
 
     def _heads(self, lines: list[str]) -> tuple[list[float], list[float]]:
-        """(P(EM) per arm, tokens/token_scale per arm)."""
+        """(P(EM) per arm, tokens/token_scale per arm) of ``lines = [shared, *self.arm_lines]``."""
         # cb_adf predicts a *cost* per arm: the EM cost is −margin, the token cost is tokens/scale.
-        em = [_em_of_cost(m) for m in self.em.predict(lines)]
-        tok = [c if c > 0.0 else 0.0 for c in self.tokens.predict(lines)]
+        if self._scorer is not None:
+            cost_em, cost_tok = self._scorer.predict(lines[0])
+        else:
+            cost_em, cost_tok = self.em.predict(lines), self.tokens.predict(lines)
+        # _em_of_cost inlined (the same floats: sigmoid(−c) = 1/(1 + exp(clip(c))), negation is exact)
+        exp = math.exp
+        em = [1.0 / (1.0 + exp(max(min(c, 30.0), -30.0))) for c in cost_em]
+        tok = [c if c > 0.0 else 0.0 for c in cost_tok]
         return em, tok
 
     def _decide(self, lines: list[str], lam: float) -> tuple[list[float], list[float]]:
@@ -168,33 +212,43 @@ class HeadsPolicy(Policy):
         scores = [e - lam * t for e, t in zip(em, tok)]
         return self.exploration.probabilities(scores, self.t), scores
 
-    def _learn_arm(self, lines: list[str], arm: int, em: float, tokens: float, weight: float = 1.0) -> None:
+    def _labels(self, arm: int, em: float, tokens: float, weight: float = 1.0) -> list[tuple[int, int, str]]:
+        """(head: 0 EM, 1 tokens; arm; cb label) of one arm's outcome, in learning order."""
         # Logistic loss wants a ±1 label; as a cost, a hit (em=1) is −1. A fractional
         # EM (aggregated rewards) is fed as the pair of labels, so its expectation is right.
         # MTR weighs a label by 1/probability: an importance weight w is the label probability 1/w.
         if em >= 1.0 or em <= 0.0:
-            self.em.learn(labeled(lines, arm, -1.0 if em >= 1.0 else 1.0, 1.0 / weight))
+            out = [(0, arm, cb_label(-1.0 if em >= 1.0 else 1.0, 1.0 / weight))]
         else:
             # VW clamps probabilities above 1, so the weights w·em : w·(1 − em) are scaled
             # up until the smaller is at least 1 (probabilities ≤ 1); w = 1: the smaller is 1.
             hit, miss = weight * em, weight * (1.0 - em)
             low = min(hit, miss, 1.0)
-            self.em.learn(labeled(lines, arm, -1.0, low / hit))
-            self.em.learn(labeled(lines, arm, 1.0, low / miss))
-        self.tokens.learn(labeled(lines, arm, tokens / self.token_scale, 1.0 / weight))
+            out = [(0, arm, cb_label(-1.0, low / hit)), (0, arm, cb_label(1.0, low / miss))]
+        out.append((1, arm, cb_label(tokens / self.token_scale, 1.0 / weight)))
+        return out
+
+    def _learn_labels(self, shared: str, labels: list[tuple[int, int, str]]) -> None:
+        if self._scorer is not None:  # one parse of the context for every label
+            self._scorer.learn(shared, labels)
+            return
+        heads, lines = (self.em, self.tokens), [shared, *self.arm_lines]
+        for h, arm, label in labels:
+            out = list(lines)
+            out[arm + 1] = f"{label} {out[arm + 1]}"
+            heads[h].learn(out)
 
     def learn(self, shared: str, arm: int, em: float, tokens: int, prob: float, lam: float, *,
               weight: float = 1.0) -> None:
-        self._learn_arm([shared, *self.arm_lines], arm, em, tokens, _check_weight(weight))
+        self._learn_labels(shared, self._labels(arm, em, tokens, _check_weight(weight)))
         self.t += 1
 
     def learn_revealed(self, shared: str, outcomes: Mapping[int, tuple[float, int]], logged: int,
                        prob: float, lam: float, *, weights: Mapping[int, float] | None = None) -> None:
         """Every arm of ``outcomes`` (in its order), ``weights[arm]`` each when given; one reward (``t``)."""
-        lines = [shared, *self.arm_lines]
         ws = {arm: 1.0 if weights is None else _check_weight(weights[arm]) for arm in outcomes}
-        for arm, (em, tokens) in outcomes.items():
-            self._learn_arm(lines, arm, em, tokens, ws[arm])
+        labels = [x for arm, (em, tokens) in outcomes.items() for x in self._labels(arm, em, tokens, ws[arm])]
+        self._learn_labels(shared, labels)
         self.t += 1
 
     def blobs(self) -> dict[str, bytes]:
@@ -204,6 +258,8 @@ class HeadsPolicy(Policy):
         return {"em": self.em.args, "tokens": self.tokens.args}
 
     def close(self) -> None:
+        if self._scorer is not None:
+            self._scorer.close()  # its action examples go back to the EM head's pool first
         self.em.close()
         self.tokens.close()
 
@@ -257,5 +313,6 @@ def policy_state(policy: Policy) -> dict[str, Any]:
     return {"t": policy.t}
 
 
-__all__ = ["HeadsPolicy", "NativePolicy", "POLICIES", "Policy", "make_policy"]
+__all__ = ["HeadsPolicy", "NativePolicy", "POLICIES", "Policy", "REVEALED_WEIGHTINGS", "make_policy",
+           "observation_weights"]
 

@@ -52,7 +52,7 @@ import numpy as np
 from stopbandit.bandit.arms import Arm, ArmSet
 from stopbandit.bandit.delayed import MAX_TOKENS, Aggregate, ArmMeans, RewardWindow, default_reward
 from stopbandit.bandit.exploration import Exploration
-from stopbandit.bandit.policy import EM_ARGS, NATIVE_ARGS, TOKEN_ARGS, Policy, make_policy
+from stopbandit.bandit.policy import EM_ARGS, NATIVE_ARGS, TOKEN_ARGS, Policy, make_policy, observation_weights
 from stopbandit.bandit.reward import check_lambda
 from stopbandit.bandit.snapshot import check_vw_args, pack, unpack
 from stopbandit.bandit.trace import ProbeTrace, answer_key, revealed_outcomes
@@ -126,6 +126,7 @@ class _Pending:
     domain: str | None
     deadline: float = math.inf  # time.monotonic() at which the reward window closes
     agg: Aggregate | None = None  # rewards so far (reward_aggregation = "sum")
+    probs: Sequence[float] | None = None  # the whole probability vector (arm order) that drew ``arm``
 
 
 @dataclass(slots=True)
@@ -430,9 +431,16 @@ class Selector:
                 tag: str | None = None) -> Decision:
         key = self._new_key() if request_id is None else _check_id(request_id, "request_id")
         feats = self.extractor.extract(prompt, domain, features)
-        for name, value in feats.items():
-            if isinstance(value, str):
-                _check_text(value, "domain" if name == "domain" else f"feature {name!r}")
+        # the strings that reach the store: the domain (the built-in buckets are made from it and
+        # from ASCII) and the caller's own categorical features
+        dom = feats.get("domain")
+        if isinstance(dom, str):
+            _check_text(dom, "domain")
+        if features:
+            for name in features:
+                value = feats.get(name)
+                if isinstance(value, str):
+                    _check_text(value, f"feature {name!r}")
         shared = shared_line(feats)
         lam = self._lam
         live = self._acquire()
@@ -460,7 +468,8 @@ class Selector:
         prob_map = dict(zip(names, probs))
         window = self._window
         pending = _Pending(shared, idx, probs[idx], lam, feats.get("domain"),  # type: ignore[arg-type]
-                           time.monotonic() + window.seconds if window is not None else math.inf)
+                           time.monotonic() + window.seconds if window is not None else math.inf,
+                           probs=probs)
         evicted = None
         with self._cache_lock:
             if key in self._pending or key in self._rewarded:
@@ -631,7 +640,14 @@ class Selector:
                 revealed = {k: (em, tok) for k, (em, tok) in
                             revealed_outcomes(trace, self.arms.arms, reference).items() if em is not None}
                 revealed[pending.arm] = (row["em"], row["tokens"])
-                policy.learn_revealed(pending.shared, revealed, pending.arm, pending.prob, pending.lam)
+                weights = None
+                learning = self.config.learning
+                if learning.weighted and pending.probs is not None:  # [learning] revealed_weighting
+                    arms = self.arms
+                    weights = observation_weights(pending.probs, [arms.revealed_by(j) for j in range(len(arms))],
+                                                  pending.arm, revealed, learning.revealed_weight_clip)
+                policy.learn_revealed(pending.shared, revealed, pending.arm, pending.prob, pending.lam,
+                                      weights=weights)
             else:
                 policy.learn(pending.shared, pending.arm, row["em"], row["tokens"], pending.prob, pending.lam)
         finally:
@@ -666,7 +682,9 @@ class Selector:
             return None
         if d is None:
             raise UnknownDecisionError(f"unknown decision id {key!r}: no such decision was logged")
-        pending = _Pending(shared_line(d["features"]), d["arm_index"], d["propensity"], d["lam"], d["domain"])
+        logged = d.get("probabilities") or {}
+        pending = _Pending(shared_line(d["features"]), d["arm_index"], d["propensity"], d["lam"], d["domain"],
+                           probs=[float(logged.get(name, 0.0)) for name in self._arm_names])
         window = self._window
         if window is None:
             return pending

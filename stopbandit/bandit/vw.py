@@ -10,19 +10,22 @@ reductions stopped learning after reload in some versions: #2943, #3179).
 Escaping: VW's text format gives meaning to ``|`` (namespace), ``:``
 (value), whitespace (feature separator) and newlines (example separator).
 Categorical values are percent-encoded on exactly those characters (and
-``%`` itself), which is injective, so a hostile string can neither add a
-feature nor change another one's value.
+``%`` itself; other Unicode whitespace as ``%XX`` or ``%uXXXX``), which is
+injective, so a hostile string can neither add a feature nor change another
+one's value.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import tempfile
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from itertools import repeat
+from typing import TypeVar
 
 import numpy as np
 
@@ -35,15 +38,30 @@ from stopbandit.errors import InputError, SnapshotError
 _UNSAFE = {"%": "%25", "|": "%7C", ":": "%3A", " ": "%20", "\t": "%09", "\n": "%0A", "\r": "%0D",
            "\x0b": "%0B", "\x0c": "%0C", "'": "%27"}
 _TRANS = str.maketrans(_UNSAFE)
+_T = TypeVar("_T")
 
 
+@functools.lru_cache(maxsize=4096)
 def escape(value: str) -> str:
-    """Percent-encode the characters VW's text format treats as syntax (injective)."""
+    """Percent-encode the characters VW's text format treats as syntax (injective).
+
+    Memoised: the serving path escapes the same few categorical values (domain,
+    buckets) on every request.
+    """
     out = value.translate(_TRANS)
-    # any other whitespace (unicode spaces) would also split a feature
-    if any(c.isspace() for c in out):
-        out = "".join(f"%{ord(c):02X}" if c.isspace() else c for c in out)
+    # any other whitespace (unicode spaces) would also split a feature; str.split() splits on
+    # exactly the characters str.isspace() accepts, so one whole piece means there are none
+    pieces = out.split()
+    if len(pieces) != 1 or len(pieces[0]) != len(out):
+        out = "".join(_escape_space(c) if c.isspace() else c for c in out)
     return out or "%00"
+
+
+def _escape_space(c: str) -> str:
+    # %XX up to U+00FF, %uXXXX above (every Unicode space is below U+3001): after a '%'
+    # (itself always escaped) the next character says which, so the encoding stays injective
+    code = ord(c)
+    return f"%{code:02X}" if code <= 0xFF else f"%u{code:04X}"
 
 
 def feature_tokens(features: Mapping[str, float | str]) -> str:
@@ -127,10 +145,15 @@ def arm_line(arm: Arm) -> str:
     return f"|a arm={escape(arm.name)} thr:{min(arm.threshold, 1.05):.6g} {capf}"
 
 
+def cb_label(cost: float, prob: float) -> str:
+    """VW's cb label ``0:cost:probability`` (the action index is implied by the line it prefixes)."""
+    return f"0:{cost:.6g}:{max(prob, 1e-6):.6g}"
+
+
 def labeled(lines: Sequence[str], action: int, cost: float, prob: float) -> list[str]:
     """The multiline example with a cb label on ``action`` (0-based; line 0 is the shared line)."""
     out = list(lines)
-    out[action + 1] = f"0:{cost:.6g}:{max(prob, 1e-6):.6g} {out[action + 1]}"
+    out[action + 1] = f"{cb_label(cost, prob)} {out[action + 1]}"
     return out
 
 
@@ -212,6 +235,124 @@ class VWHead:
             if self._ws is not None:
                 self._ws.finish()
                 self._ws = None
+
+
+class ContextScorer:
+    """Predicts and learns one context at a time for heads that parse alike, over fixed action lines.
+
+    Why: parsing VW's text is most of the cost of a predict or a learn on the
+    serving path (a ``learn`` of 8 arms costs about one parse + one predict).
+    Through :class:`VWHead` each ``choose`` parsed the shared line and every
+    action line once per head, and each reward did it again per label. Here the
+    action lines are parsed once (when first used) and kept. A prediction
+    parses only the shared line, once for every head; a learn parses the shared
+    line and one labeled copy of each learned action line, once for all the
+    labels of a reward.
+
+    Exact: predicting does not change an example's features (as in
+    :func:`predict_batch`), and a learn updates the weights from the labeled
+    example while the others are only predicted, so predictions and weights are
+    those of ``head.predict/learn`` on the full text (``tests/bandit/test_vw.py``
+    checks it over interleaved learning, for several labels per reward and
+    across a save/load). Only VW's running statistics in the model header
+    (examples and features counted by ``finish_example``) differ; they report,
+    they do not learn. The kept action examples belong to the first head's
+    workspace and go back to its pool in :meth:`close`, which must run before
+    the heads are closed.
+    """
+
+    def __init__(self, heads: Sequence[VWHead], actions: Sequence[str]) -> None:
+        keys = {h.parse_key() for h in heads}
+        if len(keys) != 1:
+            raise InputError(f"ContextScorer needs heads that parse alike, got parse keys {sorted(keys)}")
+        for line in actions:
+            if not line.strip() or line.startswith("shared") or "\n" in line or "\r" in line:
+                raise InputError(f"each action line must be one non-empty, non-shared line, got {line[:80]!r}")
+        if not actions:
+            raise InputError("ContextScorer needs at least one action line")
+        self.heads = list(heads)
+        self.actions = list(actions)
+        self._ordered = sorted({id(h): h for h in heads}.values(), key=id)  # one lock order: no deadlock
+        self._acts: list | None = None
+        self._closed = False
+
+    def predict(self, shared: str) -> list[list[float]]:
+        """Per head, the per-action outputs of ``[shared, *actions]``."""
+        _check_shared(shared)
+        predict = pylibvw.vw.predict_multi
+
+        def work(exs: list, acts: list) -> list[list[float]]:
+            multi, out = [exs[0], *acts], []
+            for head in self.heads:
+                predict(head._ws, multi)
+                out.append(exs[0].get_action_scores())
+            return out
+
+        return self._with_parsed(shared, "predict", work)
+
+    def learn(self, shared: str, labels: Sequence[tuple[int, int, str]]) -> None:
+        """Learn ``(head index, action index, cb label)`` in order, all from one parse of ``shared``.
+
+        Each entry is the full multiline example ``[shared, *actions]`` with the
+        label on that action, learned by that head, as ``head.learn(labeled(…))``.
+        """
+        _check_shared(shared)
+        k = len(self.actions)
+        for h, a, label in labels:
+            if not (0 <= h < len(self.heads) and 0 <= a < k) or "\n" in label or "\r" in label:
+                raise InputError(f"bad learn entry (head {h}, action {a}, label {label[:40]!r})")
+        if not labels:
+            return
+        learn = pylibvw.vw.learn_multi
+
+        def work(exs: list, acts: list) -> None:
+            if len(exs) != len(labels) + 1:  # pragma: no cover - one line per example by the checks above
+                raise SnapshotError(f"VW parsed {len(labels) + 1} lines into {len(exs)} examples")
+            for (h, a, _), ex in zip(labels, exs[1:]):
+                learn(self.heads[h]._ws, [exs[0], *acts[:a], ex, *acts[a + 1:]])
+
+        text = "\n".join([shared, *(f"{label} {self.actions[a]}" for _, a, label in labels)])
+        self._with_parsed(text, "learn", work)
+
+    def _with_parsed(self, text: str, what: str, work: Callable[[list, list], _T]) -> _T:
+        """``work(examples of text, kept action examples)`` holding every head's lock; the examples then go back."""
+        locks = [h._lock for h in self._ordered]  # read now: a head's lock is its own business
+        for lock in locks:
+            lock.__enter__()
+        try:
+            ws = self.heads[0]._ws
+            if self._closed or any(h._ws is None for h in self.heads):
+                raise SnapshotError(f"{what} on a closed VW head")
+            acts = self._acts
+            if acts is None:
+                acts = self._acts = ws._parse("\n".join(self.actions))
+            exs = ws._parse(text)
+            try:
+                return work(exs, acts)
+            finally:
+                pylibvw.vw._finish_example_multi_ex(ws, exs)
+        finally:
+            for lock in reversed(locks):
+                lock.__exit__(None, None, None)
+
+    def close(self) -> None:
+        """Return the kept action examples to VW's pool (after one prediction, as cb_adf finishes a sequence)."""
+        with ExitStack() as stack:
+            for head in self._ordered:
+                stack.enter_context(head._lock)
+            acts, self._acts, self._closed = self._acts, None, True
+            ws = self.heads[0]._ws
+            if acts is None or ws is None:
+                return
+            exs = ws._parse("shared |c")
+            seq = [exs[0], *acts]
+            pylibvw.vw.predict_multi(ws, seq)
+            pylibvw.vw._finish_example_multi_ex(ws, seq)
+
+
+def _check_shared(shared: str) -> None:
+    if "\n" in shared or "\r" in shared or not shared.startswith("shared"):
+        raise InputError(f"the shared line must be one line starting with 'shared', got {shared[:80]!r}")
 
 
 PREDICT_BATCH_LOCKED = 2048
@@ -315,4 +456,5 @@ def _load(args: str, model: bytes) -> vowpalwabbit.Workspace:
         os.unlink(path)
 
 
-__all__ = ["VWHead", "arm_line", "escape", "feature_tokens", "labeled", "predict_batch", "shared_line", "shared_lines"]
+__all__ = ["ContextScorer", "VWHead", "arm_line", "cb_label", "escape", "feature_tokens", "labeled", "predict_batch",
+           "shared_line", "shared_lines"]

@@ -10,6 +10,10 @@ from stopbandit.errors import InputError
 
 def check_em(em: object, *, field: str = "em") -> float:
     """EM must be a finite number in [0, 1]."""
+    if type(em) is float or type(em) is int:  # the common case, without the slow ABC check below
+        if 0.0 <= em <= 1.0:  # also false for NaN
+            return float(em)
+        raise InputError(f"{field} must be a finite number in [0, 1], got {em!r}")
     if isinstance(em, bool) or not isinstance(em, Real):
         raise InputError(f"{field} must be a number in [0, 1], got {em!r}")
     value = float(em)
@@ -20,6 +24,10 @@ def check_em(em: object, *, field: str = "em") -> float:
 
 def check_tokens(tokens: object, *, field: str = "tokens") -> int:
     """Token counts must be non-negative integers (integral floats are accepted)."""
+    if type(tokens) is int:  # the common case, without the slow ABC checks below
+        if tokens < 0:
+            raise InputError(f"{field} must be >= 0, got {tokens!r}")
+        return tokens
     if isinstance(tokens, bool):
         raise InputError(f"{field} must be a non-negative integer, got {tokens!r}")
     if isinstance(tokens, Real) and not isinstance(tokens, Integral):

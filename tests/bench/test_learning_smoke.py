@@ -21,8 +21,9 @@ from benchmarks.learning_lib.streams import ARMS
 
 N = 1500
 PLAN = Plan(n=N, seeds=(0,), held_n=100, window=500, search_n=800, search_lams=(0.25, 0.5), matched_n=800,
-            protos=("nested-lenient",), jobs=1)
-SELECTOR_KEYS = ("plain", "nested", "native", "nested-graph", "nested-lenient")
+            protos=("nested-lenient", "nested-graph-iw10", "nested-graph-lr0.25"), jobs=1)
+SELECTOR_KEYS = ("plain", "nested", "native", "nested-graph", "nested-lenient", "nested-graph-iw10",
+                 "nested-graph-lr0.25")
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,9 @@ def res():
 
 def test_every_policy_played_every_request(res):
     trajs = res.trajs["main"][0]
-    expected = set(MAIN_KEYS) | {"nested-lenient", "oracle", "best-static"} | {f"static-{a.name}" for a in ARMS}
+    expected = set(MAIN_KEYS) | {"nested-lenient", "nested-graph-iw10", "nested-graph-lr0.25", "oracle",
+                                 "best-static"} \
+        | {f"static-{a.name}" for a in ARMS}
     assert expected <= set(trajs)
     stream = res.streams["main"][0]
     rows = np.arange(N)
@@ -107,6 +110,7 @@ def test_render_prints_every_section(res):
     for title in ("### Online reward", "### Held-out learning curves", "### Prototypes", "### Matched savings",
                   "### Drift"):
         assert title in text
+    assert "Requests needed, plain vs the prototypes" in text and "Exploration's share of the plateau" in text
     assert "nan" not in text.lower()
     assert text.count("\n|---") >= 6
 
@@ -146,3 +150,32 @@ def test_requests_ratio_table(res):
                                     "same quality as plain @end"]
     # the plain learner is at its own final value at its last checkpoint, by definition
     assert not rows[-1][1].startswith("not reached") and "–" not in rows[-1][1], rows[-1]
+
+
+def test_greedy_table_splits_exploration_from_learning(res):
+    keys = ["plain", "nested-graph", "nested-graph-iw10", "fullinfo"]
+    cs = analysis.curve_stats(res.helds, res.trajs["main"], keys, PLAN.lam)
+    header, rows = analysis.greedy_table(cs, keys, {}, last=2)
+    assert header[:4] == ["policy", "served (last 2 checkpoints)", "greedy", "exploration cost"]
+    assert [r[0] for r in rows] == keys
+    served = {k: cs.value[k][:, -2:].mean() for k in keys}
+    greedy = {k: cs.greedy[k][:, -2:].mean() for k in keys}
+    for row, k in zip(rows, keys):
+        assert row[1].startswith(f"{served[k]:.4f}") and row[2].startswith(f"{greedy[k]:.4f}")
+        assert row[3].startswith(f"{greedy[k] - served[k]:.4f}")
+    assert served["fullinfo"] == greedy["fullinfo"]  # greedy, no exploration: nothing to split
+
+
+def test_learning_rate_prototype_runs_the_heads_with_half_the_rate():
+    from stopbandit.bandit.exploration import SquareCB
+    from stopbandit.bandit.policy import EM_ARGS, POLICIES, TOKEN_ARGS, make_policy
+
+    from benchmarks.learning_lib.prototypes import register_policies
+
+    register_policies()
+    assert "heads-lr0.25" in POLICIES
+    pol = make_policy("heads-lr0.25", ARMS, SquareCB(), 1000.0)
+    try:
+        assert pol.vw_args() == {"em": EM_ARGS + " -l 0.25", "tokens": TOKEN_ARGS + " -l 0.25"}
+    finally:
+        pol.close()

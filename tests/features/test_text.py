@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.stats import spearmanr
 
 from stopbandit.errors import ConfigError
@@ -74,3 +76,17 @@ def test_version_2_ranks_the_simulators_difficulty_better_than_version_1():
         fx = FeatureExtractor(FeatureConfig(version=v))
         rho[v] = spearmanr([fx.extract(r.prompt, r.domain)["diff"] for r in reqs], truth)[0]
     assert rho[2] > rho[1] + 0.05, rho
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(text=st.text(alphabet=st.characters(blacklist_categories=("Cs",))) | st.text("Prove, simply: 2+2=4 (then) \u2003İß\n"))
+def test_text_stats_counts_match_their_definitions(text):
+    """Whatever the text: tokens = whitespace words, cue counts = stripped lower-case words in the lists."""
+    words = [w.strip(".,;:?!()\"'") for w in text.lower().split()]
+    n = max(len(text), 1)
+    for version, hard, easy in ((2, HARD_WORDS, EASY_WORDS), (1, STEP_WORDS_V1, frozenset())):
+        s = text_stats(text, version=version)
+        assert s.tokens == len(text.split())
+        assert (s.step_words, s.easy_words) == (sum(w in hard for w in words), sum(w in easy for w in words))
+        assert s.digit_share == sum(c.isascii() and c.isdigit() for c in text) / n
+    assert text_stats(text, counter=lambda t: 7).tokens == 7  # a custom counter is still used

@@ -133,6 +133,19 @@ def test_escaping_is_injective_and_leaves_no_syntax(a, b):
     assert not any(c in ea for c in "|: \t\n\r'") and not any(c.isspace() for c in ea) and ea
 
 
+def test_escaping_every_unicode_space_anywhere_in_a_value():
+    """Leading, inner and trailing spaces of every kind are escaped, and wide ones never read as ASCII escapes."""
+    spaces = [chr(i) for i in range(0x3001) if chr(i).isspace()]
+    seen: dict[str, str] = {}
+    for c in spaces:
+        for value in (c, f"{c}x", f"x{c}", f"a{c}b"):
+            e = escape(value)
+            assert not any(ch.isspace() for ch in e), (value, e)
+            assert seen.setdefault(e, value) == value, f"{value!r} and {seen[e]!r} both escape to {e!r}"
+    # U+2028 written as %XX would be "%2028", which is also how "a 28b" escapes
+    assert escape("a\u2028b") != escape("a 28b")
+
+
 # -- rewards -----------------------------------------------------------------------------------------------
 weird_number = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True), st.integers(min_value=-(2**70), max_value=2**70),
