@@ -99,6 +99,34 @@ def test_chosen_arm_frequencies_follow_the_logged_probabilities(sqlite_url):
         assert abs(freq - p) < 4 * math.sqrt(p * (1 - p) / 4000) + 1e-9
 
 
+def test_generated_decision_ids_are_unique_and_time_ordered(sqlite_url):
+    """32 hex digits, unique across threads, and ordered by creation time (the store's indexes append)."""
+    sel = Selector.open(sqlite_url, seed=0, follow=False)
+    first = [sel.choose("what is 2+2", domain="math").decision_id for _ in range(200)]
+    time.sleep(0.002)
+    ids: list[str] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        mine = [sel.choose("what is 3+3", domain="math").decision_id for _ in range(300)]
+        with lock:
+            ids.extend(mine)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    sel.close()
+    every = first + ids
+    assert len(set(every)) == len(every) == 1400
+    assert all(len(k) == 32 and int(k, 16) >= 0 for k in every)
+    prefixes = [int(k[:16], 16) for k in first]
+    assert prefixes == sorted(prefixes)  # one thread: non-decreasing time prefix
+    assert min(int(k[:16], 16) for k in ids) > prefixes[-1]  # made later, sorts later
+    assert abs(prefixes[0] - time.time_ns()) < 60e9  # the prefix is the wall clock in ns
+
+
 def test_reward_validation(sel):
     d = sel.choose("q", domain="math")
     with pytest.raises(InputError, match="em must be a finite number"):
