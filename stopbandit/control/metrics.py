@@ -13,7 +13,8 @@ process, or a test, never collide. Two kinds of metrics:
 * live state, read when scraped: ``stopbandit_lambda``, the controller
   (``stopbandit_controller_error`` — the relative target error of the last
   step — ``_window_error``, ``_window_tokens``, ``_window_em``, ``_target``,
-  ``_setpoint``, ``_saturated``, ``_steps_total``, ``_moves_total``), the guardrail
+  ``_setpoint``, ``_saturated``, ``_steps_total``, ``_moves_total``, and the
+  domain-mix feed-forward's ``_mix_share{domain}`` and ``_mix_pending``), the guardrail
   (``stopbandit_guardrail_fallback{domain}`` 0/1, ``_z``, ``_relative_loss``,
   ``_control_em``, ``_policy_em``), the challenger share, and the store as
   ``Selector.health()`` reports it (``stopbandit_store_ok``,
@@ -131,6 +132,17 @@ class _LiveCollector(Collector):
             sat.add_metric(["high"], 1.0 if c.saturated == "high" else 0.0)
             sat.add_metric(["low"], 1.0 if c.saturated == "low" else 0.0)
             yield sat
+            yield gauge("controller_mix_pending", "Mix feed-forward λ move the step bound has not made yet",
+                        c.mix_pending)
+            mix = GaugeMetricFamily(f"{ns}_controller_mix_share", "Recent domain mix the mix feed-forward sees",
+                                    labels=["domain"])
+            shares: dict[str, float] = {}
+            for domain, share in (c.mix_shares or {}).items():  # capped domains fold into "other"
+                label = self._m.domain_label(domain)
+                shares[label] = shares.get(label, 0.0) + share
+            for label, share in sorted(shares.items()):
+                mix.add_metric([label], share)
+            yield mix
             yield gauge("controller_enabled", "1 when the controller steps", 1.0 if c.enabled else 0.0)
             for name, v in (("controller_steps", c.steps), ("controller_moves", c.moves)):
                 fam = CounterMetricFamily(f"{ns}_{name}", f"Controller {name.split('_')[1]}")

@@ -56,6 +56,11 @@ def test_scrape_over_http(sqlite_url):
         st.window_tokens)
     assert value(m["stopbandit_controller_moves"], "stopbandit_controller_moves_total") == st.moves
     assert "stopbandit_controller_error" in m and "stopbandit_controller_saturated" in m
+    assert value(m["stopbandit_controller_mix_pending"], "stopbandit_controller_mix_pending") == pytest.approx(
+        st.mix_pending)
+    shares = {s.labels["domain"]: s.value for s in m["stopbandit_controller_mix_share"]}
+    assert shares == pytest.approx({str(d): v for d, v in (st.mix_shares or {}).items()})
+    assert shares and sum(shares.values()) == pytest.approx(1.0)  # the mix feed-forward is on by default
     for name in ("stopbandit_store_ok", "stopbandit_store_write_lag_seconds", "stopbandit_store_queue_depth",
                  "stopbandit_store_spill_backlog"):
         assert len(m[name]) == 1
