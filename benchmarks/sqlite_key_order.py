@@ -34,7 +34,8 @@ def cpu_us_per_pair(ordered: bool, rows: int, seed: int) -> float:
             con.execute(f"PRAGMA {pragma}")
         con.execute("CREATE TABLE decisions (id INTEGER PRIMARY KEY, request_key VARCHAR(128) UNIQUE, ts FLOAT, "
                     "domain VARCHAR(64), features TEXT, arm VARCHAR(64), arm_index INT, probabilities TEXT, "
-                    "propensity FLOAT, lam FLOAT, token_scale FLOAT, policy_version VARCHAR(64), experiment VARCHAR(32))")
+                    "propensity FLOAT, lam FLOAT, token_scale FLOAT, policy_version VARCHAR(64), "
+                    "experiment VARCHAR(32))")
         con.execute("CREATE INDEX ix_decisions_ts ON decisions (ts)")
         con.execute("CREATE INDEX ix_decisions_domain ON decisions (domain)")
         con.execute("CREATE TABLE outcomes (id INTEGER PRIMARY KEY, decision_key VARCHAR(128) UNIQUE "

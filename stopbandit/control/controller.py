@@ -586,4 +586,5 @@ class LambdaController:
         return LambdaController(self.target, replace(self.config, **changes))  # type: ignore[arg-type]
 
 
-__all__ = ["DEFAULT_KI", "DEFAULT_MIX_GAIN", "TARGET_KINDS", "ControllerConfig", "ControllerState", "LambdaController", "Step", "Target"]
+__all__ = ["DEFAULT_KI", "DEFAULT_MIX_GAIN", "TARGET_KINDS", "ControllerConfig", "ControllerState", "LambdaController",
+           "Step", "Target"]

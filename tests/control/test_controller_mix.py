@@ -1,4 +1,4 @@
-"""The domain-mix feed-forward of the λ controller: a mix change moves λ at once, bounded; a steady mix changes nothing."""
+"""The λ controller's domain-mix feed-forward: a mix change moves λ at once, bounded; a steady mix changes nothing."""
 
 from __future__ import annotations
 
