@@ -46,6 +46,11 @@ ARMS8 = [
 ]
 
 
+def arms_for(k: int) -> list[Arm]:
+    """The benchmark's arm set: all eight, or four of them spread from lenient to aggressive."""
+    return ARMS8 if k == 8 else [ARMS8[0], ARMS8[2], ARMS8[4], ARMS8[6]]
+
+
 def percentile_us(samples: list[int], q: float) -> float:
     return float(np.percentile(np.asarray(samples) / 1000.0, q))
 
@@ -70,7 +75,7 @@ def one_core(cpu: int) -> Iterator[None]:
 def run(k: int, n: int, seconds: float, cpu: int, rounds: int, workdir: Path) -> dict[str, float]:
     import vowpalwabbit
 
-    arms = ARMS8[:k] if k == 8 else [ARMS8[0], ARMS8[2], ARMS8[4], ARMS8[6]]
+    arms = arms_for(k)
     sim = Simulator(seed=1)
     reqs = sim.take(4000)
     url = f"sqlite:///{workdir / f'latency{k}.db'}"

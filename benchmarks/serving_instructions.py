@@ -39,17 +39,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def loop(root: str, k: int, n: int) -> None:
     """The measured program: runs in the child, with ``root``'s stopbandit first on sys.path."""
-    sys.path.insert(0, root)
+    sys.path.insert(0, root)  # before anything imports stopbandit: the tree under test's package
     import stopbandit
+    from choose_latency import arms_for  # this script's directory: the same arms as the latency benchmark
     from stopbandit import Selector
-    from stopbandit.bandit.arms import Arm
     from stopbandit.sim import Simulator, run as sim_run
 
     if not stopbandit.__file__.startswith(root):
         raise SystemExit(f"imported {stopbandit.__file__}, not the tree under {root}")
-    arms8 = [Arm("full", 1.01, 0), Arm("t99", 0.99, 0), Arm("careful", 0.97, 0), Arm("t95", 0.95, 0),
-             Arm("balanced", 0.90, 0), Arm("t85", 0.85, 0), Arm("aggressive", 0.75, 512), Arm("cap256", 0.75, 256)]
-    arms = arms8 if k == 8 else [arms8[0], arms8[2], arms8[4], arms8[6]]
+    arms = arms_for(k)
     reqs = Simulator(seed=1).take(4000)
     with tempfile.TemporaryDirectory() as d:
         sel = Selector.open(f"sqlite:///{d}/instr.db", lam=0.2, arms=arms, seed=0)

@@ -58,7 +58,7 @@ class LenientSquareCB(Exploration):
 
     @classmethod
     def of_arms(cls, arms: ArmSet, **kwargs: Any) -> LenientSquareCB:
-        return cls(tuple(tuple(arms.revealed_by(i)) for i in range(len(arms))), arms.most_conservative(), **kwargs)
+        return cls(arms.reveals(), arms.most_conservative(), **kwargs)
 
     def _probabilities(self, scores: list[float], t: int) -> list[float]:
         k = len(scores)

@@ -150,6 +150,10 @@ class ArmSet:
         lead = self.arms[logged]
         return [i for i, a in enumerate(self.arms) if a.at_most_as_lenient_as(lead)]
 
+    def reveals(self) -> tuple[tuple[int, ...], ...]:
+        """:meth:`revealed_by` of every arm, in arm order: the reveal structure of nested feedback."""
+        return tuple(tuple(self.revealed_by(i)) for i in range(len(self.arms)))
+
     def to_list(self) -> list[dict[str, Any]]:
         return [a.to_dict() for a in self.arms]
 

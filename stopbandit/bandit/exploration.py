@@ -189,7 +189,7 @@ class SquareCB(Exploration):
     def for_arms(self, arms: ArmSet) -> SquareCB:
         if not self.nested:
             return self
-        reveals = tuple(tuple(arms.revealed_by(i)) for i in range(len(arms)))
+        reveals = arms.reveals()
         return self if reveals == self.reveals else replace(self, reveals=reveals)
 
     def observe_reward(self, traced: bool) -> None:

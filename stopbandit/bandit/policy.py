@@ -40,7 +40,7 @@ import numpy as np
 
 from stopbandit.bandit.arms import ArmSet
 from stopbandit.bandit.exploration import Exploration
-from stopbandit.bandit.vw import ContextScorer, VWHead, arm_line, cb_label, labeled, predict_batch
+from stopbandit.bandit.vw import ContextScorer, VWHead, arm_line, cb_label, labeled, predict_batch, with_label
 from stopbandit.errors import ConfigError, InputError, SnapshotError
 
 BASE_ARGS = "--cb_adf --cb_type mtr -q ca -q da --cubic dca -b 18"
@@ -49,19 +49,15 @@ TOKEN_ARGS = BASE_ARGS
 NATIVE_ARGS = "--cb_explore_adf --squarecb -q ca -q da --cubic dca -b 18"
 
 
-def _sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-min(max(x, -30.0), 30.0)))
-
-
 def _em_of_cost(cost: float) -> float:
-    """P(EM) from the EM head's cost (−margin): the one mapping of single and batched predictions."""
-    return _sigmoid(-cost)
+    """P(EM) = sigmoid(−cost) from the EM head's cost (−margin): the one mapping of single and batched predictions."""
+    return 1.0 / (1.0 + math.exp(max(min(cost, 30.0), -30.0)))
 
 
 def _em_of_costs(cost: np.ndarray) -> np.ndarray:
     """:func:`_em_of_cost` of every element, the same floats: numpy does the exactly rounded steps
-    (negation, clipping, ``1 / (1 + e)``) and ``math.exp`` the exponential (``np.exp`` may round differently)."""
-    arg = -np.minimum(np.maximum(-cost, -30.0), 30.0)
+    (clipping, ``1 / (1 + e)``) and ``math.exp`` the exponential (``np.exp`` may round differently)."""
+    arg = np.maximum(np.minimum(cost, 30.0), -30.0)
     e = np.fromiter(map(math.exp, arg.ravel().tolist()), dtype=np.float64, count=arg.size).reshape(arg.shape)
     return 1.0 / (1.0 + e)
 
@@ -201,9 +197,7 @@ class HeadsPolicy(Policy):
             cost_em, cost_tok = self._scorer.predict(lines[0])
         else:
             cost_em, cost_tok = self.em.predict(lines), self.tokens.predict(lines)
-        # _em_of_cost inlined (the same floats: sigmoid(−c) = 1/(1 + exp(clip(c))), negation is exact)
-        exp = math.exp
-        em = [1.0 / (1.0 + exp(max(min(c, 30.0), -30.0))) for c in cost_em]
+        em = [_em_of_cost(c) for c in cost_em]
         tok = [c if c > 0.0 else 0.0 for c in cost_tok]
         return em, tok
 
@@ -234,9 +228,7 @@ class HeadsPolicy(Policy):
             return
         heads, lines = (self.em, self.tokens), [shared, *self.arm_lines]
         for h, arm, label in labels:
-            out = list(lines)
-            out[arm + 1] = f"{label} {out[arm + 1]}"
-            heads[h].learn(out)
+            heads[h].learn(with_label(lines, arm, label))
 
     def learn(self, shared: str, arm: int, em: float, tokens: int, prob: float, lam: float, *,
               weight: float = 1.0) -> None:

@@ -230,6 +230,7 @@ class Selector:
         self.config = config
         self.arms: ArmSet = config.arms
         self._arm_names = self.arms.names  # ArmSet.names builds a new tuple per call; choose needs it every time
+        self._reveals = self.arms.reveals()  # for [learning] revealed_weighting, per reward
         self.store = store
         self.extractor = FeatureExtractor(config.features)
         self._rng = np.random.default_rng(config.seed)
@@ -650,9 +651,8 @@ class Selector:
                 weights = None
                 learning = self.config.learning
                 if learning.weighted and pending.probs is not None:  # [learning] revealed_weighting
-                    arms = self.arms
-                    weights = observation_weights(pending.probs, [arms.revealed_by(j) for j in range(len(arms))],
-                                                  pending.arm, revealed, learning.revealed_weight_clip)
+                    weights = observation_weights(pending.probs, self._reveals, pending.arm, revealed,
+                                                  learning.revealed_weight_clip)
                 policy.learn_revealed(pending.shared, revealed, pending.arm, pending.prob, pending.lam,
                                       weights=weights)
             else:

@@ -66,16 +66,27 @@ def _escape_space(c: str) -> str:
 
 def feature_tokens(features: Mapping[str, float | str]) -> str:
     """``name:value`` for numbers, ``name=escaped`` for strings (names are validated upstream)."""
+    return " ".join(_tokens(features))
+
+
+def _tokens(features: Mapping[str, float | str], skip: str | None = None) -> list[str]:
+    """:func:`feature_tokens`' tokens, leaving out the feature named ``skip``."""
     parts = []
     for name, value in features.items():
-        if isinstance(value, str):
+        if name == skip:
+            continue
+        if type(value) is float:  # the common case, checked and formatted in place
+            if value - value != 0.0:  # inf or nan
+                raise InputError(f"feature {name!r} must be finite, got {value!r}")
+            parts.append(f"{name}:{value:.6g}")
+        elif isinstance(value, str):
             parts.append(f"{name}={escape(value)}")
         else:
             v = float(value)
             if not math.isfinite(v):
                 raise InputError(f"feature {name!r} must be finite, got {value!r}")
             parts.append(f"{name}:{v:.6g}")
-    return " ".join(parts)
+    return parts
 
 
 def shared_line(features: Mapping[str, float | str]) -> str:
@@ -86,56 +97,16 @@ def shared_line(features: Mapping[str, float | str]) -> str:
     context × arm model on top of the shared one, instead of borrowing a
     look-alike domain's estimates for arms it rarely explores.
     """
+    line = "shared |c " + " ".join(_tokens(features, skip="domain"))
     domain = features.get("domain")
-    rest = {k: v for k, v in features.items() if k != "domain"}
-    line = "shared |c " + feature_tokens(rest)
     if domain is not None:
         line += f" |d {escape(str(domain))}"
     return line
 
 
 def shared_lines(features: Sequence[Mapping[str, float | str]]) -> list[str]:
-    """``[shared_line(f) for f in features]``, with the escaping of repeated strings memoised.
-
-    The same strings by construction: the token rules of :func:`feature_tokens`
-    and :func:`shared_line` (floats are checked and formatted in place,
-    other numbers go through ``float`` first), with :func:`escape` called
-    once per distinct string value of the batch.
-    """
-    esc: dict[str, str] = {}
-    isfinite = math.isfinite
-    out = []
-    for feats in features:
-        parts = ["shared |c"]
-        domain = None
-        for name, value in feats.items():
-            if type(value) is float and name != "domain":
-                if value - value != 0.0:  # inf or nan
-                    raise InputError(f"feature {name!r} must be finite, got {value!r}")
-                parts.append(f"{name}:{value:.6g}")
-            elif name == "domain":
-                domain = value
-            elif isinstance(value, str):
-                e = esc.get(value)
-                if e is None:
-                    e = esc[value] = escape(value)
-                parts.append(f"{name}={e}")
-            else:
-                v = float(value)
-                if not isfinite(v):
-                    raise InputError(f"feature {name!r} must be finite, got {value!r}")
-                parts.append(f"{name}:{v:.6g}")
-        if len(parts) == 1:
-            parts.append("")  # shared_line keeps the separator after an empty namespace
-        line = " ".join(parts)
-        if domain is not None:
-            d = str(domain)
-            e = esc.get(d)
-            if e is None:
-                e = esc[d] = escape(d)
-            line += f" |d {e}"
-        out.append(line)
-    return out
+    """``[shared_line(f) for f in features]`` (offline scoring; repeated strings hit :func:`escape`'s memo)."""
+    return [shared_line(f) for f in features]
 
 
 def arm_line(arm: Arm) -> str:
@@ -152,8 +123,13 @@ def cb_label(cost: float, prob: float) -> str:
 
 def labeled(lines: Sequence[str], action: int, cost: float, prob: float) -> list[str]:
     """The multiline example with a cb label on ``action`` (0-based; line 0 is the shared line)."""
+    return with_label(lines, action, cb_label(cost, prob))
+
+
+def with_label(lines: Sequence[str], action: int, label: str) -> list[str]:
+    """``lines`` with ``label`` (a :func:`cb_label`) in front of action ``action``'s line."""
     out = list(lines)
-    out[action + 1] = f"{cb_label(cost, prob)} {out[action + 1]}"
+    out[action + 1] = f"{label} {out[action + 1]}"
     return out
 
 
@@ -457,4 +433,4 @@ def _load(args: str, model: bytes) -> vowpalwabbit.Workspace:
 
 
 __all__ = ["ContextScorer", "VWHead", "arm_line", "cb_label", "escape", "feature_tokens", "labeled", "predict_batch",
-           "shared_line", "shared_lines"]
+           "shared_line", "shared_lines", "with_label"]
