@@ -90,15 +90,31 @@ class MixTracker:
 
     def means(self) -> tuple[dict[Domain, float], dict[Domain, float]]:
         """Per-domain window means of (EM, tokens); a domain with fewer than ``min_n`` outcomes gets the overall."""
-        n = self._tot[0]
-        if n <= 0:
+        if self._tot[0] <= 0:
             return {}, {}
-        all_em, all_tok = self._tot[1] / n, self._tot[2] / n
+        all_em, all_tok = self._overall()
         em: dict[Domain, float] = {}
         tok: dict[Domain, float] = {}
         for d, (k, e, t) in self._sums.items():
             em[d], tok[d] = (e / k, t / k) if k >= self.min_n else (all_em, all_tok)
         return em, tok
+
+    def _overall(self) -> tuple[float, float]:
+        """Window means of (EM, tokens) over every domain; zeros while the window is empty."""
+        n = self._tot[0]
+        return (self._tot[1] / n, self._tot[2] / n) if n else (0.0, 0.0)
+
+    def _change(self, now: dict[Domain, float], before: dict[Domain, float],
+                em: dict[Domain, float], tok: dict[Domain, float]) -> tuple[float, float]:
+        """``Σ_d (now_d − before_d)·m̄_d`` for (EM, tokens); a domain without a mean gets the overall one."""
+        all_em, all_tok = self._overall()
+        d_em = d_tok = 0.0
+        for d in set(now) | set(before):
+            dw = now.get(d, 0.0) - before.get(d, 0.0)
+            if dw:
+                d_em += dw * em.get(d, all_em)
+                d_tok += dw * tok.get(d, all_tok)
+        return d_em, d_tok
 
     def step(self) -> tuple[float, float]:
         """``(Δm_EM, Δm_tokens)`` since the previous step: the mix change weighted by the current domain means.
@@ -110,17 +126,7 @@ class MixTracker:
         prev, self._prev = self._prev, now
         if prev is None or not now:
             return 0.0, 0.0
-        em, tok = self.means()
-        all_n = self._tot[0]
-        all_em = self._tot[1] / all_n if all_n else 0.0
-        all_tok = self._tot[2] / all_n if all_n else 0.0
-        d_em = d_tok = 0.0
-        for d in set(now) | set(prev):
-            dw = now.get(d, 0.0) - prev.get(d, 0.0)
-            if dw:
-                d_em += dw * em.get(d, all_em)
-                d_tok += dw * tok.get(d, all_tok)
-        return d_em, d_tok
+        return self._change(now, prev, *self.means())
 
     def set_reference(self) -> None:
         """Freeze the current recent mix as the reference that :meth:`shift` compares against."""
@@ -142,17 +148,14 @@ class MixTracker:
         if ref is None or not now:
             return 0.0, 0.0, 0.0, 0.0
         em, tok = self.means()
-        n = self._tot[0]
-        all_em, all_tok = (self._tot[1] / n, self._tot[2] / n) if n else (0.0, 0.0)
-        lv_em = lv_tok = 0.0
-        for d in set(now) | set(ref):
-            dw = now.get(d, 0.0) - ref.get(d, 0.0)
-            lv_em += dw * em.get(d, all_em)
-            lv_tok += dw * tok.get(d, all_tok)
-        mu_em = sum(w * em.get(d, all_em) for d, w in ref.items())
-        mu_tok = sum(w * tok.get(d, all_tok) for d, w in ref.items())
-        var_em = sum(w * (em.get(d, all_em) - mu_em) ** 2 for d, w in ref.items())
-        var_tok = sum(w * (tok.get(d, all_tok) - mu_tok) ** 2 for d, w in ref.items())
+        lv_em, lv_tok = self._change(now, ref, em, tok)
+        all_em, all_tok = self._overall()
+        ref_em = {d: em.get(d, all_em) for d in ref}
+        ref_tok = {d: tok.get(d, all_tok) for d in ref}
+        mu_em = sum(w * ref_em[d] for d, w in ref.items())
+        mu_tok = sum(w * ref_tok[d] for d, w in ref.items())
+        var_em = sum(w * (ref_em[d] - mu_em) ** 2 for d, w in ref.items())
+        var_tok = sum(w * (ref_tok[d] - mu_tok) ** 2 for d, w in ref.items())
         k = 2.0 / max(1, self.recent)
         return lv_em, lv_tok, (k * var_em) ** 0.5, (k * var_tok) ** 0.5
 
