@@ -69,6 +69,7 @@ from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlche
 from stopbandit.errors import StoreError
 from stopbandit.replay import migrate
 from stopbandit.replay.engine import redact
+from stopbandit.replay.jsoncodec import NotJSONError
 from stopbandit.replay.spill import Adopted, Chunk, SpillFile, SpillReader, encode, read_spill
 from stopbandit.replay.store import OUTCOMES, ReplayStore
 
@@ -577,9 +578,11 @@ class BatchWriter:
         try:
             encode([item])
             return True
+        except NotJSONError as exc:  # names the key: "features.x is not JSON: …"
+            self._reject(item[0], item[1], str(exc))
+            return False
         except (TypeError, ValueError) as exc:
-            why = str(exc)  # NotJSONError names the key: "features.x is not JSON: …"
-            self._reject(item[0], item[1], why if "not JSON" in why else f"not JSON: {why}")
+            self._reject(item[0], item[1], f"not JSON: {exc}")
             return False
 
     def _count(self, name: str, n: int) -> None:
