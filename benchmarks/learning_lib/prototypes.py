@@ -11,8 +11,10 @@
 * :func:`latent_difficulty` -- the simulator's true latent difficulty as a
   caller feature (``features=`` of ``Selector.choose``). Not deployable: it
   measures what a perfect difficulty estimate would be worth.
-* :class:`SlowHeadsPolicy` (``policy="heads-lr0.25"``) -- the heads with VW's
-  learning rate halved (``-l 0.25``), and :class:`LoggedWeightHeadsPolicy`
+* :class:`FastHeadsPolicy` (``policy="heads-lr0.5"``) -- the heads at VW's
+  default learning rate (``-l 0.5``), the library default before issue 9
+  (``-l 0.25`` now; this was ``heads-lr0.25`` while the halved rate was the
+  prototype), and :class:`LoggedWeightHeadsPolicy`
   (``policy="heads-lw3"``) -- the logged arm's update weighted 3, revealed
   arms 1 (issue 9: what keeps the nested learners below the full-information
   heads). :func:`register_policies` adds them to the library's ``POLICIES``
@@ -23,6 +25,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -82,15 +85,22 @@ def latent_difficulty(request: SimRequest) -> dict[str, float]:
     return {"xdiff": round(request.difficulty, 4)}
 
 
-class SlowHeadsPolicy(HeadsPolicy):
-    """The heads with VW's learning rate halved: does a slower learner plateau higher (less late noise)?"""
+def with_learning_rate(args: str, rate: float) -> str:
+    """``args`` with its ``-l`` value replaced by ``rate`` (appended if it has none)."""
+    kept = re.sub(r"\s-l\s+\S+", "", f" {args}").strip()
+    return f"{kept} -l {rate}"
 
-    name = "heads-lr0.25"  # type: ignore[assignment]
+
+class FastHeadsPolicy(HeadsPolicy):
+    """The heads at VW's default learning rate (0.5): the library before the halved rate became the default."""
+
+    name = "heads-lr0.5"  # type: ignore[assignment]
 
     def __init__(self, arms: ArmSet, exploration: Exploration, token_scale: float,
                  blobs: Mapping[str, bytes] | None = None, args: Mapping[str, str] | None = None) -> None:
         super().__init__(arms, exploration, token_scale, blobs,
-                         args or {"em": EM_ARGS + " -l 0.25", "tokens": TOKEN_ARGS + " -l 0.25"})
+                         args or {"em": with_learning_rate(EM_ARGS, 0.5),
+                                  "tokens": with_learning_rate(TOKEN_ARGS, 0.5)})
 
 
 class LoggedWeightHeadsPolicy(HeadsPolicy):
@@ -105,7 +115,7 @@ class LoggedWeightHeadsPolicy(HeadsPolicy):
         super().learn_revealed(shared, outcomes, logged, prob, lam, weights=w)
 
 
-PROTOTYPE_POLICIES: dict[str, type[HeadsPolicy]] = {c.name: c for c in (SlowHeadsPolicy, LoggedWeightHeadsPolicy)}
+PROTOTYPE_POLICIES: dict[str, type[HeadsPolicy]] = {c.name: c for c in (FastHeadsPolicy, LoggedWeightHeadsPolicy)}
 
 
 def register_policies() -> None:
@@ -114,5 +124,5 @@ def register_policies() -> None:
         POLICIES.setdefault(name, cls)
 
 
-__all__ = ["LenientSquareCB", "LoggedWeightHeadsPolicy", "PROTOTYPE_POLICIES", "SlowHeadsPolicy",
-           "latent_difficulty", "register_policies"]
+__all__ = ["FastHeadsPolicy", "LenientSquareCB", "LoggedWeightHeadsPolicy", "PROTOTYPE_POLICIES",
+           "latent_difficulty", "register_policies", "with_learning_rate"]

@@ -85,10 +85,11 @@ LEARNERS: dict[str, Learner] = {
     "nested-graph-g2.5": Learner("nested + graph exploration, γ₀ = 2.5", "selector", nested=True, explore="graph",
                                  gamma=2.5, prototype=True),
     "plain-g2.5": Learner("plain, SquareCB γ₀ = 2.5", "selector", gamma=2.5, prototype=True),
-    # issue 9: VW learning rate halved; the logged arm weighted 3 vs revealed arms 1 (prototypes.py policies)
-    "nested-graph-lr0.25": Learner("nested + graph exploration, VW -l 0.25", "selector", policy="heads-lr0.25",
-                                   nested=True, explore="graph", prototype=True),
-    "plain-lr0.25": Learner("plain, VW -l 0.25", "selector", policy="heads-lr0.25", prototype=True),
+    # issue 9: VW's default learning rate (0.5, the library's before it was halved to 0.25); the logged arm
+    # weighted 3 vs revealed arms 1 (prototypes.py policies)
+    "nested-graph-lr0.5": Learner("nested + graph exploration, VW -l 0.5 (old default)", "selector",
+                                  policy="heads-lr0.5", nested=True, explore="graph", prototype=True),
+    "plain-lr0.5": Learner("plain, VW -l 0.5 (old default)", "selector", policy="heads-lr0.5", prototype=True),
     "nested-graph-lw3": Learner("nested + graph exploration, logged arm weighted 3", "selector",
                                 policy="heads-lw3", nested=True, explore="graph", prototype=True),
     "nested-graph-r75": Learner("nested + graph exploration, SquareCB ρ = 0.75", "selector", nested=True,

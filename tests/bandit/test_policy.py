@@ -216,3 +216,55 @@ def test_native_policy_refuses_importance_weights():
     with pytest.raises(ConfigError, match="has no EM/token heads"):
         pol.predict_heads_batch([shared_line({"len": 1.0})])
     pol.close()
+
+
+# --------------------------------------------------------------------------- learning rate (issue 9)
+
+
+def _learn_steps(pols: list[HeadsPolicy], lines: list[str], start: int, n: int) -> None:
+    for i in range(start, start + n):
+        for p in pols:
+            p.learn(lines[i % len(lines)], i % 4, float(i % 3 == 0), 200 + 37 * (i % 11), 0.25, 0.2)
+
+
+def test_heads_learn_at_the_default_rate_and_keep_it_through_a_snapshot():
+    """-l 0.25 is the default; a reloaded model keeps learning exactly like one never saved (VW pitfall)."""
+    from stopbandit.bandit.policy import EM_ARGS, HEADS_LEARNING_RATE, TOKEN_ARGS
+    from stopbandit.bandit.snapshot import pack, unpack
+
+    assert HEADS_LEARNING_RATE == 0.25
+    assert EM_ARGS.split().count("-l") == TOKEN_ARGS.split().count("-l") == 1 and " -l 0.25" in EM_ARGS
+    pol, lines = _trained_policy(seed=5, n=400)
+    assert pol.vw_args() == {"em": EM_ARGS, "tokens": TOKEN_ARGS}
+    packed = pack(pol, lam=0.2, feature_config={})
+    assert packed.meta["vw_args"] == {"em": EM_ARGS, "tokens": TOKEN_ARGS}
+    loaded = unpack(packed.model, packed.meta, packed.checksum)
+    _learn_steps([pol, loaded], lines, 0, 200)
+    a, b = pol.predict_heads_batch(lines[:50]), loaded.predict_heads_batch(lines[:50])
+    assert a[0].tolist() == b[0].tolist() and a[1].tolist() == b[1].tolist()
+    for p in (pol, loaded):
+        p.close()
+
+
+def test_a_snapshot_trained_at_the_old_rate_keeps_its_own_arguments():
+    """Stored snapshots are served with the VW arguments they were trained with, not today's default."""
+    from stopbandit.bandit.policy import EM_ARGS, TOKEN_ARGS
+    from stopbandit.bandit.snapshot import pack, unpack
+
+    old = {"em": EM_ARGS.replace(" -l 0.25", ""), "tokens": TOKEN_ARGS.replace(" -l 0.25", "")}
+    assert "-l" not in old["em"].split()
+    rng = np.random.default_rng(7)
+    lines = [shared_line({"len": round(float(rng.uniform(1, 6)), 3), "domain": "math",
+                          "dbin": f"d{int(rng.integers(0, 4))}"}) for _ in range(60)]
+    at_old = HeadsPolicy(ArmSet.of(None), SquareCB(), 1000.0, None, old)
+    at_new = HeadsPolicy(ArmSet.of(None), SquareCB(), 1000.0)
+    _learn_steps([at_old, at_new], lines, 0, 300)
+    packed = pack(at_old, lam=0.2, feature_config={})
+    loaded = unpack(packed.model, packed.meta, packed.checksum)
+    assert loaded.vw_args() == old
+    _learn_steps([at_old, at_new, loaded], lines, 300, 100)
+    old_pred, new_pred, loaded_pred = (p.predict_heads_batch(lines)[1] for p in (at_old, at_new, loaded))
+    assert loaded_pred.tolist() == old_pred.tolist()
+    assert not np.allclose(old_pred, new_pred)  # the rate matters: the two defaults learn differently
+    for p in (at_old, at_new, loaded):
+        p.close()

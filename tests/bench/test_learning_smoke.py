@@ -21,9 +21,9 @@ from benchmarks.learning_lib.streams import ARMS
 
 N = 1500
 PLAN = Plan(n=N, seeds=(0,), held_n=100, window=500, search_n=800, search_lams=(0.25, 0.5), matched_n=800,
-            protos=("nested-lenient", "nested-graph-iw10", "nested-graph-lr0.25"), jobs=1)
+            protos=("nested-lenient", "nested-graph-iw10", "nested-graph-lr0.5"), jobs=1)
 SELECTOR_KEYS = ("plain", "nested", "native", "nested-graph", "nested-lenient", "nested-graph-iw10",
-                 "nested-graph-lr0.25")
+                 "nested-graph-lr0.5")
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def res():
 
 def test_every_policy_played_every_request(res):
     trajs = res.trajs["main"][0]
-    expected = set(MAIN_KEYS) | {"nested-lenient", "nested-graph-iw10", "nested-graph-lr0.25", "oracle",
+    expected = set(MAIN_KEYS) | {"nested-lenient", "nested-graph-iw10", "nested-graph-lr0.5", "oracle",
                                  "best-static"} \
         | {f"static-{a.name}" for a in ARMS}
     assert expected <= set(trajs)
@@ -166,16 +166,20 @@ def test_greedy_table_splits_exploration_from_learning(res):
     assert served["fullinfo"] == greedy["fullinfo"]  # greedy, no exploration: nothing to split
 
 
-def test_learning_rate_prototype_runs_the_heads_with_half_the_rate():
+def test_learning_rate_prototype_runs_the_heads_at_the_old_default_rate():
     from stopbandit.bandit.exploration import SquareCB
     from stopbandit.bandit.policy import EM_ARGS, POLICIES, TOKEN_ARGS, make_policy
 
     from benchmarks.learning_lib.prototypes import register_policies
 
     register_policies()
-    assert "heads-lr0.25" in POLICIES
-    pol = make_policy("heads-lr0.25", ARMS, SquareCB(), 1000.0)
+    assert "heads-lr0.5" in POLICIES
+    pol = make_policy("heads-lr0.5", ARMS, SquareCB(), 1000.0)
     try:
-        assert pol.vw_args() == {"em": EM_ARGS + " -l 0.25", "tokens": TOKEN_ARGS + " -l 0.25"}
+        assert " -l 0.25" in EM_ARGS and " -l 0.25" in TOKEN_ARGS  # the library default since issue 9
+        args = pol.vw_args()
+        assert args == {"em": EM_ARGS.replace(" -l 0.25", "") + " -l 0.5",
+                        "tokens": TOKEN_ARGS.replace(" -l 0.25", "") + " -l 0.5"}
+        assert args["em"].count("-l ") == 1
     finally:
         pol.close()
