@@ -57,8 +57,8 @@ from stopbandit.bandit.reward import check_lambda
 from stopbandit.bandit.snapshot import check_vw_args, pack, unpack
 from stopbandit.bandit.trace import ProbeTrace, answer_key, revealed_outcomes
 from stopbandit.bandit.vw import shared_line
-from stopbandit.config import SelectorConfig, load_config
-from stopbandit.errors import InputError, SnapshotError, StopbanditError, StoreError, UnknownDecisionError
+from stopbandit.config import LearningConfig, SelectorConfig, load_config
+from stopbandit.errors import ConfigError, InputError, SnapshotError, StopbanditError, StoreError, UnknownDecisionError
 from stopbandit.features.extract import FeatureExtractor
 from stopbandit.replay import migrate
 from stopbandit.replay.store import ReplayStore, check_role, check_same_outcome, outcome_row
@@ -312,6 +312,7 @@ class Selector:
         follow: bool | str = True,
         reward_window_s: float | None = None,
         reward_aggregation: str | None = None,
+        learning: LearningConfig | None = None,
         learn: bool = True,
     ) -> Selector:
         """Open a Selector on the replay store at ``url`` (migrating it to the newest schema).
@@ -325,12 +326,15 @@ class Selector:
         under A/B evaluation must stay exactly what ``ab promote`` would ship.
         ``durable``: commit (or fsync to the spill) every row before ``choose``/``reward`` return.
         ``reward_window_s``/``reward_aggregation``: delayed rewards (see :mod:`stopbandit.bandit.delayed`).
+        ``learning``: how trace-revealed outcomes are weighted (``[learning]``, :class:`LearningConfig`).
         """
         cfg = config if isinstance(config, SelectorConfig) else (load_config(config) if config else SelectorConfig())
         if arms is not None:
             arms = arms if isinstance(arms, ArmSet) else ArmSet.of(arms)
+        if learning is not None and not isinstance(learning, LearningConfig):
+            raise ConfigError(f"learning must be a LearningConfig, got {type(learning).__name__}")
         cfg = cfg.with_(lam=lam, token_scale=token_scale, arms=arms, policy=policy, exploration=exploration, seed=seed,
-                        reward_window_s=reward_window_s, reward_aggregation=reward_aggregation)
+                        reward_window_s=reward_window_s, reward_aggregation=reward_aggregation, learning=learning)
         if durable is not None:
             cfg = replace(cfg, store=replace(cfg.store, durable=durable))
         store = ReplayStore(url or cfg.store.url, check_schema=False)

@@ -203,3 +203,15 @@ def test_a_reward_found_in_the_store_is_weighted_by_the_logged_probabilities(tmp
     np.testing.assert_array_equal(got[0], want_em)
     np.testing.assert_array_equal(got[1], want_tok)
     assert max(weights) > 1.0
+
+
+def test_selector_open_takes_the_learning_option_as_a_keyword(tmp_path):
+    url = f"sqlite:///{tmp_path / 'kw.db'}"
+    with Selector.open(url, lam=0.4, seed=3, learning=LearningConfig("inverse-observation", 3.0),
+                       snapshot=None, follow=False) as sel:
+        assert sel.config.learning == LearningConfig("inverse-observation", 3.0)
+    with Selector.open(url, config=_config("inverse-observation", 7.0), learning=LearningConfig(),
+                       snapshot=None, follow=False) as sel:
+        assert sel.config.learning == LearningConfig()  # the keyword overrides the config, like the others
+    with pytest.raises(ConfigError, match="learning must be a LearningConfig, got dict"):
+        Selector.open(url, learning={"revealed_weighting": "none"}, snapshot=None, follow=False)  # type: ignore[arg-type]
