@@ -19,6 +19,11 @@ included):
 * EM floor F: after the warm-up (``--warmup``, 5,000), the EM of every
   2,000-request window (sliding, step 1) is ≥ F − 0.01.
 
+Criteria on every sliding window are met by pure noise only some of the
+time: ``benchmarks/window_noise.py`` gives how often an i.i.d. stream with
+its mean exactly on target leaves the band (the yardstick in
+docs/benchmarks.md).
+
 Prints one line of figures per run and writes ``lambda_budget.png`` /
 ``lambda_floor.png`` into ``--img``. Two more scenarios: ``offline`` (``lambda
 target`` on a 10,000-request log, then the realized tokens/EM of the next
