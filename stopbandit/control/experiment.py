@@ -87,10 +87,18 @@ def _stored_candidate(store: ReplayStore, version: object) -> StoredSnapshot:
         raise ConfigError(f"challenger must be a snapshot version, got {version!r}")
     if version == "latest":
         raise ConfigError("challenger must name a snapshot version, not 'latest' (that is what champions follow)")
+    return _find_snapshot(store, version, "challenger snapshot", ConfigError)
+
+
+def _find_snapshot(store: ReplayStore, version: str, label: str, error: type[Exception]) -> StoredSnapshot:
+    """The stored snapshot ``version``; ``error`` naming it and the newest versions when it is not there.
+
+    (A challenger that names a missing snapshot is a configuration error, a
+    promotion of one is bad input: the caller picks the class.)"""
     stored = store.get_snapshot(version)
     if stored is None:
         known = [v for v, _, _ in store.list_snapshots(5)]
-        raise ConfigError(f"challenger snapshot {version!r} is not in the store (newest: {known or 'none'})")
+        raise error(f"{label} {version!r} is not in the store (newest: {known or 'none'})")
     return stored
 
 
@@ -349,10 +357,7 @@ def promote(store: ReplayStore, *, version: str | None = None, reason: str, who:
         raise InputError("no challenger to promote: no challenger decisions in the store (or pass --version)")
     if version == "latest":
         raise InputError("--version must name a snapshot version, not 'latest'")
-    stored = store.get_snapshot(version)
-    if stored is None:
-        known = [v for v, _, _ in store.list_snapshots(5)]
-        raise InputError(f"snapshot {version!r} is not in the store (newest: {known or 'none'})")
+    stored = _find_snapshot(store, version, "snapshot", InputError)
     verify(stored.model, stored.meta, stored.checksum)
     previous = store.latest_snapshot_version()
     if previous is not None and previous != version:
