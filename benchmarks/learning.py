@@ -27,7 +27,8 @@ gap), recovery after drift; PNGs ``learning_curve.png`` and ``drift.png``.
 Definitions: ``benchmarks/learning_lib/metrics.py`` and docs/benchmarks.md ("Learning benchmarks").
 Prototypes (``--sections prototypes --protos KEY,...``, any key of ``learning_lib.suite.LEARNERS``):
 issue 9's candidates for the λ = 0.4 plateau include revealed updates weighted 1/q (``nested-graph-iw10``),
-VW's default ``-l 0.5``, the library's rate before issue 9 (``nested-graph-lr0.5``, ``plain-lr0.5``) and exploration variants (``nested-graph-r75``).
+VW's default ``-l 0.5``, the library's rate before issue 9 (``nested-graph-lr0.5``, ``plain-lr0.5``),
+and exploration variants (``nested-graph-r75``).
 
     python benchmarks/learning.py                 # full run: 50k requests, 3 seeds (16–20 min measured on 2 busy cores)
     python benchmarks/learning.py --quick         # 4k requests, 2 seeds (~1 min)

@@ -49,9 +49,9 @@ online regression whose late jitter, not bias, kept learners below their
 plateau (every heads learner dipped around 2,000 requests, the
 full-information one included); nested feedback gives ~2.5 updates per
 request, so at 0.5 it jittered most. At 0.25 the nested learner with
-graph-aware exploration reaches 90% of the reachable gap after 750 requests at
-λ = 0.4 instead of 3,000, and after 3,000 instead of 7,500 at λ = 0.2, with
-the plateau level or higher (``docs/benchmarks.md``, issue 9). Stored
+graph-aware exploration reaches 90% of the reachable gap after 1,000 requests
+at λ = 0.4 instead of 3,000 (plain: 5,000), and after 3,000 instead of 7,500
+at λ = 0.2, with the plateau level or higher (``docs/benchmarks.md``, issue 9). Stored
 snapshots keep the arguments they were trained with."""
 BASE_ARGS = f"--cb_adf --cb_type mtr -q ca -q da --cubic dca -b 18 -l {HEADS_LEARNING_RATE}"
 EM_ARGS = BASE_ARGS + " --loss_function logistic"
