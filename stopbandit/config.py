@@ -61,7 +61,7 @@ from stopbandit.bandit.delayed import (
 from stopbandit.bandit.exploration import Exploration, exploration_from_config
 from stopbandit.bandit.policy import POLICIES, REVEALED_WEIGHTINGS
 from stopbandit.bandit.reward import check_lambda, check_token_scale
-from stopbandit.errors import ConfigError, StopbanditError
+from stopbandit.errors import ConfigError, StopbanditError, require_positive_ints
 from stopbandit.features.extract import FeatureConfig
 
 
@@ -83,10 +83,8 @@ class StoreConfig:
                 raise ConfigError(f"store.{name} must be a non-empty string, got {v!r}")
         if not isinstance(self.durable, bool):
             raise ConfigError(f"store.durable must be true or false, got {self.durable!r}")
-        for name in ("batch_size", "max_queue", "max_spill_bytes"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"store.{name} must be a positive integer, got {v!r}")
+        require_positive_ints("store.", batch_size=self.batch_size, max_queue=self.max_queue,
+                              max_spill_bytes=self.max_spill_bytes)
         for name in ("flush_interval", "retry_interval"):
             v = getattr(self, name)
             if not _seconds(v):

@@ -17,6 +17,17 @@ class ConfigError(StopbanditError, ValueError):
     """A configuration value (TOML, constructor argument, CLI option) is invalid."""
 
 
+def require_positive_ints(prefix: str, **values: object) -> None:
+    """:class:`ConfigError` naming the first of ``values`` (in order) that is not an int >= 1.
+
+    ``True`` is not a count, although Python calls it an int. ``prefix`` goes
+    before the name in the message (``"store."`` → ``store.batch_size``).
+    """
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{prefix}{name} must be a positive integer, got {v!r}")
+
+
 class InputError(StopbanditError, ValueError):
     """A request, feature, reward or imported record is malformed."""
 

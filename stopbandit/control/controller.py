@@ -97,7 +97,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from stopbandit.control.mix import MixTracker
-from stopbandit.errors import ConfigError
+from stopbandit.errors import ConfigError, require_positive_ints
 
 if TYPE_CHECKING:  # the controller stays a pure object: no VW import for a type
     from stopbandit.control.feedforward import Response
@@ -253,10 +253,8 @@ class ControllerConfig:
             raise ConfigError(f"controller.mix_gate must be >= 0, got {self.mix_gate!r}")
         if not isinstance(self.mix_feedforward, bool):
             raise ConfigError(f"controller.mix_feedforward must be true or false, got {self.mix_feedforward!r}")
-        for name in ("mix_recent", "mix_min_n", "mix_hold"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"controller.{name} must be a positive integer, got {v!r}")
+        require_positive_ints("controller.", mix_recent=self.mix_recent, mix_min_n=self.mix_min_n,
+                              mix_hold=self.mix_hold)
         if self.mix_gain is not None and not _number("controller.mix_gain", self.mix_gain) >= 0:
             raise ConfigError(f"controller.mix_gain must be >= 0, got {self.mix_gain!r}")
         if not isinstance(self.feedforward, bool):
@@ -267,10 +265,8 @@ class ControllerConfig:
             raise ConfigError(f"controller.trust must be in (0, 1), got {self.trust!r}")
         if isinstance(self.model_warmup, bool) or not isinstance(self.model_warmup, int) or self.model_warmup < 0:
             raise ConfigError(f"controller.model_warmup must be an integer >= 0, got {self.model_warmup!r}")
-        for name in ("interval", "window", "contexts", "calibration"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"controller.{name} must be a positive integer, got {v!r}")
+        require_positive_ints("controller.", interval=self.interval, window=self.window, contexts=self.contexts,
+                              calibration=self.calibration)
         if self.ki is not None and not _number("controller.ki", self.ki) >= 0:
             raise ConfigError(f"controller.ki must be >= 0, got {self.ki!r}")
         if not _number("controller.kp", self.kp) >= 0:

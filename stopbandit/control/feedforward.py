@@ -41,7 +41,7 @@ import numpy as np
 
 from stopbandit.bandit.policy import Policy
 from stopbandit.bandit.vw import shared_line
-from stopbandit.errors import ConfigError
+from stopbandit.errors import ConfigError, require_positive_ints
 
 BISECT_STEPS = 30
 
@@ -144,9 +144,7 @@ class ContextWindow:
     """
 
     def __init__(self, size: int = 1000, calibration: int = 4000, prior: int = 100) -> None:
-        for name, v in (("size", size), ("calibration", calibration), ("prior", prior)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"context window {name} must be a positive integer, got {v!r}")
+        require_positive_ints("context window ", size=size, calibration=calibration, prior=prior)
         self.size, self.calibration, self.prior = size, calibration, prior
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, _Entry] = OrderedDict()

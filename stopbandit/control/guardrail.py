@@ -61,7 +61,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from statistics import NormalDist
 
-from stopbandit.errors import ConfigError
+from stopbandit.errors import ConfigError, require_positive_ints
 
 UNKNOWN_DOMAIN = "unknown"
 STATES = ("ok", "fallback")
@@ -106,10 +106,7 @@ class GuardrailConfig:
         _unit("alpha", self.alpha, low_open=True, high_open=True)
         _unit("release_alpha", self.release_alpha, low_open=True, high_open=True)
         _unit("probe_share", self.probe_share)
-        for name in ("window", "min_n", "check_every"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"guardrail.{name} must be a positive integer, got {v!r}")
+        require_positive_ints("guardrail.", window=self.window, min_n=self.min_n, check_every=self.check_every)
         if self.min_n < 2 or self.min_n > self.window:
             raise ConfigError(f"guardrail.min_n must be in [2, window={self.window}], got {self.min_n}")
         for name in ("paired", "enforce"):
