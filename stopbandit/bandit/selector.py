@@ -58,7 +58,7 @@ from stopbandit.bandit.snapshot import check_vw_args, pack, unpack
 from stopbandit.bandit.trace import ProbeTrace, answer_key, revealed_outcomes
 from stopbandit.bandit.vw import shared_line
 from stopbandit.config import LearningConfig, SelectorConfig, load_config
-from stopbandit.errors import ConfigError, InputError, SnapshotError, StopbanditError, StoreError, UnknownDecisionError
+from stopbandit.errors import InputError, SnapshotError, StopbanditError, StoreError, UnknownDecisionError
 from stopbandit.features.extract import FeatureExtractor
 from stopbandit.replay import migrate
 from stopbandit.replay.store import ReplayStore, check_role, check_same_outcome, outcome_row
@@ -331,8 +331,6 @@ class Selector:
         cfg = config if isinstance(config, SelectorConfig) else (load_config(config) if config else SelectorConfig())
         if arms is not None:
             arms = arms if isinstance(arms, ArmSet) else ArmSet.of(arms)
-        if learning is not None and not isinstance(learning, LearningConfig):
-            raise ConfigError(f"learning must be a LearningConfig, got {type(learning).__name__}")
         cfg = cfg.with_(lam=lam, token_scale=token_scale, arms=arms, policy=policy, exploration=exploration, seed=seed,
                         reward_window_s=reward_window_s, reward_aggregation=reward_aggregation, learning=learning)
         if durable is not None:
