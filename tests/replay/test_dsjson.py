@@ -13,7 +13,7 @@ from stopbandit.bandit.arms import DEFAULT_ARMS, ArmSet
 from stopbandit.errors import ConfigError, InputError
 from stopbandit.replay.csvlog import COLUMNS, CsvWriter, read_csv
 from stopbandit.replay.dsjson import CUSTOM, event_to_dsjson, read_dsjson, write_dsjson
-from stopbandit.replay.logged import export_events, import_events
+from stopbandit.replay.interchange import export_events, import_events
 from stopbandit.replay.store import ReplayStore
 from tests.replay.test_logged import add_status_events, make_log
 
