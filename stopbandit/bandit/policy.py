@@ -40,6 +40,7 @@ import numpy as np
 
 from stopbandit.bandit.arms import ArmSet
 from stopbandit.bandit.exploration import Exploration, TraceShare
+from stopbandit.bandit.reward import reward
 from stopbandit.bandit.vw import ContextScorer, VWHead, arm_line, cb_label, labeled, predict_batch, with_label
 from stopbandit.errors import ConfigError, InputError, SnapshotError
 
@@ -59,15 +60,14 @@ TOKEN_ARGS = BASE_ARGS
 NATIVE_ARGS = "--cb_explore_adf --squarecb -q ca -q da --cubic dca -b 18"
 
 
-def _em_of_cost(cost: float) -> float:
-    """P(EM) = sigmoid(−cost) from the EM head's cost (−margin): the one mapping of single and batched predictions."""
-    return 1.0 / (1.0 + math.exp(max(min(cost, 30.0), -30.0)))
-
-
 def _em_of_costs(cost: np.ndarray) -> np.ndarray:
-    """:func:`_em_of_cost` of every element, the same floats: numpy does the exactly rounded steps
-    (clipping, ``1 / (1 + e)``) and ``math.exp`` the exponential (``np.exp`` may round differently)."""
-    arg = np.maximum(np.minimum(cost, 30.0), -30.0)
+    """P(EM) = sigmoid(−cost) of every element of the EM head's costs (−margin), clipped to ±30.
+
+    numpy does the exactly rounded steps (clipping, ``1 / (1 + e)``) and
+    ``math.exp`` the exponential, so a float is the same whichever batch it
+    is computed in (``np.exp`` may round differently from one call to another).
+    """
+    arg = np.maximum(np.minimum(np.asarray(cost, dtype=np.float64), 30.0), -30.0)
     e = np.fromiter(map(math.exp, arg.ravel().tolist()), dtype=np.float64, count=arg.size).reshape(arg.shape)
     return 1.0 / (1.0 + e)
 
@@ -181,11 +181,12 @@ class HeadsPolicy(Policy):
         self._scorer = ContextScorer([self.em, self.tokens], self.arm_lines) if same else None
 
     def predict_heads(self, shared: str) -> tuple[np.ndarray, np.ndarray]:
-        em, tok = self._heads([shared, *self.arm_lines])
-        return np.asarray(em), np.asarray(tok) * self.token_scale
+        """(P(EM) (K,), expected tokens (K,)) of one context line: the batch of one."""
+        em, tok = self.predict_heads_batch([shared])
+        return em[0], tok[0]
 
     def predict_heads_batch(self, shared: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """``predict_heads`` of every line, as (n, K) arrays: the same floats, row by row.
+        """(P(EM), expected tokens) of every line, as (n, K) arrays.
 
         Identical lines are scored once (logged contexts repeat); both heads
         score one parse of each line (:func:`~stopbandit.bandit.vw.predict_batch`).
@@ -208,13 +209,13 @@ class HeadsPolicy(Policy):
             cost_em, cost_tok = self._scorer.predict(lines[0])
         else:
             cost_em, cost_tok = self.em.predict(lines), self.tokens.predict(lines)
-        em = [_em_of_cost(c) for c in cost_em]
+        em = _em_of_costs(cost_em).tolist()
         tok = [c if c > 0.0 else 0.0 for c in cost_tok]
         return em, tok
 
     def _decide(self, lines: list[str], lam: float) -> tuple[list[float], list[float]]:
-        em, tok = self._heads(lines)
-        scores = [e - lam * t for e, t in zip(em, tok)]
+        em, tok = self._heads(lines)  # tokens already in units of token_scale
+        scores = [reward(e, t, lam, 1.0) for e, t in zip(em, tok)]
         return self.exploration.probabilities(scores, self.t, self.trace_share), scores
 
     def _labels(self, arm: int, em: float, tokens: float, weight: float = 1.0) -> list[tuple[int, int, str]]:

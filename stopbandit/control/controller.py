@@ -98,6 +98,7 @@ from typing import TYPE_CHECKING
 
 from stopbandit.control.mix import MixTracker
 from stopbandit.errors import ConfigError, require_positive_ints
+from stopbandit import validation
 
 if TYPE_CHECKING:  # the controller stays a pure object: no VW import for a type
     from stopbandit.control.feedforward import Response
@@ -128,9 +129,7 @@ FLOOR_MARGIN_Z = 3.0
 
 
 def _number(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
+    return validation.number(value, name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from sqlalchemy import select
 
 from stopbandit.bandit.arms import ArmSet
 from stopbandit.errors import ConfigError, InputError
+from stopbandit import validation
 from stopbandit.replay.options import DEFAULT_CHUNK, PROB_TOL
 from stopbandit.replay.store import DECISIONS, OUTCOMES, ReplayStore, _guard
 
@@ -87,16 +88,7 @@ class ImportReport:
 
 def _finite(value: Any, field_: str, *, low: float | None = None, high: float | None = None,
             low_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"{field_} must be a number, got {value!r}")
-    v = float(value)
-    if not math.isfinite(v):
-        raise InputError(f"{field_} must be finite, got {value!r}")
-    if low is not None and (v <= low if low_open else v < low):
-        raise InputError(f"{field_} must be {'>' if low_open else '>='} {low:g}, got {value!r}")
-    if high is not None and v > high:
-        raise InputError(f"{field_} must be <= {high:g}, got {value!r}")
-    return v
+    return validation.number(value, field_, low=low, high=high, low_open=low_open, error=InputError)
 
 
 def check_features(value: Any, field_: str = "features") -> dict[str, Any]:
