@@ -42,17 +42,25 @@ class DeadlineExceeded(StoreError):
 class Deadlines:
     """Watches the database calls made under :meth:`call` on one engine; cuts the engine's connections on an overrun."""
 
-    def __init__(self, engine: Engine, on_overrun: Callable[[str], None] | None = None) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.on_overrun = on_overrun
+        self.on_overrun: list[Callable[[str], None]] = []  # called (from the watchdog) when a call overruns
         self._conns: weakref.WeakSet[Any] = weakref.WeakSet()  # every DBAPI connection the engine opened
-        self._calls: dict[int, list[Any]] = {}  # token -> [deadline, what, overran]
         self._ids = itertools.count()
+        self._reset()
+        event.listen(engine, "connect", self._track)
+        event.listen(engine, "checkout", lambda conn, rec, proxy: self._track(conn, rec))
+
+    def _reset(self) -> None:
+        self._calls: dict[int, list[Any]] = {}  # token -> [deadline, what, overran]
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
-        event.listen(engine, "connect", self._track)
+
+    def after_fork(self) -> None:
+        """In a forked child: fresh lock and watchdog (the parent's lock may have been held at the fork)."""
+        self._reset()
 
     def _track(self, dbapi_connection: Any, _record: Any) -> None:
         try:
@@ -110,8 +118,8 @@ class Deadlines:
                     continue
             for e in due:
                 log.error("%s overran its deadline: cutting the database connections", e[1])
-                if self.on_overrun is not None:
-                    self.on_overrun(e[1])
+                for callback in list(self.on_overrun):
+                    callback(e[1])
             self.cut()
 
     def cut(self) -> None:

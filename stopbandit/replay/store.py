@@ -30,6 +30,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from stopbandit.errors import ConflictError, InputError, StoreError, UnknownDecisionError
 from stopbandit.replay import jsoncodec, migrate
+from stopbandit.replay.deadline import Deadlines
 from stopbandit.replay.engine import make_engine, redact, resolve_url
 from stopbandit.replay.models import (
     SNAPSHOT_ROLES,
@@ -264,6 +265,8 @@ class ReplayStore:
         self.url = str(engine.url) if engine is not None else resolve_url(url)
         self.timeout = timeout
         self.engine = engine or make_engine(self.url, timeout=timeout)
+        # before any connection is opened: the watch must know every connection it may have to cut
+        self.deadlines = Deadlines(self.engine)
         self._identity: str | None = None
         db = self.engine.url.database if self.engine.dialect.name == "sqlite" else None
         self._file = os.path.abspath(db) if db and db != ":memory:" and not db.startswith("file:") else None

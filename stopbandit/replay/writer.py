@@ -94,7 +94,6 @@ from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlche
 
 from stopbandit.errors import InputError, StoreError
 from stopbandit.replay import migrate
-from stopbandit.replay.deadline import Deadlines
 from stopbandit.replay.engine import redact
 from stopbandit.replay.jsoncodec import NotJSONError
 from stopbandit.replay.spill import Adopted, Chunk, SpillFile, SpillReader, encode, read_spill
@@ -217,7 +216,8 @@ class BatchWriter:
         self.timeout = timeout or store.timeout or DEFAULT_TIMEOUT_S
         # group commit: while rows keep coming, wait this long for a group to fill (well inside the flush window)
         self.linger = min(MAX_LINGER_S, flush_interval / 5)
-        self._deadlines = Deadlines(store.engine, self._overrun)
+        self._deadlines = store.deadlines
+        self._deadlines.on_overrun.append(self._overrun)
         self.store_id = self._read_identity()
         self._spill_path, self._spill_dir, self._max_spill_bytes = spill_path, spill_dir, max_spill_bytes
         self.spill = self._new_spill()
@@ -296,7 +296,7 @@ class BatchWriter:
         with _FORK_LOCK:
             if not getattr(self, "_forked", False):
                 return
-            self._deadlines = Deadlines(self.store.engine, self._overrun)
+            self._deadlines.after_fork()
             self.spill = self._new_spill()
             self._start_threads()
             self._forked = False
@@ -732,20 +732,23 @@ class BatchWriter:
         log.error("store refused a %s row (kept in %s): %s", kind, self.rejected_path, why)
 
     def _reject_deferred(self) -> None:
-        """Last try for outcomes whose decision was missing during a replay; reject what still fails."""
+        """Last try for outcomes whose decision was missing during a replay; reject what still fails.
+
+        On any failure (the store down, the disk refusing the rejected file) the rows not yet settled stay deferred.
+        """
         deferred, self._deferred = self._deferred, []
         for i, (kind, row) in enumerate(deferred):
             try:
-                self._transaction([(kind, row)])
-                self._count("written", 1)
-                self._count("replayed", 1)
-            except Exception as exc:  # noqa: BLE001 - classified below
                 try:
+                    self._transaction([(kind, row)])
+                    self._count("written", 1)
+                    self._count("replayed", 1)
+                except Exception as exc:  # noqa: BLE001 - classified below
                     self._raise_if_down(exc)
-                except StoreError:
-                    self._deferred.extend(deferred[i:])
-                    raise
-                self._reject(kind, row, _reason(exc))
+                    self._reject(kind, row, _reason(exc))
+            except (StoreError, OSError):
+                self._deferred.extend(deferred[i:])
+                raise
 
     def _to_spill(self, batch: Sequence[Item], *, sync: bool = False) -> bool:
         """Append to the spill: fsync'd before returning with ``sync`` (durable), else by the spill's syncer.
@@ -906,13 +909,13 @@ class BatchWriter:
                     self._reject("?", {"line": text, "file": str(job.readers[0].path), "lineno": lineno}, why)
                 job.advance(chunk)
             if job.done:
+                if self._deferred:  # settled before the file goes: stored, rejected, or in our own spill
+                    self._retry_deferred()
                 self._job = None
                 job.finish()
                 if job.progress is None:
                     self._count("adopted_files", 1)
                     log.warning("replayed orphaned spill file %s", job.label)
-                if self._deferred:
-                    self._retry_deferred()
         except StoreError as exc:
             self._mark_down(exc)
         except FileNotFoundError as exc:  # the file was deleted under us: what it held is gone; say so
@@ -946,17 +949,32 @@ class BatchWriter:
         self._mark_ok()
 
     def _retry_deferred(self) -> None:
-        """Retry deferred outcomes; reject those still missing their decision once no backlog is left."""
+        """Settle deferred outcomes before the file they came from is removed.
+
+        Each is stored if its decision has arrived; else, with no backlog
+        left that could hold the decision, rejected; else moved to our own
+        spill (replayed after the backlog). A failure keeps them deferred and
+        raises, so the file stays.
+        """
         deferred, self._deferred = self._deferred, []
         try:
             n = self._commit(deferred, replay=True)
-        except StoreError:
-            self._deferred = deferred + self._deferred
+        except (StoreError, OSError):
+            self._deferred = deferred
             raise
         self._count("written", n)
         self._count("replayed", n)
-        if self._deferred and not self.spill.has_backlog():
+        if not self._deferred:
+            return
+        if not self.spill.has_backlog():
             self._reject_deferred()
+            return
+        moving, self._deferred = self._deferred, []
+        if not self._to_spill(moving, sync=True):
+            with self._held_lock:  # held in memory, not on disk: keep them deferred (and the file) instead
+                self._held = [x for x in self._held if not any(x is m for m in moving)]
+            self._deferred = moving
+            raise OSError("the spill's disk refused the deferred outcomes")
 
 
 def _nothing() -> None:
