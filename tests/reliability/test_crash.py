@@ -76,7 +76,8 @@ def spilled(spill: Path) -> bool:
 
 
 def serve_and_kill(url: str, server, tmp_path: Path, *, durable: bool, during_outage: bool,
-                   slow_fsync: float = 0.0, hold: float = 0.0) -> tuple[dict[str, dict[str, float]], float, Path]:
+                   slow_fsync: float = 0.0, hold: float = 0.0,
+                   min_acks: int = 300) -> tuple[dict[str, dict[str, float]], float, Path]:
     """Run a serving child, take the store down if asked, ``kill -9`` it; returns (acks, kill time, spill prefix).
 
     With an outage the kill comes once the child spills, ``hold`` seconds later.
@@ -97,7 +98,7 @@ def serve_and_kill(url: str, server, tmp_path: Path, *, durable: bool, during_ou
     child = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                              env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
-        assert until(lambda: n_acked(acks) >= 300, 60), (tmp_path / "child.log").read_text()[-3000:]
+        assert until(lambda: n_acked(acks) >= min_acks, 120), (tmp_path / "child.log").read_text()[-3000:]
         if during_outage:
             if server is not None:
                 server.stop("fast")
@@ -199,7 +200,8 @@ def test_kill_9_under_cpu_load_and_a_busy_reader(outage_db, tmp_path, durable):
     load = [subprocess.Popen([sys.executable, "-c", _HOG]) for _ in range(2)]
     load.append(subprocess.Popen([sys.executable, "-c", _READER, url], cwd=ROOT, stderr=subprocess.DEVNULL))
     try:
-        acked, t_kill, spill = serve_and_kill(url, server, tmp_path, durable=durable, during_outage=False)
+        acked, t_kill, spill = serve_and_kill(url, server, tmp_path, durable=durable, during_outage=False,
+                                              min_acks=200 if durable else 3000)
     finally:
         for p in load:
             p.kill()
