@@ -168,7 +168,8 @@ def demo(url: str | None, n: int, lam: float, token_scale: float, seed: int, tra
             for r in result.rows]
     if as_json:
         emit_json({"url": redact(url), "requests": n, "lam": lam, "token_scale": token_scale,
-                   "snapshot": result.snapshot, "plot": str(plot), "elapsed_s": result.elapsed_s,
+                   "snapshot": result.snapshot, "plot": None if result.plot is None else str(result.plot),
+                   "elapsed_s": result.elapsed_s,
                    "rows": [r.__dict__ for r in result.rows]})
         return
     console.print(table(f"stopbandit demo — {n} requests, λ={lam}, reward = EM − λ·tokens/{token_scale:g}",
@@ -183,8 +184,10 @@ def demo(url: str | None, n: int, lam: float, token_scale: float, seed: int, tra
         f"at {100 * (learned.em - full.em):+.1f} EM points vs full reasoning.",
         highlight=False,
     )
+    curve = (f"learning curve in {result.plot}" if result.plot is not None
+             else "no learning curve (pip install 'stopbandit[plots]' for matplotlib)")
     console.print(f"Logged {result.decisions_logged} decisions and {result.outcomes_logged} outcomes to "
-                  f"{redact(url)}; saved snapshot {result.snapshot}; learning curve in {plot}. "
+                  f"{redact(url)}; saved snapshot {result.snapshot}; {curve}. "
                   f"({result.elapsed_s:.1f} s)", highlight=False)
     db = "" if url == "sqlite:///stopbandit.db" else f" --db '{redact(url)}'"
     console.print("Next, evaluate offline from the replay log:", highlight=False)

@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from stopbandit.bandit import vw
 from stopbandit.bandit.arms import ArmSet
 from stopbandit.bandit.exploration import Exploration, TraceShare
 from stopbandit.bandit.reward import reward
@@ -46,13 +47,11 @@ from stopbandit.errors import ConfigError, InputError, SnapshotError
 
 HEADS_LEARNING_RATE = 0.25
 """VW's ``-l`` for both heads: half VW's default (0.5). Why: the heads are an
-online regression whose late jitter, not bias, kept learners below their
-plateau (every heads learner dipped around 2,000 requests, the
-full-information one included); nested feedback gives ~2.5 updates per
-request, so at 0.5 it jittered most. At 0.25 the nested learner with
-graph-aware exploration reaches 90% of the reachable gap after 1,000 requests
-at λ = 0.4 instead of 3,000 (plain: 5,000), and after 3,000 instead of 7,500
-at λ = 0.2, with the plateau level or higher (``docs/benchmarks.md``, issue 9). Stored
+online regression whose late jitter, not bias, keeps learners below their
+plateau, and nested feedback gives ~2.5 updates per request, so the default
+rate jitters most where the most is learned. At 0.25 the nested learner with
+graph-aware exploration reaches 90 % of the reachable gap within about a
+thousand requests at λ = 0.4 (``docs/benchmarks.md``, "Learning"). Stored
 snapshots keep the arguments they were trained with."""
 BASE_ARGS = f"--cb_adf --cb_type mtr -q ca -q da --cubic dca -b 18 -l {HEADS_LEARNING_RATE}"
 EM_ARGS = BASE_ARGS + " --loss_function logistic"
@@ -178,7 +177,7 @@ class HeadsPolicy(Policy):
         self.tokens = VWHead(args["tokens"], blobs.get("tokens"))
         # one parse of the context for both heads (when they parse alike, as the defaults do)
         same = self.em.parse_key() == self.tokens.parse_key()
-        self._scorer = ContextScorer([self.em, self.tokens], self.arm_lines) if same else None
+        self._scorer = ContextScorer([self.em, self.tokens], self.arm_lines) if same and vw.FAST_PATH else None
 
     def predict_heads(self, shared: str) -> tuple[np.ndarray, np.ndarray]:
         """(P(EM) (K,), expected tokens (K,)) of one context line: the batch of one."""
@@ -306,6 +305,48 @@ class NativePolicy(Policy):
 POLICIES: dict[str, type[Policy]] = {HeadsPolicy.name: HeadsPolicy, NativePolicy.name: NativePolicy}
 
 
+class FrozenPolicy(Policy):
+    """Decides exactly like the policy it wraps and never learns.
+
+    For a Selector opened with ``learn=False``: a challenger serving a
+    candidate snapshot logs its decisions and outcomes like any Selector, but
+    the candidate must stay what was evaluated (and what ``ab promote`` ships).
+    """
+
+    def __init__(self, inner: Policy) -> None:
+        super().__init__(inner.arms, inner.exploration, inner.token_scale)
+        self.inner = inner
+        self.name = inner.name  # type: ignore[misc]
+        self.t = inner.t
+        self.trace_share = inner.trace_share
+
+    def _decide(self, lines: list[str], lam: float) -> tuple[list[float], list[float]]:
+        return self.inner._decide(lines, lam)
+
+    def learn(self, shared: str, arm: int, em: float, tokens: int, prob: float, lam: float, *,
+              weight: float = 1.0) -> None:
+        return None
+
+    def learn_revealed(self, shared: str, outcomes: Mapping[int, tuple[float, int]], logged: int,
+                       prob: float, lam: float, *, weights: Mapping[int, float] | None = None) -> None:
+        return None
+
+    def predict_heads(self, shared: str) -> tuple[np.ndarray, np.ndarray]:
+        return self.inner.predict_heads(shared)
+
+    def predict_heads_batch(self, shared: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        return self.inner.predict_heads_batch(shared)
+
+    def blobs(self) -> dict[str, bytes]:
+        return self.inner.blobs()
+
+    def vw_args(self) -> dict[str, str]:
+        return self.inner.vw_args()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 def make_policy(name: str, arms: ArmSet, exploration: Exploration, token_scale: float,
                 blobs: Mapping[str, bytes] | None = None, args: Mapping[str, str] | None = None) -> Policy:
     if name not in POLICIES:
@@ -317,6 +358,6 @@ def policy_state(policy: Policy) -> dict[str, Any]:
     return {"t": policy.t}
 
 
-__all__ = ["HeadsPolicy", "NativePolicy", "POLICIES", "Policy", "REVEALED_WEIGHTINGS", "make_policy",
+__all__ = ["FrozenPolicy", "HeadsPolicy", "NativePolicy", "POLICIES", "Policy", "REVEALED_WEIGHTINGS", "make_policy",
            "observation_weights"]
 

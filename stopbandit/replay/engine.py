@@ -22,9 +22,9 @@ import os
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
-from stopbandit.errors import ConfigError
+from stopbandit.errors import ConfigError, StoreError
 
 DEFAULT_URL = "sqlite:///stopbandit.db"
 ENV_VAR = "STOPBANDIT_DB"
@@ -107,4 +107,19 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-__all__ = ["DEFAULT_URL", "ENV_VAR", "is_sqlite", "make_engine", "pg_connect_args", "redact", "resolve_url"]
+def guard(what: str, engine: Engine):
+    """Context manager turning driver-level connection failures into StoreError (the store's queries use it)."""
+
+    class _G:
+        def __enter__(self):
+            return None
+
+        def __exit__(self, et, ev, tb):
+            if et is not None and issubclass(et, OperationalError):
+                raise StoreError(f"{what}: database {redact(str(engine.url))} unavailable: {ev.orig}") from ev
+            return False
+
+    return _G()
+
+
+__all__ = ["DEFAULT_URL", "ENV_VAR", "guard", "is_sqlite", "make_engine", "pg_connect_args", "redact", "resolve_url"]

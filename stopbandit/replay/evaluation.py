@@ -20,7 +20,7 @@ from stopbandit.replay.logreader import LogCounts, LogReader, require_events
 from stopbandit.replay.ope import ESTIMATORS, IPS, Estimate, Estimator, Metric, make_estimator, reveal_matrix
 from stopbandit.replay.options import ReplayOptions
 from stopbandit.replay.runner import Target, run_targets
-from stopbandit.replay.store import OUTCOMES, ReplayStore, _guard
+from stopbandit.replay.store import ReplayStore
 
 DEFAULT_ESTIMATORS = ("ips", "snips", "dr", "dm")
 GRAPH_ESTIMATORS = ("graph-ips", "graph-dr", "graph-chain-dr")
@@ -89,11 +89,7 @@ def parse_estimators(spec: str | Sequence[str], *, traced: bool) -> list[str]:
 
 def has_traces(store: ReplayStore) -> bool:
     """Whether any outcome carries a reference key (every traced, evaluable outcome has one)."""
-    from sqlalchemy import select
-
-    q = select(OUTCOMES.c.id).where(OUTCOMES.c.reference_key.is_not(None)).limit(1)
-    with _guard("has_traces", store.engine), store.engine.connect() as conn:
-        return conn.execute(q).first() is not None
+    return store.has_traces()
 
 
 def evaluate(

@@ -19,13 +19,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
 
 from stopbandit.bandit.arms import ArmSet
 from stopbandit.errors import ConfigError, InputError
 from stopbandit import validation
 from stopbandit.replay.options import DEFAULT_CHUNK, PROB_TOL
-from stopbandit.replay.store import DECISIONS, OUTCOMES, ReplayStore, _guard
+from stopbandit.replay.store import ReplayStore
 
 ON_ERROR = ("skip", "fail")
 IMPORT_BATCH = 2000
@@ -173,18 +172,7 @@ def outcome_of(key: str, *, em: Any, tokens: Any, ts: Any, latency_ms: Any = Non
 
 def _existing(store: ReplayStore, keys: Sequence[str]) -> tuple[dict[str, tuple[int, float]], dict[str, tuple]]:
     """Stored (arm_index, propensity) per decision key and (em, tokens) per outcome key, among ``keys``."""
-    decisions: dict[str, tuple[int, float]] = {}
-    outcomes: dict[str, tuple] = {}
-    with _guard("import lookup", store.engine), store.engine.connect() as conn:
-        for i in range(0, len(keys), 500):
-            part = list(keys[i:i + 500])
-            q = select(DECISIONS.c.request_key, DECISIONS.c.arm_index, DECISIONS.c.propensity).where(
-                DECISIONS.c.request_key.in_(part))
-            decisions.update({k: (a, p) for k, a, p in conn.execute(q).all()})
-            q = select(OUTCOMES.c.decision_key, OUTCOMES.c.em, OUTCOMES.c.tokens).where(
-                OUTCOMES.c.decision_key.in_(part))
-            outcomes.update({k: (e, t) for k, e, t in conn.execute(q).all()})
-    return decisions, outcomes
+    return store.stored_keys(keys)
 
 
 def import_events(store: ReplayStore, parse: Callable[[], Iterator[ParsedEvent | LineError]], *, path: str,

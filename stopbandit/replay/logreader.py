@@ -42,8 +42,6 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import Text, bindparam, cast, func, select
-from sqlalchemy.exc import OperationalError
 
 from stopbandit.bandit.arms import ArmSet
 from stopbandit.errors import ConfigError, InputError
@@ -51,7 +49,8 @@ from stopbandit.replay import jsoncodec
 from stopbandit.replay.ope import LoggedData
 from stopbandit.replay.options import PROB_TOL, ReplayOptions
 from stopbandit.replay.reveal import reveal_rows
-from stopbandit.replay.store import DECISIONS, OUTCOMES, ReplayStore, _guard
+from stopbandit.replay.eventlog import EVENT_COLUMNS
+from stopbandit.replay.store import ReplayStore
 
 if TYPE_CHECKING:  # pragma: no cover
     from stopbandit.replay.candidates import Candidate, HeadsModel
@@ -169,13 +168,7 @@ def _floats(values: list[Any]) -> np.ndarray:
     return np.fromiter(values, dtype=np.float64, count=len(values))
 
 
-_RAW_COLUMNS = (
-    OUTCOMES.c.id, DECISIONS.c.request_key, DECISIONS.c.ts, DECISIONS.c.domain,
-    cast(DECISIONS.c.features, Text), DECISIONS.c.arm, DECISIONS.c.arm_index, cast(DECISIONS.c.probabilities, Text),
-    DECISIONS.c.lam, DECISIONS.c.token_scale, OUTCOMES.c.em, OUTCOMES.c.tokens, cast(OUTCOMES.c.trace, Text),
-    OUTCOMES.c.reference_key, OUTCOMES.c.status,
-)
-_STATUS_AT = len(_RAW_COLUMNS) - 1
+_STATUS_AT = EVENT_COLUMNS.index("status")
 _STATUS = itemgetter(_STATUS_AT)
 
 
@@ -219,53 +212,20 @@ class LogReader:
         self._names_array = np.array(self._names, dtype=object)
 
     # -- counting ------------------------------------------------------------------
+    def _scope(self) -> dict[str, Any]:
+        return {"since": self.since, "until": self.until, "after": self.after, "upto": self.upto}
+
     def count(self) -> dict[str, int]:
         """Events in the window by outcome status (one aggregate query)."""
-        q = select(OUTCOMES.c.status, func.count()).group_by(OUTCOMES.c.status)
-        if self.after:
-            q = q.where(OUTCOMES.c.id > self.after)
-        if self.upto is not None:
-            q = q.where(OUTCOMES.c.id <= self.upto)
-        if self.since is not None or self.until is not None:
-            q = q.join(DECISIONS, DECISIONS.c.request_key == OUTCOMES.c.decision_key)
-            q = self._window(q)
-        with _guard("count events", self.store.engine), self.store.engine.connect() as conn:
-            return {str(s): int(c) for s, c in conn.execute(q).all()}
+        return self.store.count_events_by_status(**self._scope())
 
     def count_total(self) -> int:
-        """Events in the window, every status (one ``count(*)``: SQLite answers it from an index).
-
-        ``sum(count().values())`` without the per-status grouping, which has to
-        read every outcome row (a second of I/O on a million-event log).
-        """
-        q = select(func.count()).select_from(OUTCOMES)
-        if self.since is not None or self.until is not None:
-            q = self._window(select(func.count()).select_from(
-                OUTCOMES.join(DECISIONS, DECISIONS.c.request_key == OUTCOMES.c.decision_key)))
-        if self.after:
-            q = q.where(OUTCOMES.c.id > self.after)
-        if self.upto is not None:
-            q = q.where(OUTCOMES.c.id <= self.upto)
-        with _guard("count events", self.store.engine), self.store.engine.connect() as conn:
-            return int(conn.execute(q).scalar_one())
+        """Events in the window, every status (one ``count(*)``, cheaper than :meth:`count`)."""
+        return self.store.count_events(**self._scope())
 
     def cursor_bounds(self) -> tuple[int, int]:
-        """(after, upto): the outcome-id range ``after < id <= upto`` this reader covers.
-
-        The first and the last id, each an ``ORDER BY id LIMIT 1`` on the key
-        (``min``/``max`` with a condition make SQLite scan the table).
-        """
-        q = select(OUTCOMES.c.id).where(OUTCOMES.c.id > self.after)
-        if self.upto is not None:
-            q = q.where(OUTCOMES.c.id <= self.upto)
-        if self.since is not None or self.until is not None:
-            q = self._window(q.join_from(OUTCOMES, DECISIONS, DECISIONS.c.request_key == OUTCOMES.c.decision_key))
-        with _guard("count events", self.store.engine), self.store.engine.connect() as conn:
-            low = conn.execute(q.order_by(OUTCOMES.c.id).limit(1)).scalar()
-            if low is None:
-                return self.after, self.after
-            top = conn.execute(q.order_by(OUTCOMES.c.id.desc()).limit(1)).scalar()
-        return int(low) - 1, int(top)
+        """(after, upto): the outcome-id range ``after < id <= upto`` this reader covers."""
+        return self.store.event_id_bounds(**self._scope())
 
     def part(self, after: int, upto: int) -> LogReader:
         """The same reader over the outcome ids ``after < id <= upto`` only."""
@@ -276,49 +236,10 @@ class LogReader:
         return {"url": self.store.engine.url.render_as_string(hide_password=False), "arms": self.arms.to_list(),
                 "options": self.options, "traces": self.traces}
 
-    def _window(self, q):
-        if self.since is not None:
-            q = q.where(DECISIONS.c.ts >= self.since)
-        if self.until is not None:
-            q = q.where(DECISIONS.c.ts < self.until)
-        return q
-
     # -- reading -------------------------------------------------------------------
-    def _chunk_query(self):
-        q = select(*_RAW_COLUMNS).join(DECISIONS, DECISIONS.c.request_key == OUTCOMES.c.decision_key)
-        q = q.where(OUTCOMES.c.id > bindparam("sb_after"))
-        if self.upto is not None:
-            q = q.where(OUTCOMES.c.id <= self.upto)
-        return self._window(q).order_by(OUTCOMES.c.id).limit(self.chunk)
-
     def raw_chunks(self) -> Iterator[Sequence[Any]]:
-        """Raw rows (JSON as text), ``chunk`` at a time, in outcome order.
-
-        On SQLite the rows come straight from the driver's cursor (plain
-        tuples; the columns need no conversion there), which skips building
-        a SQLAlchemy row per event; other databases go through SQLAlchemy.
-        """
-        engine = self.store.engine
-        q = self._chunk_query()
-        raw_sql: str | None = None
-        if engine.dialect.name == "sqlite":
-            compiled = q.compile(dialect=engine.dialect)
-            if compiled.positional and compiled.positiontup is not None:
-                raw_sql, names = compiled.string, list(compiled.positiontup)
-        cursor = self.after
-        while True:
-            with _guard("read events", engine), engine.connect() as conn:
-                if raw_sql is not None:
-                    params = compiled.construct_params({"sb_after": cursor})
-                    rows = _fetch_raw(conn, raw_sql, tuple(params[n] for n in names))
-                else:
-                    rows = conn.execute(q, {"sb_after": cursor}).all()
-            if not rows:
-                return
-            yield rows
-            cursor = rows[-1][0]
-            if len(rows) < self.chunk:
-                return
+        """Raw rows (:data:`~stopbandit.replay.eventlog.EVENT_COLUMNS`, JSON as text), ``chunk`` at a time."""
+        return self.store.event_rows(chunk=self.chunk, **self._scope())
 
     def batches(self) -> Iterator[EventBatch]:
         """The included events, one :class:`EventBatch` per chunk read (empty chunks are skipped)."""
@@ -480,20 +401,6 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if was:
             gc.enable()
-
-
-def _fetch_raw(conn: Any, sql: str, params: tuple) -> list[tuple]:
-    """Rows of ``sql`` from the connection's DBAPI cursor (driver errors as SQLAlchemy's OperationalError)."""
-    import sqlite3
-
-    cur = conn.connection.dbapi_connection.cursor()
-    try:
-        cur.execute(sql, params)
-        return cur.fetchall()
-    except sqlite3.OperationalError as exc:
-        raise OperationalError(sql, params, exc) from exc
-    finally:
-        cur.close()
 
 
 def iter_logged(reader: LogReader, candidate: Candidate, model: HeadsModel | None = None) -> Iterator[LoggedData]:

@@ -24,14 +24,16 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, func, insert, select
+from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from stopbandit.errors import ConflictError, InputError, StoreError, UnknownDecisionError
 from stopbandit.replay import jsoncodec, migrate
 from stopbandit.replay.deadline import Deadlines
+from stopbandit.replay.engine import guard as _guard
 from stopbandit.replay.engine import make_engine, redact, resolve_url
+from stopbandit.replay.eventlog import EventLogQueries
 from stopbandit.replay.models import (
     SNAPSHOT_ROLES,
     DecisionRow,
@@ -121,21 +123,6 @@ class StoredSnapshot:
     role: str = "serving"  # serving | candidate (see SnapshotRow)
 
 
-def _guard(what: str, engine: Engine):
-    """Context manager turning driver-level connection failures into StoreError."""
-
-    class _G:
-        def __enter__(self):
-            return None
-
-        def __exit__(self, et, ev, tb):
-            if et is not None and issubclass(et, OperationalError):
-                raise StoreError(f"{what}: database {redact(str(engine.url))} unavailable: {ev.orig}") from ev
-            return False
-
-    return _G()
-
-
 class _BulkInsert:
     """One ``INSERT … ON CONFLICT DO NOTHING`` of many rows, sent through the driver.
 
@@ -154,13 +141,13 @@ class _BulkInsert:
     power-of-two sizes up to that many rows, not an executemany. Python's
     sqlite3 releases the GIL around every row of an executemany, and each
     re-acquisition can wait a switch interval behind a busy serving thread:
-    with the serving loop on the other core, an executemany writer fell so
-    far behind that batches took seconds (rows queued behind them are what a
-    crash loses, issue 10). One statement per chunk releases the GIL once.
+    with the serving loop on the other core, an executemany writer falls so
+    far behind that batches take seconds (and rows queued behind them are
+    what a crash loses). One statement per chunk releases the GIL once.
     The chunk is small because every statement's parameters are built and
     bound holding the GIL, and a ``choose`` that needs the interpreter then
-    waits for it (``docs/benchmarks.md``, issue 4). PostgreSQL keeps psycopg's
-    pipelined executemany.
+    waits for it (``docs/benchmarks.md``, "Replay store: batch writer throughput"). PostgreSQL
+    keeps psycopg's pipelined executemany.
     """
 
     def __init__(self, engine: Engine, stmt: Any, fields: Sequence[str], defaults: Mapping[str, Any],
@@ -253,8 +240,8 @@ class _BulkInsert:
         return inserted
 
 
-class ReplayStore:
-    """Typed access to one replay database.
+class ReplayStore(EventLogQueries):
+    """Typed access to one replay database (its read queries over the log: :mod:`stopbandit.replay.eventlog`).
 
     ``ReplayStore(url)`` checks that the schema is at the newest migration;
     ``ReplayStore(url, migrate=True)`` first runs ``alembic upgrade head``.
@@ -277,6 +264,9 @@ class ReplayStore:
             migrate.require_head(self.engine)
         self._insert_decisions = self._upsert_nothing(DECISIONS, "request_key")
         self._insert_outcomes = self._upsert_nothing(OUTCOMES, "decision_key")
+        # a late reward over a defaulted outcome (write_batch's third part)
+        self._late_upgrade = update(OUTCOMES).where(and_(OUTCOMES.c.decision_key == bindparam("key"),
+                                                         OUTCOMES.c.status == "defaulted"))
         multi = MULTI_ROWS if self.engine.dialect.name == "sqlite" else 0
         self._bulk_decisions = _BulkInsert(self.engine, self._insert_decisions, DECISION_FIELDS, DECISION_DEFAULTS,
                                            ("features", "probabilities"), multi)
@@ -343,9 +333,13 @@ class ReplayStore:
             raise StoreError(f"database {redact(self.url)} unavailable: {getattr(exc, 'orig', exc)}") from exc
 
     # -- writes ---------------------------------------------------------------
-    def write_batch(self, decisions: Sequence[Mapping[str, Any]],
-                    outcomes: Sequence[Mapping[str, Any]]) -> list[Conflict]:
-        """Insert decisions, then outcomes, in one transaction; returns the rows refused as conflicts.
+    def write_batch(self, decisions: Sequence[Mapping[str, Any]], outcomes: Sequence[Mapping[str, Any]],
+                    late: Sequence[Mapping[str, Any]] = ()) -> list[Conflict]:
+        """Insert decisions, then outcomes, then late rewards, in one transaction; returns the conflicts.
+
+        A late reward replaces the ``defaulted`` outcome of its decision (status
+        ``late``), or is inserted as ``late`` when there is none (a no-op when
+        any other outcome is stored).
 
         A row whose key is already stored with the same content (a retry, a
         replay) is a no-op; with different content it is a :class:`Conflict`
@@ -369,6 +363,11 @@ class ReplayStore:
             if outcomes:
                 if self._bulk_outcomes.execute(conn, outcomes) < len(outcomes):
                     conflicts += self._compare(conn, "o", outcomes)
+            for row in late:
+                values = {k: row.get(k) for k in ("ts", "em", "tokens", "latency_ms", "trace", "reference_key")}
+                res = conn.execute(self._late_upgrade.values(status="late", **values), {"key": row["decision_key"]})
+                if res.rowcount == 0:
+                    conn.execute(self._insert_outcomes, [{**row, "status": "late"}])
         self.check_file()
         return conflicts
 

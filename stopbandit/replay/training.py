@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
 
 from stopbandit.bandit.arms import ArmSet
 from stopbandit.bandit.exploration import Exploration
@@ -50,7 +49,7 @@ from stopbandit.replay.options import ReplayOptions
 from stopbandit.replay.runner import Target, _Progress, run_targets
 from stopbandit.replay.times import iso_time
 from stopbandit.replay.ope import DoublyRobust, Estimate, Metric, SNIPS, IPS, reveal_matrix
-from stopbandit.replay.store import DECISIONS, OUTCOMES, ReplayStore, _guard, check_role
+from stopbandit.replay.store import ReplayStore, check_role
 
 IW_CLIP = 50.0
 
@@ -69,21 +68,11 @@ class Split:
                 "n_test": self.n_test, "how": self.how}
 
 
-def _count(store: ReplayStore, since: float | None = None, until: float | None = None) -> int:
-    q = select(func.count()).select_from(OUTCOMES.join(DECISIONS, DECISIONS.c.request_key == OUTCOMES.c.decision_key))
-    if since is not None:
-        q = q.where(DECISIONS.c.ts >= since)
-    if until is not None:
-        q = q.where(DECISIONS.c.ts < until)
-    with _guard("count events", store.engine), store.engine.connect() as conn:
-        return int(conn.execute(q).scalar_one())
-
-
 def time_split(store: ReplayStore, *, since: float | None = None, test_frac: float | None = None) -> Split:
     """The train/test split by decision time (give ``since`` or ``test_frac``; default ``test_frac=0.2``)."""
     if since is not None and test_frac is not None:
         raise ConfigError("give either --since (the held-out part starts there) or --test-frac, not both")
-    total = _count(store)
+    total = store.count_events()  # every outcome has its decision (foreign key)
     if total < 2:
         raise InputError(f"the store holds {total} event(s) with outcomes; a train/test split needs at least 2")
     if since is None:
@@ -91,14 +80,11 @@ def time_split(store: ReplayStore, *, since: float | None = None, test_frac: flo
         if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0.0 < frac < 1.0:
             raise ConfigError(f"test_frac must be a number in (0, 1), got {test_frac!r}")
         k = min(total - 1, max(1, int(math.floor(total * (1.0 - frac)))))
-        q = (select(DECISIONS.c.ts).select_from(OUTCOMES.join(DECISIONS, DECISIONS.c.request_key == OUTCOMES.c.decision_key))
-             .order_by(DECISIONS.c.ts).offset(k).limit(1))
-        with _guard("split", store.engine), store.engine.connect() as conn:
-            cutoff = float(conn.execute(q).scalar_one())
+        cutoff = store.decision_time_at(k)
         how = f"test-frac {frac:g}"
     else:
         cutoff, how = float(since), "since"
-    n_test = _count(store, since=cutoff)
+    n_test = store.count_events(since=cutoff)
     n_train = total - n_test
     if n_train == 0:
         raise InputError(f"no events before the split at {iso_time(cutoff)}: nothing to train on "

@@ -88,16 +88,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, bindparam, insert, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from stopbandit.errors import InputError, StoreError
 from stopbandit.replay import migrate
 from stopbandit.replay.engine import redact
 from stopbandit.replay.jsoncodec import NotJSONError
 from stopbandit.replay.spill import Adopted, Chunk, SpillFile, SpillReader, encode, read_spill
-from stopbandit.replay.store import OUTCOMES, Conflict, ReplayStore
+from stopbandit.replay.store import Conflict, ReplayStore
 from stopbandit.replay.validate import check_spilled
 
 log = logging.getLogger("stopbandit.writer")
@@ -222,7 +220,6 @@ class BatchWriter:
         self._spill_path, self._spill_dir, self._max_spill_bytes = spill_path, spill_dir, max_spill_bytes
         self.spill = self._new_spill()
         self.rejected_path = Path(f"{self.spill.prefix}.rejected.jsonl")
-        self._late_sql = _late_statements(store)
         self._init_state()
         self._start_threads()
         atexit.register(_close_at_exit, weakref.ref(self))
@@ -684,26 +681,10 @@ class BatchWriter:
                        for r in outcomes if r.get("decision_key") in keys]
             outcomes = [r for r in outcomes if r.get("decision_key") not in keys]
         with self._deadlines.call(f"writing {len(batch)} rows", self.timeout):
-            if decisions or outcomes:
-                refused += self.store.write_batch(decisions, outcomes)
-            if late:
-                self._write_late(late)
+            if decisions or outcomes or late:
+                refused += self.store.write_batch(decisions, outcomes, late)
         for c in refused:
             self._conflict(c)
-
-    def _write_late(self, late: list[Mapping[str, Any]]) -> None:
-        upgrade, insert = self._late_sql
-        self.store.check_file()
-        try:
-            with self.store.engine.begin() as conn:
-                for row in late:
-                    values = {k: row.get(k) for k in ("ts", "em", "tokens", "latency_ms", "trace", "reference_key")}
-                    res = conn.execute(upgrade.values(status="late", **values), {"key": row["decision_key"]})
-                    if res.rowcount == 0:  # no defaulted row: insert as late (a no-op if any outcome exists)
-                        conn.execute(insert, [{**row, "status": "late"}])
-        except OperationalError as exc:
-            raise StoreError(f"write to {redact(self.store.url)} failed: {_reason(exc)}") from exc
-        self.store.check_file()
 
     def _conflict(self, c: Conflict) -> None:
         """A row refused because its key is stored for another row: count, log both, keep it in the rejected file."""
@@ -991,18 +972,6 @@ def _set_all(markers: list[_Marker]) -> None:
 def _reason(exc: BaseException) -> str:
     lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
-
-
-def _late_statements(store: ReplayStore):
-    """(UPDATE a defaulted outcome to late, INSERT … ON CONFLICT DO NOTHING) for ``l`` rows."""
-    upgrade = update(OUTCOMES).where(and_(OUTCOMES.c.decision_key == bindparam("key"),
-                                          OUTCOMES.c.status == "defaulted"))
-    dialect = store.engine.dialect.name
-    if dialect == "postgresql":
-        return upgrade, postgresql.insert(OUTCOMES).on_conflict_do_nothing(index_elements=["decision_key"])
-    if dialect == "sqlite":
-        return upgrade, sqlite.insert(OUTCOMES).on_conflict_do_nothing(index_elements=["decision_key"])
-    return upgrade, insert(OUTCOMES)  # pragma: no cover - other backends: a duplicate is an IntegrityError
 
 
 _WRITERS: weakref.WeakSet[BatchWriter] = weakref.WeakSet()

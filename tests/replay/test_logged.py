@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from stopbandit.bandit.arms import DEFAULT_ARMS, Arm, ArmSet
-from stopbandit.bandit.selector import Selector
+from stopbandit.serving.selector import Selector
 from stopbandit.bandit.trace import ProbeTrace, counterfactual, em_of
 from stopbandit.errors import ConfigError, InputError
 from stopbandit.replay import times as times_mod
@@ -547,7 +547,7 @@ def test_sqlite_rows_from_the_driver_equal_sqlalchemy_rows(log):
     reader = LogReader(store, ARMS, ReplayOptions(chunk=70))
     fast = [tuple(r) for chunk in reader.raw_chunks() for r in chunk]
     with store.engine.connect() as conn:
-        slow = [tuple(r) for r in conn.execute(reader._chunk_query().limit(None), {"sb_after": 0}).all()]
+        slow = [tuple(r) for r in conn.execute(store._event_query(chunk=None), {"sb_after": 0}).all()]
     assert fast == slow and len(fast) == 302
 
 

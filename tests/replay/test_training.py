@@ -7,7 +7,6 @@ import pytest
 
 from stopbandit.bandit.arms import DEFAULT_ARMS, ArmSet
 from stopbandit.bandit.exploration import SquareCB
-from stopbandit.bandit.selector import Selector
 from stopbandit.errors import ConfigError, InputError
 from stopbandit.features.extract import FeatureConfig
 from stopbandit.replay.candidates import HeadsModel
@@ -15,6 +14,7 @@ from stopbandit.replay.logreader import LogReader
 from stopbandit.replay.options import ReplayOptions
 from stopbandit.replay.store import ReplayStore
 from stopbandit.replay.training import IW_CLIP, time_split, train_and_evaluate, train_heads
+from stopbandit.serving.selector import Selector
 from tests.replay.test_logged import add_status_events, make_log
 
 ARMS = ArmSet(DEFAULT_ARMS)
