@@ -1,5 +1,8 @@
 """A local file of framed JSON records that holds events while the database is unreachable.
 
+(One concept, read whole: the framing, the directory checks and the syncer
+thread all guard the same promise, that a row written here survives a crash.)
+
 Records are ``{"k": kind, "r": row}`` — ``d`` a decision, ``o`` an outcome,
 ``l`` a late reward that upgrades a ``defaulted`` outcome (see
 ``stopbandit.bandit.delayed``) — appended in batches. Every record is one

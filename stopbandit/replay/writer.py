@@ -8,6 +8,13 @@ the caller's row goes straight to the spill. Nothing is dropped silently:
 every row ends up in the database, the spill file, or the ``rejected`` file,
 and each path is counted in :meth:`BatchWriter.health`.
 
+One concept in one module, longer than the others on purpose: the queue, the
+batch transaction, the outage state machine, the spill replay and the
+conflict handling share one queue, one lock and one notion of "the store is
+up", and each failure class below is handled across all of them; split, the
+state would have to be passed around and the invariants (nothing dropped,
+nothing twice) would no longer be readable in one place.
+
 Failure classes (what a database error means decides what happens to the rows):
 
 * the database is unreachable or unusable as a whole (``OperationalError``,

@@ -32,7 +32,9 @@ Guarantees on the serving path:
 * delayed rewards (``reward_window_s``): see :mod:`stopbandit.bandit.delayed`;
   windows are closed by a reaper thread, never on the request path.
 
-The facade is assembled from small parts: the served policy sits in a
+The module is the public contract of serving in one place (validation once,
+the serving path, λ, snapshots, lifecycle); the moving parts live next to
+it. The facade is assembled from small parts: the served policy sits in a
 :class:`~stopbandit.serving.slot.PolicySlot` (acquire, swap, retire), the
 reward bookkeeping is a :class:`~stopbandit.serving.ledger.RewardLedger` that
 returns what to learn and what to log, and a
