@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 
 from stopbandit import Selector
 from stopbandit.config import SelectorConfig, StoreConfig
-from stopbandit.errors import ConfigError, ConflictError, UnknownDecisionError
+from stopbandit.errors import ConfigError, ConflictError, StoreError, UnknownDecisionError
 from stopbandit.replay import migrate
 from stopbandit.replay.spill import Adopted, SpillFile, SpillReader, encode, header
 from stopbandit.replay.store import ReplayStore, outcome_row
@@ -153,6 +153,17 @@ def test_durable_choose_waits_at_most_the_timeout_on_a_hung_server(pg_server, tm
         assert result["decision"].durable  # fsync'd to the spill once the commit overran
         assert not sel.health().store_ok
         assert sel.health().spill_backlog == 1
+
+        def lookup() -> None:  # a reward that must ask the store: its read has a deadline too
+            try:
+                sel.reward("made-elsewhere", em=1.0, tokens=1)
+            except StoreError as exc:
+                result["lookup"] = exc
+
+        th = threading.Thread(target=lookup, daemon=True)
+        th.start()
+        th.join(30)
+        assert not th.is_alive() and isinstance(result.get("lookup"), StoreError)
     finally:
         pg_server.thaw()
     assert sel.drain(60), sel.health()
