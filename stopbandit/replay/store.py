@@ -306,8 +306,12 @@ class ReplayStore:
         """The store's identity (a UUID written by migration 0006); StoreError if it cannot be read."""
         if self._identity is None:
             self.check_file()
-            with self._call("identity"), self.engine.connect() as conn:
-                found = conn.execute(select(IDENTITY.c.id).order_by(IDENTITY.c.created).limit(1)).scalar()
+            try:
+                with self._call("identity"), self.engine.connect() as conn:
+                    found = conn.execute(select(IDENTITY.c.id).order_by(IDENTITY.c.created).limit(1)).scalar()
+            except SQLAlchemyError as exc:  # no such table: the schema is older than the identity
+                raise StoreError(f"cannot read the identity of {redact(self.url)} (run `stopbandit db upgrade`): "
+                                 f"{getattr(exc, 'orig', exc)}") from exc
             if found is None:
                 raise StoreError(f"database {redact(self.url)} has no store identity; run `stopbandit db upgrade`")
             self._identity = str(found)
