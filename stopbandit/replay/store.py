@@ -599,5 +599,5 @@ def check_same_outcome(key: str, existing: Mapping[str, Any], new: Mapping[str, 
         raise ConflictError(f"conflicting outcome for decision {key!r} ({detail}); outcomes are write-once")
 
 
-__all__ = ["OUTCOME_STATUSES", "SNAPSHOT_ROLES", "Conflict", "Event", "LambdaChange", "ReplayStore", "StoredSnapshot", "check_role",
-           "check_same_outcome", "outcome_row"]
+__all__ = ["OUTCOME_STATUSES", "SNAPSHOT_ROLES", "Conflict", "Event", "LambdaChange", "ReplayStore", "StoredSnapshot",
+           "check_role", "check_same_outcome", "outcome_row"]
