@@ -2,9 +2,9 @@
 
 Part of :class:`~stopbandit.replay.store.ReplayStore` (a mixin it inherits),
 kept in its own module because these queries serve the offline readers,
-not the serving path. Every query has bound parameters only and runs under
-the store's guard, so an unreachable database is a
-:class:`~stopbandit.errors.StoreError` and never a raw driver error.
+not the serving path. Every query has bound parameters only and runs as one
+store call (its deadline; an unreachable database is a
+:class:`~stopbandit.errors.StoreError`, never a raw driver error).
 
 An *event* is an outcome joined to its decision, addressed by the outcome id
 (``after < id <= upto``) and filtered by decision time (``since <= ts <
@@ -17,13 +17,13 @@ event.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from sqlalchemy import Engine, Text, bindparam, cast, func, select
 from sqlalchemy.exc import OperationalError
 
-from stopbandit.replay.engine import guard
 from stopbandit.replay.models import DecisionRow, OutcomeRow
 
 DECISIONS = DecisionRow.__table__
@@ -73,14 +73,20 @@ def _fetch_raw(conn: Any, sql: str, params: tuple) -> list[tuple]:
 
 
 class EventLogQueries:
-    """Read queries over decisions + outcomes (the host class provides ``engine``)."""
+    """Read queries over decisions + outcomes.
+
+    The host class (:class:`~stopbandit.replay.store.ReplayStore`) provides
+    ``engine`` and ``_call(what)``, the context of one database call: the
+    store's deadline, and driver failures turned into StoreError.
+    """
 
     engine: Engine
+    _call: Callable[[str], AbstractContextManager[None]]
 
     def has_traces(self) -> bool:
         """Whether any outcome carries a reference key (every traced, evaluable outcome has one)."""
         q = select(OUTCOMES.c.id).where(OUTCOMES.c.reference_key.is_not(None)).limit(1)
-        with guard("has_traces", self.engine), self.engine.connect() as conn:
+        with self._call("has_traces"), self.engine.connect() as conn:
             return conn.execute(q).first() is not None
 
     def count_events_by_status(self, *, since: float | None = None, until: float | None = None, after: int = 0,
@@ -89,7 +95,7 @@ class EventLogQueries:
         q = _ids(select(OUTCOMES.c.status, func.count()).group_by(OUTCOMES.c.status), after, upto)
         if since is not None or until is not None:
             q = _window(q.join(DECISIONS, _JOIN), since, until)
-        with guard("count events", self.engine), self.engine.connect() as conn:
+        with self._call("count events"), self.engine.connect() as conn:
             return {str(s): int(c) for s, c in conn.execute(q).all()}
 
     def count_events(self, *, since: float | None = None, until: float | None = None, after: int = 0,
@@ -102,7 +108,7 @@ class EventLogQueries:
         if since is not None or until is not None:
             q = _window(select(func.count()).select_from(OUTCOMES.join(DECISIONS, _JOIN)), since, until)
         q = _ids(q, after, upto)
-        with guard("count events", self.engine), self.engine.connect() as conn:
+        with self._call("count events"), self.engine.connect() as conn:
             return int(conn.execute(q).scalar_one())
 
     def event_id_bounds(self, *, since: float | None = None, until: float | None = None, after: int = 0,
@@ -117,7 +123,7 @@ class EventLogQueries:
             q = q.where(OUTCOMES.c.id <= upto)
         if since is not None or until is not None:
             q = _window(q.join_from(OUTCOMES, DECISIONS, _JOIN), since, until)
-        with guard("count events", self.engine), self.engine.connect() as conn:
+        with self._call("count events"), self.engine.connect() as conn:
             low = conn.execute(q.order_by(OUTCOMES.c.id).limit(1)).scalar()
             if low is None:
                 return after, after
@@ -136,7 +142,7 @@ class EventLogQueries:
                 raw_sql, names = compiled.string, list(compiled.positiontup)
         cursor = after
         while True:
-            with guard("read events", engine), engine.connect() as conn:
+            with self._call("read events"), engine.connect() as conn:
                 if raw_sql is not None:
                     params = compiled.construct_params({"sb_after": cursor})
                     rows = _fetch_raw(conn, raw_sql, tuple(params[n] for n in names))
@@ -161,14 +167,14 @@ class EventLogQueries:
         """The decision time of the ``k``-th event (0-based) in decision-time order."""
         q = (select(DECISIONS.c.ts).select_from(OUTCOMES.join(DECISIONS, _JOIN))
              .order_by(DECISIONS.c.ts).offset(k).limit(1))
-        with guard("split", self.engine), self.engine.connect() as conn:
+        with self._call("split"), self.engine.connect() as conn:
             return float(conn.execute(q).scalar_one())
 
     def stored_keys(self, keys: Sequence[str]) -> tuple[dict[str, tuple[int, float]], dict[str, tuple]]:
         """Stored (arm_index, propensity) per decision key and (em, tokens) per outcome key, among ``keys``."""
         decisions: dict[str, tuple[int, float]] = {}
         outcomes: dict[str, tuple] = {}
-        with guard("import lookup", self.engine), self.engine.connect() as conn:
+        with self._call("import lookup"), self.engine.connect() as conn:
             for i in range(0, len(keys), 500):
                 part = list(keys[i:i + 500])
                 q = select(DECISIONS.c.request_key, DECISIONS.c.arm_index, DECISIONS.c.propensity).where(
@@ -183,14 +189,14 @@ class EventLogQueries:
         """The logged ``policy_version`` of the newest decision of ``experiment``."""
         q = (select(DECISIONS.c.policy_version).where(DECISIONS.c.experiment == experiment)
              .order_by(DECISIONS.c.id.desc()).limit(1))
-        with guard("latest experiment decision", self.engine), self.engine.connect() as conn:
+        with self._call("latest experiment decision"), self.engine.connect() as conn:
             return conn.execute(q).scalar()
 
     def experiment_period(self, experiment: str, versions: Sequence[str]) -> tuple[float, float, int]:
         """(first ts, last ts, decisions) of ``experiment``'s decisions logged with one of ``versions``."""
         q = (select(func.min(DECISIONS.c.ts), func.max(DECISIONS.c.ts), func.count())
              .where(DECISIONS.c.experiment == experiment, DECISIONS.c.policy_version.in_(list(versions))))
-        with guard("experiment period", self.engine), self.engine.connect() as conn:
+        with self._call("experiment period"), self.engine.connect() as conn:
             lo, hi, n = conn.execute(q).one()
         return (float(lo) if lo is not None else math.nan, float(hi) if hi is not None else math.nan, int(n))
 

@@ -16,7 +16,7 @@ from alembic.config import Config
 from alembic.util.exc import CommandError
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from stopbandit.errors import StoreError
@@ -41,6 +41,8 @@ def _bound(url: str | None, engine: Engine | None) -> Iterator[tuple[Config, Eng
     cfg = alembic_config(str(engine.url.render_as_string(hide_password=False)))
     try:
         with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":  # a serving engine's statement timeout is not for migrations
+                conn.execute(text("SET LOCAL statement_timeout = 0"))
             cfg.attributes["connection"] = conn
             yield cfg, engine
     except DBAPIError as exc:  # unreachable, not a database, permission denied, ...

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
@@ -273,6 +274,12 @@ class ReplayStore(EventLogQueries):
         self._bulk_outcomes = _BulkInsert(self.engine, self._insert_outcomes, OUTCOME_FIELDS, OUTCOME_DEFAULTS,
                                           ("trace",), multi)
 
+    @contextmanager
+    def _call(self, what: str) -> Iterator[None]:
+        """One database call: connection failures become StoreError; with a ``timeout``, it has a deadline."""
+        with self.deadlines.call(what, self.timeout), _guard(what, self.engine):
+            yield
+
     # -- construction helpers -------------------------------------------------
     def _upsert_nothing(self, table, key: str):
         name = self.engine.dialect.name
@@ -289,8 +296,12 @@ class ReplayStore(EventLogQueries):
         """The store's identity (a UUID written by migration 0006); StoreError if it cannot be read."""
         if self._identity is None:
             self.check_file()
-            with _guard("identity", self.engine), self.engine.connect() as conn:
-                found = conn.execute(select(IDENTITY.c.id).order_by(IDENTITY.c.created).limit(1)).scalar()
+            try:
+                with self._call("identity"), self.engine.connect() as conn:
+                    found = conn.execute(select(IDENTITY.c.id).order_by(IDENTITY.c.created).limit(1)).scalar()
+            except SQLAlchemyError as exc:  # no such table: the schema is older than the identity
+                raise StoreError(f"cannot read the identity of {redact(self.url)} (run `stopbandit db upgrade`): "
+                                 f"{getattr(exc, 'orig', exc)}") from exc
             if found is None:
                 raise StoreError(f"database {redact(self.url)} has no store identity; run `stopbandit db upgrade`")
             self._identity = str(found)
@@ -327,7 +338,7 @@ class ReplayStore(EventLogQueries):
         """Raise StoreError if the database cannot be reached right now."""
         self.check_file()
         try:
-            with self.engine.connect() as conn:
+            with self.deadlines.call("ping", self.timeout), self.engine.connect() as conn:
                 conn.execute(select(1))
         except SQLAlchemyError as exc:
             raise StoreError(f"database {redact(self.url)} unavailable: {getattr(exc, 'orig', exc)}") from exc
@@ -350,7 +361,7 @@ class ReplayStore(EventLogQueries):
         """
         self.check_file()
         conflicts: list[Conflict] = []
-        with _guard("write_batch", self.engine), self.engine.begin() as conn:
+        with self._call("write_batch"), self.engine.begin() as conn:
             if decisions:
                 if self._bulk_decisions.execute(conn, decisions) < len(decisions):
                     conflicts = self._compare(conn, "d", decisions)
@@ -411,7 +422,7 @@ class ReplayStore(EventLogQueries):
         """Store an outcome now. True if inserted, False if the same outcome was already there."""
         row = outcome_row(key, em, tokens, latency_ms, ts)
         try:
-            with _guard("record_outcome", self.engine), self.engine.begin() as conn:
+            with self._call("record_outcome"), self.engine.begin() as conn:
                 # RETURNING, not rowcount: psycopg reports -1 for ON CONFLICT inserts.
                 inserted = conn.execute(self._insert_outcomes.returning(OUTCOMES.c.id), row).first() is not None
         except IntegrityError as exc:
@@ -426,17 +437,17 @@ class ReplayStore(EventLogQueries):
 
     # -- reads ----------------------------------------------------------------
     def get_decision(self, key: str) -> dict[str, Any] | None:
-        with _guard("get_decision", self.engine), self.engine.connect() as conn:
+        with self._call("get_decision"), self.engine.connect() as conn:
             r = conn.execute(select(DECISIONS).where(DECISIONS.c.request_key == key)).mappings().first()
         return dict(r) if r else None
 
     def get_outcome(self, key: str) -> dict[str, Any] | None:
-        with _guard("get_outcome", self.engine), self.engine.connect() as conn:
+        with self._call("get_outcome"), self.engine.connect() as conn:
             r = conn.execute(select(OUTCOMES).where(OUTCOMES.c.decision_key == key)).mappings().first()
         return dict(r) if r else None
 
     def counts(self) -> dict[str, int]:
-        with _guard("counts", self.engine), self.engine.connect() as conn:
+        with self._call("counts"), self.engine.connect() as conn:
             return {
                 "decisions": conn.execute(select(func.count()).select_from(DECISIONS)).scalar_one(),
                 "outcomes": conn.execute(select(func.count()).select_from(OUTCOMES)).scalar_one(),
@@ -470,7 +481,7 @@ class ReplayStore(EventLogQueries):
             if since_ts is not None:
                 q = q.where(DECISIONS.c.ts >= since_ts)
             q = q.order_by(OUTCOMES.c.id).limit(chunk)
-            with _guard("iter_events", self.engine), self.engine.connect() as conn:
+            with self._call("iter_events"), self.engine.connect() as conn:
                 rows = conn.execute(q).all()
             if not rows:
                 return
@@ -486,19 +497,19 @@ class ReplayStore(EventLogQueries):
     # -- λ --------------------------------------------------------------------
     def add_lambda(self, value: float, reason: str, who: str = "api", ts: float | None = None) -> LambdaChange:
         ts = time.time() if ts is None else ts
-        with _guard("set_lambda", self.engine), self.engine.begin() as conn:
+        with self._call("set_lambda"), self.engine.begin() as conn:
             new_id = conn.execute(
                 insert(LAMBDAS).values(ts=ts, value=value, reason=reason, who=who).returning(LAMBDAS.c.id)
             ).scalar_one()
         return LambdaChange(new_id, ts, value, reason, who)
 
     def current_lambda(self) -> LambdaChange | None:
-        with _guard("current_lambda", self.engine), self.engine.connect() as conn:
+        with self._call("current_lambda"), self.engine.connect() as conn:
             r = conn.execute(select(LAMBDAS).order_by(LAMBDAS.c.id.desc()).limit(1)).first()
         return LambdaChange(*r) if r else None
 
     def lambda_history(self, limit: int = 100) -> list[LambdaChange]:
-        with _guard("lambda_history", self.engine), self.engine.connect() as conn:
+        with self._call("lambda_history"), self.engine.connect() as conn:
             rows = conn.execute(select(LAMBDAS).order_by(LAMBDAS.c.id.desc()).limit(limit)).all()
         return [LambdaChange(*r) for r in rows]
 
@@ -510,7 +521,7 @@ class ReplayStore(EventLogQueries):
         """Store a snapshot; ``role="candidate"`` keeps it out of "latest" (Selectors do not swap to it)."""
         role = check_role(role)
         ts = time.time() if ts is None else ts
-        with _guard("save_snapshot", self.engine), self.engine.begin() as conn:
+        with self._call("save_snapshot"), self.engine.begin() as conn:
             conn.execute(insert(SNAPSHOTS).values(version=version, ts=ts, model=model, meta=dict(meta),
                                                   checksum=checksum, role=role))
 
@@ -518,7 +529,7 @@ class ReplayStore(EventLogQueries):
         """The newest snapshot of ``role`` (default: the one serving Selectors follow), or None."""
         role = check_role(role)
         q = select(SNAPSHOTS.c.version).where(SNAPSHOTS.c.role == role).order_by(SNAPSHOTS.c.id.desc()).limit(1)
-        with _guard("latest_snapshot", self.engine), self.engine.connect() as conn:
+        with self._call("latest_snapshot"), self.engine.connect() as conn:
             return conn.execute(q).scalar()
 
     def get_snapshot(self, version: str | None = None) -> StoredSnapshot | None:
@@ -529,7 +540,7 @@ class ReplayStore(EventLogQueries):
             q = q.where(SNAPSHOTS.c.role == "serving").order_by(SNAPSHOTS.c.id.desc()).limit(1)
         else:
             q = q.where(SNAPSHOTS.c.version == version)
-        with _guard("get_snapshot", self.engine), self.engine.connect() as conn:
+        with self._call("get_snapshot"), self.engine.connect() as conn:
             r = conn.execute(q).first()
         return StoredSnapshot(r[0], r[1], bytes(r[2]), dict(r[3]), r[4], r[5]) if r else None
 
@@ -587,5 +598,5 @@ def check_same_outcome(key: str, existing: Mapping[str, Any], new: Mapping[str, 
         raise ConflictError(f"conflicting outcome for decision {key!r} ({detail}); outcomes are write-once")
 
 
-__all__ = ["OUTCOME_STATUSES", "SNAPSHOT_ROLES", "Conflict", "Event", "LambdaChange", "ReplayStore", "StoredSnapshot", "check_role",
-           "check_same_outcome", "outcome_row"]
+__all__ = ["OUTCOME_STATUSES", "SNAPSHOT_ROLES", "Conflict", "Event", "LambdaChange", "ReplayStore", "StoredSnapshot",
+           "check_role", "check_same_outcome", "outcome_row"]

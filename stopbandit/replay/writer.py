@@ -145,7 +145,7 @@ class WriterHealth:
 
 
 def default_spill_dir() -> Path:
-    """``$XDG_STATE_HOME/stopbandit/spill``, else ``~/.local/state/stopbandit/spill``: private, and kept across reboots."""
+    """``$XDG_STATE_HOME/stopbandit/spill``, else ``~/.local/state/stopbandit/spill``: private, kept across reboots."""
     state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return Path(state) / "stopbandit" / "spill"
 

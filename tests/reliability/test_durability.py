@@ -15,6 +15,7 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -25,13 +26,14 @@ from sqlalchemy.exc import IntegrityError
 
 from stopbandit import Selector
 from stopbandit.config import SelectorConfig, StoreConfig
-from stopbandit.errors import ConfigError, ConflictError, UnknownDecisionError
+from stopbandit.errors import ConfigError, ConflictError, StoreError, UnknownDecisionError
 from stopbandit.replay import migrate
 from stopbandit.replay.spill import Adopted, SpillFile, SpillReader, encode, header
 from stopbandit.replay.store import ReplayStore, outcome_row
 from stopbandit.replay.writer import BatchWriter
 
 from tests.reliability.helpers import Outage, until
+from tests.reliability.test_crash import ROOT
 from tests.reliability.test_outage import decision, leftover_spill, serve, write_orphan
 
 
@@ -98,31 +100,36 @@ def test_a_replay_error_on_the_local_disk_keeps_the_spill_file(sqlite_url, tmp_p
 # -- 3. hung databases -----------------------------------------------------------------------------------
 @pytest.mark.postgres
 def test_a_hung_server_is_an_outage_close_spills_and_nothing_is_lost(pg_server, tmp_path):
-    """SIGSTOP of the server: health says down within the timeout, choose never waits, close spills everything."""
+    """SIGSTOP of the server while a serving process runs and then shuts down.
+
+    Its writer must report the store down within its deadline (not only the
+    follower), its ``close`` must return and leave every acknowledged row in
+    the spill, and a new process must store them all once the server resumes.
+    """
     url = pg_server.create_database()
-    sel = Selector.open(url, config=cfg(tmp_path, timeout=1.0))
-    serve(sel, 100, "before-")
-    assert sel.flush(10)
-    pg_server.freeze()
+    Selector.open(url, follow=False).close()  # schema in place
+    spill = tmp_path / "spill" / "sb"
+    child = subprocess.Popen([sys.executable, "-m", "tests.reliability.child_hang", url, str(spill), str(tmp_path)],
+                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
     try:
-        worst = 0.0
-        for i in range(300):
-            t = time.perf_counter()
-            d = sel.choose("q", domain="math", request_id=f"hung-{i}")
-            worst = max(worst, time.perf_counter() - t)
-            sel.reward(d.decision_id, em=1.0, tokens=i)
-        assert until(lambda: not sel.health().store_ok, 15), sel.health()
-        assert worst < 1.0, worst  # the serving path never waits for the hung server (generous bound)
-        t = time.monotonic()
-        sel.close()
-        assert time.monotonic() - t < 60
+        assert until(lambda: (tmp_path / "ready").exists() or child.poll() is not None, 60)
+        pg_server.freeze()
+        (tmp_path / "go").touch()
+        out, _ = child.communicate(timeout=120)
     finally:
+        if child.poll() is None:
+            child.kill()
         pg_server.thaw()
-    assert leftover_spill(tmp_path)  # everything acknowledged is in the spill
+    assert child.returncode == 0, out[-3000:]
+    assert "writer_down never" not in out, out[-3000:]
+    close_s = float(out.split("close ")[1].split()[0])
+    assert close_s < 30, out[-3000:]  # bounded by close's timeout, not by the hang
     again = Selector.open(url, config=cfg(tmp_path), follow=False)
     assert again.drain(60), again.health()
     again.close()
     assert stored(url) == (400, 400)
+    assert leftover_spill(tmp_path) == []
 
 
 @pytest.mark.postgres
@@ -146,6 +153,17 @@ def test_durable_choose_waits_at_most_the_timeout_on_a_hung_server(pg_server, tm
         assert result["decision"].durable  # fsync'd to the spill once the commit overran
         assert not sel.health().store_ok
         assert sel.health().spill_backlog == 1
+
+        def lookup() -> None:  # a reward that must ask the store: its read has a deadline too
+            try:
+                sel.reward("made-elsewhere", em=1.0, tokens=1)
+            except StoreError as exc:
+                result["lookup"] = exc
+
+        th = threading.Thread(target=lookup, daemon=True)
+        th.start()
+        th.join(30)
+        assert not th.is_alive() and isinstance(result.get("lookup"), StoreError)
     finally:
         pg_server.thaw()
     assert sel.drain(60), sel.health()

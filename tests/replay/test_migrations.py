@@ -87,3 +87,28 @@ def test_0005_snapshot_role_up_down_up_keeps_rows(db_url):
     with engine.connect() as conn:
         assert {r[0] for r in conn.execute(text("SELECT role FROM snapshots"))} == {"serving"}
     engine.dispose()
+
+
+def test_0006_writes_a_store_identity_and_refuses_rows_that_break_its_checks(db_url):
+    """Upgrading writes one identity (a UUID); existing rows out of range stop the upgrade, naming the check."""
+    migrate.upgrade(db_url, "0005")
+    engine = make_engine(db_url)
+    insert_decision = text(
+        "INSERT INTO decisions (request_key, ts, domain, features, arm, arm_index, probabilities, propensity, lam, "
+        "token_scale, policy_version) VALUES (:k, 1.0, 'math', '{}', 'full', 0, '{}', :p, 0.2, 1000.0, 'v')")
+    with engine.begin() as conn:
+        conn.execute(insert_decision, [{"k": "ok", "p": 0.5}, {"k": "bad", "p": 7.0}])
+    with pytest.raises(StoreError, match=r"ck_decisions_propensity .*1 row\(s\) of decisions break it"):
+        migrate.upgrade(db_url, "0006")
+    assert migrate.current_revision(db_url) == "0005"
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM decisions WHERE request_key = 'bad'"))
+    migrate.upgrade(db_url, "0006")
+    with engine.connect() as conn:
+        ids = conn.execute(text("SELECT id FROM store_identity")).scalars().all()
+    assert len(ids) == 1 and len(ids[0]) == 36
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(insert_decision, {"k": "bad-again", "p": 0.0})
+    migrate.downgrade(db_url, "0005")
+    assert "store_identity" not in inspect(engine).get_table_names()
+    engine.dispose()
