@@ -31,7 +31,8 @@ from stopbandit.replay.runner import Target, run_targets
 from stopbandit.replay.times import parse_time
 from stopbandit.replay.ope import ESTIMATORS, LoggedData, Metric, make_estimator, reveal_matrix
 from stopbandit.replay.store import ReplayStore, outcome_row
-from stopbandit.replay.sweep import fixed_arm_estimates, lenience_rank, sweep
+from stopbandit.replay.sweep import lenience_rank
+from tests.replay.reference_sweep import fixed_arm_estimates, sweep
 from stopbandit.sim import SimConfig, Simulator, run
 
 ARMS = ArmSet(DEFAULT_ARMS)

@@ -13,14 +13,13 @@ from stopbandit.replay import sweep as sweep_mod
 from stopbandit.replay.ope import IPS, DirectMethod, DoublyRobust, Estimate, LoggedData
 from stopbandit.replay.sweep import (
     SweepPoint,
-    fixed_arm_estimates,
     greedy_probs,
     lenience_rank,
     parse_lambdas,
     pick_lambda,
     plot_pareto,
-    sweep,
 )
+from tests.replay.reference_sweep import fixed_arm_estimates, sweep
 
 # ---------------------------------------------------------------------------------------------
 # Two arms: 0 = full reasoning (lenient), 1 = aggressive (strict). Uniform logging, token_scale 1000.
