@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from numbers import Integral, Real
 
-from stopbandit.errors import ConfigError, InputError, StopbanditError
+from stopbandit.errors import ConfigError, InputError, StopbanditError, require_positive_ints
 
 MAX_KEY = 128
 """Longest request id (characters)."""
@@ -62,11 +62,8 @@ def integer(value: object, field: str, *, low: int | None = None,
     return value
 
 
-def positive_ints(prefix: str, **values: object) -> None:
-    """Refuse the first of ``values`` (in order) that is not an int >= 1; ``prefix`` goes before its name."""
-    for name, v in values.items():
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConfigError(f"{prefix}{name} must be a positive integer, got {v!r}")
+positive_ints = require_positive_ints
+"""Refuse the first of ``values`` (in order) that is not an int >= 1; ``prefix`` goes before its name."""
 
 
 def text(value: str, field: str, *, error: type[StopbanditError] = InputError) -> str:
@@ -78,6 +75,13 @@ def text(value: str, field: str, *, error: type[StopbanditError] = InputError) -
     except UnicodeEncodeError as exc:
         raise error(f"{field} is not valid Unicode (lone surrogate at position {exc.start}): {value[:80]!r}") \
             from None
+    return value
+
+
+def short_text(value: object, field: str, max_len: int) -> str:
+    """A non-empty string of at most ``max_len`` characters without NUL (names, versions, keys of a row)."""
+    if not isinstance(value, str) or not value or len(value) > max_len or "\x00" in value:
+        raise InputError(f"{field} must be a non-empty string of at most {max_len} characters, got {value!r:.80}")
     return value
 
 
@@ -139,4 +143,5 @@ def latency(value: object) -> float | None:
     return v
 
 
-__all__ = ["MAX_KEY", "em", "identifier", "integer", "key", "latency", "number", "positive_ints", "text", "tokens"]
+__all__ = ["MAX_KEY", "em", "identifier", "integer", "key", "latency", "number", "positive_ints", "short_text", "text",
+           "tokens"]

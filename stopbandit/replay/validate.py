@@ -1,62 +1,21 @@
-"""Validation of outcome values, shared by the store, the Selector and importers."""
+"""Rows the store accepts: the checks of a replayed spill row, and the outcome-value checks under their store names.
+
+The value checks themselves are :mod:`stopbandit.validation`'s; the names
+here are what the store and the writer call them.
+"""
 
 from __future__ import annotations
 
 import math
-from numbers import Integral, Real
 
+from stopbandit import validation
 from stopbandit.errors import InputError
 
 
-def check_em(em: object, *, field: str = "em") -> float:
-    """EM must be a finite number in [0, 1]."""
-    if type(em) is float or type(em) is int:  # the common case, without the slow ABC check below
-        if 0.0 <= em <= 1.0:  # also false for NaN
-            return float(em)
-        raise InputError(f"{field} must be a finite number in [0, 1], got {em!r}")
-    if isinstance(em, bool) or not isinstance(em, Real):
-        raise InputError(f"{field} must be a number in [0, 1], got {em!r}")
-    value = float(em)
-    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-        raise InputError(f"{field} must be a finite number in [0, 1], got {em!r}")
-    return value
-
-
-def check_tokens(tokens: object, *, field: str = "tokens") -> int:
-    """Token counts must be non-negative integers (integral floats are accepted)."""
-    if type(tokens) is int:  # the common case, without the slow ABC checks below
-        if tokens < 0:
-            raise InputError(f"{field} must be >= 0, got {tokens!r}")
-        return tokens
-    if isinstance(tokens, bool):
-        raise InputError(f"{field} must be a non-negative integer, got {tokens!r}")
-    if isinstance(tokens, Real) and not isinstance(tokens, Integral):
-        f = float(tokens)
-        if not math.isfinite(f) or f != int(f):
-            raise InputError(f"{field} must be a non-negative integer, got {tokens!r}")
-        tokens = int(f)
-    if not isinstance(tokens, Integral):
-        raise InputError(f"{field} must be a non-negative integer, got {tokens!r}")
-    if tokens < 0:
-        raise InputError(f"{field} must be >= 0, got {tokens!r}")
-    return int(tokens)
-
-
-def check_latency(latency_ms: object) -> float | None:
-    if latency_ms is None:
-        return None
-    if isinstance(latency_ms, bool) or not isinstance(latency_ms, Real):
-        raise InputError(f"latency_ms must be a non-negative number or None, got {latency_ms!r}")
-    value = float(latency_ms)
-    if not math.isfinite(value) or value < 0:
-        raise InputError(f"latency_ms must be a finite number >= 0, got {latency_ms!r}")
-    return value
-
-
-def check_key(key: object, *, field: str = "request_id") -> str:
-    if not isinstance(key, str) or not key or len(key) > 128:
-        raise InputError(f"{field} must be a non-empty string of at most 128 characters, got {key!r}")
-    return key
+check_em = validation.em
+check_tokens = validation.tokens
+check_latency = validation.latency
+check_key = validation.key
 
 
 MAX_TOKENS = 2**31 - 1  # outcomes.tokens is a 32-bit INTEGER on PostgreSQL
@@ -65,19 +24,14 @@ OUTCOME_STATUSES = ("ok", "defaulted", "late")
 
 
 def _finite(v: object, field: str, lo: float, hi: float, *, lo_open: bool = False) -> float:
-    if isinstance(v, bool) or not isinstance(v, Real):
-        raise InputError(f"{field} must be a number, got {v!r}")
-    f = float(v)
-    if not math.isfinite(f) or f < lo or f > hi or (lo_open and f == lo):
-        raise InputError(f"{field} must be a finite number in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {v!r}")
-    return f
+    return validation.number(v, field, low=lo, high=hi if math.isfinite(hi) else None, low_open=lo_open,
+                             error=InputError)
 
 
 def _text(v: object, field: str, max_len: int, *, optional: bool = False) -> None:
     if v is None and optional:
         return
-    if not isinstance(v, str) or not v or len(v) > max_len or "\x00" in v:
-        raise InputError(f"{field} must be a non-empty string of at most {max_len} characters, got {v!r:.80}")
+    validation.short_text(v, field, max_len)
 
 
 def check_decision_row(row: dict) -> None:
