@@ -130,7 +130,8 @@ def db_current(url: str | None, as_json: bool) -> None:
 
 # -- demo ------------------------------------------------------------------------
 @main.command()
-@click.option("--db", "url", envvar="STOPBANDIT_DB", help=DB_HELP)
+@click.option("--db", "url", help="SQLAlchemy URL of an EMPTY store for the demo's traffic (default: its own "
+              "SQLite file stopbandit-demo/stopbandit.db, recreated on every run; $STOPBANDIT_DB is ignored).")
 @click.option("--requests", "n", type=click.IntRange(100, 10_000_000), default=20_000, show_default=True,
               help="Simulated requests to serve.")
 @click.option("--lam", type=click.FloatRange(0, None), default=0.2, show_default=True,
@@ -152,13 +153,20 @@ def demo(url: str | None, n: int, lam: float, token_scale: float, seed: int, tra
     is learned from and logged. The table compares the learned policy with
     always-full reasoning, every static arm, the best static arm in hindsight and
     the per-request oracle, on the same requests.
+
+    The demo never writes into a store it was not given for it: without --db it
+    uses its own throwaway SQLite file, and a store named with --db must be empty.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from stopbandit.demo import run_demo
+    from stopbandit.demo import fresh_demo_store, require_empty_store, run_demo
     from stopbandit.replay.engine import redact, resolve_url
 
-    url = resolve_url(url)
+    if url is None:
+        url = fresh_demo_store()
+    else:
+        url = resolve_url(url)
+        require_empty_store(url)
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err_console, disable=as_json, transient=True) as bar:
         task = bar.add_task("serving simulated requests", total=n)
@@ -186,7 +194,7 @@ def demo(url: str | None, n: int, lam: float, token_scale: float, seed: int, tra
     console.print(f"Logged {result.decisions_logged} decisions and {result.outcomes_logged} outcomes to "
                   f"{redact(url)}; saved snapshot {result.snapshot}; learning curve in {plot}. "
                   f"({result.elapsed_s:.1f} s)", highlight=False)
-    db = "" if url == "sqlite:///stopbandit.db" else f" --db '{redact(url)}'"
+    db = f" --db '{redact(url)}'"
     console.print("Next, evaluate offline from the replay log:", highlight=False)
     console.print(f"  stopbandit replay evaluate{db} --policy latest --estimators ips,snips,dr,dm", highlight=False)
     console.print(f"  stopbandit replay sweep{db} --lambdas 0:1:0.05 --plot pareto.png", highlight=False)

@@ -95,3 +95,34 @@ def test_migrations_ship_in_the_wheel_and_run_from_it(tmp_path):
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "at revision" in proc.stdout
+
+
+def test_demo_without_db_uses_its_own_store_and_ignores_the_environment(tmp_path, monkeypatch):
+    prod = tmp_path / "prod.db"
+    monkeypatch.setenv("STOPBANDIT_DB", f"sqlite:///{prod}")
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):  # a second run starts again from an empty demo store
+        r = invoke("demo", "--requests", "200", "--plot", str(tmp_path / "c.png"), "--json")
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.output)["url"] == "sqlite:///stopbandit-demo/stopbandit.db"
+        store = ReplayStore("sqlite:///stopbandit-demo/stopbandit.db")
+        assert store.counts()["decisions"] == 200
+        store.dispose()
+    assert not prod.exists()
+
+
+def test_demo_refuses_a_store_that_holds_data(tmp_path):
+    url = f"sqlite:///{tmp_path / 'used.db'}"
+    assert invoke("db", "upgrade", "--db", url).exit_code == 0
+    store = ReplayStore(url)
+    store.add_lambda(0.35, reason="operator")
+    store.dispose()
+    proc = subprocess.run([sys.executable, "-m", "stopbandit.cli", "demo", "--db", url, "--requests", "200"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "already holds 1 lambda changes" in proc.stderr.replace("\n", " ")
+    assert "Traceback" not in proc.stderr
+    store = ReplayStore(url)
+    assert store.counts() == {"decisions": 0, "outcomes": 0, "snapshots": 0, "lambda_changes": 1}
+    assert store.current_lambda().value == 0.35
+    store.dispose()
