@@ -58,7 +58,14 @@ from stopbandit.bandit.snapshot import check_vw_args, pack, unpack
 from stopbandit.bandit.trace import ProbeTrace, answer_key, revealed_outcomes
 from stopbandit.bandit.vw import shared_line
 from stopbandit.config import LearningConfig, SelectorConfig, load_config
-from stopbandit.errors import InputError, SnapshotError, StopbanditError, StoreError, UnknownDecisionError
+from stopbandit.errors import (
+    ConflictError,
+    InputError,
+    SnapshotError,
+    StopbanditError,
+    StoreError,
+    UnknownDecisionError,
+)
 from stopbandit.features.extract import FeatureExtractor
 from stopbandit.replay import migrate
 from stopbandit.replay.store import ReplayStore, check_role, check_same_outcome, outcome_row
@@ -88,6 +95,9 @@ class Decision:
     lam: float
     policy_version: str
     features: dict[str, float | str]
+    # True when the decision row was committed, or fsync'd to the spill, before ``choose`` returned (durable
+    # mode); False in the queued mode, and in durable mode when neither the store nor the spill's disk took it
+    durable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +125,9 @@ class Health:
     discarded: int = 0  # rewards after the outcome was settled (earliest: later ones; sum: after close)
     evicted: int = 0  # decisions pushed out of memory by max_pending (windows closed early)
     snapshot_error: str | None = None  # why the newest stored snapshot was refused (still serving the old one)
+    conflicts: int = 0  # rows refused: their request key is stored for a different decision (another process)
+    unspilled: int = 0  # rows only in memory: the store and the spill's disk both refused them (retried)
+    replay_errors: int = 0  # spill replay steps that failed on the local disk (the file is kept and retried)
 
 
 @dataclass(slots=True)
@@ -269,6 +282,8 @@ class Selector:
             spill_path=config.store.spill_path,
             max_spill_bytes=config.store.max_spill_bytes,
             retry_interval=config.store.retry_interval,
+            timeout=config.store.timeout,
+            spill_dir=config.store.spill_dir,
         )
         # durable: committed or fsync'd before choose/reward return; else queued (bound once, off the hot path)
         self._log_row = self.writer.write_now if config.store.durable else self.writer.submit
@@ -335,7 +350,7 @@ class Selector:
                         reward_window_s=reward_window_s, reward_aggregation=reward_aggregation, learning=learning)
         if durable is not None:
             cfg = replace(cfg, store=replace(cfg.store, durable=durable))
-        store = ReplayStore(url or cfg.store.url, check_schema=False)
+        store = ReplayStore(url or cfg.store.url, check_schema=False, timeout=cfg.store.timeout)
         return cls(cfg, store, snapshot=snapshot, follow=follow, learn=learn)
 
     def _new_key(self) -> str:
@@ -499,8 +514,9 @@ class Selector:
             "lam": lam, "token_scale": self.config.token_scale, "policy_version": version,
             "experiment": experiment,
         }
-        self._log("d", row)
-        return Decision(key, self.arms[idx], idx, probs[idx], prob_map, lam, version, feats)
+        logged = self._log("d", row)
+        return Decision(key, self.arms[idx], idx, probs[idx], prob_map, lam, version, feats,
+                        logged in ("stored", "spilled"))
 
     def reward(self, decision_id: str, em: float, tokens: int, *, latency_ms: float | None = None,
                trace: ProbeTrace | None = None, reference: str | None = None) -> None:
@@ -524,6 +540,9 @@ class Selector:
     def _reward(self, decision_id: str, em: float, tokens: int, latency_ms: float | None,
                 trace: ProbeTrace | None, reference: str | None) -> None:
         decision_id = _check_id(decision_id, "decision_id")
+        if self.writer.is_conflict(decision_id):
+            raise ConflictError(f"decision {decision_id!r} was not stored: its request_id is stored for another "
+                                "process's decision (request ids must be unique across processes and restarts)")
         if trace is not None and not isinstance(trace, ProbeTrace):
             raise InputError(f"trace must be a ProbeTrace or None, got {type(trace).__name__}")
         if reference is not None and not isinstance(reference, str):
@@ -561,6 +580,12 @@ class Selector:
                 self._repeat(key, done, row)
                 return
         self._settle_ok(pending, row, trace, reference)
+
+    def _decision_wait(self) -> float:
+        """How long a reward waits for a decision that is not in the store yet (logged by another replica and
+        not flushed): ``store.decision_wait``, and never past the reward window of a decision made now."""
+        wait = self.config.store.decision_wait
+        return wait if self._window is None else min(wait, self._window.seconds)
 
     def _reward_windowed(self, window: RewardWindow, key: str, row: dict[str, Any], trace: ProbeTrace | None,
                          reference: str | None) -> None:
@@ -674,7 +699,7 @@ class Selector:
         self.writer.flush(5.0)
         try:
             existing = self.store.get_outcome(key)
-            d = self.store.get_decision(key) if existing is None else None
+            d = self.store.wait_for_decision(key, self._decision_wait()) if existing is None else None
         except StoreError as exc:
             self._record_fault(exc)
             raise StoreError(f"cannot check decision {key!r}: the store is unavailable and it is not in memory") from exc
@@ -690,7 +715,8 @@ class Selector:
             self._repeat(key, (existing["em"], existing["tokens"], status), row)
             return None
         if d is None:
-            raise UnknownDecisionError(f"unknown decision id {key!r}: no such decision was logged")
+            raise UnknownDecisionError(f"unknown decision id {key!r}: no such decision was logged (or it did not "
+                                       f"reach the store within store.decision_wait = {self._decision_wait():g} s)")
         logged = d.get("probabilities") or {}
         pending = _Pending(shared_line(d["features"]), d["arm_index"], d["propensity"], d["lam"], d["domain"],
                            probs=[float(logged.get(name, 0.0)) for name in self._arm_names])
@@ -790,12 +816,13 @@ class Selector:
             self._wake.wait(wait)
             self._wake.clear()
 
-    def _log(self, kind: str, row: dict[str, Any]) -> None:
-        """Hand a row to the writer: queued, or written before returning with ``store.durable``.
+    def _log(self, kind: str, row: dict[str, Any]) -> str | None:
+        """Hand a row to the writer: queued (None), or written before returning with ``store.durable``.
 
+        Durable mode returns where the row went (``stored``, ``spilled``, or ``held`` in memory only).
         The row is the writer's from here on: callers build a fresh dict per call and never change it after.
         """
-        self._log_row(kind, row)
+        return self._log_row(kind, row)
 
     # -- λ ---------------------------------------------------------------------------
     @property
@@ -945,6 +972,7 @@ class Selector:
             rejected=w.rejected, write_lag_s=w.write_lag_s, outages=w.outages, down_since=w.down_since,
             replayed=w.replayed, max_spill_backlog=w.max_spill_backlog, defaulted=defaulted, late=late,
             discarded=discarded, evicted=evicted, snapshot_error=self._snapshot_error,
+            conflicts=w.conflicts, unspilled=w.unspilled, replay_errors=w.replay_errors,
         )
 
     def flush(self, timeout: float = 30.0) -> bool:
