@@ -120,9 +120,22 @@ def db_current(url: str | None, as_json: bool) -> None:
     from stopbandit.replay import migrate
     from stopbandit.replay.engine import redact, resolve_url
 
-    cur, head = migrate.current_revision(url), migrate.head_revision()
+    from stopbandit.replay.engine import make_engine, sqlite_file
+
+    engine = make_engine(url)
+    missing = sqlite_file(engine)
+    if missing is not None and Path(missing).exists():
+        missing = None
+    try:
+        cur, head = migrate.current_revision(engine=engine), migrate.head_revision()
+    finally:
+        engine.dispose()
     if as_json:
-        emit_json({"url": redact(resolve_url(url)), "current": cur, "head": head, "up_to_date": cur == head})
+        emit_json({"url": redact(resolve_url(url)), "current": cur, "head": head, "up_to_date": cur == head,
+                   "exists": missing is None})
+    elif missing is not None:
+        click.echo(f"{redact(resolve_url(url))}: no database file at {missing} (head {head}; "
+                   f"`stopbandit db upgrade` would create it there)")
     else:
         state = "up to date" if cur == head else "run `stopbandit db upgrade`"
         click.echo(f"{redact(resolve_url(url))}: revision {cur or 'none'} (head {head}; {state})")

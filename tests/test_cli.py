@@ -126,3 +126,32 @@ def test_demo_refuses_a_store_that_holds_data(tmp_path):
     assert store.counts() == {"decisions": 0, "outcomes": 0, "snapshots": 0, "lambda_changes": 1}
     assert store.current_lambda().value == 0.35
     store.dispose()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["replay", "evaluate"],
+        ["replay", "sweep", "--lambdas", "0:1:0.5"],
+        ["lambda", "get"],
+        ["lambda", "history"],
+        ["ab", "report"],
+    ],
+)
+def test_read_only_commands_never_create_a_mistyped_sqlite_file(tmp_path, args):
+    typo = tmp_path / "typo.db"
+    proc = subprocess.run([sys.executable, "-m", "stopbandit.cli", *args, "--db", f"sqlite:///{typo}"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert f"no SQLite database at {typo}" in proc.stderr.replace("\n", " ")
+    assert "Traceback" not in proc.stderr and "StoreError" not in proc.stderr
+    assert not typo.exists()
+
+
+def test_db_current_on_a_missing_file_says_so_and_creates_nothing(tmp_path):
+    typo = tmp_path / "typo.db"
+    r = invoke("db", "current", "--db", f"sqlite:///{typo}")
+    assert r.exit_code == 0 and f"no database file at {typo}" in r.output
+    info = json.loads(invoke("db", "current", "--db", f"sqlite:///{typo}", "--json").output)
+    assert info["current"] is None and info["exists"] is False
+    assert not typo.exists()

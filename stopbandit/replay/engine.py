@@ -107,4 +107,11 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-__all__ = ["DEFAULT_URL", "ENV_VAR", "is_sqlite", "make_engine", "pg_connect_args", "redact", "resolve_url"]
+def sqlite_file(engine: Engine) -> str | None:
+    """Absolute path of the engine's SQLite database file; None for in-memory or non-SQLite databases."""
+    db = engine.url.database if is_sqlite(engine) else None
+    return os.path.abspath(db) if db and db != ":memory:" and not db.startswith("file:") else None
+
+
+__all__ = ["DEFAULT_URL", "ENV_VAR", "is_sqlite", "make_engine", "pg_connect_args", "redact", "resolve_url",
+           "sqlite_file"]

@@ -67,8 +67,8 @@ def test_evaluate_warns_loudly(db):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (("evaluate", "--policy", "nope"), "ConfigError: unknown policy 'nope'"),
-    (("evaluate", "--estimators", "ips,magic"), "ConfigError: unknown estimator 'magic'"),
+    (("evaluate", "--policy", "nope"), "error: unknown policy 'nope'"),
+    (("evaluate", "--estimators", "ips,magic"), "error: unknown estimator 'magic'"),
     (("evaluate", "--since", "yesterday"), "--since must be an ISO 8601 time"),
     (("evaluate", "--policy", "arm:turbo"), "unknown arm 'turbo'"),
     (("sweep", "--lambdas", "1:0:0.1"), "stop 0 is below start 1"),
