@@ -37,6 +37,11 @@ def test_db_upgrade_current_downgrade(db_url):
         (["db", "current", "--db", "garbage"], "is not a valid SQLAlchemy URL"),
         (["db", "upgrade", "--db", "postgresql+psycopg://x@127.0.0.1:1/x"], "cannot reach database"),
         (["db", "upgrade", "--db", "nosuch://a/b"], "no database driver"),
+        (["db", "current", "--db", "sqlite://serve.db"], "is not a valid SQLite URL: use 'sqlite:///relative/path.db'"),
+        (["db", "current", "--db", "postgres://u:s3cret@127.0.0.1:1/db"], "use the scheme 'postgresql+psycopg://'"),
+        (["db", "current", "--db", "postgresql+psycopg://u:s3cret@host:notaport/db"],
+         "'postgresql+psycopg://u:***@host:notaport/db' is not a valid SQLAlchemy URL"),
+        (["db", "current", "--db", "postgresql+psycopg://u:p@s3cret@host:x/db"], "'postgresql+psycopg://u:***@host:x/db'"),
     ],
 )
 def test_user_errors_are_one_line_exit_2(args, message):
@@ -44,7 +49,7 @@ def test_user_errors_are_one_line_exit_2(args, message):
                           timeout=120)
     assert proc.returncode == 2
     assert message in proc.stderr.replace("\n", " ")
-    assert "Traceback" not in proc.stderr
+    assert "Traceback" not in proc.stderr and "s3cret" not in proc.stderr
 
 
 def test_demo_end_to_end_logs_every_decision_and_outcome(tmp_path):
@@ -155,3 +160,16 @@ def test_db_current_on_a_missing_file_says_so_and_creates_nothing(tmp_path):
     info = json.loads(invoke("db", "current", "--db", f"sqlite:///{typo}", "--json").output)
     assert info["current"] is None and info["exists"] is False
     assert not typo.exists()
+
+
+def test_decode_on_a_directory_that_holds_no_model_is_one_clear_line(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("What is 2 + 2?\n")
+    model = tmp_path / "notamodel"
+    model.mkdir()
+    for expected in ("is not a model directory: it has no config.json", "cannot load a model and tokenizer from"):
+        proc = subprocess.run([sys.executable, "-m", "stopbandit.cli", "decode", str(prompts), "--model", str(model),
+                               "--arm", "full"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert proc.returncode != 0 and expected in " ".join(proc.stderr.split()), proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+        (model / "config.json").write_text('{"model_type": "llama"}')  # second round: a config, no weights
