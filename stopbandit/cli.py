@@ -120,12 +120,16 @@ def db_current(url: str | None, as_json: bool) -> None:
     from stopbandit.replay import migrate
     from stopbandit.replay.engine import redact, resolve_url
 
+    from stopbandit.errors import StoreError
     from stopbandit.replay.engine import make_engine, sqlite_file
 
     engine = make_engine(url)
     missing = sqlite_file(engine)
     if missing is not None and Path(missing).exists():
         missing = None
+    if missing is not None and not Path(missing).parent.is_dir():
+        engine.dispose()
+        raise StoreError(f"no SQLite database at {missing}, and its directory does not exist")
     try:
         cur, head = migrate.current_revision(engine=engine), migrate.head_revision()
     finally:
