@@ -120,9 +120,26 @@ def db_current(url: str | None, as_json: bool) -> None:
     from stopbandit.replay import migrate
     from stopbandit.replay.engine import redact, resolve_url
 
-    cur, head = migrate.current_revision(url), migrate.head_revision()
+    from stopbandit.errors import StoreError
+    from stopbandit.replay.engine import make_engine, sqlite_file
+
+    engine = make_engine(url)
+    missing = sqlite_file(engine)
+    if missing is not None and Path(missing).exists():
+        missing = None
+    if missing is not None and not Path(missing).parent.is_dir():
+        engine.dispose()
+        raise StoreError(f"no SQLite database at {missing}, and its directory does not exist")
+    try:
+        cur, head = migrate.current_revision(engine=engine), migrate.head_revision()
+    finally:
+        engine.dispose()
     if as_json:
-        emit_json({"url": redact(resolve_url(url)), "current": cur, "head": head, "up_to_date": cur == head})
+        emit_json({"url": redact(resolve_url(url)), "current": cur, "head": head, "up_to_date": cur == head,
+                   "exists": missing is None})
+    elif missing is not None:
+        click.echo(f"{redact(resolve_url(url))}: no database file at {missing} (head {head}; "
+                   f"`stopbandit db upgrade` would create it there)")
     else:
         state = "up to date" if cur == head else "run `stopbandit db upgrade`"
         click.echo(f"{redact(resolve_url(url))}: revision {cur or 'none'} (head {head}; {state})")
@@ -130,7 +147,8 @@ def db_current(url: str | None, as_json: bool) -> None:
 
 # -- demo ------------------------------------------------------------------------
 @main.command()
-@click.option("--db", "url", envvar="STOPBANDIT_DB", help=DB_HELP)
+@click.option("--db", "url", help="SQLAlchemy URL of an EMPTY store for the demo's traffic (default: its own "
+              "SQLite file stopbandit-demo/stopbandit.db, recreated on every run; $STOPBANDIT_DB is ignored).")
 @click.option("--requests", "n", type=click.IntRange(100, 10_000_000), default=20_000, show_default=True,
               help="Simulated requests to serve.")
 @click.option("--lam", type=click.FloatRange(0, None), default=0.2, show_default=True,
@@ -152,13 +170,20 @@ def demo(url: str | None, n: int, lam: float, token_scale: float, seed: int, tra
     is learned from and logged. The table compares the learned policy with
     always-full reasoning, every static arm, the best static arm in hindsight and
     the per-request oracle, on the same requests.
+
+    The demo never writes into a store it was not given for it: without --db it
+    uses its own throwaway SQLite file, and a store named with --db must be empty.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from stopbandit.demo import run_demo
+    from stopbandit.demo import fresh_demo_store, require_empty_store, run_demo
     from stopbandit.replay.engine import redact, resolve_url
 
-    url = resolve_url(url)
+    if url is None:
+        url = fresh_demo_store()
+    else:
+        url = resolve_url(url)
+        require_empty_store(url)
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err_console, disable=as_json, transient=True) as bar:
         task = bar.add_task("serving simulated requests", total=n)
@@ -189,7 +214,7 @@ def demo(url: str | None, n: int, lam: float, token_scale: float, seed: int, tra
     console.print(f"Logged {result.decisions_logged} decisions and {result.outcomes_logged} outcomes to "
                   f"{redact(url)}; saved snapshot {result.snapshot}; {curve}. "
                   f"({result.elapsed_s:.1f} s)", highlight=False)
-    db = "" if url == "sqlite:///stopbandit.db" else f" --db '{redact(url)}'"
+    db = f" --db '{redact(url)}'"
     console.print("Next, evaluate offline from the replay log:", highlight=False)
     console.print(f"  stopbandit replay evaluate{db} --policy latest --estimators ips,snips,dr,dm", highlight=False)
     console.print(f"  stopbandit replay sweep{db} --lambdas 0:1:0.05 --plot pareto.png", highlight=False)

@@ -37,7 +37,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except StopbanditError as exc:
             # one physical line: collapse the driver's own newlines, never wrap
             message = escape(" ".join(str(exc).split()))  # "[[arms]]" in a message is text, not markup
-            err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {message}", highlight=False,
+            err_console.print(f"[bold red]error:[/] {message}", highlight=False,
                               soft_wrap=True, markup=True)
             sys.exit(2)
 

@@ -7,6 +7,11 @@ the trace reveals is learned too). Because the simulator can run every arm on
 every request, the verdict compares the learned policy with always-full, each
 static arm, the best static arm in hindsight and the per-request oracle on
 exactly the same requests.
+
+The demo writes simulated traffic, a serving snapshot and a λ change, so it
+never touches a store it was not given for that purpose: by default it
+recreates its own SQLite file under ``./stopbandit-demo/``, and a store named
+with ``--db`` must be empty.
 """
 
 from __future__ import annotations
@@ -22,8 +27,15 @@ from pathlib import Path
 import numpy as np
 
 from stopbandit.bandit.arms import ArmSet
+from stopbandit.errors import ConfigError
+from stopbandit.replay import migrate
+from stopbandit.replay.engine import make_engine, redact
+from stopbandit.replay.store import ReplayStore
 from stopbandit.serving.selector import Selector
 from stopbandit.sim import Simulator, outcome_table, run
+
+DEMO_DIR = Path("stopbandit-demo")
+DEMO_DB = DEMO_DIR / "stopbandit.db"
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,40 @@ def _figures(name: str, em: np.ndarray, tokens: np.ndarray, full_tokens: float, 
              scale: float) -> PolicyFigures:
     m_em, m_tok = float(em.mean()), float(tokens.mean())
     return PolicyFigures(name, m_em, m_tok, 1.0 - m_tok / full_tokens, m_em - lam * m_tok / scale)
+
+
+def fresh_demo_store(directory: Path = DEMO_DIR) -> str:
+    """Recreate the demo's own SQLite store in ``directory`` and return its URL.
+
+    The file belongs to the demo alone, so a previous run's database (and its
+    WAL/SHM companions) is removed rather than appended to.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    db = directory / DEMO_DB.name
+    for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        path.unlink(missing_ok=True)
+    return f"sqlite:///{db}"
+
+
+def require_empty_store(url: str) -> None:
+    """Refuse a store that already holds rows: the demo would mix simulated traffic into it.
+
+    A database without our schema counts as empty (the demo migrates it).
+    """
+    engine = make_engine(url)
+    try:
+        if migrate.current_revision(engine=engine) is None:
+            return
+        store = ReplayStore(engine=engine, check_schema=False)
+        held = {name: n for name, n in store.counts().items() if n}
+    finally:
+        engine.dispose()
+    if held:
+        what = ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in held.items())
+        raise ConfigError(
+            f"the demo refuses {redact(url)}: it already holds {what}. The demo writes simulated decisions, "
+            f"a serving snapshot and a λ change; omit --db to use its own store ({DEMO_DB}), or name an empty one"
+        )
 
 
 def run_demo(

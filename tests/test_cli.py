@@ -37,6 +37,11 @@ def test_db_upgrade_current_downgrade(db_url):
         (["db", "current", "--db", "garbage"], "is not a valid SQLAlchemy URL"),
         (["db", "upgrade", "--db", "postgresql+psycopg://x@127.0.0.1:1/x"], "cannot reach database"),
         (["db", "upgrade", "--db", "nosuch://a/b"], "no database driver"),
+        (["db", "current", "--db", "sqlite://serve.db"], "is not a valid SQLite URL: use 'sqlite:///relative/path.db'"),
+        (["db", "current", "--db", "postgres://u:s3cret@127.0.0.1:1/db"], "use the scheme 'postgresql+psycopg://'"),
+        (["db", "current", "--db", "postgresql+psycopg://u:s3cret@host:notaport/db"],
+         "'postgresql+psycopg://u:***@host:notaport/db' is not a valid SQLAlchemy URL"),
+        (["db", "current", "--db", "postgresql+psycopg://u:p@s3cret@host:x/db"], "'postgresql+psycopg://u:***@host:x/db'"),
     ],
 )
 def test_user_errors_are_one_line_exit_2(args, message):
@@ -44,7 +49,7 @@ def test_user_errors_are_one_line_exit_2(args, message):
                           timeout=120)
     assert proc.returncode == 2
     assert message in proc.stderr.replace("\n", " ")
-    assert "Traceback" not in proc.stderr
+    assert "Traceback" not in proc.stderr and "s3cret" not in proc.stderr
 
 
 def test_demo_end_to_end_logs_every_decision_and_outcome(tmp_path):
@@ -95,3 +100,76 @@ def test_migrations_ship_in_the_wheel_and_run_from_it(tmp_path):
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "at revision" in proc.stdout
+
+
+def test_demo_without_db_uses_its_own_store_and_ignores_the_environment(tmp_path, monkeypatch):
+    prod = tmp_path / "prod.db"
+    monkeypatch.setenv("STOPBANDIT_DB", f"sqlite:///{prod}")
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):  # a second run starts again from an empty demo store
+        r = invoke("demo", "--requests", "200", "--plot", str(tmp_path / "c.png"), "--json")
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.output)["url"] == "sqlite:///stopbandit-demo/stopbandit.db"
+        store = ReplayStore("sqlite:///stopbandit-demo/stopbandit.db")
+        assert store.counts()["decisions"] == 200
+        store.dispose()
+    assert not prod.exists()
+
+
+def test_demo_refuses_a_store_that_holds_data(tmp_path):
+    url = f"sqlite:///{tmp_path / 'used.db'}"
+    assert invoke("db", "upgrade", "--db", url).exit_code == 0
+    store = ReplayStore(url)
+    store.add_lambda(0.35, reason="operator")
+    store.dispose()
+    proc = subprocess.run([sys.executable, "-m", "stopbandit.cli", "demo", "--db", url, "--requests", "200"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "already holds 1 lambda changes" in proc.stderr.replace("\n", " ")
+    assert "Traceback" not in proc.stderr
+    store = ReplayStore(url)
+    assert store.counts() == {"decisions": 0, "outcomes": 0, "snapshots": 0, "lambda_changes": 1}
+    assert store.current_lambda().value == 0.35
+    store.dispose()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["replay", "evaluate"],
+        ["replay", "sweep", "--lambdas", "0:1:0.5"],
+        ["lambda", "get"],
+        ["lambda", "history"],
+        ["ab", "report"],
+    ],
+)
+def test_read_only_commands_never_create_a_mistyped_sqlite_file(tmp_path, args):
+    typo = tmp_path / "typo.db"
+    proc = subprocess.run([sys.executable, "-m", "stopbandit.cli", *args, "--db", f"sqlite:///{typo}"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert f"no SQLite database at {typo}" in proc.stderr.replace("\n", " ")
+    assert "Traceback" not in proc.stderr and "StoreError" not in proc.stderr
+    assert not typo.exists()
+
+
+def test_db_current_on_a_missing_file_says_so_and_creates_nothing(tmp_path):
+    typo = tmp_path / "typo.db"
+    r = invoke("db", "current", "--db", f"sqlite:///{typo}")
+    assert r.exit_code == 0 and f"no database file at {typo}" in r.output
+    info = json.loads(invoke("db", "current", "--db", f"sqlite:///{typo}", "--json").output)
+    assert info["current"] is None and info["exists"] is False
+    assert not typo.exists()
+
+
+def test_decode_on_a_directory_that_holds_no_model_is_one_clear_line(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("What is 2 + 2?\n")
+    model = tmp_path / "notamodel"
+    model.mkdir()
+    for expected in ("is not a model directory: it has no config.json", "cannot load a model and tokenizer from"):
+        proc = subprocess.run([sys.executable, "-m", "stopbandit.cli", "decode", str(prompts), "--model", str(model),
+                               "--arm", "full"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert proc.returncode != 0 and expected in " ".join(proc.stderr.split()), proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+        (model / "config.json").write_text('{"model_type": "llama"}')  # second round: a config, no weights

@@ -52,8 +52,15 @@ class HFDecoder:
             raise ConfigError(f"model path must be a local directory, got {str(path)!r}")
         base = config or DecoderConfig.load(directory) or DecoderConfig()
         base = base.replace(**overrides) if overrides else base
-        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True)
+        if not (directory / "config.json").is_file():
+            raise ConfigError(f"{str(path)!r} is not a model directory: it has no config.json "
+                              f"(save one with model.save_pretrained and tokenizer.save_pretrained)")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True)
+        except (OSError, ValueError, KeyError) as exc:  # transformers' errors for unreadable or foreign files
+            message = " ".join(str(exc).split())[:300]
+            raise ConfigError(f"cannot load a model and tokenizer from {str(path)!r}: {message}") from None
         return cls(model, tokenizer, base, device=device)
 
     def encode(self, prompt: str) -> list[int]:

@@ -26,7 +26,7 @@ from typing import Any
 import click
 
 from stopbandit.bandit.arms import ArmSet
-from stopbandit.clikit import DB_HELP, console, table
+from stopbandit.clikit import DB_HELP, console, err_console, table
 from stopbandit.clikit import emit_json as _emit_json
 from stopbandit.clikit import user_errors as _user_errors
 from stopbandit.errors import ConfigError, InputError
@@ -438,7 +438,14 @@ def export_cmd(url, config_path, fmt, out_path, since, as_json) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 @_user_errors
 def import_cmd(path, url, config_path, fmt, on_error, as_json) -> None:
-    """Import DSJSON lines or CSV rows into the store (idempotent: a re-import adds nothing)."""
+    """Import DSJSON lines or CSV rows into the store (idempotent: a re-import adds nothing).
+
+    Exit status: 0 when every line was imported (or was already stored); 3 for a
+    partial import (--on-error skip left malformed lines out and wrote the rest);
+    2 when nothing could be imported (every line was rejected, or --on-error fail
+    found a malformed line). The report's "status" says the same: imported,
+    partial, nothing or failed.
+    """
     from stopbandit.replay import migrate
     from stopbandit.replay.csvlog import read_csv
     from stopbandit.replay.dsjson import read_dsjson
@@ -456,8 +463,11 @@ def import_cmd(path, url, config_path, fmt, on_error, as_json) -> None:
             return read_dsjson(path, s.arms, token_scale=scale)
     report = import_events(s.store, parse, path=path, fmt=fmt, on_error=on_error)
     failed = on_error == "fail" and report.error_count > 0
+    nothing = not failed and report.error_count > 0 and report.valid == 0
+    partial = not failed and report.error_count > 0 and report.valid > 0
+    status = "failed" if failed else "nothing" if nothing else "partial" if partial else "imported"
     if as_json:
-        _emit_json(report.to_dict())
+        _emit_json({**report.to_dict(), "status": status})
     else:
         r = report
         console.print(table(f"import {path} ({fmt}, --on-error {on_error})",
@@ -474,10 +484,15 @@ def import_cmd(path, url, config_path, fmt, on_error, as_json) -> None:
         if r.from_cost:
             _print_warnings([f"{r.from_cost} foreign events carry only a cost: stored as em = clip(−cost, 0, 1), "
                              f"tokens = 0, lam = 0 ({r.clipped} costs were outside [−1, 0] and clipped)"])
-    if failed:
+    if failed or nothing:
         first = report.errors[0]
+        why = "--on-error fail" if failed else "every line was rejected"
         raise InputError(f"{path}: {report.error_count} malformed line(s) (first: line {first.line}: "
-                         f"{first.message}); --on-error fail: nothing was written")
+                         f"{first.message}); {why}: nothing was written")
+    if partial:
+        err_console.print(f"[yellow]partial import:[/] {report.valid} of {report.lines} line(s) imported, "
+                          f"{report.error_count} malformed line(s) left out", highlight=False)
+        sys.exit(3)
 
 
 __all__ = ["replay"]

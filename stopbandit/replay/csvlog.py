@@ -18,7 +18,11 @@ Optional columns (our exports write all of them, so the round trip is exact):
     latency_ms, outcome_ts, trace (JSON), reference_key, status
 
 Empty cells are absent values. Numbers are written with ``repr`` so floats
-survive the round trip bit for bit.
+survive the round trip bit for bit. Text cells that begin with ``= + - @``, a
+tab, a carriage return or ``'`` are written with one leading ``'``, so a
+spreadsheet shows them as text instead of running them as a formula (CSV
+injection); the importer removes that one ``'`` again, so the round trip stays
+exact.
 """
 
 from __future__ import annotations
@@ -44,7 +48,21 @@ COLUMNS = ("request_id", "ts", "domain", "features", "arm", "propensity", "proba
            "status")
 
 
+TEXT_COLUMNS = ("request_id", "domain", "arm", "policy_version", "experiment", "reference_key", "status")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
 # --------------------------------------------------------------------------- export
+
+
+def spreadsheet_safe(text: str) -> str:
+    """``text`` with a leading ``'`` when a spreadsheet would read it as a formula (or it starts with ``'``)."""
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def from_spreadsheet_safe(text: str) -> str:
+    """Inverse of :func:`spreadsheet_safe`."""
+    return text[1:] if text.startswith("'") else text
 
 
 def _json(value: Any) -> str:
@@ -56,11 +74,12 @@ def _num(value: Any) -> str:
 
 
 def event_to_row(ev: Event) -> list[str]:
+    safe = spreadsheet_safe
     return [
-        ev.request_key, _num(ev.ts), ev.domain or "", _json(ev.features), ev.arm, _num(ev.propensity),
-        _json(ev.probabilities), _num(ev.em), _num(ev.tokens), _num(ev.lam), _num(ev.token_scale),
-        ev.policy_version, ev.experiment, _num(ev.latency_ms), _num(ev.outcome_ts), _json(ev.trace),
-        ev.reference_key or "", ev.status,
+        safe(ev.request_key), _num(ev.ts), safe(ev.domain or ""), _json(ev.features), safe(ev.arm),
+        _num(ev.propensity), _json(ev.probabilities), _num(ev.em), _num(ev.tokens), _num(ev.lam),
+        _num(ev.token_scale), safe(ev.policy_version), safe(ev.experiment), _num(ev.latency_ms),
+        _num(ev.outcome_ts), _json(ev.trace), safe(ev.reference_key or ""), safe(ev.status),
     ]
 
 
@@ -170,18 +189,27 @@ def read_csv(path: str, arms: ArmSet, *, token_scale: float,
         missing = [c for c in REQUIRED if c not in header]
         if missing:
             raise InputError(f"{path}: header lacks required column(s) {missing}; it has {header}")
+        last = 1  # the header's line
         while True:
             try:
                 row = next(reader)
             except StopIteration:
                 return
             except csv.Error as exc:
-                yield LineError(reader.line_num, f"malformed CSV ({exc})")
+                # At the end of the file the reader does not count the broken row's lines, so its number
+                # would repeat the previous row's; each row keeps a line of its own.
+                last = max(reader.line_num, last + 1)
+                yield LineError(last, f"malformed CSV ({exc})")
                 continue
+            last = reader.line_num
+            for name in TEXT_COLUMNS:
+                if row.get(name):
+                    row[name] = from_spreadsheet_safe(row[name])
             try:
-                yield parse_row(row, reader.line_num, arms, token_scale=token_scale, now=now)
+                yield parse_row(row, last, arms, token_scale=token_scale, now=now)
             except StopbanditError as exc:
-                yield LineError(reader.line_num, str(exc))
+                yield LineError(last, str(exc))
 
 
-__all__ = ["COLUMNS", "OPTIONAL", "REQUIRED", "CsvWriter", "event_to_row", "parse_row", "read_csv"]
+__all__ = ["COLUMNS", "OPTIONAL", "REQUIRED", "TEXT_COLUMNS", "CsvWriter", "event_to_row", "from_spreadsheet_safe",
+           "parse_row", "read_csv", "spreadsheet_safe"]

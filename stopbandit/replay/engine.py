@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -37,12 +38,15 @@ def resolve_url(url: str | None = None) -> str:
     return url or os.environ.get(ENV_VAR) or DEFAULT_URL
 
 
+_USERINFO_PASSWORD = re.compile(r"(://[^/@:]*:).*@")  # greedy: a password may itself hold '@'
+
+
 def redact(url: str) -> str:
-    """The URL with any password hidden, for messages and logs."""
+    """The URL with any password hidden, for messages and logs (unparseable URLs included)."""
     try:
         return make_url(url).render_as_string(hide_password=True)
     except (ArgumentError, ValueError):
-        return "<unparseable URL>"
+        return _USERINFO_PASSWORD.sub(r"\1***@", url)
 
 
 def make_engine(url: str | None = None, *, timeout: float | None = None, **kwargs) -> Engine:
@@ -62,9 +66,14 @@ def make_engine(url: str | None = None, *, timeout: float | None = None, **kwarg
         parsed = make_url(url)
     except (ArgumentError, ValueError) as exc:
         raise ConfigError(
-            f"database URL {url!r} is not a valid SQLAlchemy URL (expected e.g. "
+            f"database URL {redact(url)!r} is not a valid SQLAlchemy URL (expected e.g. "
             f"'sqlite:///stopbandit.db' or 'postgresql+psycopg://user@host/db')"
-        ) from exc
+        ) from None
+    if parsed.drivername in ("postgres", "postgresql+psycopg2") or parsed.drivername.startswith("postgres+"):
+        raise ConfigError(
+            f"database URL {redact(url)!r}: use the scheme 'postgresql+psycopg://' "
+            f"(SQLAlchemy with psycopg 3), e.g. 'postgresql+psycopg://user@host/db'"
+        )
     try:
         if parsed.get_backend_name() == "sqlite":
             busy_ms = SQLITE_BUSY_TIMEOUT_MS if timeout is None else max(1, int(timeout * 1000))
@@ -78,6 +87,11 @@ def make_engine(url: str | None = None, *, timeout: float | None = None, **kwarg
     except (NoSuchModuleError, ModuleNotFoundError, ImportError) as exc:
         hint = " (install the extra: pip install 'stopbandit[postgres]')" if "postgres" in url else ""
         raise ConfigError(f"no database driver for URL {redact(url)!r}: {exc}{hint}") from exc
+    except ArgumentError as exc:  # after NoSuchModuleError, which subclasses it
+        if parsed.get_backend_name() == "sqlite":  # e.g. sqlite://file.db: SQLite wants three or four slashes
+            raise ConfigError(f"database URL {redact(url)!r} is not a valid SQLite URL: use "
+                              f"'sqlite:///relative/path.db' or 'sqlite:////absolute/path.db'") from None
+        raise ConfigError(f"database URL {redact(url)!r} is not usable: {exc}") from None
 
 
 def pg_connect_args(timeout: float | None) -> dict[str, object]:
@@ -107,6 +121,12 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
+def sqlite_file(engine: Engine) -> str | None:
+    """Absolute path of the engine's SQLite database file; None for in-memory or non-SQLite databases."""
+    db = engine.url.database if is_sqlite(engine) else None
+    return os.path.abspath(db) if db and db != ":memory:" and not db.startswith("file:") else None
+
+
 def guard(what: str, engine: Engine):
     """Context manager turning driver-level connection failures into StoreError (the store's queries use it)."""
 
@@ -122,4 +142,5 @@ def guard(what: str, engine: Engine):
     return _G()
 
 
-__all__ = ["DEFAULT_URL", "ENV_VAR", "guard", "is_sqlite", "make_engine", "pg_connect_args", "redact", "resolve_url"]
+__all__ = ["DEFAULT_URL", "ENV_VAR", "guard", "is_sqlite", "make_engine", "pg_connect_args", "redact", "resolve_url",
+           "sqlite_file"]

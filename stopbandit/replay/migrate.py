@@ -8,6 +8,7 @@ calls work from an editable install and from an installed wheel.
 from __future__ import annotations
 
 import importlib.resources
+import os
 from contextlib import contextmanager
 from collections.abc import Iterator
 
@@ -20,7 +21,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from stopbandit.errors import StoreError
-from stopbandit.replay.engine import make_engine, redact, resolve_url
+from stopbandit.replay.engine import make_engine, redact, resolve_url, sqlite_file
 
 
 def script_location() -> str:
@@ -77,6 +78,11 @@ def current_revision(url: str | None = None, *, engine: Engine | None = None) ->
     """The revision the database is at, or None for an empty database."""
     own = engine is None
     engine = engine or make_engine(url)
+    file = sqlite_file(engine)
+    if file is not None and not os.path.exists(file):  # connecting would create an empty file
+        if own:
+            engine.dispose()
+        return None
     try:
         with engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()

@@ -33,7 +33,7 @@ from stopbandit.errors import ConflictError, InputError, StoreError, UnknownDeci
 from stopbandit.replay import jsoncodec, migrate
 from stopbandit.replay.deadline import Deadlines
 from stopbandit.replay.engine import guard as _guard
-from stopbandit.replay.engine import make_engine, redact, resolve_url
+from stopbandit.replay.engine import make_engine, redact, resolve_url, sqlite_file
 from stopbandit.replay.eventlog import EventLogQueries
 from stopbandit.replay.models import (
     SNAPSHOT_ROLES,
@@ -256,8 +256,13 @@ class ReplayStore(EventLogQueries):
         # before any connection is opened: the watch must know every connection it may have to cut
         self.deadlines = Deadlines(self.engine)
         self._identity: str | None = None
-        db = self.engine.url.database if self.engine.dialect.name == "sqlite" else None
-        self._file = os.path.abspath(db) if db and db != ":memory:" and not db.startswith("file:") else None
+        self._file = sqlite_file(self.engine)
+        if check_schema and not migrate_schema and self._file is not None and not os.path.exists(self._file):
+            self.engine.dispose()
+            raise StoreError(
+                f"no SQLite database at {self._file}: opening a store never creates one; check the path, "
+                f"or create the store with `stopbandit db upgrade --db {redact(self.url)}`"
+            )
         self._file_id: tuple[int, int] | None = None
         if migrate_schema:
             migrate.upgrade(engine=self.engine)

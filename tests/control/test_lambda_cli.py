@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 
 import pytest
@@ -76,8 +77,9 @@ def test_user_errors_are_one_line_exit_2(db, args, message):
 
 
 def test_unmigrated_store_is_a_one_line_error(tmp_path):
+    sqlite3.connect(tmp_path / "empty.db").close()  # an existing database without our schema
     res = invoke("get", "--db", f"sqlite:///{tmp_path / 'empty.db'}", code=2)
-    assert "StoreError" in one_message(res) and "stopbandit db upgrade" in one_message(res)
+    assert "schema revision none" in one_message(res) and "stopbandit db upgrade" in one_message(res)
 
 
 def test_running_selector_follows_a_cli_change_within_a_second(db):

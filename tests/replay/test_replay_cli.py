@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
 from click.testing import CliRunner
 
 from stopbandit.replay.cli_commands import replay
-from stopbandit.replay.store import ReplayStore
+from stopbandit.replay.csvlog import TEXT_COLUMNS
+from stopbandit.replay.store import ReplayStore, outcome_row
 from tests.replay.test_logged import add_status_events, make_log
 
 
@@ -67,8 +69,8 @@ def test_evaluate_warns_loudly(db):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (("evaluate", "--policy", "nope"), "ConfigError: unknown policy 'nope'"),
-    (("evaluate", "--estimators", "ips,magic"), "ConfigError: unknown estimator 'magic'"),
+    (("evaluate", "--policy", "nope"), "error: unknown policy 'nope'"),
+    (("evaluate", "--estimators", "ips,magic"), "error: unknown estimator 'magic'"),
     (("evaluate", "--since", "yesterday"), "--since must be an ISO 8601 time"),
     (("evaluate", "--policy", "arm:turbo"), "unknown arm 'turbo'"),
     (("sweep", "--lambdas", "1:0:0.1"), "stop 0 is below start 1"),
@@ -156,9 +158,62 @@ def test_import_skip_and_fail(db, tmp_path):
     assert not report["written"] and [e["line"] for e in report["error_lines"]] == [2, 4]
     assert "nothing was written" in fail.stderr
     assert ReplayStore(target).counts()["decisions"] == 0
-    skip = invoke("import", str(path), "--db", target)
+    skip = invoke("import", str(path), "--db", target, ok=False)
+    assert skip.exit_code == 3, "a partial import must not exit 0"
     assert "malformed lines (skipped)" in skip.stdout and "missing field" in skip.stdout
+    assert "partial import: 3 of 5 line(s) imported" in " ".join(skip.stderr.split())
     assert ReplayStore(target).counts()["outcomes"] == 3
+    report = json.loads(invoke("import", str(path), "--db", target, "--json", ok=False).stdout)
+    assert report["status"] == "partial" and report["duplicates"] == 3
+
+
+def test_import_where_every_line_is_rejected_exits_non_zero(db, tmp_path):
+    path = tmp_path / "all_bad.dsjson"
+    path.write_text('{oops\n{"EventId": "z"}\n')
+    target = f"sqlite:///{tmp_path / 'none.db'}"
+    res = invoke("import", str(path), "--db", target, "--json", ok=False)
+    assert res.exit_code == 2
+    assert json.loads(res.stdout)["status"] == "nothing"
+    assert "every line was rejected" in " ".join(res.stderr.split())
+    assert ReplayStore(target).counts()["decisions"] == 0
+
+
+def test_csv_row_before_an_unterminated_quote_is_imported(db, tmp_path):
+    good = tmp_path / "good.csv"
+    invoke("export", "--db", db, "--format", "csv", "--out", str(good))
+    header, first = good.read_text().splitlines()[:2]
+    path = tmp_path / "torn.csv"
+    path.write_text(f'{header}\n{first}\nx-1,1700000000,code,"{{oops,full,0.5\n')
+    target = f"sqlite:///{tmp_path / 'torn.db'}"
+    res = invoke("import", str(path), "--db", target, "--json", ok=False)
+    report = json.loads(res.stdout)
+    assert res.exit_code == 3 and report["inserted"] == 1
+    assert [e["line"] for e in report["error_lines"]] == [3]
+    assert ReplayStore(target).counts()["decisions"] == 1
+
+
+def test_csv_export_escapes_formulas_and_round_trips(sqlite_url, tmp_path):
+    make_log(sqlite_url, 5, snapshot=False)
+    store = ReplayStore(sqlite_url)
+    hostile = dict(request_key="-2+3", ts=1.7e9, domain='=HYPERLINK("http://x")', features={"len": 2.0},
+                   arm="balanced", arm_index=2,
+                   probabilities={"full": 0.1, "careful": 0.2, "balanced": 0.6, "aggressive": 0.1},
+                   propensity=0.6, lam=0.2, token_scale=1000.0, policy_version="@SUM(A1)", experiment="champion")
+    store.write_batch([hostile], [outcome_row("-2+3", 1.0, 10)])
+    store.dispose()
+    out = tmp_path / "log.csv"
+    invoke("export", "--db", sqlite_url, "--format", "csv", "--out", str(out))
+    rows = list(csv.DictReader(out.open(newline="")))
+    [row] = [r for r in rows if r["request_id"] == "'-2+3"]
+    assert row["domain"] == "'=HYPERLINK(\"http://x\")"
+    assert row["policy_version"] == "'@SUM(A1)"
+    text_cells = [r[c] for r in rows for c in TEXT_COLUMNS]
+    assert not any(cell.startswith(("=", "+", "-", "@")) for cell in text_cells)
+    target = f"sqlite:///{tmp_path / 'back.db'}"
+    assert as_json("import", str(out), "--db", target)["inserted"] == 6
+    again = tmp_path / "again.csv"
+    invoke("export", "--db", target, "--format", "csv", "--out", str(again))
+    assert again.read_text() == out.read_text()
 
 
 def test_cli_on_postgres(db_url, tmp_path):
@@ -190,5 +245,5 @@ def test_file_content_cannot_inject_terminal_markup(tmp_path):
            "_label_cost": -1, "Timestamp": "2024-01-01T00:00:00Z",
            "c": {"_multi": [{"arm": "[/]"}, {"arm": "[bold]x"}, {"arm": "b"}, {"arm": "c"}]}}
     path.write_text(json.dumps(obj) + "\n")
-    res = invoke("import", str(path), "--db", f"sqlite:///{tmp_path / 'e.db'}")
-    assert "unknown arm '[/]'" in res.stdout
+    res = invoke("import", str(path), "--db", f"sqlite:///{tmp_path / 'e.db'}", ok=False)
+    assert res.exit_code == 2 and "unknown arm '[/]'" in res.stdout
