@@ -40,12 +40,30 @@ def _bound(url: str | None, engine: Engine | None) -> Iterator[tuple[Config, Eng
     own = engine is None
     engine = engine or make_engine(url)
     cfg = alembic_config(str(engine.url.render_as_string(hide_password=False)))
+    sqlite = engine.dialect.name == "sqlite"
     try:
-        with engine.begin() as conn:
-            if engine.dialect.name == "postgresql":  # a serving engine's statement timeout is not for migrations
-                conn.execute(text("SET LOCAL statement_timeout = 0"))
-            cfg.attributes["connection"] = conn
-            yield cfg, engine
+        with engine.connect() as conn:
+            if sqlite:
+                # Batch mode rebuilds a table by copy, drop and rename; with foreign keys on, dropping the old
+                # `decisions` would cascade-delete every outcome. SQLite takes this pragma only outside a
+                # transaction, so it is set before the migration's transaction and restored after it.
+                conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                conn.commit()
+            try:
+                with conn.begin():
+                    if engine.dialect.name == "postgresql":  # a serving engine's timeout is not for migrations
+                        conn.execute(text("SET LOCAL statement_timeout = 0"))
+                    cfg.attributes["connection"] = conn
+                    yield cfg, engine
+                    if sqlite:
+                        broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                        if broken:
+                            raise StoreError(f"migration on {redact(str(engine.url))} would leave {len(broken)} "
+                                             f"row(s) whose foreign key points nowhere; nothing was changed")
+            finally:
+                if sqlite:
+                    conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                    conn.commit()
     except DBAPIError as exc:  # unreachable, not a database, permission denied, ...
         raise StoreError(f"cannot reach database {redact(str(engine.url))}: {exc.orig}") from exc
     except CommandError as exc:  # e.g. downgrading an empty database

@@ -112,3 +112,32 @@ def test_0006_writes_a_store_identity_and_refuses_rows_that_break_its_checks(db_
     migrate.downgrade(db_url, "0005")
     assert "store_identity" not in inspect(engine).get_table_names()
     engine.dispose()
+
+
+def test_every_upgrade_and_downgrade_keeps_the_rows_of_a_filled_store(db_url):
+    """SQLite's batch mode rebuilds tables by copy and drop: no cascade may take the outcomes with it."""
+    migrate.upgrade(db_url, "0005")
+    engine = make_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO decisions (request_key, ts, domain, features, arm, arm_index, probabilities, propensity, "
+            "lam, token_scale, policy_version) VALUES (:k, 1.0, 'math', '{}', 'full', 0, '{}', 0.5, 0.2, 1000.0, 'v')"),
+            [{"k": f"r{i}"} for i in range(50)])
+        conn.execute(text("INSERT INTO outcomes (decision_key, em, tokens, ts) VALUES (:k, 1.0, 10, 2.0)"),
+                     [{"k": f"r{i}"} for i in range(50)])
+
+    def counts() -> tuple[int, int]:
+        with engine.connect() as conn:
+            return (conn.execute(text("SELECT count(*) FROM decisions")).scalar_one(),
+                    conn.execute(text("SELECT count(*) FROM outcomes")).scalar_one())
+
+    migrate.upgrade(db_url)
+    assert counts() == (50, 50)
+    migrate.downgrade(db_url, "0005")
+    assert counts() == (50, 50)
+    migrate.upgrade(db_url)
+    assert counts() == (50, 50)
+    if engine.dialect.name == "sqlite":  # foreign keys are enforced again on the pooled connections
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar_one() == 1
+    engine.dispose()
