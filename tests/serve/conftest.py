@@ -1,4 +1,5 @@
-"""Shared fixtures: a Selector on a fresh SQLite store, gateways on real sockets, a stand-in engine."""
+"""Shared fixtures: a Selector on a fresh SQLite store, gateways on real sockets, a stand-in engine,
+and the real upstream engines (see :mod:`tests.serve.upstreams`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ httpx = pytest.importorskip("httpx")
 from stopbandit import Selector  # noqa: E402
 from stopbandit.serve import GatewayConfig, GatewayServer, create_app  # noqa: E402
 from tests.serve.toyengine import ToyEngine  # noqa: E402
+from tests.serve.upstreams import llamacpp_upstream, tiny_upstream  # noqa: E402,F401 (fixtures)
 
 
 @pytest.fixture
