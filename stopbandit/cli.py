@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from stopbandit.clikit import DB_HELP, console, emit_json, err_console, table, user_errors
+from stopbandit.serve.engines import ENGINES
 
 __all__ = ["DB_HELP", "console", "emit_json", "err_console", "main", "table", "user_errors"]
 
@@ -196,8 +197,7 @@ def demo(url: str | None, n: int, lam: float, token_scale: float, seed: int, tra
 @main.command()
 @click.option("--upstream", required=True, help="Base URL of the inference engine (OpenAI-compatible), e.g. "
               "http://127.0.0.1:8000.")
-@click.option("--engine", type=click.Choice(["auto", "vllm", "sglang", "llamacpp", "openai", "stopbandit"]),
-              default=None, help="Which engine the upstream is (its per-request budget field)  [default: auto].")
+@click.option("--engine", type=click.Choice(["auto", *ENGINES]), default=None, help="Which engine the upstream is (its per-request budget field)  [default: auto].")
 @click.option("--db", "url", envvar="STOPBANDIT_DB", help=DB_HELP)
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="TOML file: the Selector's settings, and the gateway's under [gateway].")

@@ -17,7 +17,14 @@ engine          per-request budget fields (B = arm.max_think_tokens)            
                 ``max_completion_tokens: B + answer allowance``
 ``stopbandit``  ``thinking_token_budget: B`` (what ``decoder/openai_request``    yes           /tokenize
                 reads)
+``llamacpp-     none: budget arms use the two-call fallback (the server          no            /extras/
+python``        ignores ``thinking_budget_tokens``, which belongs to the C++                   tokenize
+                ``llama-server``)
 ==============  ===============================================================  ============  ==========
+
+``greedy``: fields every probe-driver call carries so that decoding is greedy and
+the same in chunks as in one call (llama-cpp-python's ``repeat_penalty``
+defaults to 1.1 and restarts its history with every request).
 
 ``token_prompt``: the engine accepts ``prompt`` as a list of token ids on
 ``/v1/completions`` and returns the generated ids when asked
@@ -40,7 +47,7 @@ from typing import Any
 from stopbandit.errors import ConfigError
 
 #: Engine names accepted by ``--engine`` (``auto`` detects one from ``/v1/models``).
-ENGINES = ("vllm", "sglang", "llamacpp", "openai", "stopbandit")
+ENGINES = ("vllm", "sglang", "llamacpp", "llamacpp-python", "openai", "stopbandit")
 
 
 def _vllm(budget: int, allowance: int, chat: bool) -> dict[str, Any]:
@@ -81,6 +88,15 @@ class Engine:
     token_prompt: bool = False
     return_ids_fields: Mapping[str, Any] = field(default_factory=dict)
     tokenize_path: str | None = None
+    greedy: Mapping[str, Any] = field(default_factory=dict)
+
+    def tokenize_body(self, text: str, model: str, special: bool) -> dict[str, Any]:
+        """The body of this engine's tokenize request for ``text``."""
+        if self.name == "llamacpp":
+            return {"content": text, "add_special": special}
+        if self.name == "llamacpp-python":
+            return {"model": model, "input": text}
+        return {"model": model, "prompt": text, "add_special_tokens": special}
 
     @property
     def native_budget(self) -> bool:
@@ -99,6 +115,8 @@ TABLE: dict[str, Engine] = {
     "sglang": Engine("sglang", _sglang),
     "llamacpp": Engine("llamacpp", _llamacpp, token_prompt=True, return_ids_fields={"return_tokens": True},
                        tokenize_path="/tokenize"),
+    "llamacpp-python": Engine("llamacpp-python", None, tokenize_path="/extras/tokenize",
+                              greedy={"repeat_penalty": 1.0}),
     "openai": Engine("openai", _openai),
     "stopbandit": Engine("stopbandit", _vllm, token_prompt=True, return_ids_fields={"return_token_ids": True},
                          tokenize_path="/tokenize"),
@@ -116,16 +134,20 @@ def engine(name: str) -> Engine:
 def detect(models: Mapping[str, Any] | None, server_header: str | None = None) -> str:
     """Guess the engine from a ``GET /v1/models`` answer and the ``Server`` header.
 
-    vLLM lists ``owned_by: "vllm"``, SGLang ``owned_by: "sglang"``, llama.cpp
-    ``owned_by: "llamacpp"``, our decoder server ``object: "model"`` under its
-    own name with ``owned_by: "stopbandit"``. Anything else is treated as
-    OpenAI's API (no token prompts, budget by effort).
+    vLLM lists ``owned_by: "vllm"``, SGLang ``owned_by: "sglang"``, llama.cpp's
+    server ``owned_by: "llamacpp"``, llama-cpp-python's ``owned_by: "me"``, our
+    decoder server a ``stopbandit`` object per model. Anything else is treated
+    as OpenAI's API (no token prompts, budget by effort).
     """
     owners: set[str] = set()
     if isinstance(models, Mapping) and isinstance(models.get("data"), list):
         for item in models["data"]:
+            if isinstance(item, Mapping) and isinstance(item.get("stopbandit"), Mapping):
+                return "stopbandit"
             if isinstance(item, Mapping) and isinstance(item.get("owned_by"), str):
                 owners.add(item["owned_by"].lower())
+    if "me" in owners:
+        return "llamacpp-python"
     server = (server_header or "").lower()
     for name in ("vllm", "sglang", "llamacpp", "stopbandit"):
         if name in owners or name in server:

@@ -123,11 +123,7 @@ class ProbeDriver:
         path = self.engine.tokenize_path
         if path is None:
             raise UpstreamError(f"engine {self.engine.name} has no tokenize endpoint", 502)
-        if self.engine.name == "llamacpp":
-            body: dict[str, Any] = {"content": text, "add_special": special}
-        else:
-            body = {"model": model, "prompt": text, "add_special_tokens": special}
-        data = await self.upstream.post(path, body)
+        data = await self.upstream.post(path, self.engine.tokenize_body(text, model, special))
         tokens = data.get("tokens")
         if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
             raise UpstreamError(f"upstream {path} answered no token list: {str(data)[:200]}", 502)
@@ -137,18 +133,23 @@ class ProbeDriver:
         """The completions prompt a chat request stands for (see :mod:`stopbandit.serve.prompts`)."""
         from stopbandit.serve.prompts import joined
 
-        if self.engine.name in ("vllm", "stopbandit") and self.engine.tokenize_path:
-            data = await self.upstream.post(self.engine.tokenize_path, {
-                "model": model, "messages": list(messages), "add_generation_prompt": True})
-            tokens = data.get("tokens")
-            if isinstance(tokens, list):
-                text = await self.upstream.post("/detokenize", {"model": model, "tokens": tokens})
-                if isinstance(text.get("prompt"), str):
-                    return text["prompt"] + self.config.think_start
-        if self.engine.name == "llamacpp":
-            data = await self.upstream.post("/apply-template", {"messages": list(messages)})
-            if isinstance(data.get("prompt"), str):
-                return data["prompt"] + self.config.think_start
+        try:
+            if self.engine.name in ("vllm", "stopbandit") and self.engine.tokenize_path:
+                data = await self.upstream.post(self.engine.tokenize_path, {
+                    "model": model, "messages": list(messages), "add_generation_prompt": True})
+                tokens = data.get("tokens")
+                if isinstance(tokens, list):
+                    text = await self.upstream.post("/detokenize", {"model": model, "tokens": tokens})
+                    if isinstance(text.get("prompt"), str):
+                        return text["prompt"] + self.config.think_start
+            if self.engine.name == "llamacpp":
+                data = await self.upstream.post("/apply-template", {"messages": list(messages)})
+                if isinstance(data.get("prompt"), str):
+                    return data["prompt"] + self.config.think_start
+        except UpstreamError as exc:
+            if exc.status >= 500:
+                raise
+            # the engine has no template endpoint of that shape: the plain rendering below
         return joined(messages) + self.config.think_start
 
     # -- one request -------------------------------------------------------------------------
@@ -216,7 +217,7 @@ class ProbeDriver:
         return int(min(candidates))
 
     async def _complete(self, state: _Run, body: dict[str, Any]) -> dict[str, Any]:
-        data = await self.upstream.post("/v1/completions", body)
+        data = await self.upstream.post("/v1/completions", {**self.engine.greedy, **body})
         state.calls += 1
         prompt_tokens, completion, _ = usage_counts(data)
         state.spent += completion
@@ -291,8 +292,8 @@ class ProbeDriver:
             ends.append(at)
         base: int | None = None
         for k in range(len(pieces) - 1, 0, -1):
-            if not pieces[k][:1].isspace():
-                continue
+            if not pieces[k][:1].isspace() or text[:ends[k - 1]].endswith("\ufffd"):
+                continue  # not a word boundary, or inside a multi-byte character
             if self.engine.tokenize_path is None:
                 return ends[k - 1], k
             if base is None:

@@ -82,7 +82,7 @@ def test_two_call_fallback_decodes_thinking_up_to_the_budget_then_asks_for_the_a
 
 
 def test_engine_table_and_detection():
-    assert set(TABLE) == {"vllm", "sglang", "llamacpp", "openai", "stopbandit"}
+    assert set(TABLE) == {"vllm", "sglang", "llamacpp", "llamacpp-python", "openai", "stopbandit"}
     assert engine("vllm").budget_request(100, allowance=16, chat=False) == {"thinking_token_budget": 100}
     assert engine("stopbandit").budget_request(7, allowance=16, chat=True) == {"thinking_token_budget": 7}
     assert [effort_for(b) for b in (10, 1024, 5000, 20000)] == ["low", "low", "medium", "high"]
