@@ -63,6 +63,17 @@ class Parsed:
     max_tokens: int | None
 
 
+def whole(value: Any) -> int | None:
+    """``value`` as an int when it is one (JSON Schema counts 3.0 as an integer), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    return None
+
+
 def _opt_str(body: Mapping[str, Any], name: str, where: str = "") -> str | None:
     value = body.get(name)
     if value is None:
@@ -108,6 +119,7 @@ def parse_request(body: Mapping[str, Any], chat: bool, headers: Mapping[str, str
     for name in ("max_completion_tokens", "max_tokens"):
         value = body.get(name)
         if value is not None:
+            value = whole(value) if whole(value) is not None else value
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise HTTPProblem(400, f"request field {name} must be a positive integer, got "
                                        f"{json.dumps(value)[:40]}", param=name)
@@ -354,6 +366,8 @@ class Gateway:
             raise HTTPProblem(400, f"request field em must be a number in [0, 1], got {json.dumps(em)[:40]}",
                               param="em")
         tokens = body.get("tokens")
+        if tokens is not None and whole(tokens) is not None:
+            tokens = whole(tokens)
         if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int)):
             raise HTTPProblem(400, f"request field tokens must be an integer, got {json.dumps(tokens)[:40]}",
                               param="tokens")
