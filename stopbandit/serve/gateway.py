@@ -30,7 +30,7 @@ from stopbandit.errors import ConfigError, ConflictError, InputError, Stopbandit
 from stopbandit.serve import engines
 from stopbandit.serve.budget import from_response, upstream_body
 from stopbandit.serve.config import GatewayConfig
-from stopbandit.serve.errors import HTTPProblem
+from stopbandit.serve.errors import HTTPProblem, error_body
 from stopbandit.serve.ledger import Ledger, Served
 from stopbandit.serve.metrics import GatewayMetrics, health_gauges
 from stopbandit.serve.probe import ProbeDriver
@@ -265,7 +265,7 @@ class Gateway:
                 prompt = (await driver.render_chat(req.messages or [], model) if chat
                           else (req.prompt or "") + self.config.think_start)
                 result = await driver.run(prompt, served, model=model, probes=mode == "probe",
-                                               max_think=self.max_think(req.max_tokens))
+                                          max_think=self.max_think(req.max_tokens))
         except UpstreamError as exc:
             return self._failed(exc, decision, chosen, served, mode, started, out_headers)
         latency = (time.perf_counter() - started) * 1000
@@ -283,7 +283,8 @@ class Gateway:
     def _ours(self, decision: Any, chosen: Arm, served: Arm, result: RunResult, mode: str) -> dict[str, Any]:
         ours: dict[str, Any] = {
             "decision_id": decision.decision_id, "arm": served.name, "propensity": decision.probability,
-            "policy_version": decision.policy_version, "forced": decision.policy_version.startswith("forced/"), "mode": mode, "stop_reason": result.stop_reason,
+            "policy_version": decision.policy_version, "forced": decision.policy_version.startswith("forced/"),
+            "mode": mode, "stop_reason": result.stop_reason,
             "tokens": {"thinking": result.think_tokens, "probes": result.probe_tokens,
                        "answer": result.answer_tokens, "total": result.completion_tokens},
         }
@@ -316,8 +317,6 @@ class Gateway:
         if exc.status >= 500:
             self.metrics.upstream_errors.labels(str(exc.status)).inc()
             self.upstream_ok, self.upstream_error = False, str(exc)
-        from stopbandit.serve.errors import error_body
-
         body = error_body(exc.status, str(exc))
         body["stopbandit"] = {"decision_id": decision.decision_id, "arm": served.name, "mode": mode}
         return exc.status, headers, body
@@ -338,8 +337,6 @@ class Gateway:
                     _read_event(line, usage, answer)
         except UpstreamError as exc:
             error = str(exc)
-            from stopbandit.serve.errors import error_body
-
             yield b"data: " + json.dumps(error_body(exc.status, error)).encode() + b"\n\n"
         finally:
             latency = (time.perf_counter() - started) * 1000

@@ -21,8 +21,8 @@ OURS = {"type": "object", "properties": {"arm": {"type": "string", "minLength": 
 METADATA = {"type": "object", "properties": {"domain": {"type": "string", "minLength": 1}}}
 MESSAGE = {"type": "object", "required": ["role"], "properties": {
     "role": {"type": "string"}, "content": {"anyOf": [{"type": "string"}, {"type": "array"}, {"type": "null"}]}}}
-COMMON = {"model": {"type": "string", "minLength": 1}, "stream": {"type": "boolean"}, "max_tokens": {"type": "integer", "minimum": 1},
-          "max_completion_tokens": {"type": "integer", "minimum": 1}, "metadata": METADATA, "stopbandit": OURS}
+COMMON = {"model": {"type": "string", "minLength": 1}, "stream": {"type": "boolean"},
+          "max_tokens": {"type": "integer", "minimum": 1}, "max_completion_tokens": {"type": "integer", "minimum": 1}, "metadata": METADATA, "stopbandit": OURS}
 CHAT_REQUEST = {"type": "object", "required": ["messages"], "properties": {
     "messages": {"type": "array", "minItems": 1, "items": MESSAGE}, **COMMON}}
 COMPLETION_REQUEST = {"type": "object", "required": ["prompt"], "properties": {
