@@ -22,7 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from stopbandit import __version__
+from stopbandit._version import __version__
 from stopbandit.serve.config import GatewayConfig
 from stopbandit.serve.errors import FastJSON, HTTPProblem, error_response
 from stopbandit.serve.gateway import Gateway

@@ -224,8 +224,11 @@ class Gateway:
         started = time.perf_counter()
         req = parse_request(body, chat, headers, self.config, self.arm_names)
         try:
-            decision = await self.call(self.selector.choose, req.features_prompt, domain=req.domain,
-                                       force_arm=req.pinned)
+            if req.pinned is None:
+                decision = await self.call(self.selector.choose, req.features_prompt, domain=req.domain)
+            else:  # logged as a forced decision (one-hot probabilities, propensity 1)
+                decision = await self.call(self.selector.choose_forced, req.features_prompt, arm=req.pinned,
+                                           domain=req.domain)
         except InputError as exc:
             raise HTTPProblem(400, str(exc)) from None
         except StopbanditError as exc:
