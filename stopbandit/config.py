@@ -35,6 +35,7 @@ Example ``stopbandit.toml``::
     name = "full"
     threshold = 1.01
     max_think_tokens = 0
+    agreement = 0               # >= 2: also stop once that many consecutive probes agree (0 = off)
 
 Every error names the key, what was expected and what was found. The reward
 window semantics are documented in :mod:`stopbandit.bandit.delayed`.

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 from collections.abc import Mapping
 
 from stopbandit.bandit.arms import ArmSet
-from stopbandit.bandit.exploration import Exploration
+from stopbandit.bandit.exploration import Exploration, TraceShare
 from stopbandit.bandit.policy import EM_ARGS, POLICIES, TOKEN_ARGS, HeadsPolicy
 from stopbandit.errors import ConfigError
 from stopbandit.sim import SimRequest
@@ -63,7 +63,7 @@ class LenientSquareCB(Exploration):
     def of_arms(cls, arms: ArmSet, **kwargs: Any) -> LenientSquareCB:
         return cls(arms.reveals(), arms.most_conservative(), **kwargs)
 
-    def _probabilities(self, scores: list[float], t: int) -> list[float]:
+    def _probabilities(self, scores: list[float], t: int, traces: TraceShare | None) -> list[float]:
         k = len(scores)
         best = max(range(k), key=scores.__getitem__)  # ties: lowest index, as SquareCB
         gamma = self.gamma_scale * t**self.gamma_exponent

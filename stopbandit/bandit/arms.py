@@ -2,13 +2,17 @@
 
 An arm tells the decoder when to stop thinking: at the first probe whose
 trial-answer confidence reaches ``threshold`` (DEER-style, arXiv 2504.15895),
-or when ``max_think_tokens`` reasoning tokens are spent (0 = no cap). A
-threshold above 1 can never be reached, so such an arm never stops early.
+at the first probe at which the last ``agreement`` trial answers agree
+(Dynasor's certainty window, arXiv 2412.20993; 0 = off), or when
+``max_think_tokens`` reasoning tokens are spent (0 = no cap). A threshold
+above 1 can never be reached, so such an arm never stops on confidence. The
+rule itself is :mod:`stopbandit.bandit.stoprule`.
 
 Arms are ordered by strictness: ``a.at_most_as_lenient_as(b)`` holds when ``a``
-stops at or before ``b`` on every request (lower-or-equal threshold and a
-tighter-or-equal cap). Nested feedback (a lenient run reveals every stricter
-arm) rests on that order.
+stops at or before ``b`` on every request (lower-or-equal threshold, a
+tighter-or-equal cap, and -- when ``b`` stops on agreement -- an agreement
+window of its own no longer than ``b``'s). Nested feedback (a lenient run
+reveals every stricter arm) rests on that order.
 """
 
 from __future__ import annotations
@@ -32,11 +36,14 @@ class Arm:
     ``threshold``: trial-answer confidence at which thinking stops, in (0, 2];
     values above 1 mean "never stop on confidence".
     ``max_think_tokens``: thinking budget in tokens, 0 = unlimited.
+    ``agreement``: stop once this many consecutive probes give the same
+    trial answer (at least 2), 0 = off.
     """
 
     name: str
     threshold: float
     max_think_tokens: int = 0
+    agreement: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -57,6 +64,12 @@ class Arm:
             raise ConfigError(
                 f"arm {self.name!r}: max_think_tokens must be >= 0 (0 = no cap), got {self.max_think_tokens}"
             )
+        if isinstance(self.agreement, bool) or not isinstance(self.agreement, int):
+            raise ConfigError(f"arm {self.name!r}: agreement must be an integer, got {self.agreement!r}")
+        if self.agreement == 1 or self.agreement < 0:
+            raise ConfigError(
+                f"arm {self.name!r}: agreement must be 0 (off) or >= 2 consecutive probes, got {self.agreement}"
+            )
         object.__setattr__(self, "threshold", float(self.threshold))
 
     @property
@@ -69,23 +82,36 @@ class Arm:
         """Thinking budget as a number, ``inf`` when uncapped."""
         return float(self.max_think_tokens) if self.max_think_tokens > 0 else math.inf
 
+    @property
+    def window(self) -> float:
+        """Agreement window as a number, ``inf`` when the arm never stops on agreement."""
+        return float(self.agreement) if self.agreement > 0 else math.inf
+
     def at_most_as_lenient_as(self, other: Arm) -> bool:
         """True when this arm stops at or before ``other`` on every request."""
-        return self.threshold <= other.threshold and self.cap <= other.cap
+        return self.threshold <= other.threshold and self.cap <= other.cap and self.window <= other.window
+
+    def lenience(self) -> tuple[float, float, float]:
+        """Sort key: larger means more lenient (threshold, then cap, then agreement window)."""
+        return (self.threshold, self.cap, self.window)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "threshold": self.threshold, "max_think_tokens": self.max_think_tokens}
+        """The arm as a table; ``agreement`` only when on, so arm sets without it store as before."""
+        out: dict[str, Any] = {"name": self.name, "threshold": self.threshold, "max_think_tokens": self.max_think_tokens}
+        if self.agreement:
+            out["agreement"] = self.agreement
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Arm:
         if not isinstance(data, Mapping):
             raise ConfigError(f"an arm must be a table with name/threshold/max_think_tokens, got {data!r}")
-        unknown = set(data) - {"name", "threshold", "max_think_tokens"}
+        unknown = set(data) - {"name", "threshold", "max_think_tokens", "agreement"}
         if unknown:
             raise ConfigError(f"arm {data.get('name')!r}: unknown field(s) {sorted(unknown)}")
         if "name" not in data or "threshold" not in data:
             raise ConfigError(f"an arm needs 'name' and 'threshold', got {dict(data)!r}")
-        return cls(data["name"], data["threshold"], data.get("max_think_tokens", 0))
+        return cls(data["name"], data["threshold"], data.get("max_think_tokens", 0), data.get("agreement", 0))
 
 
 DEFAULT_ARMS: tuple[Arm, ...] = (
@@ -143,7 +169,7 @@ class ArmSet:
 
     def most_conservative(self) -> int:
         """Index of the most lenient arm (stops last): the safe fallback."""
-        return max(range(len(self.arms)), key=lambda i: (self.arms[i].threshold, self.arms[i].cap))
+        return max(range(len(self.arms)), key=lambda i: self.arms[i].lenience())
 
     def revealed_by(self, logged: int) -> list[int]:
         """Indices of arms whose outcome a trace of arm ``logged`` reveals (itself included)."""

@@ -32,9 +32,11 @@ trace=..., reference=...)``): without traces the stricter arms would never be
 explored nor learned. So it is active only while (a) the reveal structure of
 the arms is known (:meth:`Exploration.for_arms`, which ``SelectorConfig`` calls
 with its arms) and (b) at least :data:`MIN_TRACE_SHARE` of the last
-:data:`TRACE_WINDOW` rewards reported through :meth:`Exploration.observe_reward`
-carried a trace (no reward reported yet counts as traced: ``nested = true``
-declares that they will). Otherwise it is exactly plain SquareCB. The
+:data:`TRACE_WINDOW` rewards carried a trace (no reward reported yet counts as
+traced: ``nested = true`` declares that they will). Otherwise it is exactly
+plain SquareCB. The rules are frozen settings; that count is state, so it
+lives in a :class:`TraceShare` owned by whoever learns (the policy, bound to
+its Selector's), and is passed to :meth:`Exploration.probabilities`. The
 propensity logged with a decision is read from the vector this returns, so a
 revealed arm is logged with probability 0; graph-feedback OPE
 (``GraphIPS``/``GraphDR``/``GraphChainDR``) still covers it through the reveal
@@ -48,7 +50,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -69,32 +71,36 @@ class Exploration(ABC):
 
     name: ClassVar[str]
 
-    def probabilities(self, scores: Sequence[float], t: int) -> list[float]:
+    def probabilities(self, scores: Sequence[float], t: int, traces: TraceShare | None = None) -> list[float]:
         """Probability vector (K,) over arms from reward scores (K,) after ``t`` rewards.
 
-        Plain Python floats: for the handful of arms a request has, this is
-        several times faster than NumPy's per-call overhead on the serving path.
+        ``traces``: the learner's record of whether its rewards carry probe
+        traces (None: as if they all do). Plain Python floats: for the
+        handful of arms a request has, this is several times faster than
+        NumPy's per-call overhead on the serving path.
         """
-        p = self._probabilities(list(map(float, scores)), max(int(t), 1))
+        p = self._probabilities(list(map(float, scores)), max(int(t), 1), traces)
         total = math.fsum(p)
         # a finite positive sum of non-negative terms: every term is finite (a NaN makes the sum NaN)
         if not (0.0 < total < math.inf and min(p) >= 0.0):
             raise StopbanditError(f"{self.name} produced an invalid probability vector {p!r}")
         return [x / total for x in p]
 
-    def probabilities_batch(self, scores: np.ndarray, t: int) -> np.ndarray:
+    def probabilities_batch(self, scores: np.ndarray, t: int, traces: TraceShare | None = None) -> np.ndarray:
         """Row-wise probabilities for an (n, K) score matrix (offline evaluation, sweeps)."""
-        return np.asarray([self.probabilities(row, t) for row in np.asarray(scores, dtype=float)])
+        return np.asarray([self.probabilities(row, t, traces) for row in np.asarray(scores, dtype=float)])
 
     def for_arms(self, arms: ArmSet) -> Exploration:
         """This rule bound to ``arms`` (rules that need the arms' reveal structure); default: unchanged."""
         return self
 
-    def observe_reward(self, traced: bool) -> None:
-        """Told, per reward learned, whether it carried a probe trace; default: ignored."""
+    @property
+    def watches_traces(self) -> bool:
+        """Whether the rule depends on the share of traced rewards (its learner then records it)."""
+        return False
 
     @abstractmethod
-    def _probabilities(self, scores: list[float], t: int) -> list[float]: ...
+    def _probabilities(self, scores: list[float], t: int, traces: TraceShare | None) -> list[float]: ...
 
     @abstractmethod
     def to_dict(self) -> dict[str, Any]: ...
@@ -106,7 +112,10 @@ def _best(scores: list[float]) -> int:
 
 
 class TraceShare:
-    """Whether the recent rewards carried probe traces: a thread-safe count over the last ``window``."""
+    """Whether the recent rewards carried probe traces: a thread-safe count over the last ``window``.
+
+    State of a learner, never of a rule's settings: each Selector owns one.
+    """
 
     def __init__(self, window: int = TRACE_WINDOW, min_share: float = MIN_TRACE_SHARE) -> None:
         self._flags: deque[bool] = deque(maxlen=window)
@@ -174,7 +183,6 @@ class SquareCB(Exploration):
     gamma_exponent: float = 0.5
     nested: bool = False
     reveals: tuple[tuple[int, ...], ...] | None = None
-    traces: TraceShare = field(default_factory=TraceShare, init=False, repr=False, compare=False)
     name: ClassVar[str] = "squarecb"
 
     def __post_init__(self) -> None:
@@ -192,23 +200,27 @@ class SquareCB(Exploration):
         reveals = arms.reveals()
         return self if reveals == self.reveals else replace(self, reveals=reveals)
 
-    def observe_reward(self, traced: bool) -> None:
-        if self.nested:
-            self.traces.observe(traced)
+    @property
+    def watches_traces(self) -> bool:
+        return self.nested
 
     @property
-    def graph_active(self) -> bool:
-        """Whether the graph-aware rule is in force now (nested, arms bound, traces flowing)."""
-        return self.nested and self.reveals is not None and self.traces.ok
+    def graph_bound(self) -> bool:
+        """Whether the graph-aware rule is configured and knows the arms' reveal structure."""
+        return self.nested and self.reveals is not None
 
-    def _probabilities(self, scores: list[float], t: int) -> list[float]:
+    def graph_active(self, traces: TraceShare | None) -> bool:
+        """Whether the graph-aware rule is in force now: bound, and ``traces`` (None: all traced) flowing."""
+        return self.graph_bound and (traces is None or traces.ok)
+
+    def _probabilities(self, scores: list[float], t: int, traces: TraceShare | None) -> list[float]:
         k = len(scores)
         best = _best(scores)
         gamma = self.gamma_scale * t**self.gamma_exponent
         top = scores[best]
         p = [1.0 / (k + gamma * (top - s)) for s in scores]
         reveals = self.reveals
-        if reveals is not None and self.graph_active:
+        if reveals is not None and self.graph_active(traces):
             if len(reveals) != k:
                 raise StopbanditError(f"squarecb: reveals covers {len(reveals)} arms but {k} were scored")
             for a in reveals[best]:
@@ -236,7 +248,7 @@ class EpsilonGreedy(Exploration):
         if not (0.0 <= self.epsilon <= 1.0):
             raise ConfigError(f"exploration.epsilon must be in [0, 1], got {self.epsilon!r}")
 
-    def _probabilities(self, scores: list[float], t: int) -> list[float]:
+    def _probabilities(self, scores: list[float], t: int, traces: TraceShare | None) -> list[float]:
         k = len(scores)
         p = [self.epsilon / k] * k
         p[_best(scores)] += 1.0 - self.epsilon
@@ -255,7 +267,7 @@ class Softmax(Exploration):
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise ConfigError(f"exploration.temperature must be > 0, got {self.temperature!r}")
 
-    def _probabilities(self, scores: list[float], t: int) -> list[float]:
+    def _probabilities(self, scores: list[float], t: int, traces: TraceShare | None) -> list[float]:
         top = max(scores)
         return [math.exp((s - top) / self.temperature) for s in scores]
 

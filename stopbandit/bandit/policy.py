@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from stopbandit.bandit.arms import ArmSet
-from stopbandit.bandit.exploration import Exploration
+from stopbandit.bandit.exploration import Exploration, TraceShare
 from stopbandit.bandit.vw import ContextScorer, VWHead, arm_line, cb_label, labeled, predict_batch, with_label
 from stopbandit.errors import ConfigError, InputError, SnapshotError
 
@@ -125,6 +125,7 @@ class Policy(ABC):
         self.token_scale = token_scale
         self.arm_lines = [arm_line(a) for a in arms]
         self.t = 0  # rewards learned
+        self.trace_share = TraceShare()  # whether its rewards carry traces; a Selector binds its own
 
     def decide(self, shared: str, lam: float) -> tuple[list[float], list[float]]:
         """(probabilities (K,), reward scores (K,)) for one context line."""
@@ -214,7 +215,7 @@ class HeadsPolicy(Policy):
     def _decide(self, lines: list[str], lam: float) -> tuple[list[float], list[float]]:
         em, tok = self._heads(lines)
         scores = [e - lam * t for e, t in zip(em, tok)]
-        return self.exploration.probabilities(scores, self.t), scores
+        return self.exploration.probabilities(scores, self.t, self.trace_share), scores
 
     def _labels(self, arm: int, em: float, tokens: float, weight: float = 1.0) -> list[tuple[int, int, str]]:
         """(head: 0 EM, 1 tokens; arm; cb label) of one arm's outcome, in learning order."""

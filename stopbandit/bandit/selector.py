@@ -51,7 +51,7 @@ import numpy as np
 
 from stopbandit.bandit.arms import Arm, ArmSet
 from stopbandit.bandit.delayed import MAX_TOKENS, Aggregate, ArmMeans, RewardWindow, default_reward
-from stopbandit.bandit.exploration import Exploration
+from stopbandit.bandit.exploration import Exploration, TraceShare
 from stopbandit.bandit.policy import EM_ARGS, NATIVE_ARGS, TOKEN_ARGS, Policy, make_policy, observation_weights
 from stopbandit.bandit.reward import check_lambda
 from stopbandit.bandit.snapshot import check_vw_args, pack, unpack
@@ -162,6 +162,7 @@ class FrozenPolicy(Policy):
         self.inner = inner
         self.name = inner.name  # type: ignore[misc]
         self.t = inner.t
+        self.trace_share = inner.trace_share
 
     def _decide(self, lines: list[str], lam: float) -> tuple[list[float], list[float]]:
         return self.inner._decide(lines, lam)
@@ -254,7 +255,11 @@ class Selector:
         self._live_lock = threading.Lock()
         self._swap_lock = threading.Lock()
         self._retired: list[_Live] = []
+        # the exploration rule's record of traced rewards belongs to this Selector, never to its config,
+        # and carries over from one policy it serves to the next
+        self._trace_share = TraceShare()
         fresh = make_policy(config.policy, self.arms, config.exploration, config.token_scale)
+        fresh.trace_share = self._trace_share
         self._live = _Live(fresh if learn else FrozenPolicy(fresh), f"fresh-{uuid.uuid4().hex[:8]}")
         self._closed = False
         self._calls = 0  # choose/reward calls in flight (close waits for them)
@@ -645,7 +650,8 @@ class Selector:
         live = self._acquire()
         try:
             policy = live.policy
-            policy.exploration.observe_reward(trace is not None and reference is not None)
+            if policy.exploration.watches_traces:
+                self._trace_share.observe(trace is not None and reference is not None)
             if trace is not None and reference is not None:
                 revealed = {k: (em, tok) for k, (em, tok) in
                             revealed_outcomes(trace, self.arms.arms, reference).items() if em is not None}
@@ -881,6 +887,7 @@ class Selector:
             prior = stored.meta.get("extra", {}).get("prior")
             if prior:
                 self.extractor.prior.load(prior)
+            policy.trace_share = self._trace_share
             if not self._learns:
                 policy = FrozenPolicy(policy)
             with self._live_lock:

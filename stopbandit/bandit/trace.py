@@ -16,7 +16,9 @@ Token accounting, shared by the decoder and the simulator:
 A trace therefore reveals the outcome of another arm ``b`` exactly when ``b``'s
 stop offset ``s_b`` lies inside the observed reasoning and the answer at
 ``s_b`` is known: a probe sits at ``s_b``, or ``s_b`` is where the logged run
-stopped. Anything else is reported as unknown and never guessed.
+stopped. Anything else is reported as unknown and never guessed. The rule
+that finds ``s_b`` is :mod:`stopbandit.bandit.stoprule`; a trace is its batch
+of one.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stopbandit.bandit.arms import Arm
+from stopbandit.bandit.stoprule import REASON_NAMES, STOP_REASONS, ProbeBatch, Stops, stops
 from stopbandit.errors import InputError
 
 
@@ -59,7 +62,7 @@ class ProbeTrace:
     """What one run observed.
 
     ``stop_offset``: thinking tokens when the run stopped thinking.
-    ``stop_reason``: ``confidence``, ``budget`` or ``end`` (the model closed its reasoning).
+    ``stop_reason``: ``confidence``, ``agreement``, ``budget`` or ``end`` (the model closed its reasoning).
     ``answer`` / ``answer_tokens``: the final answer of the run and its length.
     ``probes``: probes in increasing offset, all at offsets <= ``stop_offset``.
     """
@@ -71,8 +74,8 @@ class ProbeTrace:
     answer_tokens: int
 
     def __post_init__(self) -> None:
-        if self.stop_reason not in ("confidence", "budget", "end"):
-            raise InputError(f"trace stop_reason must be confidence/budget/end, got {self.stop_reason!r}")
+        if self.stop_reason not in STOP_REASONS:
+            raise InputError(f"trace stop_reason must be one of {'/'.join(STOP_REASONS)}, got {self.stop_reason!r}")
         last = -1
         for p in self.probes:
             if p.offset < last:
@@ -124,25 +127,38 @@ class Counterfactual:
     reason: str
 
 
+def _reveal(trace: ProbeTrace, arms: Sequence[Arm]) -> Stops:
+    """The stop rule (:func:`stopbandit.bandit.stoprule.stops`) on this trace: the batch of one."""
+    return stops(ProbeBatch.of([trace.probes]), arms, [trace.stop_offset], [trace.stop_reason == "end"],
+                 [trace.answer_tokens])
+
+
 def stop_point(trace: ProbeTrace, arm: Arm) -> tuple[int, str, Probe | None] | None:
     """Where ``arm`` would stop on this trace's reasoning: (offset, reason, probe at it).
 
-    Returns None when the stop lies beyond what the trace observed.
+    Returns None when the stop lies beyond what the trace observed, or when
+    no answer is known there (a budget stop between probes, short of the
+    logged run's own stop).
     """
-    cap = arm.cap
-    for probe in trace.probes:
-        if probe.offset >= cap:
-            break
-        if probe.confidence >= arm.threshold:
-            return probe.offset, "confidence", probe
-    if cap < trace.stop_offset or (cap == trace.stop_offset and trace.stop_reason != "end"):
-        at_cap = next((p for p in trace.probes if p.offset == cap), None)
-        if at_cap is None and cap == trace.stop_offset:
-            return int(cap), "budget", None  # the logged run answered right here
-        return (int(cap), "budget", at_cap) if at_cap is not None else None
-    if trace.stop_reason == "end":
-        return trace.stop_offset, "end", None
-    return None  # the logged run stopped early on its own rule; this arm would have gone further
+    found = _reveal(trace, (arm,))
+    if not found.known[0, 0]:
+        return None
+    src = int(found.probe[0, 0])
+    return int(found.offset[0, 0]), REASON_NAMES[int(found.reason[0, 0])], trace.probes[src] if src >= 0 else None
+
+
+def _counterfactuals(trace: ProbeTrace, arms: Sequence[Arm]) -> list[Counterfactual | None]:
+    found = _reveal(trace, arms)
+    out: list[Counterfactual | None] = []
+    for col in range(len(arms)):
+        if not found.known[0, col]:
+            out.append(None)
+            continue
+        src = int(found.probe[0, col])
+        answer = trace.probes[src].answer if src >= 0 else trace.answer
+        out.append(Counterfactual(int(found.offset[0, col]), int(found.tokens[0, col]), answer,
+                                  REASON_NAMES[int(found.reason[0, col])]))
+    return out
 
 
 def counterfactual(trace: ProbeTrace, arm: Arm) -> Counterfactual | None:
@@ -151,16 +167,7 @@ def counterfactual(trace: ProbeTrace, arm: Arm) -> Counterfactual | None:
     Exact means: the stop offset, the token count (probes included) and the
     answer that a greedy re-run with ``arm`` produces.
     """
-    found = stop_point(trace, arm)
-    if found is None:
-        return None
-    offset, reason, probe = found
-    spent = sum(p.tokens for p in trace.probes if p.offset < offset)
-    if probe is not None:
-        return Counterfactual(offset, offset + spent + probe.tokens, probe.answer, reason)
-    if offset == trace.stop_offset:
-        return Counterfactual(offset, offset + spent + trace.answer_tokens, trace.answer, reason)
-    return None
+    return _counterfactuals(trace, (arm,))[0]
 
 
 def em_of(answer: str, reference: str | None) -> float | None:
@@ -176,12 +183,8 @@ def revealed_outcomes(
     trace: ProbeTrace, arms: Sequence[Arm], reference: str | None
 ) -> dict[int, tuple[float | None, int]]:
     """Per arm index, the (EM, tokens) the trace reveals; arms it does not reveal are absent."""
-    out: dict[int, tuple[float | None, int]] = {}
-    for i, arm in enumerate(arms):
-        cf = counterfactual(trace, arm)
-        if cf is not None:
-            out[i] = (em_of(cf.answer, reference), cf.tokens)
-    return out
+    return {i: (em_of(cf.answer, reference), cf.tokens)
+            for i, cf in enumerate(_counterfactuals(trace, arms)) if cf is not None}
 
 
 __all__ = [

@@ -113,7 +113,8 @@ def arm_line(arm: Arm) -> str:
     """Action features: the arm's identity and its parameters (so the policy generalises across arms)."""
     cap = arm.max_think_tokens
     capf = f"cap:{math.log1p(cap) / 8:.6g}" if cap else "nocap"
-    return f"|a arm={escape(arm.name)} thr:{min(arm.threshold, 1.05):.6g} {capf}"
+    line = f"|a arm={escape(arm.name)} thr:{min(arm.threshold, 1.05):.6g} {capf}"
+    return f"{line} agree:{1.0 / arm.agreement:.6g}" if arm.agreement else line
 
 
 def cb_label(cost: float, prob: float) -> str:

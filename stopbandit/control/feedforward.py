@@ -221,7 +221,7 @@ class ContextWindow:
         em_cal = np.array([em_f.get(e.domain, g_em) for e in recent])
         tok_cal = np.array([tok_f.get(e.domain, g_tok) for e in recent])
         scale = float(policy.token_scale)
-        p0 = policy.exploration.probabilities_batch(em - lam * tok / scale, policy.t)
+        p0 = policy.exploration.probabilities_batch(em - lam * tok / scale, policy.t, policy.trace_share)
         return Response(em, tok, p0, float(lam), scale, em_cal, tok_cal)
 
 

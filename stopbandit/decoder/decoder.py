@@ -14,7 +14,8 @@ holding ``prompt + reasoning[:s]``):
    2504.15895). The main cache is never modified by a branch.
 2. :class:`ArmStoppingCriteria` returns one boolean per row; a stopped row's
    answer *is* its trial answer at ``s`` -- the same computation whether it
-   stopped on confidence (the probe's answer is reused), budget or end.
+   stopped on confidence or agreement (the probe's answer is reused), budget
+   or end.
 3. Stopped rows leave the batch (their cache rows are dropped), the others
    feed their next token.
 
@@ -33,6 +34,7 @@ from typing import Any
 import torch
 
 from stopbandit.bandit.arms import Arm
+from stopbandit.bandit.stoprule import streak_of
 from stopbandit.bandit.trace import Probe, ProbeTrace
 from stopbandit.decoder.config import DecoderConfig
 from stopbandit.decoder.kv import fork_rows, keep_rows, new_cache
@@ -143,13 +145,17 @@ class EarlyExitDecoder:
                     if trial is not None:
                         trials[i] = trial
                 confidence = [math.nan] * n
+                streak = [0] * n
                 for i in range(n):
                     if probing[i]:
                         trial = trials[i]
                         confidence[i] = trial.confidence
-                        probes[live[i]].append(Probe(offset, trial.confidence, self._text(trial), len(trial.ids)))
+                        row = probes[live[i]]
+                        row.append(Probe(offset, trial.confidence, self._text(trial), len(trial.ids)))
+                        streak[i] = streak_of([p.answer for p in row])
                 reasons = rule.reasons(
-                    offset, torch.tensor(confidence, dtype=torch.float64), torch.tensor(ended, dtype=torch.bool)
+                    offset, torch.tensor(confidence, dtype=torch.float64), torch.tensor(ended, dtype=torch.bool),
+                    torch.tensor(streak, dtype=torch.int64),
                 ).tolist()
                 keep = [i for i in range(n) if reasons[i] == NONE]
                 for i in range(n):

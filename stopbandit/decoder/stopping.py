@@ -8,14 +8,18 @@ together and advance one token per step) and decides, per row:
 * ``end``        -- the model closed its reasoning itself at ``s``;
 * ``confidence`` -- a probe ran at ``s`` and its trial-answer confidence is
   ``>= threshold`` (DEER, arXiv 2504.15895);
+* ``agreement``  -- a probe ran at ``s`` and its trial answer ends a run of
+  ``agreement`` equal trial answers (Dynasor, arXiv 2412.20993);
 * ``budget``     -- ``s`` reached the arm's ``max_think_tokens`` (when > 0) or
   the decoder's global cap.
 
-When several hold, the label follows :func:`stopbandit.bandit.trace.stop_point`,
-so that a counterfactual read from a lenient trace names the same reason as a
-re-run: ``confidence`` when the passing probe lies below the arm's own cap,
-else ``end``, else ``budget`` (a probe passing exactly at the cap is a budget
-stop). The outcome (offset, answer, tokens) is the same whichever label a
+Whether a probe fires is :func:`stopbandit.bandit.stoprule.fires`, the
+definition every other consumer of the stop rule evaluates, here on per-row
+tensors. When several reasons hold, the label follows the kernel
+(:func:`stopbandit.bandit.stoprule.stops`), so that a counterfactual read
+from a lenient trace names the same reason as a re-run: ``confidence`` or
+``agreement`` when the firing probe lies below the arm's own cap, else
+``end``, else ``budget`` (a probe firing exactly at the cap is a budget stop). The outcome (offset, answer, tokens) is the same whichever label a
 stop gets; only in one corner -- the model closes its reasoning at a probe
 offset where a probe passes, and the arm's cap is that offset -- can the two
 labels differ.
@@ -29,18 +33,18 @@ from dataclasses import dataclass
 import torch
 
 from stopbandit.bandit.arms import Arm
-
-NONE, CONFIDENCE, BUDGET, END = 0, 1, 2, 3
-REASON_NAMES = {CONFIDENCE: "confidence", BUDGET: "budget", END: "end"}
+from stopbandit.bandit.stoprule import AGREEMENT, BUDGET, CONFIDENCE, END, NONE, REASON_NAMES, fires
 
 
 @dataclass(frozen=True)
 class ArmStoppingCriteria:
-    """Thresholds ``[batch]`` (float64, as the trace compares) and caps ``[batch]`` (int64, 0 = no cap) of the live rows."""
+    """Per live row: thresholds ``[batch]`` (float64, as the trace compares), caps ``[batch]`` (int64, 0 = no
+    cap) and agreement windows ``[batch]`` (int64, 0 = off)."""
 
     thresholds: torch.Tensor
     caps: torch.Tensor
     max_think_tokens: int
+    agreements: torch.Tensor | None = None
 
     @classmethod
     def from_arms(cls, arms: Sequence[Arm], max_think_tokens: int, device: torch.device | str = "cpu") -> ArmStoppingCriteria:
@@ -48,11 +52,13 @@ class ArmStoppingCriteria:
             torch.tensor([a.threshold for a in arms], dtype=torch.float64, device=device),
             torch.tensor([a.max_think_tokens for a in arms], dtype=torch.int64, device=device),
             max_think_tokens,
+            torch.tensor([a.agreement for a in arms], dtype=torch.int64, device=device),
         )
 
     def select(self, rows: torch.Tensor) -> ArmStoppingCriteria:
         """The rule restricted to ``rows`` (indices into the current batch)."""
-        return ArmStoppingCriteria(self.thresholds[rows], self.caps[rows], self.max_think_tokens)
+        agreements = None if self.agreements is None else self.agreements[rows]
+        return ArmStoppingCriteria(self.thresholds[rows], self.caps[rows], self.max_think_tokens, agreements)
 
     def cap_reached(self, offset: int) -> torch.Tensor:
         """Rows whose arm's own cap is reached at ``offset``: bool ``[batch]``."""
@@ -65,21 +71,30 @@ class ArmStoppingCriteria:
             return torch.ones_like(capped)
         return capped
 
-    def reasons(self, offset: int, confidence: torch.Tensor, ended: torch.Tensor) -> torch.Tensor:
-        """Stop reason per row (int64 ``[batch]``: NONE/CONFIDENCE/BUDGET/END).
+    def reasons(self, offset: int, confidence: torch.Tensor, ended: torch.Tensor,
+                streak: torch.Tensor | None = None) -> torch.Tensor:
+        """Stop reason per row (int64 ``[batch]``: NONE/CONFIDENCE/AGREEMENT/BUDGET/END).
 
         ``confidence``: float ``[batch]``, NaN where no probe ran at ``offset``.
         ``ended``: bool ``[batch]``, the model closed its reasoning at ``offset``.
+        ``streak``: int64 ``[batch]``, how many consecutive probes up to the one
+        at ``offset`` gave its trial answer (0 where no probe ran; None: no
+        row stops on agreement).
         """
-        confident = (confidence >= self.thresholds) & ~self.cap_reached(offset)  # NaN compares False
+        under_cap = ~self.cap_reached(offset)
+        agreements = self.agreements if self.agreements is not None else torch.zeros_like(self.caps)
+        streak = streak if streak is not None else torch.zeros_like(self.caps)
+        on_conf, on_agree = fires(confidence, streak, self.thresholds, agreements)  # NaN compares False
         out = torch.full_like(self.caps, NONE)
         out = torch.where(self.budget_spent(offset), torch.full_like(out, BUDGET), out)
         out = torch.where(ended, torch.full_like(out, END), out)
-        return torch.where(confident, torch.full_like(out, CONFIDENCE), out)
+        out = torch.where(on_agree & under_cap, torch.full_like(out, AGREEMENT), out)
+        return torch.where(on_conf & under_cap, torch.full_like(out, CONFIDENCE), out)
 
-    def __call__(self, offset: int, confidence: torch.Tensor, ended: torch.Tensor) -> torch.Tensor:
+    def __call__(self, offset: int, confidence: torch.Tensor, ended: torch.Tensor,
+                 streak: torch.Tensor | None = None) -> torch.Tensor:
         """Bool ``[batch]``: which rows stop thinking at ``offset``."""
-        return self.reasons(offset, confidence, ended) != NONE
+        return self.reasons(offset, confidence, ended, streak) != NONE
 
 
-__all__ = ["BUDGET", "CONFIDENCE", "END", "NONE", "REASON_NAMES", "ArmStoppingCriteria"]
+__all__ = ["AGREEMENT", "BUDGET", "CONFIDENCE", "END", "NONE", "REASON_NAMES", "ArmStoppingCriteria"]

@@ -83,8 +83,7 @@ def event_to_dsjson(ev: Event, arms: ArmSet) -> dict[str, Any]:
         "a": [j + 1 for j in order],
         "c": {
             "x": ev.features,
-            "_multi": [{"arm": arm.name, "threshold": arm.threshold, "max_think_tokens": arm.max_think_tokens}
-                       for arm in arms],
+            "_multi": [{"arm": arm.name, **{k: v for k, v in arm.to_dict().items() if k != "name"}} for arm in arms],
         },
         "p": [ev.probabilities[arms[j].name] for j in order],
         "VWState": {"m": ev.policy_version},

@@ -66,6 +66,7 @@ from sqlalchemy import Text, bindparam, cast, func, select
 from sqlalchemy.exc import OperationalError
 
 from stopbandit.bandit.arms import Arm, ArmSet
+from stopbandit.bandit.stoprule import ProbeBatch, stops
 from stopbandit.errors import ConfigError, InputError
 from stopbandit.replay import jsoncodec
 from stopbandit.replay.ope import Accumulator, Estimate, Estimator, LoggedData, Metric
@@ -148,54 +149,33 @@ def reveal_row(trace: Mapping[str, Any], reference_key: str, arms: Sequence[Arm]
     """Per arm, the (EM, tokens) a stored (hashed) trace reveals, None where it reveals nothing.
 
     The same result as ``counterfactual(ProbeTrace.from_json(trace), arm)``
-    with ``em_of(cf.answer, reference_key)`` for every arm (the tests check
-    it on thousands of simulated traces and off-grid caps), without building
-    the dataclasses: this runs once per event of a million-event log. Probes
-    are in non-decreasing offset order (``ProbeTrace`` enforces it), so the
-    probes under a cap are a prefix, and the first of them reaching a
-    threshold is the first index where the running maximum of the
-    confidences reaches it (one bisection per arm).
+    with ``em_of(cf.answer, reference_key)`` for every arm, read straight from
+    the stored JSON (this is the path of traces off the canonical form; the
+    canonical ones go through :func:`reveal_rows`' column path). The stop rule
+    is :func:`stopbandit.bandit.stoprule.stops` on the batch of one. A trace
+    whose probes are out of offset order raises ValueError (malformed).
     """
-    return _reveal(trace, reference_key, [(a.cap, a.threshold) for a in arms])
-
-
-def _reveal(trace: Mapping[str, Any], reference_key: str,
-            specs: Sequence[tuple[float, float]]) -> list[tuple[float, int] | None]:
-    """:func:`reveal_row` with the arms given as ``(cap, threshold)`` pairs."""
     probes = trace["p"]
     stop = int(trace["s"])
-    reason = trace["r"]
-    ref = reference_key.strip()
     offsets = [int(p[0]) for p in probes]
-    runmax = list(accumulate([float(p[1]) for p in probes], max))
-    prefix = list(accumulate([int(p[3]) for p in probes], initial=0))  # prefix[j]: tokens of probes[:j]
-    n_probes = len(offsets)
+    confs = [float(p[1]) for p in probes]
+    tokens = [int(p[3]) for p in probes]
+    answers = [p[2] for p in probes]
+    if any(b < a for a, b in zip(offsets, offsets[1:])):
+        raise ValueError(f"trace probe offsets must be non-decreasing, got {offsets}")
+    found = stops(ProbeBatch(offsets, confs, tokens, [len(offsets)], answers), arms, [stop], [trace["r"] == "end"])
+    ref = reference_key.strip()
     out: list[tuple[float, int] | None] = []
-    for cap, thr in specs:
-        under = n_probes if cap == math.inf else bisect_left(offsets, cap)
-        j = bisect_left(runmax, thr, 0, under)
-        if j < under:  # stops at probe j on confidence
-            p = probes[j]
-            offset = offsets[j]
-            answer, extra = p[2], int(p[3])
-        elif cap < stop or (cap == stop and reason != "end"):  # stops at the cap (budget)
-            offset = int(cap)
-            j = bisect_left(offsets, offset)
-            if j < n_probes and offsets[j] == offset:
-                answer, extra = probes[j][2], int(probes[j][3])
-            elif offset == stop:
-                answer, extra = trace["a"], int(trace["n"])
-            else:
-                out.append(None)
-                continue
-        elif reason == "end":
-            offset = stop
-            answer, extra = trace["a"], int(trace["n"])
-        else:
+    for col in range(len(arms)):
+        if not found.known[0, col]:
             out.append(None)
             continue
-        tokens = offset + prefix[bisect_left(offsets, offset)] + extra
-        out.append((1.0 if str(answer).strip() == ref else 0.0, tokens))
+        src = int(found.probe[0, col])
+        if src >= 0:
+            answer, n = answers[src], int(found.tokens[0, col])
+        else:  # the run's own final answer: read only when an arm needs it
+            answer, n = trace["a"], int(found.tokens[0, col]) + int(trace["n"])
+        out.append((1.0 if str(answer).strip() == ref else 0.0, n))
     return out
 
 
@@ -205,24 +185,14 @@ def reveal_rows(traces: Sequence[Any], reference_keys: Sequence[str], arms: Sequ
 
     NaN where :func:`reveal_row` gives None; ``ok`` is False where it raises
     on a malformed trace (KeyError, TypeError, ValueError or IndexError).
+    Traces in canonical form (what ``ProbeTrace.to_json`` writes: probe lists
+    ``[offset, confidence, answer, tokens]`` of integers and finite
+    confidences, offsets non-decreasing and non-negative) are revealed
+    together on flat probe columns, one batch of the stop-rule kernel for the
+    whole chunk; any other trace goes through :func:`reveal_row` itself.
     """
-    return _reveal_many(traces, reference_keys, [(a.cap, a.threshold) for a in arms])
-
-
-def _reveal_many(traces: Sequence[Any], refs: Sequence[str], specs: Sequence[tuple[float, float]],
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`_reveal` for many decoded traces at once: (em (E, K), tokens (E, K), ok (E,)).
-
-    NaN marks an arm the trace does not reveal; ``ok`` is False for a
-    malformed trace (its rows all NaN). The numbers are those of
-    :func:`_reveal` on each trace: traces in canonical form (what
-    ``ProbeTrace.to_json`` writes: probe lists ``[offset, confidence, answer,
-    tokens]`` of integers and finite confidences, offsets non-decreasing and
-    non-negative) are evaluated on flat probe arrays, one set of array
-    operations per arm for the whole chunk; any other trace goes through
-    :func:`_reveal` itself.
-    """
-    n_ev, k = len(traces), len(specs)
+    arms = tuple(arms)
+    n_ev, k = len(traces), len(arms)
     em = np.full((n_ev, k), np.nan)
     tok = np.full((n_ev, k), np.nan)
     ok = np.ones(n_ev, dtype=bool)
@@ -241,14 +211,14 @@ def _reveal_many(traces: Sequence[Any], refs: Sequence[str], specs: Sequence[tup
     else:
         fast = list(range(n_ev))
     if fields:
-        ps, stops, reasons, finals, final_n = zip(*fields)
+        ps, stops_, reasons, finals, final_n = zip(*fields)
         if set(map(type, ps)) != {list}:
             slow, fast = sorted(slow + fast), []
-    if fast and not _reveal_flat(fast, ps, stops, reasons, finals, final_n, refs, specs, em, tok):
+    if fast and not _reveal_flat(fast, ps, stops_, reasons, finals, final_n, reference_keys, arms, em, tok):
         slow = sorted(slow + fast)
     for i in slow:
         try:
-            got = _reveal(traces[i], refs[i], specs)
+            got = reveal_row(traces[i], reference_keys[i], arms)
         except (KeyError, TypeError, ValueError, IndexError):
             ok[i] = False  # its rows stay NaN
             continue
@@ -261,16 +231,16 @@ _TRACE_FIELDS = itemgetter("p", "s", "r", "a", "n")
 _NUMBERS = frozenset((int, float))
 
 
-def _reveal_flat(rows: list[int], ps: Sequence[list], stops: Sequence[Any], reasons: Sequence[Any],
+def _reveal_flat(rows: list[int], ps: Sequence[list], stops_: Sequence[Any], reasons: Sequence[Any],
                  finals: Sequence[Any], final_n: Sequence[Any], refs: Sequence[str],
-                 specs: Sequence[tuple[float, float]], em: np.ndarray, tok: np.ndarray) -> bool:
+                 arms: Sequence[Arm], em: np.ndarray, tok: np.ndarray) -> bool:
     """Fill ``em``/``tok`` rows ``rows`` from the flattened probes; False (nothing written) when not canonical."""
     n_ev = len(rows)
     lens = list(map(len, ps))
     probes = list(chain.from_iterable(ps))
     n_pr = len(probes)
     del ps
-    stop = np.array(stops)
+    stop = np.array(stops_)
     fin_n = np.array(final_n)
     if stop.dtype.kind != "i" or fin_n.dtype.kind != "i" or stop.shape != (n_ev,) or fin_n.shape != (n_ev,):
         return False
@@ -285,7 +255,7 @@ def _reveal_flat(rows: list[int], ps: Sequence[list], stops: Sequence[Any], reas
         offs, confs, answers, ntoks = flat[0::4], flat[1::4], flat[2::4], flat[3::4]
         del flat
         if set(map(type, offs)) != {int} or set(map(type, ntoks)) != {int} or not set(map(type, confs)) <= _NUMBERS:
-            return False  # text, None, booleans: _reveal converts them its way
+            return False  # text, None, booleans: reveal_row converts them its way
         try:
             off = np.fromiter(offs, dtype=np.int64, count=n_pr)
             ntok = np.fromiter(ntoks, dtype=np.int64, count=n_pr)
@@ -297,64 +267,23 @@ def _reveal_flat(rows: list[int], ps: Sequence[list], stops: Sequence[Any], reas
     else:
         off = ntok = np.zeros(0, dtype=np.int64)
         conf = np.zeros(0)
-        answers = ()
-    length = np.array(lens, dtype=np.int64)
-    start = np.zeros(n_ev, dtype=np.int64)
-    np.cumsum(length[:-1], out=start[1:])
-    end = start + length
-    ev = np.repeat(np.arange(n_ev, dtype=np.int64), length)
-    if n_pr > 1 and (np.diff(off)[ev[1:] == ev[:-1]] < 0).any():
-        return False  # offsets out of order: _reveal's bisections define the result
-    cums = np.zeros(n_pr + 1, dtype=np.int64)
-    np.cumsum(ntok, out=cums[1:])  # cums[j]: tokens of the flat probes before j
-    width = int(off.max()) + 1 if n_pr else 1
-    if width * (n_ev + 1) >= 2**62:
-        return False  # the (event, offset) keys would not fit in int64
-    key = ev * width + off  # sorted: events in order, offsets non-decreasing within one
-
-    def first_at_or_after(x: np.ndarray) -> np.ndarray:
-        """Per event, the flat index of its first probe with offset >= x (its end when none)."""
-        return np.searchsorted(key, np.arange(n_ev, dtype=np.int64) * width + np.clip(x, 0, width), side="left")
-
+        answers = []
+    batch = ProbeBatch(off, conf, ntok, lens, answers)
+    if n_pr > 1 and (np.diff(off)[batch.event[1:] == batch.event[:-1]] < 0).any():
+        return False  # offsets out of order: reveal_row decides
+    found = stops(batch, arms, stop, is_end, fin_n)
     refs_s = [refs[i].strip() for i in rows]
-    for col, (cap, thr) in enumerate(specs):
-        # stops on confidence at the first probe under the cap whose confidence reaches thr
-        hit = conf >= thr
-        if cap != math.inf:
-            hit &= off < cap
-        first = np.full(n_ev, n_pr, dtype=np.int64)
-        idx = np.flatnonzero(hit)
-        if idx.size:
-            evs = ev[idx]
-            lead = np.ones(idx.size, dtype=bool)
-            lead[1:] = evs[1:] != evs[:-1]
-            first[evs[lead]] = idx[lead]
-        on_conf = first < n_pr
-        budget = ~on_conf & ((cap < stop) | ((cap == stop) & ~is_end))
-        at_end = ~on_conf & ~budget & is_end
-        cap_i = int(cap) if cap != math.inf else 0
-        offset = np.where(budget, cap_i, stop)
-        if n_pr:
-            offset = np.where(on_conf, off[np.minimum(first, n_pr - 1)], offset)
-        pos = first_at_or_after(offset)
-        if n_pr:
-            probe_at = budget & (pos < end) & (off[np.minimum(pos, n_pr - 1)] == offset)
-        else:
-            probe_at = np.zeros(n_ev, dtype=bool)
-        final_at = (budget & ~probe_at & (offset == stop)) | at_end
-        known = on_conf | probe_at | final_at
-        src = np.where(on_conf, first, np.where(probe_at, pos, -1))
-        extra = np.where(src >= 0, ntok[np.clip(src, 0, max(n_pr - 1, 0))] if n_pr else 0, fin_n)
-        tokens = offset + (cums[pos] - cums[start]) + extra
+    for col in range(len(arms)):
+        known = found.known[:, col]
+        src_l = found.probe[:, col].tolist()
         out_em = [math.nan] * n_ev
-        src_l = src.tolist()
         for e in np.flatnonzero(known).tolist():
             q = src_l[e]
             answer = answers[q] if q >= 0 else finals[e]
             ref = refs_s[e]
             out_em[e] = 1.0 if answer == ref or str(answer).strip() == ref else 0.0
         em[rows, col] = out_em
-        tok[rows, col] = np.where(known, tokens, np.nan)
+        tok[rows, col] = np.where(known, found.tokens[:, col], np.nan)
     return True
 
 
@@ -517,7 +446,6 @@ class LogReader:
         self._names = arms.names
         self._orders: dict[tuple[str, ...], list[int] | None] = {self._names: None}
         self._names_array = np.array(self._names, dtype=object)
-        self._specs = [(a.cap, a.threshold) for a in arms]
 
     # -- counting ------------------------------------------------------------------
     def count(self) -> dict[str, int]:
@@ -681,7 +609,7 @@ class LogReader:
             keep = [j for j, tr in enumerate(decoded) if tr is not None]
             traced = len(keep)
             rows_t = [traced_rows[j] for j in keep]
-            got_em, got_tok, ok = _reveal_many([decoded[j] for j in keep], [ref_col[i] for i in rows_t], self._specs)
+            got_em, got_tok, ok = reveal_rows([decoded[j] for j in keep], [ref_col[i] for i in rows_t], self.arms.arms)
             malformed = int((~ok).sum())
             traced -= malformed
             if ok.any():

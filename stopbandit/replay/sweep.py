@@ -98,11 +98,11 @@ def parse_lambdas(spec: str) -> list[float]:
 
 
 def lenience_rank(arms: ArmSet) -> np.ndarray:
-    """(K,) tie-break rank per arm: 0 for the most lenient (highest threshold, then largest cap).
+    """(K,) tie-break rank per arm: 0 for the most lenient (highest threshold, then largest cap, then agreement window).
 
     Equally lenient arms keep their index order.
     """
-    order = sorted(range(len(arms)), key=lambda i: (-arms[i].threshold, -arms[i].cap, i))
+    order = sorted(range(len(arms)), key=lambda i: (*(-v for v in arms[i].lenience()), i))
     rank = np.empty(len(arms), dtype=np.int64)
     rank[order] = np.arange(len(arms))
     return rank

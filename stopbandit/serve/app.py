@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -23,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from stopbandit import __version__
 from stopbandit.serve.config import GatewayConfig
-from stopbandit.serve.errors import HTTPProblem, error_response
+from stopbandit.serve.errors import FastJSON, HTTPProblem, error_response
 from stopbandit.serve.gateway import Gateway
 from stopbandit.serve.metrics import CONTENT_TYPE
 from stopbandit.serve.schema import (CHAT_REQUEST, COMPLETION_REQUEST, COMPLETION_RESPONSE, ERRORS, HEALTH,
@@ -48,8 +49,8 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     if not raw.strip():
         raise HTTPProblem(400, "request body is empty; expected a JSON object")
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         raise HTTPProblem(400, f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise HTTPProblem(400, f"request body must be a JSON object, got a JSON {type(body).__name__}")
@@ -106,7 +107,7 @@ def create_app(selector: Any, config: GatewayConfig | None = None, *,
 
     def _answer(status: int, headers: Mapping[str, str], payload: Any) -> Response:
         if isinstance(payload, dict):
-            return JSONResponse(payload, status_code=status, headers=dict(headers))
+            return FastJSON(payload, status_code=status, headers=dict(headers))
         return StreamingResponse(payload, status_code=status, headers=dict(headers), media_type="text/event-stream")
 
     @app.post("/v1/chat/completions", openapi_extra=body_of(CHAT_REQUEST),
@@ -141,7 +142,7 @@ def create_app(selector: Any, config: GatewayConfig | None = None, *,
         """Reward a decision: its EM; tokens and the probe trace come from what the gateway measured."""
         gw.check_key(request.headers)
         body = await read_json(request, gw.config.max_body_bytes)
-        return JSONResponse(await gw.reward(body))
+        return FastJSON(await gw.reward(body))
 
     @app.get("/v1/lambda", responses=responses(LAMBDA, 401))
     async def get_lambda(request: Request) -> Response:

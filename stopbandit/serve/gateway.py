@@ -190,7 +190,7 @@ class Gateway:
 
     def mode(self, arm: Arm, engine: engines.Engine, *, shadowed: bool) -> str:
         """How ``arm`` runs on this engine (see :data:`MODES`)."""
-        if arm.stops_on_confidence or shadowed or self.config.probe_all:
+        if arm.stops_on_confidence or arm.agreement > 0 or shadowed or self.config.probe_all:
             return "probe"
         if arm.max_think_tokens > 0:
             return "budget" if engine.native_budget and self.config.budget == "native" else "fallback"

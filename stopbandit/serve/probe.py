@@ -4,10 +4,15 @@ The thinking is decoded greedily in chunks. After each chunk the driver sends
 a probe: the prefix so far + ``think_end`` + ``answer_suffix``, at most
 ``probe_tokens`` tokens, temperature 0, ``logprobs``; the trial answer's
 confidence is the mean max-probability of its tokens (arithmetic, or geometric
-= exp of the mean log-probability; DEER, arXiv 2504.15895). :func:`stop_reason`
-decides whether thinking stops there; the answer is then the trial answer (a
-confidence stop, as in DEER) or one more call with the same suffix (a budget
-stop, or the model closed its thinking).
+= exp of the mean log-probability; DEER, arXiv 2504.15895). The one stop
+rule of the package, :func:`stopbandit.bandit.stoprule.stop_reason` (also
+behind traces, the simulator, the replay log and the decoder), decides whether
+thinking stops there: on confidence, on the agreement of the last k trial
+answers (Dynasor, arXiv 2412.20993), or at the budget. The answer is then the
+last trial answer (a confidence or agreement stop, as in DEER) or one more call
+that is the same request as a probe there (a budget stop, or the model closed
+its thinking), so a trace's trial answers are exactly what arms stopping at
+their offsets answer.
 
 Chunked decoding gives the same tokens as one call:
 
@@ -37,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stopbandit.bandit.arms import Arm
+from stopbandit.bandit.stoprule import stop_reason
 from stopbandit.bandit.trace import Probe, ProbeTrace
 from stopbandit.serve.config import GatewayConfig
 from stopbandit.serve.engines import Engine
@@ -72,21 +78,6 @@ def confidence(logprobs: Any, mean: str = "arithmetic") -> float:
     if mean == "geometric":
         return math.exp(sum(best) / len(best))
     return sum(math.exp(v) for v in best) / len(best)
-
-
-def stop_reason(arm: Arm, probes: Sequence[Probe], think_tokens: int) -> str | None:
-    """The online stop decision after ``think_tokens`` thinking tokens: a reason, or None to go on.
-
-    ``confidence`` when the probe at this offset reaches the arm's threshold,
-    ``budget`` at the arm's thinking budget. The same rule as
-    :func:`stopbandit.bandit.trace.stop_point` applies offline, so a trace
-    reveals what this arm does.
-    """
-    if think_tokens >= arm.cap:
-        return "budget"
-    if probes and probes[-1].offset == think_tokens and probes[-1].confidence >= arm.threshold:
-        return "confidence"
-    return None
 
 
 @dataclass(slots=True)
@@ -188,17 +179,16 @@ class ProbeDriver:
             reason = stop_reason(arm, state.probes, state.think_tokens)
             if reason is None and state.think_tokens >= limit:
                 reason = "budget"
-        if reason == "confidence":
+        if reason in ("confidence", "agreement"):
             last = state.probes[-1]
             answer, answer_tokens, finish = last.answer, last.tokens, "stop"
         else:
             answer, answer_tokens, finish = await self._answer(state, model, reason)
-        trace = ProbeTrace(tuple(state.probes), state.think_tokens, reason if reason != "agreement" else "confidence",
-                           answer, answer_tokens)
+        trace = ProbeTrace(tuple(state.probes), state.think_tokens, reason, answer, answer_tokens)
         return RunResult(
             answer=answer, reasoning=state.think, prompt_tokens=state.prompt_tokens,
             completion_tokens=state.spent, think_tokens=state.think_tokens,
-            probe_tokens=state.probe_tokens - (answer_tokens if reason == "confidence" else 0),
+            probe_tokens=state.probe_tokens - (answer_tokens if reason in ("confidence", "agreement") else 0),
             answer_tokens=answer_tokens, finish_reason=finish, stop_reason=reason, trace=trace, calls=state.calls,
             chunking="tokens" if state.ids is not None else "text",
         )
@@ -342,4 +332,4 @@ def _returned_ids(choice: Mapping[str, Any], data: Mapping[str, Any]) -> list[in
     return None
 
 
-__all__ = ["ProbeDriver", "confidence", "stop_reason"]
+__all__ = ["ProbeDriver", "confidence"]

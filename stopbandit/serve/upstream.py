@@ -14,9 +14,13 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import httpx
+import orjson
 
 from stopbandit.errors import StopbanditError
 from stopbandit.serve.config import GatewayConfig
+
+
+JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 class UpstreamError(StopbanditError, RuntimeError):
@@ -66,7 +70,7 @@ class Upstream:
         """POST ``body`` as JSON; the engine's JSON object back."""
         self.calls += 1
         try:
-            response = await self.client.post(path, json=body)
+            response = await self.client.post(path, content=orjson.dumps(body), headers=JSON_HEADERS)
         except httpx.TimeoutException as exc:
             raise self._fail(f"upstream {self.base}{path} timed out ({type(exc).__name__})", 504) from None
         except httpx.HTTPError as exc:
@@ -80,7 +84,7 @@ class Upstream:
         has not answered yet and can still send an error response.
         """
         self.calls += 1
-        request = self.client.build_request("POST", path, json=body)
+        request = self.client.build_request("POST", path, content=orjson.dumps(body), headers=JSON_HEADERS)
         try:
             response = await self.client.send(request, stream=True)
         except httpx.TimeoutException as exc:
@@ -120,8 +124,8 @@ class Upstream:
         if response.status_code >= 400:
             raise self._status_error(path, response.status_code, response.content)
         try:
-            data = response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            data = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
             raise self._fail(f"upstream {self.base}{path} answered non-JSON: {response.content[:200]!r}", 502) \
                 from None
         if not isinstance(data, dict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -15,6 +16,7 @@ from stopbandit.bandit.exploration import (
     EpsilonGreedy,
     Softmax,
     SquareCB,
+    TraceShare,
     exploration_from_config,
 )
 from stopbandit.bandit.vw import shared_line
@@ -40,7 +42,7 @@ def random_scores(rng: np.random.Generator, n: int = 200):
 @pytest.mark.parametrize("t", [1, 10, 1000, 10**6])
 def test_graph_squarecb_is_a_distribution_and_never_explores_revealed_arms(t):
     ex, plain = graph(), SquareCB()
-    assert ex.graph_active
+    assert ex.graph_active(TraceShare())
     rng = np.random.default_rng(t)
     for scores in random_scores(rng):
         p, q = ex.probabilities(scores, t), plain.probabilities(scores, t)
@@ -70,50 +72,57 @@ def test_graph_squarecb_by_hand():
 
 def test_without_the_arms_bound_it_is_plain_squarecb():
     unbound, plain = SquareCB(nested=True), SquareCB()
-    assert not unbound.graph_active
+    assert not unbound.graph_active(TraceShare()) and not unbound.graph_bound
     for scores in random_scores(np.random.default_rng(1), 50):
         assert unbound.probabilities(scores, 30) == plain.probabilities(scores, 30)
 
 
 def test_falls_back_to_plain_squarecb_when_rewards_carry_no_traces():
     ex, plain = graph(), SquareCB()
+    traces = TraceShare()
     scores = [0.5, 0.6, 0.55, 0.3]
-    assert ex.probabilities(scores, 50)[2:] == [0.0, 0.0]
-    ex.observe_reward(traced=False)  # the first untraced reward already drops the share below 95%
-    assert not ex.graph_active
-    assert ex.probabilities(scores, 50) == plain.probabilities(scores, 50)
+    assert ex.probabilities(scores, 50, traces)[2:] == [0.0, 0.0]
+    traces.observe(False)  # the first untraced reward already drops the share below 95%
+    assert not ex.graph_active(traces)
+    assert ex.probabilities(scores, 50, traces) == plain.probabilities(scores, 50)
     for _ in range(TRACE_WINDOW):  # traces flow again: the untraced reward leaves the window
-        ex.observe_reward(traced=True)
-    assert ex.graph_active and ex.probabilities(scores, 50)[2:] == [0.0, 0.0]
+        traces.observe(True)
+    assert ex.graph_active(traces) and ex.probabilities(scores, 50, traces)[2:] == [0.0, 0.0]
     # a share of untraced rewards just above 1 − MIN_TRACE_SHARE switches it off again
     for _ in range(int(TRACE_WINDOW * (1 - MIN_TRACE_SHARE)) + 1):
-        ex.observe_reward(traced=False)
-    assert not ex.graph_active
+        traces.observe(False)
+    assert not ex.graph_active(traces)
 
 
-def test_graph_squarecb_pickles_with_its_trace_share():
+def test_trace_share_pickles_with_its_window_and_rules_hold_no_state():
     import copy
     import pickle
 
+    traces = TraceShare()
+    traces.observe(False)
+    for other in (pickle.loads(pickle.dumps(traces)), copy.deepcopy(traces)):
+        assert other.share == 0.0 and not other.ok
+        other.observe(True)  # its own lock and window
+        assert other.share == 0.5 and traces.share == 0.0
     ex = graph()
-    ex.observe_reward(traced=False)
-    for other in (pickle.loads(pickle.dumps(ex)), copy.deepcopy(ex)):
-        assert other == ex and not other.graph_active and other.traces.share == 0.0
-        other.observe_reward(traced=True)  # its own lock and window
-        assert other.traces.share == 0.5 and ex.traces.share == 0.0
+    assert pickle.loads(pickle.dumps(ex)) == ex and copy.deepcopy(ex) == ex
+    assert not any(isinstance(getattr(ex, f.name), TraceShare) for f in dataclasses.fields(ex))
 
 
-def test_plain_squarecb_ignores_trace_reports():
+def test_plain_squarecb_does_not_watch_traces():
     ex = SquareCB()
-    ex.observe_reward(traced=False)
-    assert ex.for_arms(ARMS) is ex and not ex.graph_active
+    assert not ex.watches_traces and SquareCB(nested=True).watches_traces
+    traces = TraceShare()
+    traces.observe(False)
+    assert ex.for_arms(ARMS) is ex and not ex.graph_active(traces)
 
 
 def test_other_rules_are_unchanged_by_binding_and_reports():
     for ex in (EpsilonGreedy(0.1), Softmax(0.05)):
-        assert ex.for_arms(ARMS) is ex
-        ex.observe_reward(traced=True)
-        assert ex.probabilities([0.1, 0.2, 0.3, 0.4], 3) == pytest.approx(ex.probabilities([0.1, 0.2, 0.3, 0.4], 9))
+        assert ex.for_arms(ARMS) is ex and not ex.watches_traces
+        traces = TraceShare()
+        traces.observe(False)
+        assert ex.probabilities([0.1, 0.2, 0.3, 0.4], 3, traces) == pytest.approx(ex.probabilities([0.1, 0.2, 0.3, 0.4], 9))
 
 
 def test_config_binds_the_arms_and_round_trips():
@@ -161,7 +170,7 @@ def test_selector_logs_the_graph_probabilities_it_used(sqlite_url):
     decisions, expected = [], []
     zeros = 0
     try:
-        assert sel.policy.exploration.graph_active
+        assert sel.policy.exploration.graph_active(sel.policy.trace_share)
         for req in Simulator(seed=3).take(400):
             feats = sel.extractor.extract(req.prompt, req.domain)
             want, _ = sel.policy.decide(shared_line(feats), sel.lam)  # what the policy serves right now
@@ -195,8 +204,43 @@ def test_selector_reports_untraced_rewards_to_nested_exploration(tmp_path):
     config = config_from_mapping({"exploration": {"name": "squarecb", "nested": True}})
     with Selector.open(f"sqlite:///{tmp_path / 'n.db'}", config=config) as sel:
         exploration = sel.policy.exploration
-        assert exploration.graph_active
+        assert exploration.graph_active(sel.policy.trace_share)
         for i in range(60):
             d = sel.choose(f"what is {i} + {i}?", domain="math")
             sel.reward(d.decision_id, em=1.0, tokens=100)
-        assert not exploration.graph_active
+        assert not exploration.graph_active(sel.policy.trace_share)
+
+
+def _mutable_parts(value, path="config", seen=None):
+    """Paths of everything reachable from ``value`` that can change in place (anything not a frozen value)."""
+    seen = set() if seen is None else seen
+    if id(value) in seen or value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return []
+    seen.add(id(value))
+    if isinstance(value, (tuple, frozenset)):
+        return [p for i, v in enumerate(value) for p in _mutable_parts(v, f"{path}[{i}]", seen)]
+    if dataclasses.is_dataclass(value) and value.__dataclass_params__.frozen:
+        return [p for f in dataclasses.fields(value) for p in _mutable_parts(getattr(value, f.name), f"{path}.{f.name}", seen)]
+    from types import MappingProxyType
+
+    if isinstance(value, MappingProxyType):
+        return [p for k, v in value.items() for p in _mutable_parts(v, f"{path}[{k!r}]", seen)]
+    return [f"{path}: {type(value).__name__}"]
+
+
+def test_two_selectors_opened_from_one_config_share_no_mutable_state(tmp_path):
+    """Settings are values: untraced rewards on one Selector leave the other's graph-aware exploration on."""
+    from stopbandit.bandit.selector import Selector
+    from stopbandit.config import config_from_mapping
+
+    config = config_from_mapping({"exploration": {"name": "squarecb", "nested": True}})
+    assert _mutable_parts(config) == []  # nothing in a config can carry state from one Selector to another
+    with Selector.open(f"sqlite:///{tmp_path / 'a.db'}", config=config) as a, \
+            Selector.open(f"sqlite:///{tmp_path / 'b.db'}", config=config) as b:
+        assert a.policy.trace_share is not b.policy.trace_share
+        for i in range(60):
+            d = a.choose(f"what is {i} + {i}?", domain="math")
+            a.reward(d.decision_id, em=1.0, tokens=100)
+        assert not a.policy.exploration.graph_active(a.policy.trace_share)
+        assert b.policy.exploration.graph_active(b.policy.trace_share)
+    assert _mutable_parts(config) == []

@@ -283,10 +283,11 @@ def test_calibration_is_per_domain_so_a_mix_shift_keeps_the_level():
     class Heads:  # the policy seam the window uses: predict_heads, exploration, t, token_scale
         token_scale = 1000.0
         t = 1
+        trace_share = None
 
         class exploration:  # noqa: N801 - stands in for an Exploration instance
             @staticmethod
-            def probabilities_batch(scores, t):
+            def probabilities_batch(scores, t, traces=None):
                 p = np.zeros_like(scores)
                 p[np.arange(len(scores)), np.argmax(scores, axis=1)] = 1.0
                 return p

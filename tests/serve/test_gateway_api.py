@@ -251,3 +251,23 @@ def test_unreachable_upstream_gives_502_and_an_unhealthy_gateway(gateway):
         health = c.get("/healthz")
     assert r.status_code == 502 and "cannot reach upstream" in r.json()["error"]["message"]
     assert health.status_code == 503 and health.json()["upstream"]["ok"] is False
+
+
+@pytest.mark.parametrize("arm", ["full", "balanced"])
+def test_a_stream_whose_upstream_fails_before_answering_gets_an_openai_shaped_502(gateway, toy, arm):
+    with gateway(upstream=toy.url, probe_every=16, max_think_tokens=32) as gw, _client(gw) as c:
+        toy.status = 503
+        r = c.post("/v1/completions", json={"prompt": "x", "stream": True, "stopbandit": {"arm": arm}})
+        toy.status = None
+    assert r.status_code == 502
+    assert r.headers["content-type"].startswith("application/json")
+    assert "503" in r.json()["error"]["message"]
+
+
+def test_an_upstream_4xx_is_passed_on_with_its_reason(gateway, toy):
+    with gateway(upstream=toy.url) as gw, _client(gw) as c:
+        toy.status = 422
+        r = c.post("/v1/completions", json={"prompt": "x", "stopbandit": {"arm": "full"}})
+        toy.status = None
+    assert r.status_code == 422
+    assert "upstream rejected the request (422): toy engine failure" in r.json()["error"]["message"]

@@ -11,15 +11,16 @@ from stopbandit import Selector
 from stopbandit.bandit.arms import Arm
 from stopbandit.bandit.trace import ProbeTrace, counterfactual
 from stopbandit.serve import GatewayConfig, GatewayServer, create_app
-from stopbandit.serve.probe import confidence, stop_reason
+from stopbandit.bandit.stoprule import stop_reason
 from stopbandit.bandit.trace import Probe
+from stopbandit.serve.probe import confidence
 
 from tests.serve.toyengine import ToyEngine
 
 PROMPTS = ["What is 6*7?", "the cat sat", "abba ab ba", "Wait, why?", "hello world", "x", "2+2=", "banana"]
 # thresholds chosen inside the toy model's range of trial-answer confidences (about 0.2 to 0.5)
 ARMS = [Arm("full", 1.01, 0), Arm("careful", 0.45, 0), Arm("balanced", 0.3, 0), Arm("quick", 0.25, 40),
-        Arm("capped", 1.01, 24)]
+        Arm("capped", 1.01, 24), Arm("agree", 1.01, 0, agreement=2)]
 
 
 @pytest.fixture
@@ -158,9 +159,26 @@ def test_confidence_is_the_mean_max_probability(logprobs, mean, expected):
     assert confidence(logprobs, mean) == pytest.approx(expected)
 
 
-def test_stop_rule_matches_the_offline_stop_point():
+def test_the_online_stop_check_is_the_packages_stop_rule():
     arm = Arm("a", 0.8, 32)
     assert stop_reason(arm, [Probe(8, 0.5, "x", 3)], 8) is None
     assert stop_reason(arm, [Probe(8, 0.5, "x", 3), Probe(16, 0.85, "y", 3)], 16) == "confidence"
-    assert stop_reason(arm, [Probe(8, 0.9, "x", 3)], 16) is None  # an old probe does not stop a later offset
     assert stop_reason(arm, [], 32) == "budget"
+
+
+def test_an_agreement_arm_stops_when_consecutive_trial_answers_agree(probe_selector):
+    with ToyEngine("vllm") as toy, GatewayServer(create_app(probe_selector, GatewayConfig(
+            upstream=toy.url, probe_every=8, max_think_tokens=128))) as gw:
+        reasons = []
+        for prompt in PROMPTS:
+            r = httpx.post(gw.url + "/v1/completions", json={"prompt": prompt, "stopbandit": {"arm": "agree"}},
+                           timeout=60).json()
+            ours = r["stopbandit"]
+            assert ours["mode"] == "probe"
+            trace = ProbeTrace.from_json(ours["trace"])
+            reasons.append(ours["stop_reason"])
+            if ours["stop_reason"] == "agreement":
+                assert trace.probes[-1].answer == trace.probes[-2].answer == r["choices"][0]["text"]
+                assert all(a.answer != b.answer for a, b in zip(trace.probes[:-2], trace.probes[1:-1]))
+                assert trace.stop_offset == trace.probes[-1].offset
+    assert "agreement" in reasons

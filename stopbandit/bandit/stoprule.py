@@ -1,0 +1,299 @@
+"""The stop rule: where an arm stops thinking, given the probes of a run.
+
+A run thinks token by token and, at probe points, forces a trial answer and
+measures its confidence (DEER, arXiv 2504.15895). An arm stops thinking at
+the first probe below its cap (``offset < max_think_tokens``, 0 = no cap) at
+which either
+
+* ``confidence`` -- the trial answer's confidence reaches the arm's
+  ``threshold``, or
+* ``agreement`` -- the last ``agreement`` probes (this one included) gave the
+  same trial answer (Dynasor's certainty window, arXiv 2412.20993; 0 = off);
+
+when both hold at one probe the reason is ``confidence``. Without such a
+probe the arm stops at its cap when the reasoning is still going there
+(``budget``), else where the model closes its reasoning (``end``).
+
+Every consumer evaluates this one definition: :func:`stops` is the kernel,
+vectorised over many runs (their probes flattened, :class:`ProbeBatch`) and
+many arms; a single trace is the batch of one
+(:func:`stopbandit.bandit.trace.counterfactual`), the simulator's requests are
+batches of their probe grids, the replay log's chunks are batches of stored
+traces, the online check of a gateway is :func:`stop_reason`, and the torch
+decoder applies :func:`fires` to its per-row tensors.
+
+What a batch knows about a run ends at its *horizon*: a lenient run's stop
+offset, or where the reasoning closed (``ended``). A stop the horizon does
+not cover -- the run stopped on its own rule before this arm would -- is
+reported as not known and never guessed. The probes of every run are in
+non-decreasing offset order, all at offsets ``<= horizon``.
+
+Token accounting: a run that stops at offset ``s`` spends ``s`` thinking
+tokens, the tokens of every probe at an offset ``< s``, and the tokens of the
+answer at ``s`` (the probe there, or the run's own final answer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from stopbandit.bandit.arms import Arm
+
+NONE, CONFIDENCE, BUDGET, END, AGREEMENT = 0, 1, 2, 3, 4
+"""Reason codes (int8 in :class:`Stops`; the decoder's per-row tensors use the same values)."""
+REASON_NAMES: dict[int, str] = {CONFIDENCE: "confidence", BUDGET: "budget", END: "end", AGREEMENT: "agreement"}
+STOP_REASONS: tuple[str, ...] = ("confidence", "agreement", "budget", "end")
+
+
+def fires(confidence: Any, streak: Any, threshold: Any, agreement: Any) -> tuple[Any, Any]:
+    """Whether a probe stops an arm: ``(on confidence, on agreement)``, elementwise.
+
+    ``streak`` is how many consecutive probes up to this one gave its trial
+    answer. Only comparisons and ``&`` are used, so the same definition runs
+    on Python numbers, numpy arrays and torch tensors (a NaN confidence -- no
+    probe -- compares False). The cap is the caller's: a probe at or past it
+    never fires.
+    """
+    return confidence >= threshold, (agreement > 0) & (streak >= agreement)
+
+
+def streak_of(answers: Sequence[Any]) -> int:
+    """How many answers at the end of ``answers`` equal the last one (stripped text); 0 when empty."""
+    if not answers:
+        return 0
+    last = str(answers[-1]).strip()
+    n = 0
+    for a in reversed(answers):
+        if str(a).strip() != last:
+            break
+        n += 1
+    return n
+
+
+def streaks(answers: Sequence[Any] | np.ndarray, event: np.ndarray) -> np.ndarray:
+    """Per flat probe, the run length of equal trial answers ending at it within its run: int64 ``(P,)``.
+
+    ``answers``: text (compared stripped) or integer codes, ``(P,)``; ``event``: the run of each probe, ``(P,)``.
+    """
+    n = len(event)
+    same = np.zeros(n, dtype=bool)
+    if n > 1:
+        if isinstance(answers, np.ndarray) and answers.dtype.kind in "iub":
+            eq = answers[1:] == answers[:-1]
+        else:
+            texts = [str(a).strip() for a in answers]
+            eq = np.fromiter((a == b for a, b in zip(texts[1:], texts[:-1])), dtype=bool, count=n - 1)
+        same[1:] = eq & (event[1:] == event[:-1])
+    idx = np.arange(n, dtype=np.int64)
+    begin = np.where(same, 0, idx)
+    np.maximum.accumulate(begin, out=begin)
+    return idx - begin + 1
+
+
+class ProbeBatch:
+    """The probes of ``E`` runs, flattened run after run into arrays of shape ``(P,)``.
+
+    ``offset`` (int64), ``confidence`` (float64), ``tokens`` (int64, each
+    probe's trial-answer length) and ``answers`` (text or integer codes, only
+    read when an arm stops on agreement; a callable is called then); ``count`` (int64 ``(E,)``) is the
+    number of probes of each run. Offsets are non-decreasing within a run.
+    """
+
+    __slots__ = ("offset", "confidence", "tokens", "count", "start", "event", "_answers", "_streak")
+
+    def __init__(self, offset: Any, confidence: Any, tokens: Any, count: Any,
+                 answers: Sequence[Any] | np.ndarray | Callable[[], Sequence[Any] | np.ndarray] | None = None,
+                 ) -> None:
+        self.offset = np.asarray(offset, dtype=np.int64)
+        self.confidence = np.asarray(confidence, dtype=np.float64)
+        self.tokens = np.asarray(tokens, dtype=np.int64)
+        self.count = np.asarray(count, dtype=np.int64)
+        self.start = np.zeros(self.count.size, dtype=np.int64)
+        if self.count.size > 1:
+            np.cumsum(self.count[:-1], out=self.start[1:])
+        self.event = np.repeat(np.arange(self.count.size, dtype=np.int64), self.count)
+        self._answers = answers
+        self._streak: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, runs: Sequence[Sequence[Any]]) -> ProbeBatch:
+        """From probe sequences (:class:`~stopbandit.bandit.trace.Probe` or ``[offset, confidence, answer, tokens]``)."""
+        flat = [p for run in runs for p in run]
+        if flat and not isinstance(flat[0], (list, tuple)):
+            rows = [(p.offset, p.confidence, p.answer, p.tokens) for p in flat]
+        else:
+            rows = flat
+        count = [len(r) for r in runs]
+        if not rows:
+            return cls(np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64), count, ())
+        offs, confs, answers, toks = zip(*rows)
+        return cls([int(o) for o in offs], [float(c) for c in confs], [int(t) for t in toks], count, answers)
+
+    @property
+    def runs(self) -> int:
+        return int(self.count.size)
+
+    @property
+    def streak(self) -> np.ndarray:
+        """:func:`streaks` of the answers, computed on first use: int64 ``(P,)``."""
+        if self._streak is None:
+            answers = self._answers() if callable(self._answers) else self._answers
+            answers = answers if answers is not None else ()
+            if len(answers) != self.offset.size:
+                raise ValueError(f"agreement needs the trial answers of all {self.offset.size} probes, got {len(answers)}")
+            self._streak = streaks(answers, self.event)
+        return self._streak
+
+
+@dataclass(frozen=True, slots=True)
+class Stops:
+    """Where each arm stops on each run: arrays of shape ``(E, A)``.
+
+    ``offset``: thinking tokens at the stop (int64). ``reason``: a reason code
+    (int8; NONE where the horizon ends before the arm would stop). ``probe``:
+    flat index of the probe whose trial answer is the arm's answer, -1 when it
+    is the run's own final answer or unknown. ``known``: whether the answer
+    (and so the outcome) is revealed. ``tokens``: every token the arm spends
+    (int64, meaningful where ``known``).
+    """
+
+    offset: np.ndarray
+    reason: np.ndarray
+    probe: np.ndarray
+    known: np.ndarray
+    tokens: np.ndarray
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Rules:
+    """The arms' parameters as arrays ``(A,)``: thresholds, caps (``inf`` = none, and as ints, 0 = none), windows."""
+
+    threshold: np.ndarray
+    cap: np.ndarray
+    cap_int: np.ndarray
+    agreement: np.ndarray
+    capped: bool
+    agrees: bool
+
+
+@lru_cache(maxsize=256)
+def _rules(arms: tuple[Arm, ...]) -> _Rules:
+    cap = np.array([a.cap for a in arms], dtype=np.float64)
+    agreement = np.array([a.agreement for a in arms], dtype=np.int64)
+    return _Rules(np.array([a.threshold for a in arms], dtype=np.float64), cap,
+                  np.array([a.max_think_tokens for a in arms], dtype=np.int64), agreement,
+                  bool(np.isfinite(cap).any()), bool(agreement.any()))
+
+
+def _first_at_or_after(probes: ProbeBatch, x: np.ndarray) -> np.ndarray:
+    """Per run ``e`` and column, the flat index of the first probe of ``e`` at an offset >= ``x[e, a]``
+    (the run's end when none): int64 ``(E, A)``."""
+    off, n_ev = probes.offset, probes.runs
+    if off.size == 0:
+        return np.broadcast_to(probes.start[:, None], x.shape).copy()
+    if n_ev == 1:
+        return np.searchsorted(off, x, side="left")
+    low = min(int(off.min()), 0)
+    width = int(off.max()) - low + 1
+    if width * (n_ev + 1) < 2**62:
+        key = probes.event * width + (off - low)  # sorted: runs in order, offsets non-decreasing within one
+        query = np.arange(n_ev, dtype=np.int64)[:, None] * width + np.minimum(np.maximum(x - low, 0), width)
+        return np.searchsorted(key, query, side="left")
+    out = np.empty(x.shape, dtype=np.int64)
+    for e, (s, n) in enumerate(zip(probes.start.tolist(), probes.count.tolist())):
+        out[e] = s + np.searchsorted(off[s : s + n], x[e], side="left")
+    return out
+
+
+def stops(probes: ProbeBatch, arms: Sequence[Arm], horizon: Any, ended: Any,
+          final_tokens: Any = 0) -> Stops:
+    """The stop of every arm on every run (the rule in this module's docstring).
+
+    ``horizon`` (int ``(E,)``): the last offset each run observed; ``ended``
+    (bool ``(E,)``): whether the reasoning closed there on its own;
+    ``final_tokens`` (int ``(E,)`` or scalar): the length of each run's own
+    final answer, for the token counts of stops at the horizon. One set of
+    array operations covers every run and every arm: the probes are rows of
+    ``(P, A)`` masks, reduced per run.
+    """
+    rules = _rules(tuple(arms))
+    n_ev, n_arms = probes.runs, rules.threshold.size
+    horizon = np.asarray(horizon, dtype=np.int64).reshape(n_ev, 1)
+    ended = np.asarray(ended, dtype=bool).reshape(n_ev, 1)
+    fin = np.asarray(final_tokens, dtype=np.int64).reshape(-1, 1)
+    off, ntok, start = probes.offset, probes.tokens, probes.start
+    n_pr = off.size
+    cols = np.arange(n_arms)
+    if n_pr:
+        on_conf, on_agree = fires(probes.confidence[:, None], probes.streak[:, None] if rules.agrees else 0,
+                                  rules.threshold, rules.agreement)
+        hit = on_conf | on_agree if rules.agrees else on_conf
+        if rules.capped:
+            hit &= off[:, None] < rules.cap
+        # the first firing probe of each run: the least flat index, n_pr where none
+        cand = np.where(hit, np.arange(n_pr, dtype=np.int64)[:, None], n_pr)
+        if n_ev == 1:
+            first = cand.min(axis=0, keepdims=True)
+        else:
+            first = np.minimum.reduceat(cand, np.minimum(start, n_pr - 1), axis=0)
+            first[probes.count == 0] = n_pr
+        fired = first < n_pr
+        at = np.minimum(first, n_pr - 1)
+        offset_fired = off[at]
+        reason_fired = np.where(on_conf[at, cols], CONFIDENCE, AGREEMENT)
+    else:
+        fired = np.zeros((n_ev, n_arms), dtype=bool)
+        offset_fired = reason_fired = first = np.zeros((n_ev, n_arms), dtype=np.int64)
+    budget = ~fired & ((rules.cap < horizon) | ((rules.cap == horizon) & ~ended))
+    at_end = ~fired & ~budget & ended
+    offset = np.where(fired, offset_fired, np.where(budget, rules.cap_int, horizon))
+    pos = _first_at_or_after(probes, offset)
+    if n_pr:
+        probe_at = budget & (pos < (start + probes.count)[:, None]) & (off[np.minimum(pos, n_pr - 1)] == offset)
+    else:
+        probe_at = np.zeros((n_ev, n_arms), dtype=bool)
+    final_at = (budget & ~probe_at & (offset == horizon)) | at_end
+    src = np.where(fired, first, np.where(probe_at, pos, -1))
+    extra = np.where(src >= 0, ntok[np.maximum(src, 0)] if n_pr else 0, fin)  # src < n_pr
+    cums = np.zeros(n_pr + 1, dtype=np.int64)
+    np.cumsum(ntok, out=cums[1:])  # cums[j]: tokens of the flat probes before j
+    tokens = offset + (cums[pos] - cums[start][:, None]) + extra
+    reason = np.where(fired, reason_fired, np.where(budget, BUDGET, np.where(at_end, END, NONE))).astype(np.int8)
+    return Stops(offset, reason, src, fired | probe_at | final_at, tokens)
+
+
+def stop_reason(arm: Arm, probes: Sequence[Any], think_tokens: int) -> str | None:
+    """Online check: why ``arm`` stops thinking now, given the probes so far, or None to go on.
+
+    ``probes``: the run's probes (:class:`~stopbandit.bandit.trace.Probe`) in
+    offset order, all at offsets ``<= think_tokens``; ``think_tokens``: the
+    reasoning tokens generated so far. Returns ``"confidence"`` or
+    ``"agreement"`` when a probe under the cap fires, ``"budget"`` once the cap
+    is reached, else None -- :func:`stops` on the batch of one whose horizon is
+    ``think_tokens`` and whose reasoning has not closed.
+    """
+    found = stops(ProbeBatch.of([probes]), (arm,), [int(think_tokens)], [False])
+    return REASON_NAMES.get(int(found.reason[0, 0]))
+
+
+__all__ = [
+    "AGREEMENT",
+    "BUDGET",
+    "CONFIDENCE",
+    "END",
+    "NONE",
+    "REASON_NAMES",
+    "STOP_REASONS",
+    "ProbeBatch",
+    "Stops",
+    "fires",
+    "stop_reason",
+    "stops",
+    "streak_of",
+    "streaks",
+]
