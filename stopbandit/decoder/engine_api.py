@@ -105,6 +105,7 @@ class EngineAPI:
         self.model_name = model_name
         self.completer = GreedyCompleter(decoder.model, sorted(self.spec.think_stop), max_entries=cache_entries)
         self._end = self.completer.end_ids
+        self.completions = 0  # completion requests decoded (benchmarks count upstream calls with it)
 
     # -- request parsing -------------------------------------------------------------
 
@@ -193,6 +194,7 @@ class EngineAPI:
         ``max_tokens``. Each phase continues from the previous one's ids, so
         the prefix cache makes the split free and exact.
         """
+        self.completions += 1
         text = _Text(self.decode, request.stop, on_piece)
         top = request.top_logprobs or 0
         end = self.spec.think_end
@@ -333,6 +335,15 @@ class EngineAPI:
         return usage
 
     # -- extras -----------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """``GET /health``: liveness plus the request and prefix-cache counters."""
+        cache = self.completer.cache
+        return {
+            "status": "ok",
+            "completions": self.completions,
+            "prefix_cache": {"entries": len(cache), "hits": cache.hits, "reused_tokens": cache.reused_tokens},
+        }
 
     def models(self) -> dict[str, Any]:
         config = self.config

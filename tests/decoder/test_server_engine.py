@@ -193,6 +193,9 @@ def test_prefix_cache_keeps_its_size_and_counts_hits():
         assert len(cache) == 2 and cache.hits == 0  # "aaa" was evicted before it came back
         complete(srv, prompt="aaab", max_tokens=2)
         assert cache.hits == 1 and cache.reused_tokens == 3
+        with urllib.request.urlopen(srv.url + "/health", timeout=10) as response:
+            health = json.loads(response.read())
+        assert health == {"status": "ok", "completions": 5, "prefix_cache": {"entries": 2, "hits": 1, "reused_tokens": 3}}
 
 
 @pytest.mark.parametrize("budget", [3, None], ids=["think-end-forced", "no-think-end"])
