@@ -13,13 +13,12 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, settings
 
-openai = pytest.importorskip("openai")
-schemathesis = pytest.importorskip("schemathesis")
+from tests.serve.upstreams import EngineUnavailable, Upstream, require, start_gateway, tiny_upstream, unavailable  # noqa: F401
 
-from hypothesis import HealthCheck, settings  # noqa: E402
-
-from tests.serve.upstreams import EngineUnavailable, Upstream, start_gateway, tiny_upstream, unavailable  # noqa: E402,F401
+openai = require("openai")
+schemathesis = require("schemathesis")
 
 CONFIG = """\
 lam = 0.2

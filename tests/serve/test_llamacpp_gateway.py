@@ -23,6 +23,7 @@ from tests.serve.upstreams import (  # noqa: F401 (llamacpp_upstream is a fixtur
     EngineUnavailable,
     Upstream,
     llamacpp_upstream,
+    require,
     start_gateway,
     unavailable,
 )
@@ -136,7 +137,7 @@ def test_thinking_decoded_in_chunks_equals_one_direct_call(stack, llamacpp_upstr
 
 
 def test_openai_client_through_the_gateway(stack):
-    openai = pytest.importorskip("openai")
+    openai = require("openai")
     gw, _ = stack
     client = openai.OpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0, timeout=300)
     chat = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": QUESTION}],

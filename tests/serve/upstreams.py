@@ -247,6 +247,16 @@ def unavailable(what: str, reason: object) -> None:
     pytest.skip(f"{what} is unusable: {reason}")
 
 
+def require(module: str) -> Any:
+    """``import module`` for a test module; missing: skip it locally, fail the run under ``CI=true``."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        if IN_CI:
+            pytest.fail(f"CI=true but {module} is not installed (pip install -e '.[test]'): {exc}", pytrace=False)
+        pytest.skip(f"{module} is not installed: {exc}", allow_module_level=True)
+
+
 @pytest.fixture(scope="module")
 def tiny_upstream() -> Iterator[Upstream]:
     """Our decoder server (engine mode) with the tiny random Llama, as a subprocess."""
@@ -277,6 +287,7 @@ __all__ = [
     "free_port",
     "llamacpp_upstream",
     "post_json",
+    "require",
     "smollm2_gguf",
     "start_decoder_server",
     "start_gateway",
