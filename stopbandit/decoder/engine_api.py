@@ -11,7 +11,10 @@ request field                   meaning
                                 from those tokens); a one-element list of either
 ``messages`` (chat)             the tokenizer's chat template when it has one,
                                 else the contents joined by newlines; then
-                                ``think_start``
+                                ``think_start``. The answer's text before the
+                                first ``think_end`` is ``reasoning_content`` (all
+                                of it when none comes), the rest ``content``;
+                                streamed the same way
 ``max_tokens``                  default 16 (``max_completion_tokens`` for chat)
 ``stop``                        string or list of strings; the text ends before
                                 the first one (its tokens are still generated,
@@ -102,6 +105,7 @@ class EngineAPI:
         self.model_name = model_name
         self.completer = GreedyCompleter(decoder.model, sorted(self.spec.think_stop), max_entries=cache_entries)
         self._end = self.completer.end_ids
+        self.completions = 0  # completion requests decoded (benchmarks count upstream calls with it)
 
     # -- request parsing -------------------------------------------------------------
 
@@ -190,6 +194,7 @@ class EngineAPI:
         ``max_tokens``. Each phase continues from the previous one's ids, so
         the prefix cache makes the split free and exact.
         """
+        self.completions += 1
         text = _Text(self.decode, request.stop, on_piece)
         top = request.top_logprobs or 0
         end = self.spec.think_end
@@ -245,18 +250,27 @@ class EngineAPI:
         rid, created = self._id(request), int(time.time())
         kind = "chat.completion.chunk" if request.chat else "text_completion"
 
-        def chunk(delta_text: str | None, finish: str | None, **extra: Any) -> dict[str, Any]:
+        def chunk(delta_text: str | None, finish: str | None, **delta: Any) -> dict[str, Any]:
             if request.chat:
-                delta: dict[str, Any] = {} if delta_text is None else {"content": delta_text}
-                delta.update(extra)
                 c: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
             else:
                 c = {"index": 0, "text": delta_text or "", "logprobs": None, "finish_reason": finish}
             return {"id": rid, "object": kind, "created": created, "model": self.model_name, "choices": [c]}
 
+        split = _ReasoningSplit(self.config.think_end)
+
+        def piece(text_piece: str) -> None:
+            if not request.chat:
+                send(chunk(text_piece, None))
+                return
+            for name, value in split.feed(text_piece):
+                send(chunk(None, None, **{name: value}))
+
         if request.chat:
-            send(chunk("", None, role="assistant"))
-        out, text = self.run(request, on_piece=lambda piece: send(chunk(piece, None)))
+            send(chunk(None, None, role="assistant", content=""))
+        out, text = self.run(request, on_piece=piece)
+        for name, value in split.flush():
+            send(chunk(None, None, **{name: value}))
         send(chunk(None if request.chat else "", self._finish(out, text)))
         if request.include_usage:
             send({"id": rid, "object": kind, "created": created, "model": self.model_name, "choices": [], "usage": self._usage(request, out)})
@@ -276,9 +290,7 @@ class EngineAPI:
         if request.token_ids:
             extra = {"token_ids": list(out.ids), "prompt_token_ids": list(out.prompt_ids)}
         if request.chat:
-            content, reasoning = text.value, None
-            if self.config.think_end in content:
-                reasoning, content = content.split(self.config.think_end, 1)
+            reasoning, _, content = text.value.partition(self.config.think_end)
             message = {"role": "assistant", "content": content, "reasoning_content": reasoning}
             logprobs = self._chat_logprobs(request, out, text) if request.top_logprobs is not None else None
             return {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish, **extra}
@@ -324,6 +336,15 @@ class EngineAPI:
 
     # -- extras -----------------------------------------------------------------------
 
+    def health(self) -> dict[str, Any]:
+        """``GET /health``: liveness plus the request and prefix-cache counters."""
+        cache = self.completer.cache
+        return {
+            "status": "ok",
+            "completions": self.completions,
+            "prefix_cache": {"entries": len(cache), "hits": cache.hits, "reused_tokens": cache.reused_tokens},
+        }
+
     def models(self) -> dict[str, Any]:
         config = self.config
         return {
@@ -359,6 +380,42 @@ class EngineAPI:
         if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
             raise InputError(f"request field tokens must be an array of token ids, got {str(tokens)[:80]!r}")
         return {"prompt": self.tokenizer.decode(tokens, skip_special_tokens=False)}
+
+
+class _ReasoningSplit:
+    """Streams chat text as ``reasoning_content`` up to the first ``think_end``, ``content`` after it.
+
+    The same rule as a whole response (``text.partition(think_end)``): text
+    before the delimiter is reasoning, and all of it is when the delimiter
+    never comes. Up to ``len(think_end) - 1`` characters are held back while
+    they could still be the start of the delimiter.
+    """
+
+    def __init__(self, think_end: str) -> None:
+        self.end = think_end
+        self.buf = ""
+        self.closed = False
+
+    def feed(self, piece: str) -> list[tuple[str, str]]:
+        if self.closed:
+            return [("content", piece)] if piece else []
+        self.buf += piece
+        at = self.buf.find(self.end)
+        if at >= 0:
+            before, after = self.buf[:at], self.buf[at + len(self.end) :]
+            self.closed, self.buf = True, ""
+            return [(name, value) for name, value in (("reasoning_content", before), ("content", after)) if value]
+        ready = len(self.buf) - (len(self.end) - 1)
+        if ready <= 0:
+            return []
+        out, self.buf = self.buf[:ready], self.buf[ready:]
+        return [("reasoning_content", out)]
+
+    def flush(self) -> list[tuple[str, str]]:
+        out, self.buf = self.buf, ""
+        if not out:
+            return []
+        return [("content" if self.closed else "reasoning_content", out)]
 
 
 class _Text:

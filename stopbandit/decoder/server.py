@@ -186,10 +186,12 @@ class DecoderServer:
 class _Handler(BaseHTTPRequestHandler):
     app: DecoderServer
     protocol_version = "HTTP/1.1"
+    # TCP_NODELAY: headers and body are two writes; with Nagle on, a keep-alive client's delayed ACK holds the body ~40 ms
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:  # noqa: N802 (http.server naming)
         if self.path == "/health":
-            self._send(HTTPStatus.OK, {"status": "ok"})
+            self._send(HTTPStatus.OK, self.app.engine.health() if self.app.engine is not None else {"status": "ok"})
         elif self.path == "/v1/models":
             if self.app.engine is not None:
                 self._send(HTTPStatus.OK, self.app.engine.models())

@@ -193,3 +193,28 @@ def test_prefix_cache_keeps_its_size_and_counts_hits():
         assert len(cache) == 2 and cache.hits == 0  # "aaa" was evicted before it came back
         complete(srv, prompt="aaab", max_tokens=2)
         assert cache.hits == 1 and cache.reused_tokens == 3
+        with urllib.request.urlopen(srv.url + "/health", timeout=10) as response:
+            health = json.loads(response.read())
+        assert health == {"status": "ok", "completions": 5, "prefix_cache": {"entries": 2, "hits": 1, "reused_tokens": 3}}
+
+
+@pytest.mark.parametrize("budget", [3, None], ids=["think-end-forced", "no-think-end"])
+def test_chat_streaming_splits_reasoning_like_the_whole_response(server, budget):
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "the cat"}], "max_tokens": 16}
+    if budget:
+        body["thinking_token_budget"] = budget
+    status, whole = post_json(server.url + "/v1/chat/completions", body)
+    assert status == 200, whole
+    request = urllib.request.Request(server.url + "/v1/chat/completions", data=json.dumps({**body, "stream": True}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        events = [json.loads(line[6:]) for line in response.read().decode().splitlines()
+                  if line.startswith("data: ") and line != "data: [DONE]"]
+    deltas = [e["choices"][0]["delta"] for e in events]
+    message = whole["choices"][0]["message"]
+    assert deltas[0]["role"] == "assistant"
+    assert "".join(d.get("reasoning_content", "") for d in deltas) == message["reasoning_content"]
+    assert "".join(d.get("content", "") for d in deltas) == message["content"]
+    text = complete(server, prompt="the cat", max_tokens=16, **({"thinking_token_budget": budget} if budget else {}))
+    reasoning, _, content = text["choices"][0]["text"].partition("</think>")
+    assert (message["reasoning_content"], message["content"]) == (reasoning, content)  # all reasoning without "</think>"

