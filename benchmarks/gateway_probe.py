@@ -37,6 +37,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import statistics
 import tempfile
 import time
@@ -142,7 +143,7 @@ def _per_call(url: str, prompt: str, extra: dict[str, Any]) -> float:
 def run_llamacpp(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     greedy = {"repeat_penalty": 1.0}
     results: dict[str, Any] = {}
-    with start_llamacpp() as upstream:
+    with start_llamacpp(threads=args.llama_threads) as upstream:
         def count() -> int:  # llama-cpp-python logs one line per completion call
             return upstream.log.read_text(errors="replace").count("Llama.generate:")
 
@@ -164,7 +165,7 @@ def run_llamacpp(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return {"spacings": results, "settings": {"probe_tokens": 20, "max_think_tokens": args.llama_think}}
 
 
-def print_report(report: dict[str, Any]) -> None:
+def print_report(report: dict[str, Any], flush: bool = False) -> None:
     print(f"machine: {report['machine']}")
     if "ours" in report:
         o = report["ours"]
@@ -186,6 +187,8 @@ def print_report(report: dict[str, Any]) -> None:
                   f"{b['extra_calls']:.2f} + {b['rest']:.2f} |")
         any_ = next(iter(report["llamacpp"]["spacings"].values()))
         print(f"(per token {any_['breakdown_s']['per_token_ms']:.1f} ms in one call; per upstream call {any_['upstream_call_ms']:.1f} ms)")
+    if flush:
+        sys.stdout.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ours-think", type=int, default=800)
     parser.add_argument("--llama-requests", type=int, default=6)
     parser.add_argument("--llama-think", type=int, default=256)
+    parser.add_argument("--llama-threads", type=int, default=2, help="llama.cpp threads (1 holds up better on a loaded box)")
     parser.add_argument("--spacings", type=lambda s: [int(x) for x in s.split(",")], default=[200, 64, 32])
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -203,9 +207,10 @@ def main(argv: list[str] | None = None) -> int:
                               "settings": {k: v for k, v in vars(args).items() if k != "json"}}
     if args.only in (None, "ours"):
         report["ours"] = run_ours(args, work)
+        print_report({"machine": report["machine"], "ours": report["ours"]}, flush=True)
     if args.only in (None, "llamacpp"):
         report["llamacpp"] = run_llamacpp(args, work)
-    print_report(report)
+        print_report({"machine": report["machine"], "llamacpp": report["llamacpp"]}, flush=True)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     return 0
