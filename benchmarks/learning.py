@@ -24,7 +24,7 @@ shift at 50% of the stream, a λ change (``set_lambda``) at 70% (section "drift"
 Figures: cumulative reward, fraction of the oracle gap closed over trailing
 windows, held-out learning curves (requests to reach a share of the reachable
 gap), recovery after drift; PNGs ``learning_curve.png`` and ``drift.png``.
-Definitions: ``benchmarks/learning_lib/metrics.py`` and docs/benchmarks.md ("Learning benchmarks").
+Definitions: ``benchmarks/learning_lib/metrics.py`` and docs/benchmarks.md ("Learning").
 Prototypes (``--sections prototypes --protos KEY,...``, any key of ``learning_lib.suite.LEARNERS``):
 issue 9's candidates for the λ = 0.4 plateau include revealed updates weighted 1/q (``nested-graph-iw10``),
 VW's default ``-l 0.5``, the library's rate before issue 9 (``nested-graph-lr0.5``, ``plain-lr0.5``),

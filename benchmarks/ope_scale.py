@@ -163,7 +163,7 @@ def _latest_setup(url: str, estimators: str):
     """What `replay evaluate --policy latest` sets up: store, arms, λ, estimator names, candidate, heads model."""
     from stopbandit.replay.candidates import CandidateContext, default_model, make_candidate, resolve_arms, \
         resolve_lambda, snapshot_meta
-    from stopbandit.replay.cli_commands import has_traces, parse_estimators
+    from stopbandit.replay.evaluation import has_traces, parse_estimators
     from stopbandit.replay.store import ReplayStore
 
     store = ReplayStore(url)
@@ -178,12 +178,13 @@ def _latest_setup(url: str, estimators: str):
 
 def timed_evaluate(url: str, estimators: str, chunk: int, jobs: int | None = None) -> dict:
     """The `replay evaluate` code path, in this (fresh) process."""
-    from stopbandit.replay.cli_commands import evaluate
+    from stopbandit.replay.evaluation import evaluate
+    from stopbandit.replay.options import ReplayOptions
 
     t0 = time.perf_counter()
     store, arms, lam, names, cand, model = _latest_setup(url, estimators)
-    ev = evaluate(store, arms, cand, names, lam=lam, token_scale=1000.0, model=model, chunk=chunk, progress=False,
-                  jobs=jobs)
+    ev = evaluate(store, arms, cand, names, lam=lam, token_scale=1000.0, model=model,
+                  options=ReplayOptions(chunk=chunk, progress=False, jobs=jobs))
     wall = time.perf_counter() - t0
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     dr = ev.estimates.get("dr", {}).get("reward")
@@ -196,11 +197,12 @@ def timed_evaluate(url: str, estimators: str, chunk: int, jobs: int | None = Non
 def read_baseline(url: str, chunk: int) -> dict:
     """A plain keyset read of every event (the evaluation's query; rows only, nothing decoded)."""
     from stopbandit.bandit.arms import ArmSet
-    from stopbandit.replay.logged import LogReader
+    from stopbandit.replay.logreader import LogReader
+    from stopbandit.replay.options import ReplayOptions
     from stopbandit.replay.store import ReplayStore
 
     store = ReplayStore(url)
-    reader = LogReader(store, ArmSet.of(None), chunk=chunk)
+    reader = LogReader(store, ArmSet.of(None), ReplayOptions(chunk=chunk))
     t0, c0 = time.perf_counter(), time.process_time()
     n = sum(len(rows) for rows in reader.raw_chunks())
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -216,7 +218,9 @@ def phase_split(url: str, estimators: str, chunk: int, events: int) -> dict:
     the model once per chunk; here it gets the predictions just made).
     """
     from stopbandit.replay.candidates import LoggingCandidate, batch_shared_lines
-    from stopbandit.replay.logged import LogReader, Target, _accumulate
+    from stopbandit.replay.logreader import LogReader
+    from stopbandit.replay.options import ReplayOptions
+    from stopbandit.replay.runner import Target, _accumulate
     from stopbandit.replay.ope import IPS, Metric, make_estimator, reveal_matrix
 
     store, arms, lam, names, cand, model = _latest_setup(url, estimators)
@@ -225,7 +229,7 @@ def phase_split(url: str, estimators: str, chunk: int, events: int) -> dict:
     metrics = (Metric("em"), Metric("tokens"), Metric("reward", lam, 1000.0))
     plan = [(Target("candidate", cand, ests, metrics), ests),
             (Target("logging", LoggingCandidate(), {"on-policy": IPS()}, metrics), {"on-policy": IPS()})]
-    reader = LogReader(store, arms, chunk=chunk, traces=any(n.startswith("graph") for n in names))
+    reader = LogReader(store, arms, ReplayOptions(chunk=chunk), traces=any(n.startswith("graph") for n in names))
     cpu = {"read": 0.0, "decode, checks, traces": 0.0, "VW shared lines": 0.0, "VW heads": 0.0, "estimators": 0.0}
     accs: dict = {}
     clock = time.process_time
@@ -264,7 +268,9 @@ def single_pass(url: str, estimators: str, chunk: int, events: int) -> None:
     divide the difference by N.
     """
     from stopbandit.replay.candidates import LoggingCandidate
-    from stopbandit.replay.logged import LogReader, Target, run_targets
+    from stopbandit.replay.logreader import LogReader
+    from stopbandit.replay.options import ReplayOptions
+    from stopbandit.replay.runner import Target, run_targets
     from stopbandit.replay.ope import IPS, Metric, make_estimator, reveal_matrix
 
     store, arms, lam, names, cand, model = _latest_setup(url, estimators)
@@ -273,8 +279,9 @@ def single_pass(url: str, estimators: str, chunk: int, events: int) -> None:
     targets = [Target("candidate", cand, ests, metrics),
                Target("logging", LoggingCandidate(), {"on-policy": IPS()}, metrics)]
     if events > 0:
-        reader = LogReader(store, arms, chunk=chunk, upto=events, traces=any(n.startswith("graph") for n in names))
-        res = run_targets(reader, targets, model=model, progress=False, jobs=1)
+        reader = LogReader(store, arms, ReplayOptions(chunk=chunk, progress=False, jobs=1), upto=events,
+                           traces=any(n.startswith("graph") for n in names))
+        res = run_targets(reader, targets, model=model)
         print(f"{res.counts.used} events; DR reward {res.estimates['candidate']['dr']['reward'].value!r}")
 
 

@@ -1,4 +1,4 @@
-"""Soak: minutes of mixed traffic from 4 processes × 4 threads, with a PostgreSQL restart midway.
+"""Soak: minutes of mixed traffic from 4 processes × 4 threads through a database restart, a hang and a full disk.
 
 The script starts its own throwaway PostgreSQL 15 server (``tests/reliability/pgserver.py``:
 initdb in a temp dir, a free port, run as ``postgres`` when root), opens one
@@ -6,17 +6,30 @@ Selector per process on it, and drives paced traffic: every thread calls
 ``choose`` at ``--rate`` requests/s and rewards 70% at once, 20% after 0.2–3 s
 (delayed), 10% never, and repeats 5% of its rewards (idempotency); process 0
 saves a snapshot every 20 s, which the others hot-swap to; process 1 changes
-λ every 30 s. Midway the database is stopped (``pg_ctl stop -m fast``) for
-``--outage-s`` seconds and started again. At the end every process drains its
-spill, and the database is compared with what the processes were told was
-accepted.
+λ every 30 s. Three failures, one after the other:
+
+* outage: the database is stopped (``pg_ctl stop -m fast``) for ``--outage-s``
+  seconds and started again;
+* hang: the postmaster and every backend are SIGSTOPped for ``--hang-s``
+  seconds (sockets open, nothing answers: a hung server or a partition) and
+  SIGCONTed; every database call has a deadline (``--timeout``);
+* full disk: the spill directory is a small tmpfs (``--disk-mb``); the database
+  is stopped *and* the tmpfs filled to its last byte for ``--disk-s`` seconds,
+  so neither the store nor the spill takes rows (they are held in memory);
+  then space returns and the database starts. Without the right to mount a
+  tmpfs (not root) the spill goes to a private temp directory and this phase
+  is skipped (the report says so).
+
+At the end every process drains its spill, and the database is compared with
+what the processes were told was accepted.
 
 Prints, as markdown: events sent and stored, lost and duplicated (both must
-be 0), the largest spill backlog, and p50/p99 ``choose`` latency before,
-during and after the outage, with the outage/normal p99 ratio (target ≤ 2×).
+be 0), the largest spill backlog and in-memory hold, and p50/p99 ``choose``
+latency outside the failures and during each, with the outage/normal p99
+ratio (target ≤ 2×).
 
-    python benchmarks/soak.py --quick            # 1 minute (10 s outage)
-    python benchmarks/soak.py --minutes 10       # 10 minutes (30 s outage)
+    python benchmarks/soak.py --quick            # 1 minute (10 s outage, 8 s hang, 8 s full disk)
+    python benchmarks/soak.py --minutes 10       # 10 minutes (30 s each)
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ import multiprocessing as mp
 import os
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -47,14 +61,14 @@ PROMPTS = [
 
 
 def _worker(proc: int, url: str, spill: str, out_dir: str, threads: int, rate: float, seconds: float,
-            durable: bool, go: mp.Event, ready: mp.Queue) -> None:
+            durable: bool, timeout: float, go: mp.Event, ready: mp.Queue) -> None:
     """One serving process: ``threads`` paced threads of mixed traffic on one Selector."""
     from stopbandit import Selector
     from stopbandit.config import SelectorConfig, StoreConfig
     from stopbandit.errors import StopbanditError
 
     cfg = SelectorConfig(seed=proc, follow_interval=0.5,
-                         store=StoreConfig(spill_path=spill, durable=durable, retry_interval=0.5))
+                         store=StoreConfig(spill_path=spill, durable=durable, retry_interval=0.5, timeout=timeout))
     sel = Selector.open(url, config=cfg)
     ready.put(proc)
     go.wait()
@@ -64,6 +78,7 @@ def _worker(proc: int, url: str, spill: str, out_dir: str, threads: int, rate: f
     sent_d: list[str] = []
     sent_o: list[str] = []
     backlog_max = [0]
+    held_max = [0]
 
     def thread(t: int) -> None:
         rng = random.Random(proc * 1000 + t)
@@ -138,7 +153,9 @@ def _worker(proc: int, url: str, spill: str, out_dir: str, threads: int, rate: f
 
     def monitor() -> None:
         while time.time() < t_end + 1:
-            backlog_max[0] = max(backlog_max[0], sel.health().spill_backlog)
+            h = sel.health()
+            backlog_max[0] = max(backlog_max[0], h.spill_backlog)
+            held_max[0] = max(held_max[0], h.unspilled)
             time.sleep(0.2)
 
     workers = [threading.Thread(target=thread, args=(t,)) for t in range(threads)]
@@ -155,7 +172,8 @@ def _worker(proc: int, url: str, spill: str, out_dir: str, threads: int, rate: f
     h = sel.health()
     stats.update(drained=drained, drain_s=round(time.time() - t_drain, 2), outages=h.outages,
                  spilled=h.spilled, replayed=h.replayed, dropped=h.dropped, rejected=h.rejected,
-                 max_spill_backlog=max(h.max_spill_backlog, backlog_max[0]), policy_version=h.policy_version)
+                 max_spill_backlog=max(h.max_spill_backlog, backlog_max[0]), policy_version=h.policy_version,
+                 max_unspilled=held_max[0], conflicts=h.conflicts, replay_errors=h.replay_errors)
     sel.close()
     with open(Path(out_dir) / f"sent-{proc}.json", "w") as fh:
         json.dump({"stats": stats, "decisions": sent_d, "outcomes": sent_o}, fh)
@@ -167,19 +185,46 @@ def _pct(values, q: float) -> float:
     return float(np.percentile(values, q)) if len(values) else float("nan")
 
 
+def _mount_tmpfs(path: Path, mb: int) -> bool:
+    """A ``mb`` MiB tmpfs at ``path`` (mode 0700); False where mounting is not allowed."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mb}m,mode=0700", "tmpfs", str(path)],
+                         capture_output=True, text=True)
+    return res.returncode == 0
+
+
+def _fill(path: Path) -> Path:
+    """Fill the filesystem at ``path`` to its last byte."""
+    filler = path / "filler"
+    with open(filler, "wb", buffering=0) as fh:
+        for size in (1 << 20, 4096, 1):
+            try:
+                while True:
+                    fh.write(b"\0" * size)
+            except OSError:
+                pass
+    return filler
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=10.0)
-    ap.add_argument("--quick", action="store_true", help="1 minute, 10 s outage")
+    ap.add_argument("--quick", action="store_true", help="1 minute: 10 s outage, 8 s hang, 8 s full disk")
     ap.add_argument("--processes", type=int, default=4)
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--rate", type=float, default=25.0, help="choose() calls per second per thread")
     ap.add_argument("--outage-s", type=float, default=None, help="database downtime (default 10 s quick, 30 s)")
+    ap.add_argument("--hang-s", type=float, default=None, help="SIGSTOP of the server (default 8 s quick, 30 s)")
+    ap.add_argument("--disk-s", type=float, default=None, help="full disk + database down (default 8 s quick, 30 s)")
+    ap.add_argument("--disk-mb", type=int, default=32, help="size of the spill tmpfs")
+    ap.add_argument("--timeout", type=float, default=2.0, help="[store] timeout: the deadline of a database call")
     ap.add_argument("--durable", action="store_true", help="Selector.open(..., durable=True)")
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args()
     minutes = 1.0 if args.quick else args.minutes
     outage_s = args.outage_s if args.outage_s is not None else (10.0 if args.quick else 30.0)
+    hang_s = args.hang_s if args.hang_s is not None else (8.0 if args.quick else 30.0)
+    disk_s = args.disk_s if args.disk_s is not None else (8.0 if args.quick else 30.0)
     seconds = minutes * 60
     import numpy as np
     from sqlalchemy import func, select
@@ -190,15 +235,20 @@ def main() -> None:
 
     load0 = [round(x, 2) for x in os.getloadavg()]
     work = Path(tempfile.mkdtemp(prefix="sb-soak-"))
+    spill_dir = work / "spill"
+    tmpfs = _mount_tmpfs(spill_dir, args.disk_mb)
+    if not tmpfs:
+        spill_dir.mkdir(mode=0o700, exist_ok=True)
     server = PgServer()
+    phases: list[tuple[str, float, float]] = []
     try:
         server.start()
         url = server.create_database("soak")
         migrate.upgrade(url)
         ctx = mp.get_context("spawn")
         go, ready = ctx.Event(), ctx.Queue()
-        procs = [ctx.Process(target=_worker, args=(p, url, str(work / "spill" / "sb"), str(work), args.threads,
-                                                   args.rate, seconds, args.durable, go, ready))
+        procs = [ctx.Process(target=_worker, args=(p, url, str(spill_dir / "sb"), str(work), args.threads,
+                                                   args.rate, seconds, args.durable, args.timeout, go, ready))
                  for p in range(args.processes)]
         for p in procs:
             p.start()
@@ -206,12 +256,32 @@ def main() -> None:
             ready.get(timeout=120)
         t0 = time.time()
         go.set()
-        time.sleep(max(0.0, seconds / 2 - outage_s / 2))
-        t_down = time.time()
+
+        def at(fraction: float) -> None:
+            time.sleep(max(0.0, t0 + fraction * seconds - time.time()))
+
+        at(0.2)
+        t = time.time()
         server.stop("fast")
         time.sleep(outage_s)
         server.start()
-        t_up = time.time()
+        phases.append(("outage (server stopped)", t, time.time()))
+        at(0.45)
+        t = time.time()
+        server.freeze()
+        time.sleep(hang_s)
+        server.thaw()
+        phases.append(("hang (server SIGSTOPped)", t, time.time()))
+        if tmpfs:
+            at(0.7)
+            t = time.time()
+            server.stop("fast")
+            filler = _fill(spill_dir)
+            time.sleep(disk_s)
+            filler.unlink()
+            time.sleep(1.0)  # the held rows reach the spill before the store returns
+            server.start()
+            phases.append(("full disk + server stopped", t, time.time()))
         for p in procs:
             p.join(seconds + 900)
         hung = [p.pid for p in procs if p.is_alive()]
@@ -236,13 +306,23 @@ def main() -> None:
             lat.append(raw[:half])
             when.append(raw[half:])
         lat_a, when_a = np.concatenate(lat), np.concatenate(when)
-        before = lat_a[when_a < t_down]
-        during = lat_a[(when_a >= t_down) & (when_a <= t_up)]
-        after = lat_a[when_a > t_up]
+        in_any = np.zeros(len(lat_a), dtype=bool)
+        by_phase = {}
+        for name, a, b in phases:
+            m = (when_a >= a) & (when_a <= b)
+            in_any |= m
+            by_phase[name] = lat_a[m]
+        normal = lat_a[~in_any]
         stats = [s["stats"] for s in sent]
+
+        def row(v):
+            return {"n": int(len(v)), "p50": round(_pct(v, 50), 1), "p99": round(_pct(v, 99), 1),
+                    "max": round(float(v.max()) if len(v) else float("nan"), 1)}
+
         fig = {
-            "minutes": minutes, "outage_s": round(t_up - t_down, 1), "processes": args.processes,
-            "threads": args.threads, "rate_per_thread": args.rate, "durable": args.durable,
+            "minutes": minutes, "processes": args.processes, "threads": args.threads,
+            "rate_per_thread": args.rate, "durable": args.durable, "timeout_s": args.timeout,
+            "phases": [(n, round(b - a, 1)) for n, a, b in phases], "tmpfs_mb": args.disk_mb if tmpfs else None,
             "decisions_sent": len(sent_d), "outcomes_sent": len(sent_o),
             "decisions_stored": len(set(stored_d)), "outcomes_stored": len(set(stored_o)),
             "lost_decisions": len(sent_d - set(stored_d)), "lost_outcomes": len(sent_o - set(stored_o)),
@@ -251,20 +331,21 @@ def main() -> None:
             "idempotent_repeats": sum(s["repeats"] for s in stats),
             "max_spill_backlog_per_process": [s["max_spill_backlog"] for s in stats],
             "max_spill_backlog_total": sum(s["max_spill_backlog"] for s in stats),
+            "max_unspilled_per_process": [s.get("max_unspilled", 0) for s in stats],
             "spilled": sum(s["spilled"] for s in stats), "replayed": sum(s["replayed"] for s in stats),
             "dropped": sum(s["dropped"] for s in stats), "rejected": sum(s["rejected"] for s in stats),
+            "conflicts": sum(s.get("conflicts", 0) for s in stats),
+            "replay_errors": sum(s.get("replay_errors", 0) for s in stats),
             "drain_s_max": max(s["drain_s"] for s in stats), "outages_seen": [s["outages"] for s in stats],
             "snapshots": n_snap, "lambda_changes": sum(s["lambda_changes"] for s in stats),
             "errors": [e for s in stats for e in s["errors"]], "hung_processes": hung,
-            "choose_us": {name: {"n": int(len(v)), "p50": round(_pct(v, 50), 1), "p99": round(_pct(v, 99), 1),
-                                 "max": round(float(v.max()) if len(v) else float("nan"), 1)}
-                          for name, v in (("before", before), ("during", during), ("after", after))},
+            "choose_us": {"normal": row(normal), **{name: row(v) for name, v in by_phase.items()}},
             "start": t0, "loadavg_end": [round(x, 2) for x in os.getloadavg()], "loadavg_start": load0,
         }
-        normal = np.concatenate([before, after])
         fig["p99_normal_us"] = round(_pct(normal, 99), 1)
-        fig["p99_outage_us"] = round(_pct(during, 99), 1)
-        fig["p99_ratio"] = round(fig["p99_outage_us"] / fig["p99_normal_us"], 2)
+        worst = max((_pct(v, 99) for v in by_phase.values() if len(v)), default=float("nan"))
+        fig["p99_failures_us"] = round(worst, 1)
+        fig["p99_ratio"] = round(fig["p99_failures_us"] / fig["p99_normal_us"], 2)
         fig["ok"] = (fig["lost_decisions"] == fig["lost_outcomes"] == fig["duplicated"] == fig["unexpected_rows"] == 0
                      and not fig["errors"] and not hung and fig["dropped"] == fig["rejected"] == 0)
         print_markdown(fig, sys.argv)
@@ -274,18 +355,24 @@ def main() -> None:
             sys.exit(1)
     finally:
         server.destroy()
+        if tmpfs:
+            subprocess.run(["umount", "-l", str(spill_dir)], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
 
 
 def print_markdown(f: dict, argv: list[str]) -> None:
     c = f["choose_us"]
     cmd = "python benchmarks/soak.py " + " ".join(argv[1:])
+    phases = ", ".join(f"{n} {s:g} s" for n, s in f["phases"])
+    disk = (f"spill on a {f['tmpfs_mb']} MiB tmpfs" if f["tmpfs_mb"] else
+            "no tmpfs could be mounted (not root): the full-disk phase was skipped")
+    lat = "\n".join(f"| {name} | {v['n']} | {v['p50']} | {v['p99']} | {v['max']} |" for name, v in c.items())
     print(f"""
-## Soak: {f['minutes']:g} min, {f['processes']} processes × {f['threads']} threads, PostgreSQL restart midway
+## Soak: {f['minutes']:g} min, {f['processes']} processes × {f['threads']} threads: outage, hang, full disk
 
-`{cmd.strip()}` — {f['rate_per_thread']:g} choose/s per thread, database down {f['outage_s']} s,
-{'durable' if f['durable'] else 'queued (default)'} writes; {os.cpu_count()} CPU cores, load average
-{f['loadavg_start'][0]} at the start and {f['loadavg_end'][0]} at the end (other work on the machine included).
+`{cmd.strip()}` — {f['rate_per_thread']:g} choose/s per thread, {'durable' if f['durable'] else 'queued (default)'}
+writes, database call deadline {f['timeout_s']:g} s; {phases}; {disk}; {os.cpu_count()} CPU cores, load
+average {f['loadavg_start'][0]} at the start and {f['loadavg_end'][0]} at the end (other work on the machine included).
 
 | events | sent | stored | lost | duplicated |
 |---|---:|---:|---:|---:|
@@ -294,18 +381,18 @@ def print_markdown(f: dict, argv: list[str]) -> None:
 | all | {f['decisions_sent'] + f['outcomes_sent']} | {f['decisions_stored'] + f['outcomes_stored']} | {f['lost_decisions'] + f['lost_outcomes']} | {f['duplicated']} |
 
 Unexpected rows {f['unexpected_rows']}; idempotent repeats sent {f['idempotent_repeats']}; spilled {f['spilled']},
-replayed {f['replayed']}, dropped {f['dropped']}, rejected {f['rejected']}; max spill backlog
-{f['max_spill_backlog_total']} events (per process {f['max_spill_backlog_per_process']}); longest final drain
-{f['drain_s_max']} s; snapshots {f['snapshots']}, λ changes {f['lambda_changes']}; errors {len(f['errors'])}.
+replayed {f['replayed']}, dropped {f['dropped']}, rejected {f['rejected']}, conflicts {f['conflicts']}, replay
+errors {f['replay_errors']}; max spill backlog {f['max_spill_backlog_total']} events (per process
+{f['max_spill_backlog_per_process']}); most rows held in memory while the disk was full, per process
+{f['max_unspilled_per_process']}; longest final drain {f['drain_s_max']} s; snapshots {f['snapshots']}, λ changes
+{f['lambda_changes']}; errors {len(f['errors'])}.
 
 | `choose` latency (µs) | n | p50 | p99 | max |
 |---|---:|---:|---:|---:|
-| before the outage | {c['before']['n']} | {c['before']['p50']} | {c['before']['p99']} | {c['before']['max']} |
-| during the outage | {c['during']['n']} | {c['during']['p50']} | {c['during']['p99']} | {c['during']['max']} |
-| after (replay, then normal) | {c['after']['n']} | {c['after']['p50']} | {c['after']['p99']} | {c['after']['max']} |
+{lat}
 
-p99 during the outage / p99 otherwise: **{f['p99_ratio']}×** (target ≤ 2×).
-Verdict: {'PASS' if f['ok'] and f['p99_ratio'] <= 2 else 'FAIL'} (0 lost, 0 duplicated{', ratio ≤ 2×' if f['p99_ratio'] <= 2 else ', ratio above 2×'}).
+p99 during the worst failure / p99 otherwise: **{f['p99_ratio']}×** (target ≤ 2×).
+Verdict: {'PASS' if f['ok'] else 'FAIL'} (0 lost, 0 duplicated{'' if f['ok'] else ': NOT MET'}).
 """)
     if f["errors"]:
         print("errors:", f["errors"][:5])

@@ -55,7 +55,7 @@ def raw_insert(store: ReplayStore, decisions: list[dict], outcomes: list[dict], 
 
 def writer_insert(store: ReplayStore, decisions: list[dict], outcomes: list[dict]) -> float:
     w = BatchWriter(store, batch_size=5000, max_queue=len(decisions) * 2 + 10,
-                    spill_path=os.path.join(tempfile.gettempdir(), f"sb-bench-{uuid.uuid4().hex[:6]}"))
+                    spill_path=os.path.join(tempfile.mkdtemp(prefix="sb-bench-"), "spill"))
     t0 = time.perf_counter()
     for d, o in zip(decisions, outcomes):
         w.submit_decision(d)

@@ -169,7 +169,8 @@ def demo(url: str | None, n: int, lam: float, token_scale: float, seed: int, tra
             for r in result.rows]
     if as_json:
         emit_json({"url": redact(url), "requests": n, "lam": lam, "token_scale": token_scale,
-                   "snapshot": result.snapshot, "plot": str(plot), "elapsed_s": result.elapsed_s,
+                   "snapshot": result.snapshot, "plot": None if result.plot is None else str(result.plot),
+                   "elapsed_s": result.elapsed_s,
                    "rows": [r.__dict__ for r in result.rows]})
         return
     console.print(table(f"stopbandit demo — {n} requests, λ={lam}, reward = EM − λ·tokens/{token_scale:g}",
@@ -184,8 +185,10 @@ def demo(url: str | None, n: int, lam: float, token_scale: float, seed: int, tra
         f"at {100 * (learned.em - full.em):+.1f} EM points vs full reasoning.",
         highlight=False,
     )
+    curve = (f"learning curve in {result.plot}" if result.plot is not None
+             else "no learning curve (pip install 'stopbandit[plots]' for matplotlib)")
     console.print(f"Logged {result.decisions_logged} decisions and {result.outcomes_logged} outcomes to "
-                  f"{redact(url)}; saved snapshot {result.snapshot}; learning curve in {plot}. "
+                  f"{redact(url)}; saved snapshot {result.snapshot}; {curve}. "
                   f"({result.elapsed_s:.1f} s)", highlight=False)
     db = "" if url == "sqlite:///stopbandit.db" else f" --db '{redact(url)}'"
     console.print("Next, evaluate offline from the replay log:", highlight=False)
@@ -232,7 +235,7 @@ def serve(upstream: str, engine: str | None, url: str | None, config_path: Path 
         from stopbandit.errors import ConfigError
 
         raise ConfigError(f"the gateway needs the serve extra: pip install 'stopbandit[serve]' ({exc})") from None
-    from stopbandit import Selector
+    from stopbandit.serving.selector import Selector
     from stopbandit.replay.engine import redact, resolve_url
 
     selector_config, gw = gateway_config.load(config_path)

@@ -30,6 +30,9 @@ Example ``stopbandit.toml``::
     durable = false             # true: commit (or fsync to the spill) before choose() returns
     max_spill_bytes = 1073741824  # bound of the outage spill file; beyond it events are dropped (counted)
     retry_interval = 0.5        # seconds between reconnect attempts while the store is down
+    timeout = 5.0               # longest database call (connect, statement, commit); an overrun is an outage
+    decision_wait = 5.0         # how long a reward waits for its decision to reach the store (another replica)
+    # spill_dir = "/srv/app/spill"  # private (0700, ours); default $XDG_STATE_HOME/stopbandit/spill
 
     [[arms]]
     name = "full"
@@ -73,12 +76,15 @@ class StoreConfig:
     batch_size: int = 2000
     flush_interval: float = 0.05
     max_queue: int = 50_000
-    spill_path: str | None = None
+    spill_path: str | None = None  # a file prefix (its directory must be private); overrides spill_dir
     max_spill_bytes: int = 1 << 30
     retry_interval: float = 0.5
+    timeout: float = 5.0
+    decision_wait: float = 5.0
+    spill_dir: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("url", "spill_path"):
+        for name in ("url", "spill_path", "spill_dir"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, str) or not v or "\x00" in v):
                 raise ConfigError(f"store.{name} must be a non-empty string, got {v!r}")
@@ -86,10 +92,13 @@ class StoreConfig:
             raise ConfigError(f"store.durable must be true or false, got {self.durable!r}")
         require_positive_ints("store.", batch_size=self.batch_size, max_queue=self.max_queue,
                               max_spill_bytes=self.max_spill_bytes)
-        for name in ("flush_interval", "retry_interval"):
+        for name in ("flush_interval", "retry_interval", "timeout"):
             v = getattr(self, name)
             if not _seconds(v):
                 raise ConfigError(f"store.{name} must be in (0, 60] seconds, got {v!r}")
+        v = self.decision_wait
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and 0 <= v <= 60):
+            raise ConfigError(f"store.decision_wait must be in [0, 60] seconds, got {v!r}")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ exactly the same requests.
 
 from __future__ import annotations
 
+import importlib.util
+
 import time
 import uuid
 from collections.abc import Callable
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from stopbandit.bandit.arms import ArmSet
-from stopbandit.bandit.selector import Selector
+from stopbandit.serving.selector import Selector
 from stopbandit.sim import Simulator, outcome_table, run
 
 
@@ -112,7 +114,10 @@ def run_demo(
                          full_tokens, lam, token_scale))
     chosen_reward = chosen_em - lam * chosen_tokens / token_scale
     if plot is not None:
-        _plot_curve(plot, chosen_reward, rewards, pick, arms, best, full)
+        if importlib.util.find_spec("matplotlib") is None:  # the optional ``plots`` extra
+            plot = None  # the demo runs without it; the CLI says how to get the learning curve
+        else:
+            _plot_curve(plot, chosen_reward, rewards, pick, arms, best, full)
     return DemoResult(url, requests, lam, token_scale, rows, version, plot, time.perf_counter() - t0,
                       counts["decisions"], counts["outcomes"])
 

@@ -24,6 +24,13 @@ def _pg_unavailable(reason: str) -> None:
     pytest.skip(f"PostgreSQL tests need STOPBANDIT_TEST_PG_URL (bash .ci/run sets it): {reason}")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_state_dir(tmp_path_factory):
+    """Spill files of Selectors opened without a spill path go to ``$XDG_STATE_HOME``: one for the session, not ~."""
+    if "XDG_STATE_HOME" not in os.environ:
+        os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state"))
+
+
 @pytest.fixture
 def pg_url():
     """URL of a brand-new PostgreSQL database, dropped after the test."""

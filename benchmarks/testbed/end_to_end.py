@@ -57,7 +57,7 @@ from benchmarks.testbed.run_arms import ARMS, HELD_OUT_SEED, run_items
 from benchmarks.testbed.tasks import Item, sample_items
 from benchmarks.testbed.train import DEFAULT_OUT
 from stopbandit.bandit.arms import Arm
-from stopbandit.bandit.selector import Selector
+from stopbandit.serving.selector import Selector
 from stopbandit.bandit.vw import shared_line
 from stopbandit.config import SelectorConfig
 from stopbandit.errors import InputError, StoreError

@@ -38,20 +38,20 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from stopbandit.bandit import vw
 from stopbandit.bandit.arms import ArmSet
 from stopbandit.bandit.exploration import Exploration, TraceShare
+from stopbandit.bandit.reward import reward
 from stopbandit.bandit.vw import ContextScorer, VWHead, arm_line, cb_label, labeled, predict_batch, with_label
 from stopbandit.errors import ConfigError, InputError, SnapshotError
 
 HEADS_LEARNING_RATE = 0.25
 """VW's ``-l`` for both heads: half VW's default (0.5). Why: the heads are an
-online regression whose late jitter, not bias, kept learners below their
-plateau (every heads learner dipped around 2,000 requests, the
-full-information one included); nested feedback gives ~2.5 updates per
-request, so at 0.5 it jittered most. At 0.25 the nested learner with
-graph-aware exploration reaches 90% of the reachable gap after 1,000 requests
-at λ = 0.4 instead of 3,000 (plain: 5,000), and after 3,000 instead of 7,500
-at λ = 0.2, with the plateau level or higher (``docs/benchmarks.md``, issue 9). Stored
+online regression whose late jitter, not bias, keeps learners below their
+plateau, and nested feedback gives ~2.5 updates per request, so the default
+rate jitters most where the most is learned. At 0.25 the nested learner with
+graph-aware exploration reaches 90 % of the reachable gap within about a
+thousand requests at λ = 0.4 (``docs/benchmarks.md``, "Learning"). Stored
 snapshots keep the arguments they were trained with."""
 BASE_ARGS = f"--cb_adf --cb_type mtr -q ca -q da --cubic dca -b 18 -l {HEADS_LEARNING_RATE}"
 EM_ARGS = BASE_ARGS + " --loss_function logistic"
@@ -59,15 +59,14 @@ TOKEN_ARGS = BASE_ARGS
 NATIVE_ARGS = "--cb_explore_adf --squarecb -q ca -q da --cubic dca -b 18"
 
 
-def _em_of_cost(cost: float) -> float:
-    """P(EM) = sigmoid(−cost) from the EM head's cost (−margin): the one mapping of single and batched predictions."""
-    return 1.0 / (1.0 + math.exp(max(min(cost, 30.0), -30.0)))
-
-
 def _em_of_costs(cost: np.ndarray) -> np.ndarray:
-    """:func:`_em_of_cost` of every element, the same floats: numpy does the exactly rounded steps
-    (clipping, ``1 / (1 + e)``) and ``math.exp`` the exponential (``np.exp`` may round differently)."""
-    arg = np.maximum(np.minimum(cost, 30.0), -30.0)
+    """P(EM) = sigmoid(−cost) of every element of the EM head's costs (−margin), clipped to ±30.
+
+    numpy does the exactly rounded steps (clipping, ``1 / (1 + e)``) and
+    ``math.exp`` the exponential, so a float is the same whichever batch it
+    is computed in (``np.exp`` may round differently from one call to another).
+    """
+    arg = np.maximum(np.minimum(np.asarray(cost, dtype=np.float64), 30.0), -30.0)
     e = np.fromiter(map(math.exp, arg.ravel().tolist()), dtype=np.float64, count=arg.size).reshape(arg.shape)
     return 1.0 / (1.0 + e)
 
@@ -178,14 +177,15 @@ class HeadsPolicy(Policy):
         self.tokens = VWHead(args["tokens"], blobs.get("tokens"))
         # one parse of the context for both heads (when they parse alike, as the defaults do)
         same = self.em.parse_key() == self.tokens.parse_key()
-        self._scorer = ContextScorer([self.em, self.tokens], self.arm_lines) if same else None
+        self._scorer = ContextScorer([self.em, self.tokens], self.arm_lines) if same and vw.FAST_PATH else None
 
     def predict_heads(self, shared: str) -> tuple[np.ndarray, np.ndarray]:
-        em, tok = self._heads([shared, *self.arm_lines])
-        return np.asarray(em), np.asarray(tok) * self.token_scale
+        """(P(EM) (K,), expected tokens (K,)) of one context line: the batch of one."""
+        em, tok = self.predict_heads_batch([shared])
+        return em[0], tok[0]
 
     def predict_heads_batch(self, shared: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """``predict_heads`` of every line, as (n, K) arrays: the same floats, row by row.
+        """(P(EM), expected tokens) of every line, as (n, K) arrays.
 
         Identical lines are scored once (logged contexts repeat); both heads
         score one parse of each line (:func:`~stopbandit.bandit.vw.predict_batch`).
@@ -208,13 +208,13 @@ class HeadsPolicy(Policy):
             cost_em, cost_tok = self._scorer.predict(lines[0])
         else:
             cost_em, cost_tok = self.em.predict(lines), self.tokens.predict(lines)
-        em = [_em_of_cost(c) for c in cost_em]
+        em = _em_of_costs(cost_em).tolist()
         tok = [c if c > 0.0 else 0.0 for c in cost_tok]
         return em, tok
 
     def _decide(self, lines: list[str], lam: float) -> tuple[list[float], list[float]]:
-        em, tok = self._heads(lines)
-        scores = [e - lam * t for e, t in zip(em, tok)]
+        em, tok = self._heads(lines)  # tokens already in units of token_scale
+        scores = [reward(e, t, lam, 1.0) for e, t in zip(em, tok)]
         return self.exploration.probabilities(scores, self.t, self.trace_share), scores
 
     def _labels(self, arm: int, em: float, tokens: float, weight: float = 1.0) -> list[tuple[int, int, str]]:
@@ -305,6 +305,48 @@ class NativePolicy(Policy):
 POLICIES: dict[str, type[Policy]] = {HeadsPolicy.name: HeadsPolicy, NativePolicy.name: NativePolicy}
 
 
+class FrozenPolicy(Policy):
+    """Decides exactly like the policy it wraps and never learns.
+
+    For a Selector opened with ``learn=False``: a challenger serving a
+    candidate snapshot logs its decisions and outcomes like any Selector, but
+    the candidate must stay what was evaluated (and what ``ab promote`` ships).
+    """
+
+    def __init__(self, inner: Policy) -> None:
+        super().__init__(inner.arms, inner.exploration, inner.token_scale)
+        self.inner = inner
+        self.name = inner.name  # type: ignore[misc]
+        self.t = inner.t
+        self.trace_share = inner.trace_share
+
+    def _decide(self, lines: list[str], lam: float) -> tuple[list[float], list[float]]:
+        return self.inner._decide(lines, lam)
+
+    def learn(self, shared: str, arm: int, em: float, tokens: int, prob: float, lam: float, *,
+              weight: float = 1.0) -> None:
+        return None
+
+    def learn_revealed(self, shared: str, outcomes: Mapping[int, tuple[float, int]], logged: int,
+                       prob: float, lam: float, *, weights: Mapping[int, float] | None = None) -> None:
+        return None
+
+    def predict_heads(self, shared: str) -> tuple[np.ndarray, np.ndarray]:
+        return self.inner.predict_heads(shared)
+
+    def predict_heads_batch(self, shared: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        return self.inner.predict_heads_batch(shared)
+
+    def blobs(self) -> dict[str, bytes]:
+        return self.inner.blobs()
+
+    def vw_args(self) -> dict[str, str]:
+        return self.inner.vw_args()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 def make_policy(name: str, arms: ArmSet, exploration: Exploration, token_scale: float,
                 blobs: Mapping[str, bytes] | None = None, args: Mapping[str, str] | None = None) -> Policy:
     if name not in POLICIES:
@@ -316,6 +358,6 @@ def policy_state(policy: Policy) -> dict[str, Any]:
     return {"t": policy.t}
 
 
-__all__ = ["HeadsPolicy", "NativePolicy", "POLICIES", "Policy", "REVEALED_WEIGHTINGS", "make_policy",
+__all__ = ["FrozenPolicy", "HeadsPolicy", "NativePolicy", "POLICIES", "Policy", "REVEALED_WEIGHTINGS", "make_policy",
            "observation_weights"]
 

@@ -9,11 +9,13 @@ effect on the next request and offline sweeps reuse the same heads.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from stopbandit.errors import ConfigError
 
 
-def reward(em: float, tokens: float, lam: float, token_scale: float) -> float:
+def reward(em: Any, tokens: Any, lam: float, token_scale: float) -> Any:
+    """``em − lam · tokens / token_scale`` of numbers or arrays: the one scoring rule of serving and replay."""
     return em - lam * tokens / token_scale
 
 

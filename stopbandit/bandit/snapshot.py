@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from stopbandit import __version__
+from stopbandit._version import __version__
 from stopbandit.bandit.arms import ArmSet
 from stopbandit.bandit.exploration import Exploration, exploration_from_config
 from stopbandit.bandit.policy import EM_ARGS, NATIVE_ARGS, TOKEN_ARGS, Policy, make_policy
@@ -58,6 +58,16 @@ def check_vw_args(meta: Mapping[str, Any]) -> None:
             if not tok.startswith("-") and not _SAFE_VW_VALUE.match(tok):
                 raise SnapshotError(f"snapshot {version!r}: VW argument value {tok!r} (head {head!r}) is not "
                                     f"allowed in a stored snapshot; refused")
+
+
+def check_snapshot_meta(meta: Mapping[str, Any], token_scale: float) -> None:
+    """Refuse stored metadata that would make VW do more than load a model, or that does not fit."""
+    version = meta.get("version", "?") if isinstance(meta, Mapping) else "?"
+    check_vw_args(meta)
+    stored_scale = meta.get("token_scale")
+    if isinstance(stored_scale, bool) or not isinstance(stored_scale, (int, float)) or stored_scale != token_scale:
+        raise SnapshotError(f"snapshot {version!r} does not fit this selector: token_scale: snapshot has "
+                            f"{stored_scale!r}, selector has {token_scale!r}")
 
 
 def new_version(prefix: str = "v") -> str:
@@ -149,4 +159,4 @@ def unpack(model: bytes, meta: Mapping[str, Any], checksum: str, *, arms: ArmSet
         raise SnapshotError(f"snapshot metadata is malformed: {exc}") from exc
 
 
-__all__ = ["PackedSnapshot", "check_vw_args", "compute_checksum", "differences", "new_version", "pack", "unpack", "verify"]
+__all__ = ["PackedSnapshot", "check_snapshot_meta", "check_vw_args", "compute_checksum", "differences", "new_version", "pack", "unpack", "verify"]

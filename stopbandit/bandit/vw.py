@@ -13,6 +13,16 @@ Categorical values are percent-encoded on exactly those characters (and
 ``%`` itself; other Unicode whitespace as ``%XX`` or ``%uXXXX``), which is
 injective, so a hostile string can neither add a feature nor change another
 one's value.
+
+Two paths to VW. The fast one parses text once and drives VW's extension
+directly (``Workspace._parse``, ``pylibvw.vw.predict_multi``/``learn_multi``,
+``_finish_example_multi_ex``): the public ``Workspace.predict``/``learn`` wrap
+every line in a Python ``Example``, which costs several times the prediction
+on the serving path. Those names are private to VW, so :data:`FAST_PATH` is
+decided once at import: if any of them is missing (a VW release that renamed
+them), every call takes the public ``Workspace.predict``/``learn`` instead --
+the same predictions and the same learning, only slower
+(``tests/bandit/test_vw_public_path.py``).
 """
 
 from __future__ import annotations
@@ -39,6 +49,11 @@ _UNSAFE = {"%": "%25", "|": "%7C", ":": "%3A", " ": "%20", "\t": "%09", "\n": "%
            "\x0b": "%0B", "\x0c": "%0C", "'": "%27"}
 _TRANS = str.maketrans(_UNSAFE)
 _T = TypeVar("_T")
+
+FAST_PATH = (hasattr(vowpalwabbit.Workspace, "_parse")
+             and all(hasattr(pylibvw.vw, name) for name in ("predict_multi", "learn_multi",
+                                                            "_finish_example_multi_ex")))
+"""Whether VW's private parse/predict/finish entry points are there (else the public API serves)."""
 
 
 @functools.lru_cache(maxsize=4096)
@@ -153,6 +168,8 @@ class VWHead:
         wrappers, which cost ~4× the prediction itself on the serving path;
         ``tests/bandit/test_policy.py`` checks both paths agree.
         """
+        if not FAST_PATH:
+            return self.predict_slow(lines)
         text = "\n".join(lines)
         with self._lock:
             ws = self._ws
@@ -164,6 +181,10 @@ class VWHead:
                 pylibvw.vw._finish_example_multi_ex(ws, raw)
 
     def learn(self, lines: list[str]) -> None:
+        if not FAST_PATH:
+            with self._lock:
+                self._ws.learn(list(lines))
+            return
         text = "\n".join(lines)
         with self._lock:
             ws = self._ws
@@ -194,7 +215,7 @@ class VWHead:
     def predict_slow(self, lines: list[str]) -> list[float]:
         """The same prediction through VW's public ``Workspace.predict`` (reference path)."""
         with self._lock:
-            return self._ws.predict(lines)
+            return list(self._ws.predict(list(lines)))
 
     def to_bytes(self) -> bytes:
         fd, path = tempfile.mkstemp(suffix=".vw")
@@ -352,6 +373,12 @@ def predict_batch(heads: Sequence[VWHead], shared: Sequence[str], actions: Seque
         return outs
     if k == 0:
         raise InputError("predict_batch needs at least one action line")
+    if not FAST_PATH:  # the public API, one example at a time
+        for j, head in enumerate(heads):
+            for i, line in enumerate(shared):
+                _check_shared(line)
+                outs[j][i] = head.predict([line, *actions])
+        return outs
     groups: dict[str, list[int]] = {}
     for j, head in enumerate(heads):
         groups.setdefault(head.parse_key(), []).append(j)

@@ -1,6 +1,6 @@
 """Online control of a serving Selector: λ controller, holdout guardrail, champion/challenger, metrics.
 
-:class:`ControlledSelector` wraps a :class:`~stopbandit.bandit.selector.Selector`
+:class:`ControlledSelector` wraps a :class:`~stopbandit.serving.selector.Selector`
 (same ``choose``/``reward``) and adds, each in its own module:
 
 * :mod:`~stopbandit.control.controller`: dual ascent / PI on λ toward a token

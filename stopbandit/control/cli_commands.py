@@ -14,7 +14,7 @@ and exit 2.
   offline, from the replay log. The snapshot's heads define one policy per λ
   (played with its exploration rule, as served; ``--greedy`` for greedy); each
   is evaluated off-policy (graph-DR when the log has probe traces, else DR)
-  with the streaming sweep of :func:`stopbandit.replay.cli_commands.sweep_log`,
+  with the streaming sweep of :func:`stopbandit.replay.evaluation.sweep_log`,
   and :func:`stopbandit.replay.sweep.pick_lambda` picks the λ that meets the
   target (``--conservative``: judged by the interval bounds). ``--apply`` sets it,
   with the prediction in the stored reason.
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import getpass
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -33,6 +33,9 @@ from stopbandit.clikit import DB_HELP, console, table
 from stopbandit.clikit import emit_json as _emit_json
 from stopbandit.clikit import user_errors as _user_errors
 from stopbandit.errors import ConfigError, InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from stopbandit.replay.options import ReplayOptions
 
 
 def _store(url: str | None):
@@ -149,16 +152,18 @@ def _pick_target(token_budget: float | None, em_floor: float | None) -> tuple[st
 
 def target_lambda(store: Any, *, token_budget: float | None = None, em_floor: float | None = None,
                   lambdas: str = "0:1:0.05", snapshot: str = "latest", estimator: str = "auto",
-                  explore: bool = True, conservative: bool = False, since: float | None = None,
-                  until: float | None = None, alpha: float = 0.05) -> dict[str, Any]:
+                  explore: bool = True, conservative: bool = False,
+                  options: ReplayOptions | None = None) -> dict[str, Any]:
     """The offline λ for a target: sweep the snapshot's policy over ``lambdas`` on the log and pick.
 
-    Returns a JSON-ready dict: the target, every sweep point (EM, tokens,
-    reward with intervals), the picked λ (None when no point meets the target)
-    and its prediction.
+    ``options``: the events swept and the interval level (default: every ``ok``
+    event, 95 % intervals; no progress bar). Returns a JSON-ready dict: the
+    target, every sweep point (EM, tokens, reward with intervals), the picked
+    λ (None when no point meets the target) and its prediction.
     """
     from stopbandit.replay.candidates import HeadsModel, resolve_arms, snapshot_meta
-    from stopbandit.replay.cli_commands import has_traces, sweep_log
+    from stopbandit.replay.evaluation import has_traces, sweep_log
+    from stopbandit.replay.options import ReplayOptions
     from stopbandit.replay.ope import ESTIMATORS
     from stopbandit.replay.sweep import parse_lambdas, pick_lambda
 
@@ -176,8 +181,9 @@ def target_lambda(store: Any, *, token_budget: float | None = None, em_floor: fl
     arms, _ = resolve_arms(None, meta)
     model = HeadsModel.load(store, snapshot, arms)
     try:
+        options = options if options is not None else ReplayOptions(progress=False)
         res = sweep_log(store, arms, model, lams, estimator=est, token_scale=model.token_scale, explore=explore,
-                        since=since, until=until, alpha=alpha, progress=False)
+                        options=options)
     finally:
         model.close()
     picked = pick_lambda(res.points, token_budget=value if kind == "token_budget" else None,
@@ -186,7 +192,7 @@ def target_lambda(store: Any, *, token_budget: float | None = None, em_floor: fl
     return {
         "target": {"kind": kind, "value": value, "conservative": conservative},
         "snapshot": model.version, "estimator": res.estimator, "mode": "explore" if explore else "greedy",
-        "events": res.counts.used, "alpha": alpha,
+        "events": res.counts.used, "alpha": options.alpha,
         "points": [{"lam": p.lam, "em": p.em.to_dict(), "tokens": p.tokens.to_dict(), "reward": p.reward.to_dict()}
                    for p in res.points],
         "picked": None if point is None else {
@@ -227,15 +233,16 @@ def _target_reason(out: dict[str, Any], extra: str | None) -> str:
 def lambda_target(token_budget, em_floor, lambdas, snapshot, estimator, greedy, conservative, since, until, alpha,
                   apply_, reason, who, url, as_json) -> None:
     """Pick, from the replay log, the λ that meets a token budget or an EM floor (offline)."""
-    from stopbandit.replay.logged import parse_time
+    from stopbandit.replay.options import ReplayOptions
+    from stopbandit.replay.times import parse_time
 
     _pick_target(token_budget, em_floor)
     s, u = parse_time(since, field="--since"), parse_time(until, field="--until")
     store = _store(url)
     try:
         out = target_lambda(store, token_budget=token_budget, em_floor=em_floor, lambdas=lambdas, snapshot=snapshot,
-                            estimator=estimator, explore=not greedy, conservative=conservative, since=s, until=u,
-                            alpha=alpha)
+                            estimator=estimator, explore=not greedy, conservative=conservative,
+                            options=ReplayOptions(since=s, until=u, alpha=alpha, progress=False))
         if out["picked"] is None:
             pts = out["points"]
             t = out["target"]

@@ -31,11 +31,10 @@ Setpoints sit on the safe side of the target: ``B* = B − margin`` (default
 margin 0) and ``F* = F + margin``. The floor's default margin is
 ``3·sqrt(F(1−F)/2000)``: three standard errors of the EM of a 2,000-request
 window, so that no 2,000-request window falls below the floor by more than a
-point (the acceptance measure of ``benchmarks/lambda_control.py``). With two
-standard errors one run in twelve had a window 0.1 point under ``F − 1 pt``
-(inside the noise: an EM held exactly at that setpoint misses on 12–17.5 % of
-runs); three cost 3.3–4.9 % more tokens and missed in none
-(docs/benchmarks.md, issue 8, "Floor margin"). Pass ``margin`` to trade back.
+point (the acceptance measure of ``benchmarks/lambda_control.py``): an EM held
+exactly at a closer setpoint misses that often by noise alone. The price is a
+few per cent more tokens (``docs/benchmarks.md``, "Floor margin"). Pass
+``margin`` to trade back.
 
 Model-based feed-forward (``feedforward=True``; :mod:`stopbandit.control.feedforward`).
 The serving wrapper passes the policy's predicted response to λ over its last
@@ -98,6 +97,7 @@ from typing import TYPE_CHECKING
 
 from stopbandit.control.mix import MixTracker
 from stopbandit.errors import ConfigError, require_positive_ints
+from stopbandit import validation
 
 if TYPE_CHECKING:  # the controller stays a pure object: no VW import for a type
     from stopbandit.control.feedforward import Response
@@ -110,10 +110,10 @@ Measured on the simulator: mean tokens fall by ~1.1 % and EM by ~0.4 % per
 0.01 of λ around λ≈0.3–0.5, so a relative error of ``e`` is closed by
 ``Δλ ≈ 0.9·e`` (budget) or ``≈ 2.7·e`` (floor); the defaults close about a
 third of it per step, which keeps the batch noise (±15 % tokens, ±7 % EM at
-100 outcomes) from moving λ much. The default ``interval`` is 100 outcomes
-(200 before issue 8): a domain-mix shift is absorbed in about half as many
-requests, and the 2,000-request windows the targets are judged on got no
-noisier (docs/benchmarks.md, issue 8).
+100 outcomes) from moving λ much. The default ``interval`` is 100 outcomes:
+short enough that a domain-mix shift is absorbed within the 2,000-request
+windows the targets are judged on, long enough that those windows stay as
+quiet as with longer intervals (``docs/benchmarks.md``, "λ control").
 """
 DEFAULT_MIX_GAIN = {"token_budget": 0.9, "em_floor": 2.5}
 """λ per unit relative mix error, by target kind: the inverse of the sensitivities quoted for :data:`DEFAULT_KI`.
@@ -128,9 +128,7 @@ FLOOR_MARGIN_Z = 3.0
 
 
 def _number(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
+    return validation.number(value, name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,16 +204,15 @@ class ControllerConfig:
     reason. ``max_step``: bound of ``|Δλ|`` per step. ``min_step``: smaller
     moves are skipped. ``lam_min``/``lam_max``: the clamp.
 
-    Model-based feed-forward (off by default; measured in docs/benchmarks.md,
-    issue 8, with ``interval=100``): ``feedforward`` turns it on,
+    Model-based feed-forward (off by default): ``feedforward`` turns it on,
     ``contexts`` policy-served contexts define the traffic mix it solves for,
     ``calibration`` rewarded contexts calibrate the heads per domain,
     ``bias_gain`` smooths the model's remaining relative bias, ``trust`` is
     the largest bias it still steers with, and the first ``model_warmup``
     outcomes use the PI step.
 
-    Domain-mix feed-forward (on by default since issue 8's shift runs;
-    :mod:`stopbandit.control.mix`): ``mix_feedforward`` turns it on, ``mix_recent`` outcomes define the
+    Domain-mix feed-forward (on by default: it absorbs a shift of the traffic
+    mix at once; :mod:`stopbandit.control.mix`): ``mix_feedforward`` turns it on, ``mix_recent`` outcomes define the
     recent mix, ``mix_gain`` (None: :data:`DEFAULT_MIX_GAIN`) is λ per unit
     relative mix error, and a domain needs ``mix_min_n`` outcomes in the
     window for a mean of its own. ``mix_gate``: the feed-forward stays silent

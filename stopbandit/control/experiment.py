@@ -47,19 +47,18 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any
 
-from sqlalchemy import func, select
 
 from stopbandit.bandit.exploration import exploration_from_config
 from stopbandit.bandit.policy import Policy
-from stopbandit.bandit.selector import FORCED_TAG, Selector
 from stopbandit.bandit.snapshot import compute_checksum, new_version, unpack, verify
 from stopbandit.bandit.vw import shared_line
 from stopbandit.errors import ConfigError, InputError
 from stopbandit.features.extract import FeatureExtractor
-from stopbandit.replay.store import DECISIONS, ReplayStore, StoredSnapshot
+from stopbandit.replay.store import ReplayStore, StoredSnapshot
+from stopbandit.serving.selector import FORCED_TAG, Selector
 
 GROUPS = ("champion", "challenger", "holdout")
-GUARDRAIL_TAG = "guardrail"  # Selector.choose(tag=...) of a guardrail fallback
+GUARDRAIL_TAG = "guardrail"  # Selector.choose_forced(tag=...) of a guardrail fallback
 HOLDOUT_TAG = "holdout"  # ... and of a holdout decision
 FORCED_PREFIX = GUARDRAIL_TAG + "/"
 HOLDOUT_PREFIX = HOLDOUT_TAG + "/"
@@ -259,21 +258,13 @@ class ABReport:
 
 def latest_challenger(store: ReplayStore) -> str | None:
     """The snapshot version of the most recent challenger decision, or None when there is none."""
-    q = (select(DECISIONS.c.policy_version).where(DECISIONS.c.experiment == "challenger")
-         .order_by(DECISIONS.c.id.desc()).limit(1))
-    with store.engine.connect() as conn:
-        v = conn.execute(q).scalar()
+    v = store.latest_experiment_version("challenger")
     return base_version(v) if v is not None else None
 
 
 def challenger_period(store: ReplayStore, version: str) -> tuple[float, float, int]:
     """(first ts, last ts, decisions) of the challenger decisions of ``version`` (forced ones included)."""
-    versions = [version, tagged_version(FORCED_PREFIX, version)]
-    q = (select(func.min(DECISIONS.c.ts), func.max(DECISIONS.c.ts), func.count())
-         .where(DECISIONS.c.experiment == "challenger", DECISIONS.c.policy_version.in_(versions)))
-    with store.engine.connect() as conn:
-        lo, hi, n = conn.execute(q).one()
-    return (float(lo) if lo is not None else math.nan, float(hi) if hi is not None else math.nan, int(n))
+    return store.experiment_period("challenger", [version, tagged_version(FORCED_PREFIX, version)])
 
 
 def ab_report(store: ReplayStore, *, challenger: str | None = None, lam: float | None = None,

@@ -62,20 +62,14 @@ from dataclasses import dataclass
 from statistics import NormalDist
 
 from stopbandit.errors import ConfigError, require_positive_ints
+from stopbandit import validation
 
 UNKNOWN_DOMAIN = "unknown"
 STATES = ("ok", "fallback")
 
 
 def _unit(name: str, value: object, *, low_open: bool = False, high_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"guardrail.{name} must be a finite number, got {value!r}")
-    v = float(value)
-    ok = (v > 0 if low_open else v >= 0) and (v < 1 if high_open else v <= 1)
-    if not ok:
-        interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
-        raise ConfigError(f"guardrail.{name} must be in {interval}, got {value!r}")
-    return v
+    return validation.number(value, f"guardrail.{name}", low=0.0, high=1.0, low_open=low_open, high_open=high_open)
 
 
 @dataclass(frozen=True, slots=True)

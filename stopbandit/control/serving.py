@@ -1,13 +1,13 @@
-"""``ControlledSelector``: a :class:`~stopbandit.bandit.selector.Selector` with λ control, guardrail and A/B.
+"""``ControlledSelector``: a :class:`~stopbandit.serving.selector.Selector` with λ control, guardrail and A/B.
 
 Composition, not inheritance: the wrapper holds a serving Selector and has
 the same ``choose``/``reward`` signatures (``choose`` always returns a
-:class:`~stopbandit.bandit.selector.Decision`, ``reward`` returns None). Per
+:class:`~stopbandit.serving.selector.Decision`, ``reward`` returns None). Per
 request it draws one uniform and routes:
 
 * ``holdout`` (``guardrail.holdout_share``): the most lenient arm
   (``ArmSet.most_conservative()``, full reasoning), through
-  ``Selector.choose(force_arm=…, experiment="holdout", tag="holdout")``:
+  ``Selector.choose_forced(arm=…, experiment="holdout", tag="holdout")``:
   probabilities one-hot, propensity 1, ``policy_version`` ``holdout/<version>``;
 * ``challenger`` (``challenger_share``): a second Selector serving the
   candidate snapshot (:func:`~stopbandit.control.experiment.open_challenger`:
@@ -16,7 +16,7 @@ request it draws one uniform and routes:
 * otherwise the champion: ``Selector.choose`` itself (``experiment='champion'``).
 
 If the guardrail (when it enforces) has the request's domain in fallback, a champion or
-challenger request gets the full arm instead (``force_arm``, propensity 1, its group kept,
+challenger request gets the full arm instead (a forced arm, propensity 1, its group kept,
 ``policy_version`` prefixed ``guardrail/``), except ``probe_share`` of the
 champion's requests, which the policy keeps serving so recovery is observable.
 
@@ -44,20 +44,22 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stopbandit.bandit.selector import Decision, Health, Selector
+from stopbandit import validation
 from stopbandit.bandit.trace import ProbeTrace, revealed_outcomes
 from stopbandit.bandit.vw import shared_line
 from stopbandit.control.controller import ControllerState, LambdaController, Target
 from stopbandit.control.experiment import GUARDRAIL_TAG, HOLDOUT_TAG, Challenger, open_challenger
 from stopbandit.control.feedforward import ContextWindow
 from stopbandit.control.guardrail import DomainStatus, Guardrail, GuardrailConfig, Transition
-from stopbandit.control.metrics import ControlMetrics, MetricsServer
 from stopbandit.errors import ConfigError, InputError, StopbanditError
-from stopbandit.replay.validate import check_key
+from stopbandit.serving.selector import Decision, Health, Selector
+
+if TYPE_CHECKING:  # pragma: no cover
+    from stopbandit.control.metrics import ControlMetrics, MetricsServer
 
 log = logging.getLogger("stopbandit.control")
 
@@ -98,9 +100,36 @@ class ControlHealth:
     challenger_selector: Health | None = None  # the challenger Selector's own store/writer health
 
 
-def _check_text(value: str, what: str) -> None:
-    if "\x00" in value:
-        raise InputError(f"{what} must not contain NUL characters, got {value[:80]!r}")
+class _NoMetrics:
+    """What a ControlledSelector records into when prometheus_client (the ``metrics`` extra) is not installed."""
+
+    def watch(self, source: Any) -> None:
+        return None
+
+    def on_decision(self, experiment: str, route: str, arm: str, domain: str | None) -> None:
+        return None
+
+    def on_outcome(self, experiment: str, arm: str, domain: str | None, em: float, tokens: float) -> None:
+        return None
+
+    def on_transition(self, domain: str, to: str) -> None:
+        return None
+
+    def serve(self, port: int = 0, addr: str = "127.0.0.1") -> Any:
+        raise ConfigError("metrics need prometheus_client: pip install 'stopbandit[metrics]'")
+
+
+def _metrics_class() -> type:
+    try:
+        from stopbandit.control.metrics import ControlMetrics
+    except ImportError:  # the optional ``metrics`` extra
+        return _NoMetrics
+    return ControlMetrics
+
+
+def _default_metrics() -> Any:
+    cls = _metrics_class()
+    return cls()
 
 
 class ControlledSelector:
@@ -167,8 +196,8 @@ class ControlledSelector:
             challenger = challenger.version
         if challenger is not None and not isinstance(challenger, str):
             raise ConfigError(f"challenger must be a snapshot version or a Challenger, got {type(challenger).__name__}")
-        metrics = ControlMetrics() if metrics is None else metrics
-        if not isinstance(metrics, ControlMetrics):
+        metrics = _default_metrics() if metrics is None else metrics
+        if not isinstance(metrics, (_NoMetrics, _metrics_class())):
             raise ConfigError(f"metrics must be a ControlMetrics or None, got {type(metrics).__name__}")
         self.selector = selector
         self.arms = selector.arms
@@ -258,8 +287,7 @@ class ControlledSelector:
         sel = self.selector
         key = None
         if request_id is not None:
-            key = check_key(request_id)
-            _check_text(key, "request_id")
+            key = validation.identifier(request_id, "request_id")
             if key in self._meta:
                 raise InputError(f"request_id {key!r} was already used for a decision; ids must be unique")
         if self._challenger_active:
@@ -279,11 +307,13 @@ class ControlledSelector:
                 route = "fallback"
         by_challenger = group == "challenger" and self.challenger is not None
         target = self.challenger if by_challenger else sel
-        if route in ("policy", "challenger"):
-            d = target.choose(prompt, domain=domain, request_id=key, features=features, experiment=group)
+        if route == "policy" and group == "champion":
+            d = target.choose(prompt, domain=domain, request_id=key, features=features)
+        elif route in ("policy", "challenger"):
+            d = target.choose_forced(prompt, domain=domain, request_id=key, features=features, experiment=group)
         else:
-            d = target.choose(prompt, domain=domain, request_id=key, features=features, force_arm=self._full_arm,
-                              experiment=group, tag=HOLDOUT_TAG if route == "holdout" else GUARDRAIL_TAG)
+            d = target.choose_forced(prompt, domain=domain, request_id=key, features=features, arm=self._full_arm,
+                                     experiment=group, tag=HOLDOUT_TAG if route == "holdout" else GUARDRAIL_TAG)
         shadow = None
         if route in ("holdout", "fallback"):  # the champion's own choice on this request, for the paired test
             shadow, _ = sel.policy.decide(shared_line(d.features), d.lam)
@@ -411,7 +441,7 @@ class ControlledSelector:
             challenger_selector=self.challenger.health() if self.challenger is not None else None,
         )
 
-    def serve_metrics(self, port: int = 0, addr: str = "127.0.0.1") -> MetricsServer:
+    def serve_metrics(self, port: int = 0, addr: str = "127.0.0.1") -> Any:
         """Expose this wrapper's metrics over HTTP (closed with the wrapper)."""
         server = self.metrics.serve(port, addr)
         self._servers.append(server)

@@ -89,7 +89,7 @@ def make_selector_chooser(arms: ArmSet, config_path: Path | None) -> tuple[Choos
     prompt is rewarded with its real token count (probe tokens included), its EM when the
     prompt file has a reference, and its probe trace, so every stricter arm is learned too.
     """
-    from stopbandit.bandit.selector import Selector
+    from stopbandit.serving.selector import Selector
 
     selector = Selector.open(arms=arms, follow=False)
     issued: list[str] = []

@@ -33,7 +33,7 @@ from stopbandit.bandit.policy import HeadsPolicy, Policy
 from stopbandit.bandit.snapshot import unpack
 from stopbandit.bandit.vw import shared_lines
 from stopbandit.errors import ConfigError, SnapshotError
-from stopbandit.replay.logged import EventBatch
+from stopbandit.replay.logreader import EventBatch
 from stopbandit.replay.store import ReplayStore
 from stopbandit.replay.sweep import greedy_probs, lenience_rank, policy_scores
 

@@ -2,9 +2,9 @@
 
 The click group :data:`replay` is registered on the main CLI with
 ``main.add_command(replay)``. The work behind ``evaluate`` and ``sweep`` is in
-the plain functions :func:`evaluate` and :func:`sweep_log` (benchmarks and
-notebooks call them in-process); the commands only resolve options, call
-them and print.
+the library functions :func:`stopbandit.replay.evaluation.evaluate` and
+:func:`~stopbandit.replay.evaluation.sweep_log`; the commands only resolve
+options, call them and print.
 
 Resolution of what a command evaluates with:
 
@@ -20,7 +20,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -31,226 +31,23 @@ from stopbandit.clikit import emit_json as _emit_json
 from stopbandit.clikit import user_errors as _user_errors
 from stopbandit.errors import ConfigError, InputError
 from stopbandit.replay.candidates import (
-    Candidate,
     CandidateContext,
-    FixedArm,
-    HeadsCandidate,
     HeadsModel,
-    LoggingCandidate,
     default_model,
     make_candidate,
     resolve_arms,
     resolve_lambda,
     snapshot_meta,
 )
-from stopbandit.replay.logged import (
-    DEFAULT_CHUNK,
-    LogCounts,
-    LogReader,
-    Target,
-    export_events,
-    import_events,
-    iso_time,
-    parse_time,
-    require_events,
-    run_targets,
-)
-from stopbandit.replay.ope import ESTIMATORS, IPS, Estimate, Estimator, Metric, make_estimator, reveal_matrix
-from stopbandit.replay.store import OUTCOMES, ReplayStore, _guard
+from stopbandit.replay.evaluation import evaluate, has_traces, parse_estimators, sweep_log
+from stopbandit.replay.interchange import export_events, import_events
+from stopbandit.replay.logreader import LogCounts, require_events
+from stopbandit.replay.ope import ESTIMATORS, Estimate
+from stopbandit.replay.options import DEFAULT_CHUNK, ReplayOptions
+from stopbandit.replay.store import ReplayStore
+from stopbandit.replay.times import iso_time, parse_time
 
-DEFAULT_ESTIMATORS = ("ips", "snips", "dr", "dm")
-GRAPH_ESTIMATORS = ("graph-ips", "graph-dr", "graph-chain-dr")
 METRIC_TITLES = {"em": "EM", "tokens": "tokens", "reward": "reward"}
-
-
-# --------------------------------------------------------------------------- in-process API
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """What ``replay evaluate`` computes (``estimates[estimator][metric]``, metric em/tokens/reward)."""
-
-    policy: dict[str, Any]
-    lam: float
-    token_scale: float
-    arms: tuple[str, ...]
-    estimates: dict[str, dict[str, Estimate]]
-    logging: dict[str, Estimate]
-    counts: LogCounts
-    skipped: dict[str, str]
-    model: str | None
-    seconds: float
-    jobs: int = 1
-    notes: dict[str, str] = field(default_factory=dict)
-
-    def warnings(self) -> list[str]:
-        out = list(self.counts.warnings())
-        for name, reason in self.skipped.items():
-            out.append(f"SKIPPED {name}: {reason}")
-        for by_metric in self.estimates.values():
-            seen: list[str] = []
-            for est in by_metric.values():
-                for w in est.warnings:
-                    if w not in seen:
-                        seen.append(w)
-            label = next(iter(by_metric.values())).estimator
-            out.extend(f"[{label}] {w}" for w in seen)
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "policy": self.policy, "lam": self.lam, "token_scale": self.token_scale, "arms": list(self.arms),
-            "model": self.model, "counts": self.counts.to_dict(),
-            "estimates": {e: {m: est.to_dict() for m, est in ms.items()} for e, ms in self.estimates.items()},
-            "logging": {m: est.to_dict() for m, est in self.logging.items()},
-            "skipped": self.skipped, "warnings": self.warnings(), "seconds": round(self.seconds, 3),
-            "jobs": self.jobs,
-            **({"notes": self.notes} if self.notes else {}),
-        }
-
-
-def parse_estimators(spec: str | Sequence[str], *, traced: bool) -> list[str]:
-    """Estimator names from ``"ips,snips,dr"``; ``auto`` = ips,snips,dr,dm plus graph-ips,graph-dr when traced."""
-    items = [s.strip().lower() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
-    if not items:
-        raise ConfigError("estimators is empty: name at least one of " + ", ".join(ESTIMATORS))
-    out: list[str] = []
-    for item in items:
-        if item == "auto":
-            out.extend(DEFAULT_ESTIMATORS + (GRAPH_ESTIMATORS if traced else ()))
-        elif item == "all":
-            out.extend(ESTIMATORS)
-        elif item in ESTIMATORS:
-            out.append(item)
-        else:
-            raise ConfigError(f"unknown estimator {item!r}; known estimators: {', '.join(ESTIMATORS)} (or auto, all)")
-    return list(dict.fromkeys(out))
-
-
-def has_traces(store: ReplayStore) -> bool:
-    """Whether any outcome carries a reference key (every traced, evaluable outcome has one)."""
-    from sqlalchemy import select
-
-    q = select(OUTCOMES.c.id).where(OUTCOMES.c.reference_key.is_not(None)).limit(1)
-    with _guard("has_traces", store.engine), store.engine.connect() as conn:
-        return conn.execute(q).first() is not None
-
-
-def evaluate(
-    store: ReplayStore,
-    arms: ArmSet,
-    candidate: Candidate,
-    estimators: Sequence[str],
-    *,
-    lam: float,
-    token_scale: float,
-    model: HeadsModel | None = None,
-    include: Sequence[str] = ("ok",),
-    since: float | None = None,
-    until: float | None = None,
-    alpha: float = 0.05,
-    chunk: int = DEFAULT_CHUNK,
-    progress: bool | None = None,
-    jobs: int | None = None,
-) -> Evaluation:
-    """Estimate ``candidate``'s EM, tokens and reward at ``lam`` with each estimator, in one streaming pass.
-
-    The logging policy's own (on-policy) value on the same events comes along
-    as the reference row. Memory is bounded by ``chunk``.
-    """
-    reveals = reveal_matrix(arms)
-    ests: dict[str, Estimator] = {name: make_estimator(name, reveals=reveals) for name in estimators}
-    metrics = (Metric("em"), Metric("tokens"), Metric("reward", lam, token_scale))
-    targets = [Target("candidate", candidate, ests, metrics),
-               Target("logging", LoggingCandidate(), {"on-policy": IPS()}, metrics)]
-    reader = LogReader(store, arms, include=include, since=since, until=until, chunk=chunk,
-                       traces=any(name.startswith("graph") for name in ests))
-    result = run_targets(reader, targets, model=model, alpha=alpha, progress=progress, jobs=jobs)
-    require_events(result.counts)
-    return Evaluation(
-        policy=candidate.describe(), lam=lam, token_scale=token_scale, arms=arms.names,
-        estimates=result.estimates.get("candidate", {}), logging=result.estimates["logging"]["on-policy"],
-        counts=result.counts, skipped=result.skipped, model=model.version if model is not None else None,
-        seconds=result.seconds, jobs=result.jobs,
-    )
-
-
-@dataclass(frozen=True)
-class SweepResult:
-    points: list[Any]  # SweepPoint
-    fixed: dict[str, tuple[Estimate, Estimate]]
-    logging: dict[str, Estimate]
-    counts: LogCounts
-    estimator: str
-    seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "estimator": self.estimator,
-            "points": [{"lam": p.lam, "em": p.em.to_dict(), "tokens": p.tokens.to_dict(), "reward": p.reward.to_dict()}
-                       for p in self.points],
-            "fixed_arms": {n: {"em": e.to_dict(), "tokens": t.to_dict()} for n, (e, t) in self.fixed.items()},
-            "logging": {m: est.to_dict() for m, est in self.logging.items()},
-            "counts": self.counts.to_dict(), "seconds": round(self.seconds, 3),
-        }
-
-
-def sweep_log(
-    store: ReplayStore,
-    arms: ArmSet,
-    model: HeadsModel,
-    lambdas: Sequence[float],
-    *,
-    estimator: str = "dr",
-    token_scale: float,
-    explore: bool = False,
-    include: Sequence[str] = ("ok",),
-    since: float | None = None,
-    until: float | None = None,
-    alpha: float = 0.05,
-    chunk: int = DEFAULT_CHUNK,
-    progress: bool | None = None,
-    jobs: int | None = None,
-) -> SweepResult:
-    """The heads' policy at every λ and every fixed arm, EM and mean tokens with intervals, in one pass.
-
-    The streaming counterpart of :func:`stopbandit.replay.sweep.sweep` and
-    :func:`~stopbandit.replay.sweep.fixed_arm_estimates` (same estimates;
-    the tests check it): the heads are asked once per chunk, every λ reuses them.
-    The most lenient arm is labelled "(full reasoning)".
-    """
-    from stopbandit.replay.sweep import SweepPoint
-
-    if not model.has_heads:
-        raise ConfigError(f"the sweep needs EM/token heads; snapshot {model.version!r} is a "
-                          f"{model.policy.name!r} policy without them")
-    est = make_estimator(estimator, reveals=reveal_matrix(arms))
-    targets = []
-    for lam in lambdas:
-        targets.append(Target(f"lam={lam!r}", HeadsCandidate(model=model, lam=lam, explore=explore),
-                              {estimator: est}, (Metric("em"), Metric("tokens"), Metric("reward", lam, token_scale))))
-    full = arms.most_conservative()
-    labels = {}
-    for k, arm in enumerate(arms):
-        label = f"{arm.name} (full reasoning)" if k == full else arm.name
-        labels[label] = f"arm:{arm.name}"
-        targets.append(Target(f"arm:{arm.name}", FixedArm(index=k, name=arm.name), {estimator: est},
-                              (Metric("em"), Metric("tokens"))))
-    targets.append(Target("logging", LoggingCandidate(), {"on-policy": IPS()},
-                          (Metric("em"), Metric("tokens"))))
-    reader = LogReader(store, arms, include=include, since=since, until=until, chunk=chunk,
-                       traces=estimator.startswith("graph"))
-    result = run_targets(reader, targets, model=model, alpha=alpha, progress=progress, jobs=jobs)
-    require_events(result.counts)
-    res = result.estimates
-    if estimator not in res.get(f"lam={lambdas[0]!r}", {}):
-        raise ConfigError(f"estimator {estimator!r} could not run: {result.skipped.get(estimator, 'no model')}")
-    points = []
-    for lam in lambdas:
-        r = res[f"lam={lam!r}"][estimator]
-        points.append(SweepPoint(lam, r["em"], r["tokens"], r["reward"]))
-    fixed = {label: (res[key][estimator]["em"], res[key][estimator]["tokens"]) for label, key in labels.items()}
-    return SweepResult(points, fixed, res["logging"]["on-policy"], result.counts, est.name, result.seconds)
 
 
 # --------------------------------------------------------------------------- CLI plumbing
@@ -379,9 +176,9 @@ def evaluate_cmd(url, config_path, include_defaulted, include_late, chunk, no_pr
     names = parse_estimators(estimators, traced=has_traces(s.store))
     cand = make_candidate(policy, CandidateContext(s.store, s.arms, s.lam, explore))
     model = default_model(s.store, s.arms, cand, model_version)
-    ev = evaluate(s.store, s.arms, cand, names, lam=s.lam, token_scale=s.token_scale, model=model,
-                  include=_include(include_defaulted, include_late), since=since_ts, until=until_ts, alpha=alpha,
-                  chunk=chunk, progress=False if no_progress else None, jobs=jobs)
+    options = ReplayOptions(include=_include(include_defaulted, include_late), since=since_ts, until=until_ts,
+                            alpha=alpha, chunk=chunk, progress=False if no_progress else None, jobs=jobs)
+    ev = evaluate(s.store, s.arms, cand, names, lam=s.lam, token_scale=s.token_scale, model=model, options=options)
     ev.notes.update({"arms_from": s.arms_source, "lam_from": s.lam_source})
     if as_json:
         _emit_json(ev.to_dict())
@@ -444,8 +241,9 @@ def train_cmd(url, config_path, include_defaulted, include_late, chunk, no_progr
         exploration, features = exploration_from_config(None), FeatureConfig().to_dict()
     report = train_and_evaluate(
         s.store, s.arms, exploration=exploration, lam=s.lam, token_scale=s.token_scale, feature_config=features,
-        split=split, include=_include(include_defaulted, include_late), importance_weighting=importance_weighting,
-        save=not dry_run, chunk=chunk, progress=False if no_progress else None, jobs=jobs,
+        split=split, importance_weighting=importance_weighting, save=not dry_run,
+        options=ReplayOptions(include=_include(include_defaulted, include_late), chunk=chunk,
+                              progress=False if no_progress else None, jobs=jobs),
         role="candidate" if candidate else "serving",
     )
     if as_json:
@@ -510,8 +308,8 @@ def sweep_cmd(url, config_path, include_defaulted, include_late, chunk, no_progr
         raise ConfigError(f"unknown estimator {estimator!r}; known estimators: {', '.join(ESTIMATORS)}")
     estimator = estimator.strip().lower()
     s = _setup(url, config_path, policy or "latest", None, token_scale)
-    include = _include(include_defaulted, include_late)
-    progress = False if no_progress else None
+    options = ReplayOptions(include=_include(include_defaulted, include_late), chunk=chunk,
+                            progress=False if no_progress else None, jobs=jobs)
     trained = None
     if policy is not None:
         if test_frac is not None or importance_weighting:
@@ -524,8 +322,8 @@ def sweep_cmd(url, config_path, include_defaulted, include_late, chunk, no_progr
         exploration = s.config.exploration if s.config is not None else exploration_from_config(
             s.meta.get("exploration") if s.meta else None)
         heads, stats = train_heads(s.store, s.arms, exploration=exploration, token_scale=s.token_scale,
-                                   until=split.cutoff, include=include, importance_weighting=importance_weighting,
-                                   chunk=chunk, progress=progress)
+                                   options=options.with_(until=split.cutoff, jobs=None),
+                                   importance_weighting=importance_weighting)
         if stats.learned == 0:
             heads.close()
             require_events(stats.counts, f"the training part (before {iso_time(split.cutoff)})")
@@ -534,8 +332,7 @@ def sweep_cmd(url, config_path, include_defaulted, include_late, chunk, no_progr
         trained = {"split": split.to_dict(), "train": stats.to_dict()}
     try:
         res = sweep_log(s.store, s.arms, model, lams, estimator=estimator, token_scale=s.token_scale,
-                        explore=explore, include=include, since=eval_since, chunk=chunk, progress=progress,
-                        jobs=jobs)
+                        explore=explore, options=options.with_(since=eval_since))
     finally:
         model.close()
     written = None
@@ -683,4 +480,4 @@ def import_cmd(path, url, config_path, fmt, on_error, as_json) -> None:
                          f"{first.message}); --on-error fail: nothing was written")
 
 
-__all__ = ["Evaluation", "SweepResult", "evaluate", "parse_estimators", "replay", "sweep_log"]
+__all__ = ["replay"]

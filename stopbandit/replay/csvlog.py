@@ -32,7 +32,8 @@ from typing import IO, Any
 
 from stopbandit.bandit.arms import ArmSet
 from stopbandit.errors import InputError, StopbanditError
-from stopbandit.replay.logged import LineError, ParsedEvent, decision_row, outcome_of, parse_time
+from stopbandit.replay.interchange import LineError, ParsedEvent, decision_row, outcome_of
+from stopbandit.replay.times import parse_time
 from stopbandit.replay.store import Event
 
 REQUIRED = ("request_id", "features", "domain", "arm", "propensity", "em", "tokens")

@@ -50,7 +50,8 @@ from typing import IO, Any
 
 from stopbandit.bandit.arms import ArmSet
 from stopbandit.errors import InputError, StopbanditError
-from stopbandit.replay.logged import LineError, ParsedEvent, decision_row, iso_time, outcome_of, parse_time
+from stopbandit.replay.interchange import LineError, ParsedEvent, decision_row, outcome_of
+from stopbandit.replay.times import iso_time, parse_time
 from stopbandit.replay.store import Event
 
 CUSTOM = "_stopbandit"

@@ -29,6 +29,14 @@ class DecisionRow(Base):
     """One `choose`: what the policy saw, what it could have done, and what it did."""
 
     __tablename__ = "decisions"
+    # value checks (migration 0006)
+    __table_args__ = (
+        CheckConstraint("propensity > 0 AND propensity <= 1", name="ck_decisions_propensity"),
+        CheckConstraint("arm_index >= 0", name="ck_decisions_arm_index"),
+        CheckConstraint("lam >= 0", name="ck_decisions_lam"),
+        CheckConstraint("token_scale > 0", name="ck_decisions_token_scale"),
+        CheckConstraint("experiment IN ('champion', 'challenger', 'holdout')", name="ck_decisions_experiment"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     request_key: Mapped[str] = mapped_column(String(128), unique=True)
@@ -50,6 +58,13 @@ class OutcomeRow(Base):
     """The observed result of a decision; at most one per decision."""
 
     __tablename__ = "outcomes"
+    # value checks (migration 0006)
+    __table_args__ = (
+        CheckConstraint("em >= 0 AND em <= 1", name="ck_outcomes_em"),
+        CheckConstraint("tokens >= 0", name="ck_outcomes_tokens"),
+        CheckConstraint("latency_ms IS NULL OR latency_ms >= 0", name="ck_outcomes_latency"),
+        CheckConstraint("status IN ('ok', 'defaulted', 'late')", name="ck_outcomes_status"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     decision_key: Mapped[str] = mapped_column(
@@ -90,6 +105,19 @@ class SnapshotRow(Base):
     role: Mapped[str] = mapped_column(String(16), server_default="serving")
 
 
+class StoreIdentityRow(Base):
+    """The store's identity (migration 0006): one random UUID, written when the schema is created or upgraded.
+
+    Spill files name the store they belong to by it, never by its URL: two
+    URLs can name one database, and one URL can name different databases over time.
+    """
+
+    __tablename__ = "store_identity"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    created: Mapped[float] = mapped_column(Float)
+
+
 class LambdaChangeRow(Base):
     """Every change of λ, with why and by whom; the newest row is the live value."""
 
@@ -102,4 +130,4 @@ class LambdaChangeRow(Base):
     who: Mapped[str] = mapped_column(String(128))
 
 
-__all__ = ["SNAPSHOT_ROLES", "Base", "DecisionRow", "LambdaChangeRow", "OutcomeRow", "SnapshotRow"]
+__all__ = ["SNAPSHOT_ROLES", "Base", "DecisionRow", "LambdaChangeRow", "OutcomeRow", "SnapshotRow", "StoreIdentityRow"]

@@ -1,10 +1,29 @@
-"""A local JSON-lines file that holds events while the database is unreachable.
+"""A local file of framed JSON records that holds events while the database is unreachable.
 
-Lines are ``{"k": kind, "r": row}`` — ``d`` a decision, ``o`` an outcome,
+(One concept, read whole: the framing, the directory checks and the syncer
+thread all guard the same promise, that a row written here survives a crash.)
+
+Records are ``{"k": kind, "r": row}`` — ``d`` a decision, ``o`` an outcome,
 ``l`` a late reward that upgrades a ``defaulted`` outcome (see
-``stopbandit.bandit.delayed``) — appended in batches, so a crash loses at most
-the batch being written (a torn last line, which :class:`SpillReader` skips).
-Replaying is idempotent because the store ignores keys it already has.
+``stopbandit.bandit.delayed``) — appended in batches. Every record is one
+line framed as ``<length:8 hex> <crc32:8 hex> <json>\n``, so a reader can
+tell a complete record from a torn one: a crash or a full disk mid-write
+leaves a fragment, which the reader cuts (a torn tail ends the file; a
+fragment that a later record was appended to is quarantined and the record
+after it read). After a failed write the file is also truncated back to its
+last complete record. Replaying is idempotent because the store ignores
+keys it already has.
+
+The first record of every file is a header (kind ``h``) naming the store the
+rows belong to: the identity that ``stopbandit db upgrade`` writes into that
+database (:meth:`stopbandit.replay.store.ReplayStore.identity`), never its
+URL. A writer adopts another writer's file only if that header names its own
+store and the file belongs to the same user (:func:`foreign`).
+
+Spill files live in a private directory (mode 0700, owned by the process's
+user; :func:`secure_dir` refuses anything else) and are created mode 0600:
+they hold request features, and a planted file would be replayed into the
+store.
 
 Two kinds of append (``sync``):
 
@@ -14,7 +33,7 @@ Two kinds of append (``sync``):
   killed process loses nothing of it — and fsync'd by the file's syncer thread
   right after. The batch writer never waits for the disk: an fsync can take
   a second on a busy disk, and rows waiting behind it in the writer's memory
-  were what a ``kill -9`` during an outage lost (issue 10). :meth:`SpillFile.sync`
+  are what a ``kill -9`` during an outage would lose. :meth:`SpillFile.sync`
   waits for the fsync of everything appended so far.
 
 Every writer owns its own file, ``<prefix>.<pid>-<id>.jsonl``, and holds an
@@ -44,15 +63,20 @@ import re
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from stopbandit.errors import InputError
+from stopbandit.errors import ConfigError, InputError
 from stopbandit.replay import jsoncodec
 
 KINDS = ("d", "o", "l")
+HEADER_KIND = "h"
+FORMAT = 1  # the header's "spill" field: the version of this file format
+_FRAME = re.compile(rb"[0-9a-f]{8} [0-9a-f]{8} ")
+_FRAME_LEN = 18  # "<len> <crc> "
 SpillItem = tuple[str, dict[str, Any]]
 log = logging.getLogger("stopbandit.spill")
 
@@ -63,7 +87,7 @@ def _lock(path: Path) -> IO[str] | None:
     After the lock is taken, the path must still name the locked inode: if the
     previous holder unlinked it in between, our lock protects nothing.
     """
-    fh = open(path, "a")  # noqa: SIM115 - returned, held for as long as the lock is
+    fh = os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600), "a")
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -94,7 +118,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def encode(items: Sequence[tuple[str, Mapping[str, Any]]]) -> bytes:
-    """The spill lines of ``items``; TypeError/ValueError for a row that is not JSON.
+    """The framed spill records of ``items``; TypeError/ValueError for a row that is not JSON.
 
     The error is a :class:`~stopbandit.replay.jsoncodec.NotJSONError`, naming
     the row's line in the batch and the offending key. Encoded by orjson
@@ -103,7 +127,93 @@ def encode(items: Sequence[tuple[str, Mapping[str, Any]]]) -> bytes:
     refuses goes through ``json``, so what can be spilled is what the standard
     library accepts (:func:`~stopbandit.replay.jsoncodec.dumps_lines`).
     """
-    return jsoncodec.dumps_lines([{"k": k, "r": r} for k, r in items])
+    lines = jsoncodec.dumps_lines([{"k": k, "r": r} for k, r in items])
+    return b"".join([frame(p) for p in lines.split(b"\n")[:-1]])  # compact JSON holds no raw newline
+
+
+def frame(payload: bytes) -> bytes:
+    """One record: ``<length> <crc32> <payload>\n`` (lengths and checksums as 8 hex digits)."""
+    return b"%08x %08x %s\n" % (len(payload), zlib.crc32(payload), payload)
+
+
+def header(store_id: str | None) -> bytes:
+    """The first record of a spill file: the format and the identity of the store its rows belong to."""
+    return frame(jsoncodec.dumps_lines([{"k": HEADER_KIND, "spill": FORMAT, "store": store_id}])[:-1])
+
+
+def _unframe(raw: bytes) -> bytes | None:
+    """The payload of one complete record (``raw`` ends with its newline), or None if it is not one."""
+    if len(raw) < _FRAME_LEN + 1 or not _FRAME.match(raw):
+        return None
+    payload = raw[_FRAME_LEN:-1]
+    if int(raw[:8], 16) != len(payload) or int(raw[9:17], 16) != zlib.crc32(payload):
+        return None
+    return payload
+
+
+def secure_dir(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` (mode 0700) or check it: a directory owned by this process's user, closed to others.
+
+    ConfigError naming the problem otherwise: a spill directory that another
+    user can write to is one where a planted file gets replayed into the store.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.lstat(path)
+    except OSError as exc:
+        raise ConfigError(f"spill directory {str(path)!r} cannot be created: {exc}") from exc
+    if not os.path.isdir(path) or os.path.islink(path):
+        raise ConfigError(f"spill directory {str(path)!r} is not a directory")
+    if st.st_uid != os.geteuid():
+        raise ConfigError(f"spill directory {str(path)!r} belongs to uid {st.st_uid}, not to this process's user "
+                          f"(uid {os.geteuid()}); set [store] spill_dir to a private directory")
+    if st.st_mode & 0o077:
+        raise ConfigError(f"spill directory {str(path)!r} has mode {st.st_mode & 0o777:04o}; it must be private "
+                          f"(0700: chmod 700 it) or set [store] spill_dir to a private directory")
+    return path
+
+
+def read_header(path: Path) -> dict[str, Any] | None:
+    """The header record of a spill file, or None if its first record is not one (or the file is unreadable)."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.readline(1 << 16)
+    except OSError:
+        return None
+    payload = _unframe(raw) if raw.endswith(b"\n") else None
+    if payload is None:
+        return None
+    try:
+        obj = jsoncodec.loads(payload)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return obj if isinstance(obj, dict) and obj.get("k") == HEADER_KIND else None
+
+
+def foreign(path: Path, store_id: str | None) -> str | None:
+    """Why the spill files at ``path`` (base name) must not be replayed into store ``store_id``; None if they may.
+
+    They may only if every one of them (live, ``.replay``) belongs to this
+    process's user and starts with a header naming ``store_id``.
+    """
+    if store_id is None:
+        return "this writer does not know its store's identity yet"
+    for p in (path.with_name(path.name + ".replay"), path):
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            return f"{p}: {exc}"
+        if st.st_uid != os.geteuid() or not os.path.isfile(p) or os.path.islink(p):
+            return f"{p} is not a regular file of uid {os.geteuid()}"
+        head = read_header(p)
+        if head is None:
+            return f"{p} has no spill header"
+        if head.get("store") != store_id:
+            return f"{p} belongs to store {head.get('store')!r}, not {store_id!r}"
+    return None
 
 
 def _write_all(fd: int, blob: bytes) -> None:
@@ -120,12 +230,13 @@ class SpillFile:
     appender never waits for the disk.
     """
 
-    def __init__(self, prefix: str | os.PathLike[str], max_bytes: int = 1 << 30) -> None:
+    def __init__(self, prefix: str | os.PathLike[str], max_bytes: int = 1 << 30, store_id: str | None = None) -> None:
         self.prefix = str(prefix)
         self.max_bytes = max_bytes
+        self.store_id = store_id  # written into the header of each new file (None: not known yet)
         self._lock = threading.Lock()
         self._synced_cv = threading.Condition(self._lock)
-        Path(self.prefix).parent.mkdir(parents=True, exist_ok=True)
+        secure_dir(Path(self.prefix).parent)
         for _ in range(100):
             self.path = Path(f"{self.prefix}.{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl")
             owner = _lock(Path(f"{self.path}.lock"))
@@ -142,6 +253,7 @@ class SpillFile:
         self._fd: int | None = None
         self._gen = 0  # counts the live files opened (an fd number can be reused after a close)
         self._written = self._synced = 0
+        self._size = 0  # bytes of complete records in the open live file
         self._syncing = 0  # fsyncs of the open file in flight (it is not closed under them)
         self._dir_dirty = False  # the live file was created and its directory entry not yet fsync'd
         self._syncer: threading.Thread | None = None
@@ -169,6 +281,21 @@ class SpillFile:
             fcntl.flock(self._owner, fcntl.LOCK_UN)
             self._owner.close()
 
+    def forget(self) -> None:
+        """In a forked child: close the inherited descriptors, keeping the parent's lock and file untouched.
+
+        An ``flock`` belongs to the open file, which parent and child share:
+        closing the child's descriptor leaves the parent's lock held, while
+        ``LOCK_UN`` (what :meth:`release` does) would drop it.
+        """
+        self._lock = threading.Lock()
+        self._synced_cv = threading.Condition(self._lock)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._owner.close()
+        self._syncer = None
+
     def orphans(self) -> list[Path]:
         """Spill files of this store other than ours (whether their writer is alive is up to :class:`Adopted`)."""
         return [p for p in spill_files(self.prefix) if p != self.path]
@@ -185,12 +312,15 @@ class SpillFile:
             if self._live_bytes + self._replay_bytes + len(blob) > self.max_bytes:
                 return 0
             if self._fd is None:
-                new = not self.path.exists()
-                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-                self._gen += 1
-                self._written = self._synced = 0
-                self._dir_dirty = self._dir_dirty or new
-            _write_all(self._fd, blob)
+                self._open_live()
+            if self._size == 0:
+                blob = header(self.store_id) + blob
+            try:
+                _write_all(self._fd, blob)
+            except OSError:
+                self._cut()
+                raise
+            self._size += len(blob)
             self._written += len(blob)
             self._live_lines += len(items)
             self._live_bytes += len(blob)
@@ -205,6 +335,28 @@ class SpillFile:
         if sync:
             self._fsync(fd, target, sync_dir)
         return len(items)
+
+    def _open_live(self) -> None:
+        """Open (create, mode 0600) the live file; the caller holds the lock."""
+        new = not self.path.exists()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._fd = fd
+        self._size = os.fstat(fd).st_size
+        self._gen += 1
+        self._written = self._synced = 0
+        self._dir_dirty = self._dir_dirty or new
+
+    def _cut(self) -> None:
+        """After a failed write: truncate the live file back to its last complete record (caller holds the lock).
+
+        A fragment left in place would fuse with the next record written
+        once space returns. If even the truncation fails, readers still cut
+        the fragment by its frame.
+        """
+        try:
+            os.ftruncate(self._fd, self._size)  # type: ignore[arg-type]
+        except OSError as exc:
+            log.error("cannot cut a torn record off %s: %s", self.path, exc)
 
     def sync(self, timeout: float | None = None) -> bool:
         """Wait until everything appended so far is fsync'd; False on timeout."""
@@ -271,7 +423,7 @@ class SpillFile:
                 os.fsync(fd)
         finally:
             os.close(fd)
-            self._written = self._synced = 0
+            self._written = self._synced = self._size = 0
             self._dir_dirty = False
             self._synced_cv.notify_all()
 
@@ -330,12 +482,21 @@ def spill_files(prefix: str | os.PathLike[str]) -> list[Path]:
 
 
 class Adopted:
-    """Exclusive hold on an orphaned spill file while it is replayed; ``ok`` is False if someone owns it."""
+    """Exclusive hold on an orphaned spill file while it is replayed.
 
-    def __init__(self, path: Path) -> None:
+    ``ok`` is False if someone owns it, or if it is not ours to replay
+    (``why``: another store's, another user's, no header; see :func:`foreign`).
+    """
+
+    def __init__(self, path: Path, store_id: str | None = None) -> None:
         self.path = path
+        self.why: str | None = None
         self._fh = _lock(Path(f"{path}.lock"))
-        self.ok = self._fh is not None
+        if self._fh is not None:
+            self.why = foreign(path, store_id)
+            if self.why is not None:
+                self.release()
+        self.ok = self._fh is not None and self.why is None
 
     def files(self) -> list[Path]:
         """The orphan's files in replay order: the one it was replaying first, then its live file."""
@@ -392,10 +553,23 @@ class SpillReader:
                 chunk.offset += len(raw)
                 chunk.lineno += 1
                 chunk.lines += 1
+                start = 0
+                payload = _unframe(raw)
+                if payload is None:  # a fragment, perhaps fused with the complete record written after it
+                    start = _fused(raw)
+                    why = "torn spill record (cut)" if start else "spill line is not a complete record"
+                    chunk.bad.append((chunk.lineno, raw[:start or len(raw)].decode("utf-8", "replace").rstrip("\n"),
+                                      why))
+                    if not start:
+                        continue
+                    payload = raw[start + _FRAME_LEN:-1]
                 try:
-                    chunk.items.append(parse_line(raw))
+                    item = parse_payload(payload)
                 except InputError as exc:
                     chunk.bad.append((chunk.lineno, raw.decode("utf-8", "replace").rstrip("\n"), str(exc)))
+                    continue
+                if item is not None:
+                    chunk.items.append(item)
             else:
                 chunk.eof = not fh.read(1)
         return chunk
@@ -404,15 +578,39 @@ class SpillReader:
         self.offset, self.lineno = chunk.offset, chunk.lineno
 
 
-def parse_line(raw: bytes | str) -> SpillItem:
+def _fused(raw: bytes) -> int:
+    """Where a complete record starts inside ``raw`` after a torn fragment; 0 if none does."""
+    for m in _FRAME.finditer(raw, 1):
+        if _unframe(raw[m.start():]) is not None:
+            return m.start()
+    return 0
+
+
+def parse_payload(payload: bytes) -> SpillItem | None:
+    """The (kind, row) of a record's JSON; None for a header; InputError if it is not a spill record."""
     try:
-        obj = jsoncodec.loads(raw)
-        kind, row = obj["k"], obj["r"]
+        obj = jsoncodec.loads(payload)
+        kind = obj["k"]
+        if kind == HEADER_KIND:
+            return None
+        row = obj["r"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
         raise InputError(f"spill line does not parse: {exc}") from exc
     if kind not in KINDS or not isinstance(row, dict):
         raise InputError(f"spill line has kind {kind!r} (expected one of {KINDS}) or a row that is not an object")
     return kind, row
+
+
+def parse_line(raw: bytes | str) -> SpillItem:
+    """The (kind, row) of one complete framed record; InputError for anything else (a header included)."""
+    raw = raw.encode("utf-8") if isinstance(raw, str) else raw
+    payload = _unframe(raw if raw.endswith(b"\n") else raw + b"\n")
+    if payload is None:
+        raise InputError("spill line is not a complete record (length and checksum do not match)")
+    item = parse_payload(payload)
+    if item is None:
+        raise InputError("spill line is a header, not a row")
+    return item
 
 
 def read_spill(path: Path, chunk: int = 2000) -> Iterator[list[SpillItem]]:
@@ -430,4 +628,5 @@ def read_spill(path: Path, chunk: int = 2000) -> Iterator[list[SpillItem]]:
             return
 
 
-__all__ = ["Adopted", "Chunk", "SpillFile", "SpillReader", "parse_line", "read_spill", "spill_files"]
+__all__ = ["Adopted", "Chunk", "SpillFile", "SpillReader", "encode", "foreign", "frame", "header", "parse_line",
+           "read_header", "read_spill", "secure_dir", "spill_files"]

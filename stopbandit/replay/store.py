@@ -3,33 +3,52 @@
 Writes are idempotent by request key: a decision or outcome written twice (a
 retry, a replayed spill file) is stored once. A second outcome that disagrees
 with the first is a :class:`ConflictError`; an outcome for a decision the store
-has never seen is an :class:`UnknownDecisionError`. All SQL is built by
+has never seen is an :class:`UnknownDecisionError`. The bulk write compares
+every row the database already had with the stored one: a request key reused
+for a *different* decision (another process, a restart) is reported as a
+:class:`Conflict`, never silently dropped or joined to the other row.
+
+A SQLite store also watches its file: deleted or replaced by another
+database while serving, it is unavailable (StoreError), not written into an
+unlinked inode. All SQL is built by
 SQLAlchemy Core with bound parameters; the bulk write path renders its INSERT
 once and runs it as a driver-level executemany (:class:`_BulkInsert`).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, func, insert, select
+from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from stopbandit.errors import ConflictError, InputError, StoreError, UnknownDecisionError
 from stopbandit.replay import jsoncodec, migrate
+from stopbandit.replay.deadline import Deadlines
+from stopbandit.replay.engine import guard as _guard
 from stopbandit.replay.engine import make_engine, redact, resolve_url
-from stopbandit.replay.models import SNAPSHOT_ROLES, DecisionRow, LambdaChangeRow, OutcomeRow, SnapshotRow
+from stopbandit.replay.eventlog import EventLogQueries
+from stopbandit.replay.models import (
+    SNAPSHOT_ROLES,
+    DecisionRow,
+    LambdaChangeRow,
+    OutcomeRow,
+    SnapshotRow,
+    StoreIdentityRow,
+)
 from stopbandit.replay.validate import check_em, check_key, check_latency, check_tokens
 
 DECISIONS = DecisionRow.__table__
 OUTCOMES = OutcomeRow.__table__
 SNAPSHOTS = SnapshotRow.__table__
 LAMBDAS = LambdaChangeRow.__table__
+IDENTITY = StoreIdentityRow.__table__
 
 DECISION_FIELDS = (
     "request_key", "ts", "domain", "features", "arm", "arm_index",
@@ -39,6 +58,10 @@ OUTCOME_FIELDS = ("decision_key", "ts", "em", "tokens", "latency_ms", "trace", "
 # values of the optional fields when a row leaves them out (the columns' server defaults, or NULL)
 DECISION_DEFAULTS: dict[str, Any] = {"domain": None, "experiment": "champion"}
 OUTCOME_DEFAULTS: dict[str, Any] = {"latency_ms": None, "trace": None, "reference_key": None, "status": "ok"}
+# what makes two decision rows with one request key the same decision (a replay) rather than two
+DECISION_IDENTITY = ("ts", "arm", "arm_index", "propensity", "lam", "policy_version")
+OUTCOME_IDENTITY = ("em", "tokens")
+KEYS_PER_SELECT = 500
 # largest multi-row VALUES insert on SQLite: few GIL releases per batch (so the writer keeps up with a busy
 # serving thread), short GIL holds per statement (so a choose() waiting for the interpreter waits little)
 MULTI_ROWS = 16
@@ -71,6 +94,17 @@ class Event:
 
 
 @dataclass(frozen=True, slots=True)
+class Conflict:
+    """A row whose key the store already holds for a different row: not stored; ``stored`` is the row kept."""
+
+    kind: str  # "d" | "o"
+    key: str
+    row: Mapping[str, Any]
+    stored: Mapping[str, Any] | None
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
 class LambdaChange:
     id: int
     ts: float
@@ -87,21 +121,6 @@ class StoredSnapshot:
     meta: dict[str, Any]
     checksum: str
     role: str = "serving"  # serving | candidate (see SnapshotRow)
-
-
-def _guard(what: str, engine: Engine):
-    """Context manager turning driver-level connection failures into StoreError."""
-
-    class _G:
-        def __enter__(self):
-            return None
-
-        def __exit__(self, et, ev, tb):
-            if et is not None and issubclass(et, OperationalError):
-                raise StoreError(f"{what}: database {redact(str(engine.url))} unavailable: {ev.orig}") from ev
-            return False
-
-    return _G()
 
 
 class _BulkInsert:
@@ -122,13 +141,13 @@ class _BulkInsert:
     power-of-two sizes up to that many rows, not an executemany. Python's
     sqlite3 releases the GIL around every row of an executemany, and each
     re-acquisition can wait a switch interval behind a busy serving thread:
-    with the serving loop on the other core, an executemany writer fell so
-    far behind that batches took seconds (rows queued behind them are what a
-    crash loses, issue 10). One statement per chunk releases the GIL once.
+    with the serving loop on the other core, an executemany writer falls so
+    far behind that batches take seconds (and rows queued behind them are
+    what a crash loses). One statement per chunk releases the GIL once.
     The chunk is small because every statement's parameters are built and
     bound holding the GIL, and a ``choose`` that needs the interpreter then
-    waits for it (``docs/benchmarks.md``, issue 4). PostgreSQL keeps psycopg's
-    pipelined executemany.
+    waits for it (``docs/benchmarks.md``, "Replay store: batch writer throughput"). PostgreSQL
+    keeps psycopg's pipelined executemany.
     """
 
     def __init__(self, engine: Engine, stmt: Any, fields: Sequence[str], defaults: Mapping[str, Any],
@@ -197,8 +216,10 @@ class _BulkInsert:
             self._multi_sql[n] = t[0] + t[2].join([t[1]] * n) + t[3] if t else self._render(n)
         return self._multi_sql[n]
 
-    def execute(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Insert ``rows``; a chunk's parameters are built just before it is sent.
+    def execute(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Insert ``rows``; returns how many were inserted (the others' keys were already there).
+
+        A chunk's parameters are built just before it is sent.
 
         Building parameters holds the GIL and sending a statement releases it:
         interleaving them chunk by chunk keeps the writer from holding the
@@ -206,35 +227,46 @@ class _BulkInsert:
         wait that long).
         """
         params: Callable[[Mapping[str, Any]], Any] = self.params
-        i, n = 0, len(rows)
+        i, n, inserted = 0, len(rows), 0
         while self._multi_rows and n - i > 1:
             size = min(self._multi_rows, 1 << ((n - i).bit_length() - 1))
             sql = self._multi(size)
             if sql is None:
                 break
-            conn.exec_driver_sql(sql, tuple([v for r in rows[i:i + size] for v in params(r)]))
+            inserted += conn.exec_driver_sql(sql, tuple([v for r in rows[i:i + size] for v in params(r)])).rowcount
             i += size
         if i < n:
-            conn.exec_driver_sql(self.sql, [params(r) for r in rows[i:]])
+            inserted += conn.exec_driver_sql(self.sql, [params(r) for r in rows[i:]]).rowcount
+        return inserted
 
 
-class ReplayStore:
-    """Typed access to one replay database.
+class ReplayStore(EventLogQueries):
+    """Typed access to one replay database (its read queries over the log: :mod:`stopbandit.replay.eventlog`).
 
     ``ReplayStore(url)`` checks that the schema is at the newest migration;
     ``ReplayStore(url, migrate=True)`` first runs ``alembic upgrade head``.
     """
 
     def __init__(self, url: str | None = None, *, engine: Engine | None = None, migrate_schema: bool = False,
-                 check_schema: bool = True) -> None:
+                 check_schema: bool = True, timeout: float | None = None) -> None:
         self.url = str(engine.url) if engine is not None else resolve_url(url)
-        self.engine = engine or make_engine(self.url)
+        self.timeout = timeout
+        self.engine = engine or make_engine(self.url, timeout=timeout)
+        # before any connection is opened: the watch must know every connection it may have to cut
+        self.deadlines = Deadlines(self.engine)
+        self._identity: str | None = None
+        db = self.engine.url.database if self.engine.dialect.name == "sqlite" else None
+        self._file = os.path.abspath(db) if db and db != ":memory:" and not db.startswith("file:") else None
+        self._file_id: tuple[int, int] | None = None
         if migrate_schema:
             migrate.upgrade(engine=self.engine)
         elif check_schema:
             migrate.require_head(self.engine)
         self._insert_decisions = self._upsert_nothing(DECISIONS, "request_key")
         self._insert_outcomes = self._upsert_nothing(OUTCOMES, "decision_key")
+        # a late reward over a defaulted outcome (write_batch's third part)
+        self._late_upgrade = update(OUTCOMES).where(and_(OUTCOMES.c.decision_key == bindparam("key"),
+                                                         OUTCOMES.c.status == "defaulted"))
         multi = MULTI_ROWS if self.engine.dialect.name == "sqlite" else 0
         self._bulk_decisions = _BulkInsert(self.engine, self._insert_decisions, DECISION_FIELDS, DECISION_DEFAULTS,
                                            ("features", "probabilities"), multi)
@@ -253,8 +285,47 @@ class ReplayStore:
     def dispose(self) -> None:
         self.engine.dispose()
 
+    def identity(self) -> str:
+        """The store's identity (a UUID written by migration 0006); StoreError if it cannot be read."""
+        if self._identity is None:
+            self.check_file()
+            with _guard("identity", self.engine), self.engine.connect() as conn:
+                found = conn.execute(select(IDENTITY.c.id).order_by(IDENTITY.c.created).limit(1)).scalar()
+            if found is None:
+                raise StoreError(f"database {redact(self.url)} has no store identity; run `stopbandit db upgrade`")
+            self._identity = str(found)
+            if self._file is not None and self._file_id is None:
+                self._file_id = _file_id(self._file)
+        return self._identity
+
+    def check_file(self) -> None:
+        """SQLite: StoreError if the database file is gone or is now another database; no-op otherwise.
+
+        A file replaced by a copy of the same store (same identity; a restore)
+        is accepted and the pool reconnects to it.
+        """
+        if self._file is None or self._file_id is None:
+            return
+        now = _file_id(self._file)
+        if now == self._file_id:
+            return
+        self.engine.dispose()  # pooled connections still write into the old inode
+        if now is None:
+            raise StoreError(f"SQLite database file {self._file} is gone (deleted or moved while serving)")
+        try:
+            with self.engine.connect() as conn:
+                found = conn.execute(select(IDENTITY.c.id).order_by(IDENTITY.c.created).limit(1)).scalar()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"SQLite database file {self._file} was replaced by one that is not this store: "
+                             f"{getattr(exc, 'orig', exc)}") from exc
+        if found != self._identity:
+            raise StoreError(f"SQLite database file {self._file} was replaced by another store ({found!r}, "
+                             f"expected {self._identity!r})")
+        self._file_id = now
+
     def ping(self) -> None:
         """Raise StoreError if the database cannot be reached right now."""
+        self.check_file()
         try:
             with self.engine.connect() as conn:
                 conn.execute(select(1))
@@ -262,17 +333,75 @@ class ReplayStore:
             raise StoreError(f"database {redact(self.url)} unavailable: {getattr(exc, 'orig', exc)}") from exc
 
     # -- writes ---------------------------------------------------------------
-    def write_batch(self, decisions: Sequence[Mapping[str, Any]], outcomes: Sequence[Mapping[str, Any]]) -> None:
-        """Insert decisions, then outcomes, in one transaction; duplicates by key are ignored.
+    def write_batch(self, decisions: Sequence[Mapping[str, Any]], outcomes: Sequence[Mapping[str, Any]],
+                    late: Sequence[Mapping[str, Any]] = ()) -> list[Conflict]:
+        """Insert decisions, then outcomes, then late rewards, in one transaction; returns the conflicts.
 
-        Raises StoreError when the database is unreachable and IntegrityError
-        (from SQLAlchemy) when an outcome's decision is missing.
+        A late reward replaces the ``defaulted`` outcome of its decision (status
+        ``late``), or is inserted as ``late`` when there is none (a no-op when
+        any other outcome is stored).
+
+        A row whose key is already stored with the same content (a retry, a
+        replay) is a no-op; with different content it is a :class:`Conflict`
+        (not stored), and so is an outcome whose decision is one. Raises
+        StoreError when the database is unreachable (or, SQLite, its file is
+        gone) and IntegrityError (from SQLAlchemy) when an outcome's decision
+        is missing or a value breaks a CHECK constraint.
         """
+        self.check_file()
+        conflicts: list[Conflict] = []
         with _guard("write_batch", self.engine), self.engine.begin() as conn:
             if decisions:
-                self._bulk_decisions.execute(conn, decisions)
+                if self._bulk_decisions.execute(conn, decisions) < len(decisions):
+                    conflicts = self._compare(conn, "d", decisions)
+            if conflicts:
+                bad = {c.key for c in conflicts}
+                kept = [o for o in outcomes if o.get("decision_key") not in bad]
+                conflicts += [Conflict("o", o["decision_key"], o, None, "its decision conflicts with a stored one")
+                              for o in outcomes if o.get("decision_key") in bad]
+                outcomes = kept
             if outcomes:
-                self._bulk_outcomes.execute(conn, outcomes)
+                if self._bulk_outcomes.execute(conn, outcomes) < len(outcomes):
+                    conflicts += self._compare(conn, "o", outcomes)
+            for row in late:
+                values = {k: row.get(k) for k in ("ts", "em", "tokens", "latency_ms", "trace", "reference_key")}
+                res = conn.execute(self._late_upgrade.values(status="late", **values), {"key": row["decision_key"]})
+                if res.rowcount == 0:
+                    conn.execute(self._insert_outcomes, [{**row, "status": "late"}])
+        self.check_file()
+        return conflicts
+
+    def _compare(self, conn: Connection, kind: str, rows: Sequence[Mapping[str, Any]]) -> list[Conflict]:
+        """The rows of a batch that differ from the stored row of their key (some keys were already stored)."""
+        table, key_col, fields = ((DECISIONS, "request_key", DECISION_IDENTITY) if kind == "d"
+                                  else (OUTCOMES, "decision_key", OUTCOME_IDENTITY))
+        keys = list(dict.fromkeys(r[key_col] for r in rows))
+        stored: dict[str, dict[str, Any]] = {}
+        for i in range(0, len(keys), KEYS_PER_SELECT):
+            q = select(table).where(table.c[key_col].in_(keys[i:i + KEYS_PER_SELECT]))
+            stored.update({r[key_col]: dict(r) for r in conn.execute(q).mappings()})
+        out = []
+        for r in rows:
+            have = stored.get(r[key_col])
+            diffs = [f for f in fields if have is not None and have[f] != r.get(f)]
+            if diffs:
+                detail = ", ".join(f"{f}: stored {have[f]!r} vs new {r.get(f)!r}" for f in diffs)  # type: ignore[index]
+                out.append(Conflict(kind, r[key_col], r, have,
+                                    f"{'request_id' if kind == 'd' else 'outcome'} {r[key_col]!r} is already stored "
+                                    f"for a different {'decision' if kind == 'd' else 'outcome'} ({detail})"))
+        return out
+
+    def wait_for_decision(self, key: str, timeout: float) -> dict[str, Any] | None:
+        """The decision ``key``, waiting up to ``timeout`` s for it to appear (another process may not have
+        flushed it yet); None if it does not."""
+        deadline = time.monotonic() + timeout
+        pause = 0.02
+        while True:
+            d = self.get_decision(key)
+            if d is not None or time.monotonic() >= deadline:
+                return d
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.25)
 
     def record_decision(self, row: Mapping[str, Any]) -> None:
         self.write_batch([row], [])
@@ -417,6 +546,14 @@ class ReplayStore:
 OUTCOME_STATUSES = ("ok", "defaulted", "late")
 
 
+def _file_id(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def check_role(role: object) -> str:
     """A snapshot role, validated: ``serving`` or ``candidate``."""
     if role not in SNAPSHOT_ROLES:
@@ -450,5 +587,5 @@ def check_same_outcome(key: str, existing: Mapping[str, Any], new: Mapping[str, 
         raise ConflictError(f"conflicting outcome for decision {key!r} ({detail}); outcomes are write-once")
 
 
-__all__ = ["OUTCOME_STATUSES", "SNAPSHOT_ROLES", "Event", "LambdaChange", "ReplayStore", "StoredSnapshot", "check_role",
+__all__ = ["OUTCOME_STATUSES", "SNAPSHOT_ROLES", "Conflict", "Event", "LambdaChange", "ReplayStore", "StoredSnapshot", "check_role",
            "check_same_outcome", "outcome_row"]

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from stopbandit.bandit.reward import reward
 from stopbandit.errors import ConfigError, InputError
 from stopbandit.replay.ope import DoublyRobust, Estimate, Estimator, LoggedData
 
@@ -131,8 +132,8 @@ def greedy_probs(scores: np.ndarray, *, tie_rank: Sequence[int] | np.ndarray | N
 
 
 def policy_scores(em_hat: np.ndarray, tokens_hat: np.ndarray, lam: float, token_scale: float) -> np.ndarray:
-    """(n, K) serving scores ``em_hat − lam·tokens_hat/token_scale``."""
-    return np.asarray(em_hat) - (lam / token_scale) * np.asarray(tokens_hat)
+    """(n, K) serving scores: :func:`stopbandit.bandit.reward.reward` of the predicted EM and tokens."""
+    return reward(np.asarray(em_hat), np.asarray(tokens_hat), lam, token_scale)
 
 
 # --------------------------------------------------------------------------- sweep

@@ -32,12 +32,11 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
 
 from stopbandit.bandit.arms import ArmSet
 from stopbandit.bandit.exploration import Exploration
@@ -45,10 +44,12 @@ from stopbandit.bandit.policy import HeadsPolicy
 from stopbandit.bandit.snapshot import new_version, pack
 from stopbandit.errors import ConfigError, InputError
 from stopbandit.replay.candidates import HeadsCandidate, HeadsModel, LoggingCandidate, batch_shared_lines
-from stopbandit.replay.logged import DEFAULT_CHUNK, LogCounts, LogReader, Target, _Progress, iso_time, \
-    require_events, run_targets
+from stopbandit.replay.logreader import LogCounts, LogReader, require_events
+from stopbandit.replay.options import ReplayOptions
+from stopbandit.replay.runner import Target, _Progress, run_targets
+from stopbandit.replay.times import iso_time
 from stopbandit.replay.ope import DoublyRobust, Estimate, Metric, SNIPS, IPS, reveal_matrix
-from stopbandit.replay.store import DECISIONS, OUTCOMES, ReplayStore, _guard, check_role
+from stopbandit.replay.store import ReplayStore, check_role
 
 IW_CLIP = 50.0
 
@@ -67,21 +68,11 @@ class Split:
                 "n_test": self.n_test, "how": self.how}
 
 
-def _count(store: ReplayStore, since: float | None = None, until: float | None = None) -> int:
-    q = select(func.count()).select_from(OUTCOMES.join(DECISIONS, DECISIONS.c.request_key == OUTCOMES.c.decision_key))
-    if since is not None:
-        q = q.where(DECISIONS.c.ts >= since)
-    if until is not None:
-        q = q.where(DECISIONS.c.ts < until)
-    with _guard("count events", store.engine), store.engine.connect() as conn:
-        return int(conn.execute(q).scalar_one())
-
-
 def time_split(store: ReplayStore, *, since: float | None = None, test_frac: float | None = None) -> Split:
     """The train/test split by decision time (give ``since`` or ``test_frac``; default ``test_frac=0.2``)."""
     if since is not None and test_frac is not None:
         raise ConfigError("give either --since (the held-out part starts there) or --test-frac, not both")
-    total = _count(store)
+    total = store.count_events()  # every outcome has its decision (foreign key)
     if total < 2:
         raise InputError(f"the store holds {total} event(s) with outcomes; a train/test split needs at least 2")
     if since is None:
@@ -89,14 +80,11 @@ def time_split(store: ReplayStore, *, since: float | None = None, test_frac: flo
         if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0.0 < frac < 1.0:
             raise ConfigError(f"test_frac must be a number in (0, 1), got {test_frac!r}")
         k = min(total - 1, max(1, int(math.floor(total * (1.0 - frac)))))
-        q = (select(DECISIONS.c.ts).select_from(OUTCOMES.join(DECISIONS, DECISIONS.c.request_key == OUTCOMES.c.decision_key))
-             .order_by(DECISIONS.c.ts).offset(k).limit(1))
-        with _guard("split", store.engine), store.engine.connect() as conn:
-            cutoff = float(conn.execute(q).scalar_one())
+        cutoff = store.decision_time_at(k)
         how = f"test-frac {frac:g}"
     else:
         cutoff, how = float(since), "since"
-    n_test = _count(store, since=cutoff)
+    n_test = store.count_events(since=cutoff)
     n_train = total - n_test
     if n_train == 0:
         raise InputError(f"no events before the split at {iso_time(cutoff)}: nothing to train on "
@@ -131,16 +119,13 @@ def train_heads(
     *,
     exploration: Exploration,
     token_scale: float,
-    since: float | None = None,
-    until: float | None = None,
-    include: Sequence[str] = ("ok",),
+    options: ReplayOptions | None = None,
     importance_weighting: bool = False,
-    chunk: int = DEFAULT_CHUNK,
-    progress: bool | None = None,
 ) -> tuple[HeadsPolicy, TrainStats]:
-    """Fresh heads fitted on the events with decision ts in ``[since, until)`` (outcome order)."""
+    """Fresh heads fitted on the events ``options`` select (decision ts in ``[since, until)``, outcome order)."""
     t0 = time.perf_counter()
-    reader = LogReader(store, arms, include=include, since=since, until=until, chunk=chunk)
+    reader = LogReader(store, arms, options)
+    progress = reader.options.progress
     reveals = reveal_matrix(arms).astype(np.float64)
     policy = HeadsPolicy(arms, exploration, token_scale)
     learned = revealed_updates = traced = 0
@@ -216,24 +201,23 @@ def train_and_evaluate(
     token_scale: float,
     feature_config: Mapping[str, Any],
     split: Split,
-    include: Sequence[str] = ("ok",),
+    options: ReplayOptions | None = None,
     importance_weighting: bool = False,
     save: bool = True,
-    alpha: float = 0.05,
-    chunk: int = DEFAULT_CHUNK,
-    progress: bool | None = None,
-    jobs: int | None = None,
     role: str = "serving",
 ) -> TrainReport:
     """Train on the part before ``split.cutoff``, evaluate on the rest, save the heads (unless ``save=False``).
 
-    ``role="candidate"`` stores the heads without making them what following
-    Selectors hot-swap to: they are served only as a challenger until promoted.
+    ``options``: statuses, chunk, interval level, progress and processes of
+    both passes (the split decides their time windows). ``role="candidate"``
+    stores the heads without making them what following Selectors hot-swap
+    to: they are served only as a challenger until promoted.
     """
     check_role(role)
-    policy, stats = train_heads(store, arms, exploration=exploration, token_scale=token_scale, until=split.cutoff,
-                                include=include, importance_weighting=importance_weighting, chunk=chunk,
-                                progress=progress)
+    options = options if options is not None else ReplayOptions()
+    policy, stats = train_heads(store, arms, exploration=exploration, token_scale=token_scale,
+                                options=options.with_(since=None, until=split.cutoff),
+                                importance_weighting=importance_weighting)
     if stats.learned == 0:
         policy.close()
         require_events(stats.counts, f"the training part (decision time before {iso_time(split.cutoff)})")
@@ -241,13 +225,13 @@ def train_and_evaluate(
     model = HeadsModel(policy, version)
     try:
         metrics = (Metric("em"), Metric("tokens"), Metric("reward", lam, token_scale))
-        reader = LogReader(store, arms, include=include, since=split.cutoff, chunk=chunk, traces=False)
+        reader = LogReader(store, arms, options.with_(since=split.cutoff, until=None), traces=False)
         targets = [
             Target("candidate", HeadsCandidate(model=model, lam=lam, name=version),
                    {"dr": DoublyRobust(), "snips": SNIPS()}, metrics),
             Target("logging", LoggingCandidate(), {"on-policy": IPS()}, metrics),
         ]
-        result = run_targets(reader, targets, model=model, alpha=alpha, progress=progress, jobs=jobs)
+        result = run_targets(reader, targets, model=model)
         require_events(result.counts, f"the held-out part (decision time from {iso_time(split.cutoff)})")
         if save:
             packed = pack(policy, lam=lam, feature_config=feature_config, version=version, extra={

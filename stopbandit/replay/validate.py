@@ -59,4 +59,82 @@ def check_key(key: object, *, field: str = "request_id") -> str:
     return key
 
 
-__all__ = ["check_em", "check_key", "check_latency", "check_tokens"]
+MAX_TOKENS = 2**31 - 1  # outcomes.tokens is a 32-bit INTEGER on PostgreSQL
+EXPERIMENTS = ("champion", "challenger", "holdout")
+OUTCOME_STATUSES = ("ok", "defaulted", "late")
+
+
+def _finite(v: object, field: str, lo: float, hi: float, *, lo_open: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, Real):
+        raise InputError(f"{field} must be a number, got {v!r}")
+    f = float(v)
+    if not math.isfinite(f) or f < lo or f > hi or (lo_open and f == lo):
+        raise InputError(f"{field} must be a finite number in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {v!r}")
+    return f
+
+
+def _text(v: object, field: str, max_len: int, *, optional: bool = False) -> None:
+    if v is None and optional:
+        return
+    if not isinstance(v, str) or not v or len(v) > max_len or "\x00" in v:
+        raise InputError(f"{field} must be a non-empty string of at most {max_len} characters, got {v!r:.80}")
+
+
+def check_decision_row(row: dict) -> None:
+    """InputError naming the field if ``row`` is not a decision the serving path could have logged.
+
+    What a replayed spill row must satisfy before it is stored: the types and
+    ranges of the columns, and a logged arm that is one of its own probability
+    vector's arms with that probability as its propensity.
+    """
+    check_key(row.get("request_key"))
+    _finite(row.get("ts"), "ts", 0.0, 1e11)
+    _text(row.get("domain"), "domain", 64, optional=True)
+    if not isinstance(row.get("features"), dict):
+        raise InputError(f"features must be an object, got {row.get('features')!r:.80}")
+    _text(row.get("arm"), "arm", 64)
+    idx = row.get("arm_index")
+    if isinstance(idx, bool) or not isinstance(idx, int) or idx < 0:
+        raise InputError(f"arm_index must be an integer >= 0, got {idx!r}")
+    probs = row.get("probabilities")
+    if not isinstance(probs, dict) or not probs:
+        raise InputError(f"probabilities must be a non-empty object, got {probs!r:.80}")
+    for name, p in probs.items():
+        _finite(p, f"probabilities[{name!r}]", 0.0, 1.0)
+    if row["arm"] not in probs:
+        raise InputError(f"arm {row['arm']!r} is not one of the decision's arms {sorted(probs)[:8]}")
+    prop = _finite(row.get("propensity"), "propensity", 0.0, 1.0, lo_open=True)
+    if abs(prop - float(probs[row["arm"]])) > 1e-9:
+        raise InputError(f"propensity {prop!r} is not the logged arm's probability {probs[row['arm']]!r}")
+    _finite(row.get("lam"), "lam", 0.0, math.inf)
+    _finite(row.get("token_scale"), "token_scale", 0.0, math.inf, lo_open=True)
+    _text(row.get("policy_version"), "policy_version", 64)
+    if row.get("experiment", "champion") not in EXPERIMENTS:
+        raise InputError(f"experiment must be one of {EXPERIMENTS}, got {row.get('experiment')!r:.80}")
+
+
+def check_outcome_row(row: dict) -> None:
+    """InputError naming the field if ``row`` is not an outcome the serving path could have logged."""
+    check_key(row.get("decision_key"), field="decision_key")
+    _finite(row.get("ts"), "ts", 0.0, 1e11)
+    check_em(row.get("em"))
+    if check_tokens(row.get("tokens")) > MAX_TOKENS:
+        raise InputError(f"tokens must be at most {MAX_TOKENS}, got {row.get('tokens')!r}")
+    check_latency(row.get("latency_ms"))
+    if row.get("trace") is not None and not isinstance(row.get("trace"), dict):
+        raise InputError(f"trace must be an object or null, got {row.get('trace')!r:.80}")
+    _text(row.get("reference_key"), "reference_key", 32, optional=True)
+    if row.get("status", "ok") not in OUTCOME_STATUSES:
+        raise InputError(f"outcome status must be one of {OUTCOME_STATUSES}, got {row.get('status')!r:.80}")
+
+
+def check_spilled(kind: str, row: dict) -> None:
+    """Validate one spilled (kind, row) like a live one: InputError naming what is wrong."""
+    if kind == "d":
+        check_decision_row(row)
+    else:
+        check_outcome_row(row)
+
+
+__all__ = ["check_decision_row", "check_em", "check_key", "check_latency", "check_outcome_row", "check_spilled",
+           "check_tokens"]

@@ -22,7 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from stopbandit import __version__
+from stopbandit._version import __version__
 from stopbandit.serve.config import GatewayConfig
 from stopbandit.serve.errors import FastJSON, HTTPProblem, error_response
 from stopbandit.serve.gateway import Gateway
@@ -92,9 +92,14 @@ def create_app(selector: Any, config: GatewayConfig | None = None, *,
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
         if exc.status_code == 404:
             detail = f"no such path {request.url.path}"
-        elif exc.status_code == 405:
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
             detail = f"method {request.method} is not allowed on {request.url.path}"
-        return error_response(exc.status_code, detail, headers=getattr(exc, "headers", None))
+            allowed = sorted({m for route in app.routes if getattr(route, "path", None) == request.url.path
+                              for m in (getattr(route, "methods", None) or ())})
+            if allowed:
+                headers["Allow"] = ", ".join(allowed)
+        return error_response(exc.status_code, detail, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -110,7 +115,7 @@ def create_app(selector: Any, config: GatewayConfig | None = None, *,
             return FastJSON(payload, status_code=status, headers=dict(headers))
         return StreamingResponse(payload, status_code=status, headers=dict(headers), media_type="text/event-stream")
 
-    @app.post("/v1/chat/completions", openapi_extra=body_of(CHAT_REQUEST),
+    @app.post("/v1/chat/completions", openapi_extra=body_of(CHAT_REQUEST, gw.arm_names),
               responses=responses(COMPLETION_RESPONSE, 400, 401, 413, 502, 504))
     async def chat_completions(request: Request) -> Response:
         """Chat completion; the arm is chosen and run per request."""
@@ -118,7 +123,7 @@ def create_app(selector: Any, config: GatewayConfig | None = None, *,
         body = await read_json(request, gw.config.max_body_bytes)
         return _answer(*await gw.complete(body, request.headers, chat=True))
 
-    @app.post("/v1/completions", openapi_extra=body_of(COMPLETION_REQUEST),
+    @app.post("/v1/completions", openapi_extra=body_of(COMPLETION_REQUEST, gw.arm_names),
               responses=responses(COMPLETION_RESPONSE, 400, 401, 413, 502, 504))
     async def completions(request: Request) -> Response:
         """Text completion; the arm is chosen and run per request."""

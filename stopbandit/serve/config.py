@@ -23,6 +23,7 @@ from typing import Any
 
 from stopbandit.config import SelectorConfig, config_from_mapping
 from stopbandit.errors import ConfigError
+from stopbandit.serve.engines import ENGINES
 
 MEANS = ("arithmetic", "geometric")
 
@@ -85,8 +86,6 @@ class GatewayConfig:
             raise ConfigError(f"gateway.upstream must be an http:// or https:// URL, got {self.upstream!r}")
         base = self.upstream.rstrip("/")
         object.__setattr__(self, "upstream", base[:-3] if base.endswith("/v1") else base)
-        from stopbandit.serve.engines import ENGINES
-
         if self.engine not in ("auto", *ENGINES):
             raise ConfigError(f"gateway.engine must be one of {['auto', *ENGINES]}, got {self.engine!r}")
         for name in ("model", "api_key", "upstream_api_key", "shadow"):

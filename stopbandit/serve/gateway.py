@@ -30,7 +30,7 @@ from stopbandit.errors import ConfigError, ConflictError, InputError, Stopbandit
 from stopbandit.serve import engines
 from stopbandit.serve.budget import from_response, upstream_body
 from stopbandit.serve.config import GatewayConfig
-from stopbandit.serve.errors import HTTPProblem
+from stopbandit.serve.errors import HTTPProblem, error_body
 from stopbandit.serve.ledger import Ledger, Served
 from stopbandit.serve.metrics import GatewayMetrics, health_gauges
 from stopbandit.serve.probe import ProbeDriver
@@ -61,6 +61,17 @@ class Parsed:
     stream: bool
     model: str | None
     max_tokens: int | None
+
+
+def whole(value: Any) -> int | None:
+    """``value`` as an int when it is one (JSON Schema counts 3.0 as an integer), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    return None
 
 
 def _opt_str(body: Mapping[str, Any], name: str, where: str = "") -> str | None:
@@ -108,6 +119,7 @@ def parse_request(body: Mapping[str, Any], chat: bool, headers: Mapping[str, str
     for name in ("max_completion_tokens", "max_tokens"):
         value = body.get(name)
         if value is not None:
+            value = whole(value) if whole(value) is not None else value
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise HTTPProblem(400, f"request field {name} must be a positive integer, got "
                                        f"{json.dumps(value)[:40]}", param=name)
@@ -212,8 +224,11 @@ class Gateway:
         started = time.perf_counter()
         req = parse_request(body, chat, headers, self.config, self.arm_names)
         try:
-            decision = await self.call(self.selector.choose, req.features_prompt, domain=req.domain,
-                                       force_arm=req.pinned)
+            if req.pinned is None:
+                decision = await self.call(self.selector.choose, req.features_prompt, domain=req.domain)
+            else:  # logged as a forced decision (one-hot probabilities, propensity 1)
+                decision = await self.call(self.selector.choose_forced, req.features_prompt, arm=req.pinned,
+                                           domain=req.domain)
         except InputError as exc:
             raise HTTPProblem(400, str(exc)) from None
         except StopbanditError as exc:
@@ -253,7 +268,7 @@ class Gateway:
                 prompt = (await driver.render_chat(req.messages or [], model) if chat
                           else (req.prompt or "") + self.config.think_start)
                 result = await driver.run(prompt, served, model=model, probes=mode == "probe",
-                                               max_think=self.max_think(req.max_tokens))
+                                          max_think=self.max_think(req.max_tokens))
         except UpstreamError as exc:
             return self._failed(exc, decision, chosen, served, mode, started, out_headers)
         latency = (time.perf_counter() - started) * 1000
@@ -271,7 +286,8 @@ class Gateway:
     def _ours(self, decision: Any, chosen: Arm, served: Arm, result: RunResult, mode: str) -> dict[str, Any]:
         ours: dict[str, Any] = {
             "decision_id": decision.decision_id, "arm": served.name, "propensity": decision.probability,
-            "policy_version": decision.policy_version, "forced": decision.policy_version.startswith("forced/"), "mode": mode, "stop_reason": result.stop_reason,
+            "policy_version": decision.policy_version, "forced": decision.policy_version.startswith("forced/"),
+            "mode": mode, "stop_reason": result.stop_reason,
             "tokens": {"thinking": result.think_tokens, "probes": result.probe_tokens,
                        "answer": result.answer_tokens, "total": result.completion_tokens},
         }
@@ -304,8 +320,6 @@ class Gateway:
         if exc.status >= 500:
             self.metrics.upstream_errors.labels(str(exc.status)).inc()
             self.upstream_ok, self.upstream_error = False, str(exc)
-        from stopbandit.serve.errors import error_body
-
         body = error_body(exc.status, str(exc))
         body["stopbandit"] = {"decision_id": decision.decision_id, "arm": served.name, "mode": mode}
         return exc.status, headers, body
@@ -326,8 +340,6 @@ class Gateway:
                     _read_event(line, usage, answer)
         except UpstreamError as exc:
             error = str(exc)
-            from stopbandit.serve.errors import error_body
-
             yield b"data: " + json.dumps(error_body(exc.status, error)).encode() + b"\n\n"
         finally:
             latency = (time.perf_counter() - started) * 1000
@@ -354,6 +366,8 @@ class Gateway:
             raise HTTPProblem(400, f"request field em must be a number in [0, 1], got {json.dumps(em)[:40]}",
                               param="em")
         tokens = body.get("tokens")
+        if tokens is not None and whole(tokens) is not None:
+            tokens = whole(tokens)
         if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int)):
             raise HTTPProblem(400, f"request field tokens must be an integer, got {json.dumps(tokens)[:40]}",
                               param="tokens")

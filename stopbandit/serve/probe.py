@@ -46,6 +46,7 @@ from stopbandit.bandit.stoprule import stop_reason
 from stopbandit.bandit.trace import Probe, ProbeTrace
 from stopbandit.serve.config import GatewayConfig
 from stopbandit.serve.engines import Engine
+from stopbandit.serve.prompts import joined
 from stopbandit.serve.result import RunResult, int_or_none, usage_counts
 from stopbandit.serve.upstream import Upstream, UpstreamError
 
@@ -122,8 +123,6 @@ class ProbeDriver:
 
     async def render_chat(self, messages: Sequence[Mapping[str, Any]], model: str) -> str:
         """The completions prompt a chat request stands for (see :mod:`stopbandit.serve.prompts`)."""
-        from stopbandit.serve.prompts import joined
-
         try:
             if self.engine.name in ("vllm", "stopbandit") and self.engine.tokenize_path:
                 data = await self.upstream.post(self.engine.tokenize_path, {

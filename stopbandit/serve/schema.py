@@ -16,12 +16,13 @@ ERROR = {
         "message": {"type": "string"}, "type": {"type": "string"},
         "param": {"type": ["string", "null"]}, "code": {"type": "integer"}}}},
 }
-OURS = {"type": "object", "properties": {"arm": {"type": "string"}}, "description": "Pin an arm: {\"arm\": \"full\"}"}
-METADATA = {"type": "object", "properties": {"domain": {"type": "string"}}}
+OURS = {"type": "object", "properties": {"arm": {"type": "string", "minLength": 1}},
+        "description": "Pin an arm: {\"arm\": \"full\"}"}
+METADATA = {"type": "object", "properties": {"domain": {"type": "string", "minLength": 1}}}
 MESSAGE = {"type": "object", "required": ["role"], "properties": {
     "role": {"type": "string"}, "content": {"anyOf": [{"type": "string"}, {"type": "array"}, {"type": "null"}]}}}
-COMMON = {"model": {"type": "string"}, "stream": {"type": "boolean"}, "max_tokens": {"type": "integer", "minimum": 1},
-          "max_completion_tokens": {"type": "integer", "minimum": 1}, "metadata": METADATA, "stopbandit": OURS}
+COMMON = {"model": {"type": "string", "minLength": 1}, "stream": {"type": "boolean"},
+          "max_tokens": {"type": "integer", "minimum": 1}, "max_completion_tokens": {"type": "integer", "minimum": 1}, "metadata": METADATA, "stopbandit": OURS}
 CHAT_REQUEST = {"type": "object", "required": ["messages"], "properties": {
     "messages": {"type": "array", "minItems": 1, "items": MESSAGE}, **COMMON}}
 COMPLETION_REQUEST = {"type": "object", "required": ["prompt"], "properties": {
@@ -32,7 +33,7 @@ COMPLETION_RESPONSE = {"type": "object", "required": ["choices"], "properties": 
     "usage": {"type": "object"}, "stopbandit": {"type": "object"}}}
 REWARD_REQUEST = {"type": "object", "required": ["decision_id", "em"], "properties": {
     "decision_id": {"type": "string", "minLength": 1}, "em": {"type": "number", "minimum": 0, "maximum": 1},
-    "tokens": {"type": "integer", "minimum": 0}, "reference": {"type": "string"}}}
+    "tokens": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}, "reference": {"type": "string"}}}
 REWARD_RESPONSE = {"type": "object", "required": ["decision_id", "status"], "properties": {
     "decision_id": {"type": "string"}, "status": {"type": "string"}}}
 LAMBDA = {"type": "object", "required": ["lambda"], "properties": {"lambda": {"type": "number"}}}
@@ -45,7 +46,12 @@ ERRORS = {400: "Bad request", 401: "Missing or wrong API key", 404: "Unknown dec
           504: "Upstream timed out"}
 
 
-def body_of(schema: dict[str, Any]) -> dict[str, Any]:
+def body_of(schema: dict[str, Any], arms: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The ``requestBody`` of an operation; ``arms``: the names a request may pin (an enum in the schema)."""
+    if arms is not None and "stopbandit" in schema.get("properties", {}):
+        ours = {"type": "object", "properties": {"arm": {"type": "string", "enum": list(arms)}},
+                "description": OURS["description"]}
+        schema = {**schema, "properties": {**schema["properties"], "stopbandit": ours}}
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 

@@ -10,6 +10,7 @@ gateway passes the engine's reason on).
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -37,12 +38,15 @@ class Upstream:
     def __init__(self, config: GatewayConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.base = config.upstream
         headers = {"Authorization": f"Bearer {config.upstream_api_key}"} if config.upstream_api_key else {}
+        limits = httpx.Limits(max_connections=config.max_connections, max_keepalive_connections=config.max_connections)
+        if transport is None:  # pooled keep-alive connections; requests leave at once (no Nagle delay)
+            transport = httpx.AsyncHTTPTransport(limits=limits, socket_options=[
+                (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
         self.client = httpx.AsyncClient(
             base_url=self.base,
             headers=headers,
             timeout=httpx.Timeout(config.read_timeout_s, connect=config.connect_timeout_s),
-            limits=httpx.Limits(max_connections=config.max_connections,
-                                max_keepalive_connections=config.max_connections),
+            limits=limits,
             transport=transport,
         )
         self.calls = 0

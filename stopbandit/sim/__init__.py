@@ -36,10 +36,8 @@ The per-request hindsight oracle over the same four arms, maximising
     λ=0.3: EM 0.741, 533 tokens (54.5% saved), reward 0.581 vs best static 0.474 (balanced)
 
 so the loss of a static threshold sits on the hard third, and choosing per
-request saves more than ``balanced`` with no EM loss. Costs (one core):
-drawing a request ~30 µs, :func:`run` 25–55 µs on a fresh request and ~10 µs
-once its probes are cached, :func:`outcomes` ~10 µs for four arms,
-:func:`outcome_table` ~5 µs per request.
+request saves more than ``balanced`` with no EM loss. :func:`outcome_table`
+is the vectorised path for oracle and hindsight baselines over many requests.
 """
 
 from __future__ import annotations

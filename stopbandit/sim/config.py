@@ -43,13 +43,13 @@ answer changes at a probe before settling; ``prompt_base_words`` /
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
 from stopbandit.errors import ConfigError
+from stopbandit import validation
 
 ANSWER_STYLES: tuple[str, ...] = ("integer", "decimal", "list", "word")
 """How a domain renders its answers (see :mod:`stopbandit.sim.answers`)."""
@@ -58,39 +58,23 @@ _MAX_PROBES_PER_REQUEST = 4096
 
 
 def _number(owner: str, name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{owner}.{name} must be a finite number, got {value!r}")
-    return float(value)
+    return validation.number(value, f"{owner}.{name}")
 
 
 def _positive(owner: str, name: str, value: Any) -> float:
-    v = _number(owner, name, value)
-    if v <= 0:
-        raise ConfigError(f"{owner}.{name} must be > 0, got {value!r}")
-    return v
+    return validation.number(value, f"{owner}.{name}", low=0.0, low_open=True)
 
 
 def _nonneg(owner: str, name: str, value: Any) -> float:
-    v = _number(owner, name, value)
-    if v < 0:
-        raise ConfigError(f"{owner}.{name} must be >= 0, got {value!r}")
-    return v
+    return validation.number(value, f"{owner}.{name}", low=0.0)
 
 
 def _unit(owner: str, name: str, value: Any, *, open_low: bool = False) -> float:
-    v = _number(owner, name, value)
-    if not (0.0 < v <= 1.0 if open_low else 0.0 <= v <= 1.0):
-        interval = "(0, 1]" if open_low else "[0, 1]"
-        raise ConfigError(f"{owner}.{name} must be in {interval}, got {value!r}")
-    return v
+    return validation.number(value, f"{owner}.{name}", low=0.0, high=1.0, low_open=open_low)
 
 
 def _integer(owner: str, name: str, value: Any, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{owner}.{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ConfigError(f"{owner}.{name} must be >= {minimum}, got {value!r}")
-    return value
+    return validation.integer(value, f"{owner}.{name}", low=minimum)
 
 
 def _check_fields(owner: str, cls: type, data: Mapping[str, Any]) -> None:

@@ -198,7 +198,7 @@ def test_selector_logs_the_graph_probabilities_it_used(sqlite_url):
 
 def test_selector_reports_untraced_rewards_to_nested_exploration(tmp_path):
     """A Selector declared nested but fed rewards without traces falls back to plain SquareCB."""
-    from stopbandit.bandit.selector import Selector
+    from stopbandit.serving.selector import Selector
     from stopbandit.config import config_from_mapping
 
     config = config_from_mapping({"exploration": {"name": "squarecb", "nested": True}})
@@ -230,7 +230,7 @@ def _mutable_parts(value, path="config", seen=None):
 
 def test_two_selectors_opened_from_one_config_share_no_mutable_state(tmp_path):
     """Settings are values: untraced rewards on one Selector leave the other's graph-aware exploration on."""
-    from stopbandit.bandit.selector import Selector
+    from stopbandit.serving.selector import Selector
     from stopbandit.config import config_from_mapping
 
     config = config_from_mapping({"exploration": {"name": "squarecb", "nested": True}})

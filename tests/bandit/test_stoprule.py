@@ -216,7 +216,7 @@ def test_agreement_stop_reason_is_a_valid_trace_reason():
 
 
 def test_replay_reveal_of_stored_traces_covers_agreement_arms(requests):
-    from stopbandit.replay.logged import reveal_row, reveal_rows
+    from stopbandit.replay.reveal import reveal_row, reveal_rows
 
     traces, refs = [], []
     for req in requests[:300]:

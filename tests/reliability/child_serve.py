@@ -9,7 +9,7 @@ acknowledged and when.
 take S seconds longer: a slow or contended disk.
 
     python -m tests.reliability.child_serve URL ACKS SPILL [--durable] [--flush-interval S] [--outage-flag PATH]
-        [--slow-fsync S]
+        [--slow-fsync S] [--timeout S]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ def main() -> None:
     ap.add_argument("spill")
     ap.add_argument("--durable", action="store_true")
     ap.add_argument("--flush-interval", type=float, default=0.1)
+    ap.add_argument("--timeout", type=float, default=5.0, help="[store] timeout: the deadline of a database call")
     ap.add_argument("--outage-flag", default=None, help="SQLite: the store is 'down' while this file exists")
     ap.add_argument("--slow-fsync", type=float, default=0.0, help="seconds added to every os.fsync (a slow disk)")
     args = ap.parse_args()
@@ -43,7 +44,8 @@ def main() -> None:
     from stopbandit.config import SelectorConfig, StoreConfig
 
     cfg = SelectorConfig(seed=0, store=StoreConfig(spill_path=args.spill, durable=args.durable,
-                                                   flush_interval=args.flush_interval, retry_interval=0.1))
+                                                   flush_interval=args.flush_interval, retry_interval=0.1,
+                                                   timeout=args.timeout))
     sel = Selector.open(args.url, config=cfg, follow=False)
     if args.outage_flag:
         from tests.reliability.helpers import install_sqlite_outage

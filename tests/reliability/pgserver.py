@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -116,10 +117,39 @@ class PgServer:
         self.stop(mode)
         self.start()
 
+    def server_pids(self) -> list[int]:
+        """The postmaster and every process it forked (backends, checkpointer, WAL writer, ...)."""
+        master = int((self.data / "postmaster.pid").read_text().split()[0])
+        pids = [master]
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == master:
+                pids.append(int(entry))
+        return pids
+
+    def freeze(self) -> None:
+        """SIGSTOP the whole server: sockets stay open, nothing answers (a hung server or a partition)."""
+        for pid in self.server_pids():
+            os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT every process :meth:`freeze` stopped."""
+        for pid in self.server_pids():
+            os.kill(pid, signal.SIGCONT)
+
     def destroy(self) -> None:
         if self.dir is None:
             return
         if self.running:
+            try:
+                self.thaw()  # a frozen server cannot be stopped
+            except (OSError, ValueError):
+                pass
             try:
                 self.stop("immediate")
             except (PgUnavailable, subprocess.TimeoutExpired):

@@ -12,7 +12,12 @@ the database must hold
 
 and in both: nothing twice, nothing that was never attempted, every outcome's
 decision, and no spill file left behind. The outage cases kill once the child
-spills; the slow-disk case (every fsync 1.5 s) 1.5 s after that.
+spills; the slow-disk case (every fsync 1.5 s) 1.5 s after that. The loaded
+cases run two CPU-bound processes and a process that keeps reading the store
+next to the child, on a 2-core machine: there the queued mode holds the
+looser bound ``LOADED_LOSS_WINDOW_S`` (the flush window, plus the longest a
+commit may take, ``store.timeout``, plus scheduling delay); the figures
+measured are in ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ FLUSH_INTERVAL = 0.1
 # rows acknowledged this long before the kill must be stored in queued mode: the flush window
 # plus one commit of a batch on a loaded 2-core CI machine
 LOSS_WINDOW_S = FLUSH_INTERVAL + 1.0
+STORE_TIMEOUT = 1.0  # the child's [store] timeout: no commit holds its rows in memory longer
+# under load: the flush window, one commit cut at its deadline, and the CPU the writer thread had to wait for
+LOADED_LOSS_WINDOW_S = FLUSH_INTERVAL + STORE_TIMEOUT + 2.0
 
 
 def read_acks(path: Path) -> dict[str, dict[str, float]]:
@@ -68,7 +76,8 @@ def spilled(spill: Path) -> bool:
 
 
 def serve_and_kill(url: str, server, tmp_path: Path, *, durable: bool, during_outage: bool,
-                   slow_fsync: float = 0.0, hold: float = 0.0) -> tuple[dict[str, dict[str, float]], float, Path]:
+                   slow_fsync: float = 0.0, hold: float = 0.0,
+                   min_acks: int = 300) -> tuple[dict[str, dict[str, float]], float, Path]:
     """Run a serving child, take the store down if asked, ``kill -9`` it; returns (acks, kill time, spill prefix).
 
     With an outage the kill comes once the child spills, ``hold`` seconds later.
@@ -78,7 +87,7 @@ def serve_and_kill(url: str, server, tmp_path: Path, *, durable: bool, during_ou
     flag = tmp_path / "outage"
     Selector.open(url, follow=False).close()  # schema in place before the child starts
     cmd = [sys.executable, "-m", "tests.reliability.child_serve", url, str(acks), str(spill),
-           "--flush-interval", str(FLUSH_INTERVAL)]
+           "--flush-interval", str(FLUSH_INTERVAL), "--timeout", str(STORE_TIMEOUT)]
     if durable:
         cmd.append("--durable")
     if server is None:
@@ -89,7 +98,7 @@ def serve_and_kill(url: str, server, tmp_path: Path, *, durable: bool, during_ou
     child = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                              env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
-        assert until(lambda: n_acked(acks) >= 300, 60), (tmp_path / "child.log").read_text()[-3000:]
+        assert until(lambda: n_acked(acks) >= min_acks, 120), (tmp_path / "child.log").read_text()[-3000:]
         if during_outage:
             if server is not None:
                 server.stop("fast")
@@ -119,7 +128,7 @@ def serve_and_kill(url: str, server, tmp_path: Path, *, durable: bool, during_ou
 
 
 def check_recovery(url: str, spill: Path, acked: dict[str, dict[str, float]], t_kill: float, *, durable: bool,
-                   label: str) -> None:
+                   label: str, window: float = LOSS_WINDOW_S) -> None:
     """Adopt the dead child's spill and check what the database holds against what the child acknowledged."""
     sel = Selector.open(url, config=SelectorConfig(store=StoreConfig(spill_path=str(spill))), follow=False)
     assert sel.drain(60), sel.health()
@@ -142,8 +151,8 @@ def check_recovery(url: str, spill: Path, acked: dict[str, dict[str, float]], t_
     if durable:
         assert lost == {"d": {}, "o": {}}
     else:
-        too_old = {k: age for kind in lost for k, age in lost[kind].items() if age > LOSS_WINDOW_S}
-        assert not too_old, f"lost rows acknowledged more than {LOSS_WINDOW_S} s before the kill: {too_old}"
+        too_old = {k: age for kind in lost for k, age in lost[kind].items() if age > window}
+        assert not too_old, f"lost rows acknowledged more than {window} s before the kill: {too_old}"
 
 
 @pytest.mark.parametrize("durable", [True, False], ids=["durable", "queued"])
@@ -167,3 +176,35 @@ def test_kill_9_during_an_outage_on_a_slow_disk_loses_at_most_the_flush_window(s
     acked, t_kill, spill = serve_and_kill(sqlite_url, None, tmp_path, durable=False, during_outage=True,
                                           slow_fsync=1.5, hold=1.5)
     check_recovery(sqlite_url, spill, acked, t_kill, durable=False, label="queued store-down, slow disk")
+
+
+_HOG = "while True: pass"
+_READER = """
+import sys, time
+from sqlalchemy import create_engine, text
+engine = create_engine(sys.argv[1])
+while True:
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT count(*), sum(o.tokens) FROM decisions d JOIN outcomes o "
+                              "ON o.decision_key = d.request_key")).all()
+    except Exception:
+        time.sleep(0.05)
+"""
+
+
+@pytest.mark.parametrize("durable", [True, False], ids=["durable", "queued"])
+def test_kill_9_under_cpu_load_and_a_busy_reader(outage_db, tmp_path, durable):
+    """Two CPU hogs and a process reading the whole log in a loop share the machine with the child."""
+    url, server = outage_db
+    load = [subprocess.Popen([sys.executable, "-c", _HOG]) for _ in range(2)]
+    load.append(subprocess.Popen([sys.executable, "-c", _READER, url], cwd=ROOT, stderr=subprocess.DEVNULL))
+    try:
+        acked, t_kill, spill = serve_and_kill(url, server, tmp_path, durable=durable, during_outage=False,
+                                              min_acks=200 if durable else 3000)
+    finally:
+        for p in load:
+            p.kill()
+            p.wait(10)
+    check_recovery(url, spill, acked, t_kill, durable=durable, window=LOADED_LOSS_WINDOW_S,
+                   label=f"{'durable' if durable else 'queued'} store-up, 2 CPU hogs + a busy reader")

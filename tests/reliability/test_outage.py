@@ -18,7 +18,7 @@ import pytest
 from stopbandit import Selector
 from stopbandit.config import SelectorConfig, StoreConfig
 from stopbandit.replay import migrate
-from stopbandit.replay.spill import SpillFile, encode, spill_files
+from stopbandit.replay.spill import SpillFile, encode, header, spill_files
 from stopbandit.replay.store import ReplayStore, outcome_row
 from stopbandit.replay.writer import BatchWriter
 
@@ -43,6 +43,11 @@ def decision(key: str, **kw) -> dict:
 def leftover_spill(tmp_path: Path) -> list[str]:
     d = tmp_path / "spill"
     return sorted(p.name for p in d.iterdir() if "rejected" not in p.name) if d.exists() else []
+
+
+def spilled_rows(path: Path) -> int:
+    """Rows (records after the file's header) written to a spill file so far."""
+    return max(0, len(path.read_bytes().splitlines()) - 1)
 
 
 def serve(sel: Selector, n: int, prefix: str) -> list[str]:
@@ -158,11 +163,13 @@ def test_a_poison_row_is_rejected_and_never_takes_the_store_down(db_url, tmp_pat
     store.dispose()
 
 
-def write_orphan(prefix: Path, items, *, name: str = "4242-deadbeef", replay: bool = False, torn: bytes = b"") -> Path:
+def write_orphan(prefix: Path, items, *, store_id: str, name: str = "4242-deadbeef", replay: bool = False,
+                 torn: bytes = b"") -> Path:
+    """A dead writer's spill file of the store ``store_id`` (its header names it), in a private directory."""
     base = Path(f"{prefix}.{name}.jsonl")
     target = base.with_name(base.name + ".replay") if replay else base
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(encode(items) + torn)
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    target.write_bytes(header(store_id) + encode(items) + torn)
     return base
 
 
@@ -171,9 +178,12 @@ def test_orphans_are_adopted_in_order_with_deferred_outcomes(sqlite_url, tmp_pat
     store = ReplayStore(sqlite_url)
     prefix = tmp_path / "sp" / "sb"
     # a queue overflow can spill an outcome before its decision; chunks of 1 put them in different transactions
-    write_orphan(prefix, [("o", outcome_row("k1", 1.0, 3)), ("o", outcome_row("ghost", 1.0, 3)), ("d", decision("k1"))])
+    sid = store.identity()
+    write_orphan(prefix, [("o", outcome_row("k1", 1.0, 3)), ("o", outcome_row("ghost", 1.0, 3)), ("d", decision("k1"))],
+                 store_id=sid)
     # a writer that died while replaying: only its .replay file is left
-    write_orphan(prefix, [("d", decision("k2")), ("o", outcome_row("k2", 0.0, 4))], name="4243-deadbeef", replay=True)
+    write_orphan(prefix, [("d", decision("k2")), ("o", outcome_row("k2", 0.0, 4))], store_id=sid,
+                 name="4243-deadbeef", replay=True)
     # a writer that died with nothing to replay: only its lock file
     Path(f"{prefix}.4244-deadbeef.jsonl.lock").write_text("")
     # the rejected file is never "adopted"
@@ -195,7 +205,7 @@ def test_corrupt_and_torn_spill_lines(sqlite_url, tmp_path):
     migrate.upgrade(sqlite_url)
     store = ReplayStore(sqlite_url)
     prefix = tmp_path / "sp" / "sb"
-    base = write_orphan(prefix, [("d", decision("a"))], torn=b"")
+    base = write_orphan(prefix, [("d", decision("a"))], store_id=store.identity(), torn=b"")
     with open(base, "ab") as fh:
         fh.write(b'{"k": "d", "r": {"request_key": "bro\n')  # a complete but corrupt line
         fh.write(b'{"k": "x", "r": {}}\n')  # an unknown kind
@@ -214,7 +224,7 @@ def test_a_live_writers_spill_is_never_adopted(sqlite_url, tmp_path):
     migrate.upgrade(sqlite_url)
     store = ReplayStore(sqlite_url)
     prefix = tmp_path / "sp" / "sb"
-    alive = SpillFile(prefix)  # holds its lock, like a writer in another process
+    alive = SpillFile(prefix, store_id=store.identity())  # holds its lock, like a writer in another process
     alive.append([("d", decision("mine"))])
     w = BatchWriter(store, spill_path=prefix)
     assert w.drain(10)
@@ -274,7 +284,7 @@ def test_queued_spill_appends_are_written_at_once_and_fsynced_by_the_syncer(tmp_
     for i in range(20):
         spill.append([("d", decision(f"q{i}"))], sync=False)
     assert time.monotonic() - t < 0.4  # no append waited for an fsync
-    assert len(spill.path.read_bytes().splitlines()) == 20  # written: a killed process loses none of them
+    assert spilled_rows(spill.path) == 20  # written: a killed process loses none of them
     assert spill.sync(10) and synced  # ... and fsync'd by the syncer thread, a group at a time
     assert len(synced) < 20
     t = time.monotonic()
@@ -298,7 +308,7 @@ def test_an_outage_spills_every_queued_row_within_the_flush_window_on_a_slow_dis
         w.submit_decision(decision(f"s{i}"))
         if i % 500 == 0:
             time.sleep(0.02)
-    lines = lambda: len(w.spill.path.read_bytes().splitlines()) if w.spill.path.exists() else 0  # noqa: E731
+    lines = lambda: spilled_rows(w.spill.path) if w.spill.path.exists() else 0  # noqa: E731
     assert until(lambda: lines() == 3000, 0.8), lines()  # well before the first 1 s fsync returns
     assert w.flush(10)  # flush waits for the fsync too
     outage.stop()

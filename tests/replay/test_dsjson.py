@@ -13,7 +13,7 @@ from stopbandit.bandit.arms import DEFAULT_ARMS, ArmSet
 from stopbandit.errors import ConfigError, InputError
 from stopbandit.replay.csvlog import COLUMNS, CsvWriter, read_csv
 from stopbandit.replay.dsjson import CUSTOM, event_to_dsjson, read_dsjson, write_dsjson
-from stopbandit.replay.logged import export_events, import_events
+from stopbandit.replay.interchange import export_events, import_events
 from stopbandit.replay.store import ReplayStore
 from tests.replay.test_logged import add_status_events, make_log
 
@@ -124,7 +124,7 @@ MALFORMED = [
     ("unknown arm", variant("b4", c__x={}, c___multi=[{"arm": "full"}, {"arm": "careful"}, {"arm": "turbo"},
                                                     {"arm": "aggressive"}]), r"unknown arm 'turbo'"),
     ("NaN", variant("b5").replace('"_label_probability": 0.5', '"_label_probability": NaN'),
-     r"propensity must be finite, got nan"),
+     r"propensity must be a finite number, got nan"),
     ("em out of range", variant("b6", _stopbandit__em=1.5), r"em must be a finite number in \[0, 1\], got 1.5"),
     ("not an object", "[1, 2, 3]", r"must be a JSON object, got list"),
 ]

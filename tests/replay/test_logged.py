@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from stopbandit.bandit.arms import DEFAULT_ARMS, Arm, ArmSet
-from stopbandit.bandit.selector import Selector
+from stopbandit.serving.selector import Selector
 from stopbandit.bandit.trace import ProbeTrace, counterfactual, em_of
 from stopbandit.errors import ConfigError, InputError
-from stopbandit.replay import logged as logged_mod
+from stopbandit.replay import times as times_mod
 from stopbandit.replay.candidates import (
     CandidateContext,
     FixedArm,
@@ -23,8 +23,12 @@ from stopbandit.replay.candidates import (
     UniformCandidate,
     make_candidate,
 )
-from stopbandit.replay.cli_commands import evaluate, sweep_log
-from stopbandit.replay.logged import LogReader, Target, parse_time, reveal_row, reveal_rows, run_targets
+from stopbandit.replay.evaluation import evaluate, sweep_log
+from stopbandit.replay.logreader import LogReader
+from stopbandit.replay.options import ReplayOptions
+from stopbandit.replay.reveal import reveal_row, reveal_rows
+from stopbandit.replay.runner import Target, run_targets
+from stopbandit.replay.times import parse_time
 from stopbandit.replay.ope import ESTIMATORS, LoggedData, Metric, make_estimator, reveal_matrix
 from stopbandit.replay.store import ReplayStore, outcome_row
 from stopbandit.replay.sweep import fixed_arm_estimates, lenience_rank, sweep
@@ -85,7 +89,7 @@ def test_logged_data_equals_hand_built_arrays(log):
     store, _ = log
     events = [e for chunk in store.iter_events() for e in chunk]
     assert len(events) == 300
-    batches, got = collect(LogReader(store, ARMS, chunk=64))
+    batches, got = collect(LogReader(store, ARMS, ReplayOptions(chunk=64)))
     assert [b.n for b in batches] == [64, 64, 64, 64, 44]
     names = ARMS.names
     np.testing.assert_array_equal(got["actions"], [e.arm_index for e in events])
@@ -103,7 +107,7 @@ def test_logged_data_equals_hand_built_arrays(log):
 def test_revealed_arrays_equal_counterfactual_on_the_traces(log):
     store, _ = log
     events = [e for chunk in store.iter_events() for e in chunk]
-    batches, _ = collect(LogReader(store, ARMS, chunk=50))
+    batches, _ = collect(LogReader(store, ARMS, ReplayOptions(chunk=50)))
     rem = np.concatenate([b.revealed_em for b in batches])
     rtok = np.concatenate([b.revealed_tokens for b in batches])
     traced = 0
@@ -246,7 +250,7 @@ def test_defaulted_and_late_events_are_counted_and_excluded_by_default(log):
     assert reader.counts.events == 303 and reader.counts.used == 300
     assert (reader.counts.ok, reader.counts.defaulted, reader.counts.late) == (300, 2, 1)
     assert reader.count() == {"ok": 300, "defaulted": 2, "late": 1}
-    reader = LogReader(store, ARMS, include=("ok", "defaulted"))
+    reader = LogReader(store, ARMS, ReplayOptions(include=("ok", "defaulted")))
     _, got = collect(reader)
     assert reader.counts.used == 302 and reader.counts.excluded == 1
 
@@ -303,7 +307,7 @@ def test_parse_time_errors_name_the_value(value):
 
 
 def test_module_doctests():
-    assert doctest.testmod(logged_mod).failed == 0
+    assert doctest.testmod(times_mod).failed == 0
 
 
 # --------------------------------------------------------------------------- streaming evaluation
@@ -321,8 +325,8 @@ def test_streaming_equals_one_shot_and_does_not_depend_on_the_chunk(log):
     metrics = (Metric("em"), Metric("tokens"), Metric("reward", 0.3, 1000.0))
     results = []
     for chunk in (7, 5000):
-        res = run_targets(LogReader(store, ARMS, chunk=chunk), [Target("c", cand, _all_estimators(), metrics)],
-                          model=model, progress=False)
+        res = run_targets(LogReader(store, ARMS, ReplayOptions(chunk=chunk, progress=False)),
+                          [Target("c", cand, _all_estimators(), metrics)], model=model)
         results.append(res.estimates["c"])
     # one shot on the whole log
     batches = list(LogReader(store, ARMS).batches())
@@ -346,10 +350,10 @@ def test_parallel_workers_give_the_same_estimates(log):
     model = HeadsModel.load(store, version, ARMS)
     cand = HeadsCandidate(model=model, lam=0.2)
     metrics = (Metric("em"), Metric("reward", 0.2, 1000.0))
-    one = run_targets(LogReader(store, ARMS, chunk=40), [Target("c", cand, _all_estimators(), metrics)],
-                      model=model, progress=False, jobs=1)
-    two = run_targets(LogReader(store, ARMS, chunk=40), [Target("c", cand, _all_estimators(), metrics)],
-                      model=model, progress=False, jobs=2)
+    one = run_targets(LogReader(store, ARMS, ReplayOptions(chunk=40, progress=False, jobs=1)),
+                      [Target("c", cand, _all_estimators(), metrics)], model=model)
+    two = run_targets(LogReader(store, ARMS, ReplayOptions(chunk=40, progress=False, jobs=2)),
+                      [Target("c", cand, _all_estimators(), metrics)], model=model)
     assert two.jobs == 2 and two.counts == one.counts
     for name in ESTIMATORS:
         for kind in ("em", "reward"):
@@ -362,7 +366,7 @@ def test_parallel_workers_give_the_same_estimates(log):
 @pytest.mark.parametrize("chunk", [40, 64])
 def test_estimates_are_the_same_floats_whatever_the_number_of_processes(log, chunk):
     """Ranges of ids streamed from their own starts and merged in order: jobs changes nothing, not even rounding."""
-    from stopbandit.replay.logged import partition
+    from stopbandit.replay.runner import partition
 
     store, version = log
     add_status_events(store, ["defaulted", "late"])  # excluded events inside the ranges
@@ -370,10 +374,10 @@ def test_estimates_are_the_same_floats_whatever_the_number_of_processes(log, chu
     cand = HeadsCandidate(model=model, lam=0.2)
     targets = [Target("c", cand, _all_estimators(), (Metric("em"), Metric("tokens"), Metric("reward", 0.2, 1000.0))),
                Target("logging", LoggingCandidate(), {"ips": make_estimator("ips")}, (Metric("em"),))]
-    reader = LogReader(store, ARMS, chunk=chunk)
+    reader = LogReader(store, ARMS, ReplayOptions(chunk=chunk))
     assert len(partition(reader, 70)) == 5  # 302 ids
-    runs = {jobs: run_targets(LogReader(store, ARMS, chunk=chunk), targets, model=model, progress=False, jobs=jobs,
-                              partition_ids=70) for jobs in (1, 2, 3)}
+    runs = {jobs: run_targets(LogReader(store, ARMS, ReplayOptions(chunk=chunk, progress=False, jobs=jobs)), targets,
+                              model=model, partition_ids=70) for jobs in (1, 2, 3)}
     want = {t: {e: {m: est.to_dict() for m, est in ms.items()} for e, ms in es.items()}
             for t, es in runs[1].estimates.items()}
     for jobs in (2, 3):
@@ -386,7 +390,7 @@ def test_estimates_are_the_same_floats_whatever_the_number_of_processes(log, chu
 
 
 def test_partition_covers_the_ids_once(log):
-    from stopbandit.replay.logged import partition
+    from stopbandit.replay.runner import partition
 
     store, _ = log
     reader = LogReader(store, ARMS)
@@ -395,7 +399,7 @@ def test_partition_covers_the_ids_once(log):
         ranges = partition(reader, span)
         assert ranges[0][0] == lo and ranges[-1][1] == hi
         assert all(a < b <= a + span for a, b in ranges) and all(x[1] == y[0] for x, y in zip(ranges, ranges[1:]))
-    assert partition(LogReader(store, ARMS, since=4e9)) == []
+    assert partition(LogReader(store, ARMS, ReplayOptions(since=4e9))) == []
     with pytest.raises(ConfigError, match="partition span must be a positive integer, got 0"):
         partition(reader, 0)
 
@@ -404,7 +408,7 @@ def test_streaming_sweep_equals_sweep_and_fixed_arm_estimates(log):
     store, version = log
     model = HeadsModel.load(store, version, ARMS)
     lams = [0.0, 0.25, 0.5, 1.0]
-    res = sweep_log(store, ARMS, model, lams, token_scale=1000.0, chunk=33, progress=False)
+    res = sweep_log(store, ARMS, model, lams, token_scale=1000.0, options=ReplayOptions(chunk=33, progress=False))
     [b] = list(LogReader(store, ARMS).batches())
     em_hat, tok_hat = model.predict(b)
     data = b.logged_data(None, em_hat, tok_hat)
@@ -428,7 +432,7 @@ def test_evaluate_reports_logging_value_and_skips_model_estimators_without_a_mod
     store = ReplayStore(sqlite_url)
     add_status_events(store, ["defaulted"])
     ev = evaluate(store, ARMS, FixedArm(index=1, name="careful"), ["ips", "dr", "graph-ips"], lam=0.2,
-                  token_scale=1000.0, progress=False)
+                  token_scale=1000.0, options=ReplayOptions(progress=False))
     assert set(ev.estimates) == {"ips", "graph-ips"} and "dr" in ev.skipped
     assert "needs per-arm EM/token predictions" in ev.skipped["dr"]
     assert ev.counts.defaulted == 1 and ev.counts.used == 120
@@ -442,10 +446,10 @@ def test_evaluate_reports_logging_value_and_skips_model_estimators_without_a_mod
 def test_no_usable_events_is_a_clear_error(sqlite_url):
     store = ReplayStore(sqlite_url, migrate_schema=True)
     with pytest.raises(InputError, match="no events in the selected events"):
-        evaluate(store, ARMS, UniformCandidate(), ["ips"], lam=0.2, token_scale=1000.0, progress=False)
+        evaluate(store, ARMS, UniformCandidate(), ["ips"], lam=0.2, token_scale=1000.0, options=ReplayOptions(progress=False))
     add_status_events(store, ["defaulted", "late"])
     with pytest.raises(InputError, match="1 defaulted and 1 late rewards are excluded by default"):
-        evaluate(store, ARMS, UniformCandidate(), ["ips"], lam=0.2, token_scale=1000.0, progress=False)
+        evaluate(store, ARMS, UniformCandidate(), ["ips"], lam=0.2, token_scale=1000.0, options=ReplayOptions(progress=False))
     store.dispose()
 
 
@@ -520,7 +524,7 @@ def test_batched_heads_are_the_same_floats_as_one_at_a_time(log):
               token_scale=e.token_scale, policy_version="v", experiment="champion") for i, e in enumerate(events)],
         [outcome_row(f"again-{i}", e.em, e.tokens) for i, e in enumerate(events)])
     model = HeadsModel.load(store, version, ARMS)
-    batches = list(LogReader(store, ARMS, chunk=128).batches())
+    batches = list(LogReader(store, ARMS, ReplayOptions(chunk=128)).batches())
     assert sum(b.n for b in batches) == 340
     for b in batches:
         lines = batch_shared_lines(b)
@@ -529,7 +533,7 @@ def test_batched_heads_are_the_same_floats_as_one_at_a_time(log):
         for i, line in enumerate(lines):
             em, tok = model.policy.predict_heads(line)
             assert em_hat[i].tolist() == em.tolist() and tok_hat[i].tolist() == tok.tolist()
-    [whole] = list(LogReader(store, ARMS, chunk=1000).batches())
+    [whole] = list(LogReader(store, ARMS, ReplayOptions(chunk=1000)).batches())
     assert len(set(batch_shared_lines(whole))) <= whole.n - 40  # the repeats are scored once ...
     em_hat, tok_hat = model.predict(whole)
     assert em_hat[300:].tolist() == em_hat[:40].tolist() and tok_hat[300:].tolist() == tok_hat[:40].tolist()
@@ -540,22 +544,24 @@ def test_sqlite_rows_from_the_driver_equal_sqlalchemy_rows(log):
     """On SQLite the reader fetches plain tuples from the driver; they equal SQLAlchemy's rows."""
     store, _ = log
     add_status_events(store, ["defaulted", "late"])
-    reader = LogReader(store, ARMS, chunk=70)
+    reader = LogReader(store, ARMS, ReplayOptions(chunk=70))
     fast = [tuple(r) for chunk in reader.raw_chunks() for r in chunk]
     with store.engine.connect() as conn:
-        slow = [tuple(r) for r in conn.execute(reader._chunk_query().limit(None), {"sb_after": 0}).all()]
+        slow = [tuple(r) for r in conn.execute(store._event_query(chunk=None), {"sb_after": 0}).all()]
     assert fast == slow and len(fast) == 302
 
 
 def test_count_total_and_cursor_bounds_agree_with_the_rows(log):
     store, _ = log
     add_status_events(store, ["defaulted", "late"])
-    rows = [r for chunk in LogReader(store, ARMS, chunk=1000).raw_chunks() for r in chunk]
+    rows = [r for chunk in LogReader(store, ARMS, ReplayOptions(chunk=1000)).raw_chunks() for r in chunk]
     ids = [r[0] for r in rows]
     ts = sorted(r[2] for r in rows)
     for kw in ({}, {"since": ts[100]}, {"until": ts[250]}, {"since": ts[50], "until": ts[60]}, {"after": ids[10]},
                {"after": ids[5], "upto": ids[200]}, {"since": ts[-1] + 1.0}, {"after": ids[-1]}):
-        reader = LogReader(store, ARMS, include=("ok", "defaulted", "late"), **kw)
+        window = {k: kw[k] for k in ("since", "until") if k in kw}
+        ids_range = {k: kw[k] for k in ("after", "upto") if k in kw}
+        reader = LogReader(store, ARMS, ReplayOptions(include=("ok", "defaulted", "late"), **window), **ids_range)
         got = [r for chunk in reader.raw_chunks() for r in chunk]
         assert reader.count_total() == sum(reader.count().values()) == len(got), kw
         lo, hi = reader.cursor_bounds()
@@ -586,7 +592,7 @@ def test_heads_model_survives_pickling_for_worker_processes(log):
     store, version = log
     model = HeadsModel.load(store, version, ARMS)
     copy = pickle.loads(pickle.dumps(model))
-    [b] = list(LogReader(store, ARMS, chunk=5000).batches())
+    [b] = list(LogReader(store, ARMS, ReplayOptions(chunk=5000)).batches())
     for x, y in zip(model.predict(b), copy.predict(b)):
         np.testing.assert_allclose(x, y, rtol=1e-6)
     assert copy.version == version and copy.policy.t == model.policy.t
@@ -597,7 +603,7 @@ def test_heads_model_survives_pickling_for_worker_processes(log):
 def test_logged_data_on_postgres_matches_sqlite(db_url):
     make_log(db_url, 80, snapshot=False)
     store = ReplayStore(db_url)
-    _, got = collect(LogReader(store, ARMS, chunk=30))
+    _, got = collect(LogReader(store, ARMS, ReplayOptions(chunk=30)))
     events = [e for chunk in store.iter_events() for e in chunk]
     np.testing.assert_array_equal(got["actions"], [e.arm_index for e in events])
     np.testing.assert_array_equal(got["em"], [e.em for e in events])
@@ -621,9 +627,9 @@ def test_vw_native_snapshot_is_played_with_its_own_probabilities(sqlite_url):
     [b] = list(LogReader(store, ARMS).batches())
     probs = cand.probs(b, None)
     assert probs.shape == (60, 4) and np.allclose(probs.sum(axis=1), 1.0)
-    ev = evaluate(store, ARMS, cand, ["ips", "dr"], lam=0.2, token_scale=1000.0, progress=False)
+    ev = evaluate(store, ARMS, cand, ["ips", "dr"], lam=0.2, token_scale=1000.0, options=ReplayOptions(progress=False))
     assert set(ev.estimates) == {"ips"} and "dr" in ev.skipped and ev.policy["snapshot"] == version
     with pytest.raises(ConfigError, match="the sweep needs EM/token heads"):
-        sweep_log(store, ARMS, cand.model, [0.1], token_scale=1000.0, progress=False)
+        sweep_log(store, ARMS, cand.model, [0.1], token_scale=1000.0, options=ReplayOptions(progress=False))
     cand.model.close()
     store.dispose()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,7 +172,7 @@ def test_writer_rejects_orphan_outcome_without_losing_the_batch(store, tmp_path)
 
 def _hammer(url: str, worker: int, n: int) -> None:
     s = ReplayStore(url)
-    w = BatchWriter(s, batch_size=1000, spill_path=f"/tmp/sb-hammer-{worker}-{time.time_ns()}.jsonl")
+    w = BatchWriter(s, batch_size=1000, spill_path=Path(tempfile.mkdtemp(prefix="sb-hammer-")) / f"w{worker}")
     for i in range(n):
         key = f"w{worker}-{i}"
         w.submit_decision(decision(key))

@@ -7,13 +7,14 @@ import pytest
 
 from stopbandit.bandit.arms import DEFAULT_ARMS, ArmSet
 from stopbandit.bandit.exploration import SquareCB
-from stopbandit.bandit.selector import Selector
 from stopbandit.errors import ConfigError, InputError
 from stopbandit.features.extract import FeatureConfig
 from stopbandit.replay.candidates import HeadsModel
-from stopbandit.replay.logged import LogReader
+from stopbandit.replay.logreader import LogReader
+from stopbandit.replay.options import ReplayOptions
 from stopbandit.replay.store import ReplayStore
 from stopbandit.replay.training import IW_CLIP, time_split, train_and_evaluate, train_heads
+from stopbandit.serving.selector import Selector
 from tests.replay.test_logged import add_status_events, make_log
 
 ARMS = ArmSet(DEFAULT_ARMS)
@@ -56,7 +57,7 @@ def test_split_errors(store, kwargs, err, match):
 
 
 def test_training_learns_every_revealed_arm(store):
-    policy, stats = train_heads(store, ARMS, exploration=SquareCB(), token_scale=1000.0, progress=False)
+    policy, stats = train_heads(store, ARMS, exploration=SquareCB(), token_scale=1000.0, options=ReplayOptions(progress=False))
     assert stats.learned == 400 and stats.traced == 320 and policy.t == 400
     assert stats.revealed_updates > stats.learned  # traces reveal stricter arms
     # the heads learned something sensible: a stricter arm is predicted to spend fewer tokens
@@ -69,9 +70,9 @@ def test_training_learns_every_revealed_arm(store):
 
 
 def test_importance_weighting_changes_the_fit(store):
-    plain, _ = train_heads(store, ARMS, exploration=SquareCB(), token_scale=1000.0, progress=False)
+    plain, _ = train_heads(store, ARMS, exploration=SquareCB(), token_scale=1000.0, options=ReplayOptions(progress=False))
     weighted, stats = train_heads(store, ARMS, exploration=SquareCB(), token_scale=1000.0,
-                                  importance_weighting=True, progress=False)
+                                  importance_weighting=True, options=ReplayOptions(progress=False))
     assert stats.importance_weighting and weighted.t == 400 and IW_CLIP > 1
     [batch] = list(LogReader(store, ARMS).batches())
     a = HeadsModel(plain, "a").predict(batch)[1]
@@ -85,7 +86,7 @@ def test_train_and_evaluate_reports_held_out_estimates_and_saves_a_loadable_snap
     add_status_events(store, ["defaulted"], prefix="zz")  # newest event, defaulted: counted, not used
     split = time_split(store, test_frac=0.25)
     report = train_and_evaluate(store, ARMS, exploration=SquareCB(), lam=0.2, token_scale=1000.0,
-                                feature_config=FeatureConfig().to_dict(), split=split, progress=False)
+                                feature_config=FeatureConfig().to_dict(), split=split, options=ReplayOptions(progress=False))
     assert report.saved and store.latest_snapshot_version() == report.version
     assert report.train.learned == split.n_train
     assert report.test_counts.used == split.n_test - 1 and report.test_counts.defaulted == 1
@@ -110,7 +111,8 @@ def test_train_and_evaluate_reports_held_out_estimates_and_saves_a_loadable_snap
 def test_dry_run_saves_nothing(store):
     split = time_split(store)
     report = train_and_evaluate(store, ARMS, exploration=SquareCB(), lam=0.2, token_scale=1000.0,
-                                feature_config=FeatureConfig().to_dict(), split=split, save=False, progress=False)
+                                feature_config=FeatureConfig().to_dict(), split=split, save=False,
+                                options=ReplayOptions(progress=False))
     assert not report.saved and store.latest_snapshot_version() is None
     assert report.candidate["dr"]["em"].n == split.n_test
 
@@ -120,7 +122,7 @@ def test_training_on_postgres(db_url):
     store = ReplayStore(db_url)
     split = time_split(store, test_frac=0.5)
     report = train_and_evaluate(store, ARMS, exploration=SquareCB(), lam=0.3, token_scale=1000.0,
-                                feature_config=FeatureConfig().to_dict(), split=split, progress=False)
+                                feature_config=FeatureConfig().to_dict(), split=split, options=ReplayOptions(progress=False))
     assert report.train.learned == 60 and report.candidate["snips"]["em"].n == 60
     assert store.get_snapshot(report.version) is not None
     store.dispose()
@@ -133,10 +135,11 @@ def test_training_equals_learning_the_log_one_event_at_a_time(store):
     from stopbandit.bandit.policy import HeadsPolicy
     from stopbandit.bandit.vw import shared_line
 
-    trained, stats = train_heads(store, ARMS, exploration=SquareCB(), token_scale=1000.0, progress=False, chunk=70)
+    trained, stats = train_heads(store, ARMS, exploration=SquareCB(), token_scale=1000.0,
+                             options=ReplayOptions(progress=False, chunk=70))
     ref = HeadsPolicy(ARMS, SquareCB(), 1000.0)
     lines = []
-    for b in LogReader(store, ARMS, chunk=70).batches():
+    for b in LogReader(store, ARMS, ReplayOptions(chunk=70)).batches():
         for i, feats in enumerate(b.features()):
             a = int(b.actions[i])
             outcomes = {}

@@ -271,3 +271,29 @@ def test_an_upstream_4xx_is_passed_on_with_its_reason(gateway, toy):
         toy.status = None
     assert r.status_code == 422
     assert "upstream rejected the request (422): toy engine failure" in r.json()["error"]["message"]
+
+
+def test_rewards_follow_the_selectors_reward_window(db_url, toy):
+    from stopbandit import Selector
+    from tests.serve.conftest import running
+
+    sel = Selector.open(db_url, seed=0, follow=False, reward_window_s=30, reward_aggregation="sum")
+    try:
+        with running(sel, upstream=toy.url) as gw, _client(gw) as c:
+            r = c.post("/v1/completions", json={"prompt": "x", "max_tokens": 5, "stopbandit": {"arm": "full"}})
+            decision = r.headers["x-stopbandit-decision"]
+            first = c.post("/v1/rewards", json={"decision_id": decision, "em": 0.5})
+            second = c.post("/v1/rewards", json={"decision_id": decision, "em": 0.25})
+        assert first.status_code == second.status_code == 200, second.text
+        assert sel.health().pending_rewards == 1, "the window is still open, aggregating"
+    finally:
+        sel.close()
+    assert sel.store.get_outcome(decision)["em"] == 0.75
+
+
+def test_the_domain_header_is_logged_with_the_decision(gateway, toy, selector):
+    with gateway(upstream=toy.url) as gw, _client(gw) as c:
+        r = c.post("/v1/completions", json={"prompt": "x", "max_tokens": 3, "stopbandit": {"arm": "full"}},
+                   headers={"x-stopbandit-domain": "code"})
+    selector.flush()
+    assert selector.store.get_decision(r.headers["x-stopbandit-decision"])["domain"] == "code"

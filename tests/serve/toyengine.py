@@ -147,10 +147,10 @@ class ToyEngine:
     def complete(self, path: str, body: dict[str, Any]) -> dict[str, Any] | tuple[int, str]:
         chat = path == "/v1/chat/completions"
         if chat:
-            prompt_ids = tokenize("\n".join(str(m.get("content", "")) for m in body["messages"]))
+            prompt_ids = tokenize("\n".join(str(m.get("content") or "") for m in body["messages"]))
         else:
             prompt = body.get("prompt")
-            if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+            if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
                 if not self.token_prompts:
                     return 500, "token prompts are not supported"
                 prompt_ids = list(prompt)
@@ -240,7 +240,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if self.path == "/tokenize":
             if isinstance(body.get("messages"), list):  # vLLM renders the chat template here
-                text = "\n".join(str(m.get("content", "")) for m in body["messages"])
+                text = "\n".join(str(m.get("content") or "") for m in body["messages"])
             else:
                 text = body.get("prompt", body.get("content", ""))
             self._send(200, {"tokens": tokenize(text), "count": len(tokenize(text))})

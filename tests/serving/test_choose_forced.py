@@ -1,4 +1,8 @@
-"""``Selector.choose(force_arm=…, experiment=…, tag=…)``: the hook the control layer routes through."""
+"""``Selector.choose_forced(arm=…, experiment=…, tag=…)``: the hook the control layer routes through.
+
+``Selector.choose(force_arm=…, experiment=…, tag=…)`` is its deprecated alias
+for one round; the tests below that use it check that the alias still works.
+"""
 
 from __future__ import annotations
 
@@ -118,3 +122,48 @@ def test_holdout_decisions_get_the_selectors_reward_window(tmp_path):
     assert sel.health().late == 1
     cs.close()
     sel.close()
+
+
+def test_choose_forced_equals_the_deprecated_alias(tmp_path):
+    """The same routing through choose_forced and through choose(force_arm=...): the same decisions and rows."""
+    reqs = list(Simulator(seed=6).stream(30))
+    a = Selector.open(f"sqlite:///{tmp_path / 'a.db'}", lam=0.3, seed=2, follow=False)
+    b = Selector.open(f"sqlite:///{tmp_path / 'b.db'}", lam=0.3, seed=2, follow=False)
+    try:
+        for i, r in enumerate(reqs):
+            route = [dict(), dict(arm="full", experiment="holdout", tag="holdout"),
+                     dict(experiment="challenger")][i % 3]
+            got = a.choose_forced(r.prompt, domain=r.domain, request_id=f"r{i}", **route)
+            alias = {("force_arm" if k == "arm" else k): v for k, v in route.items()}
+            if alias:
+                with pytest.warns(DeprecationWarning, match="use Selector.choose_forced"):
+                    want = b.choose(r.prompt, domain=r.domain, request_id=f"r{i}", **alias)
+            else:
+                want = b.choose(r.prompt, domain=r.domain, request_id=f"r{i}")
+            assert (got.arm, got.probabilities, got.policy_version.split("/")[0] if "/" in got.policy_version
+                    else "", got.lam) == (want.arm, want.probabilities, want.policy_version.split("/")[0]
+                                          if "/" in want.policy_version else "", want.lam)
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"arm": "fastest"}, r"must be one of the arms \['full', 'careful', 'balanced', 'aggressive'\], got 'fastest'"),
+        ({"experiment": "canary"}, r"experiment must be one of \['champion', 'challenger', 'holdout'\], got 'canary'"),
+        ({"arm": "full", "tag": "a/b"}, r"tag must be 1 to 32 letters, digits, '_' or '-', got 'a/b'"),
+    ],
+)
+def test_choose_forced_refuses_invalid_routing(sel, kwargs, match):
+    with pytest.raises(InputError, match=match):
+        sel.choose_forced("q", domain="math", **kwargs)
+    assert sel.health().decisions == 0
+
+
+def test_open_refuses_an_unknown_setting_by_name(sqlite_url):
+    from stopbandit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"Selector.open: unknown setting\(s\) \['lamda'\]"):
+        Selector.open(sqlite_url, lamda=0.3)

@@ -1,0 +1,268 @@
+"""DSJSON/CSV interchange: validated rows from foreign lines, a two-pass import, and the export.
+
+Both formats parse a line into a :class:`ParsedEvent` (a decision row and,
+when the line carries an outcome, an outcome row, validated like the serving
+path validates them) or a :class:`LineError`. :func:`import_events` runs two
+passes: the first validates every line and checks it against the store (a key
+already stored with a different outcome or arm is a conflict), the second
+writes the valid lines through ``ReplayStore.write_batch``. With
+``on_error="fail"`` a single bad line stops the import before anything is
+written; with ``"skip"`` bad lines are counted, listed with their line
+numbers and left out. Writes are idempotent by request key, so importing a
+file twice adds nothing the second time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+from stopbandit.bandit.arms import ArmSet
+from stopbandit.errors import ConfigError, InputError
+from stopbandit import validation
+from stopbandit.replay.options import DEFAULT_CHUNK, PROB_TOL
+from stopbandit.replay.store import ReplayStore
+
+ON_ERROR = ("skip", "fail")
+IMPORT_BATCH = 2000
+EXPERIMENTS_MAX = 32
+MAX_REPORTED_ERRORS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class LineError:
+    line: int
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"line": self.line, "error": self.message}
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedEvent:
+    """One imported line: a decision row, its outcome row (None: decision only), and how it was mapped."""
+
+    line: int
+    decision: dict[str, Any]
+    outcome: dict[str, Any] | None
+    mapped_from_cost: bool = False
+    clipped: bool = False
+
+
+@dataclass
+class ImportReport:
+    """What an import read, wrote and refused (``errors``: line numbers and reasons, in file order)."""
+
+    path: str
+    format: str
+    on_error: str
+    lines: int = 0
+    valid: int = 0
+    inserted: int = 0
+    duplicates: int = 0
+    decisions_only: int = 0
+    from_cost: int = 0
+    clipped: int = 0
+    error_count: int = 0
+    errors: list[LineError] = field(default_factory=list)
+    written: bool = False
+
+    def add_error(self, err: LineError) -> None:
+        self.error_count += 1
+        if len(self.errors) < MAX_REPORTED_ERRORS:
+            self.errors.append(err)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path, "format": self.format, "on_error": self.on_error, "lines": self.lines,
+            "valid": self.valid, "inserted": self.inserted, "duplicates": self.duplicates,
+            "decisions_only": self.decisions_only, "mapped_from_cost": self.from_cost, "clipped": self.clipped,
+            "skipped": self.error_count if self.written else 0, "errors": self.error_count,
+            "error_lines": [e.to_dict() for e in self.errors], "written": self.written,
+        }
+
+
+def _finite(value: Any, field_: str, *, low: float | None = None, high: float | None = None,
+            low_open: bool = False) -> float:
+    return validation.number(value, field_, low=low, high=high, low_open=low_open, error=InputError)
+
+
+def check_features(value: Any, field_: str = "features") -> dict[str, Any]:
+    """A flat mapping of name → finite number or string (what the Selector logs).
+
+    Names follow the extractor's rule (``features.extract.FEATURE_NAME``): the
+    VW seam escapes values, not names, so a name must not carry VW syntax.
+    """
+    from stopbandit.features.extract import FEATURE_NAME
+
+    if not isinstance(value, dict):
+        raise InputError(f"{field_} must be a JSON object of name -> number or string, got {type(value).__name__}")
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        if not isinstance(k, str) or not FEATURE_NAME.match(k):
+            raise InputError(f"{field_}: feature name {k!r} must match {FEATURE_NAME.pattern}")
+        if isinstance(v, str):
+            if len(v) > 256:
+                raise InputError(f"{field_}: feature {k!r} is a string longer than 256 characters")
+            out[k] = v
+        elif isinstance(v, bool):
+            out[k] = 1.0 if v else 0.0
+        else:
+            out[k] = _finite(v, f"{field_}.{k}")
+    return out
+
+
+def decision_row(arms: ArmSet, *, key: Any, ts: Any, domain: Any, features: Any, arm: Any,
+                 probabilities: Mapping[str, Any], propensity: Any, lam: Any, token_scale: Any,
+                 policy_version: Any, experiment: Any = "champion") -> dict[str, Any]:
+    """A validated decision row (the shape ``ReplayStore.write_batch`` takes); errors name the field."""
+    from stopbandit.replay.validate import check_key
+
+    key = check_key(key, field="request_id")
+    if not isinstance(arm, str) or arm not in arms.names:
+        raise InputError(f"unknown arm {arm!r}; known arms: {list(arms.names)}")
+    idx = arms.index(arm)
+    if sorted(probabilities) != sorted(arms.names):
+        raise InputError(f"probabilities must name every arm {list(arms.names)}, got {list(probabilities)}")
+    probs = {name: _finite(probabilities[name], f"probability of arm {name!r}", low=0.0, high=1.0)
+             for name in arms.names}
+    total = math.fsum(probs.values())
+    if abs(total - 1.0) > PROB_TOL:
+        raise InputError(f"probabilities must sum to 1, they sum to {total!r}")
+    prop = _finite(propensity, "propensity", low=0.0, high=1.0, low_open=True)
+    if abs(prop - probs[arm]) > PROB_TOL:
+        raise InputError(f"propensity {prop!r} differs from the probability of the logged arm {arm!r}: {probs[arm]!r}")
+    if domain is not None and (not isinstance(domain, str) or not domain or len(domain) > 64):
+        raise InputError(f"domain must be a string of 1-64 characters or absent, got {domain!r}")
+    if not isinstance(policy_version, str) or not policy_version or len(policy_version) > 64:
+        raise InputError(f"policy_version must be a string of 1-64 characters, got {policy_version!r}")
+    if not isinstance(experiment, str) or not experiment or len(experiment) > EXPERIMENTS_MAX:
+        raise InputError(f"experiment must be a string of 1-{EXPERIMENTS_MAX} characters, got {experiment!r}")
+    return {
+        "request_key": key, "ts": _finite(ts, "ts"), "domain": domain, "features": check_features(features),
+        "arm": arm, "arm_index": idx, "probabilities": probs, "propensity": prop,
+        "lam": _finite(lam, "lam", low=0.0), "token_scale": _finite(token_scale, "token_scale", low=0.0, low_open=True),
+        "policy_version": policy_version, "experiment": experiment,
+    }
+
+
+def outcome_of(key: str, *, em: Any, tokens: Any, ts: Any, latency_ms: Any = None, trace: Any = None,
+               reference_key: Any = None, status: Any = "ok") -> dict[str, Any]:
+    """A validated outcome row; a trace must parse as a ProbeTrace and is stored in canonical form."""
+    from stopbandit.bandit.trace import ProbeTrace
+    from stopbandit.replay.store import outcome_row
+
+    if trace is not None:
+        if not isinstance(trace, dict):
+            raise InputError(f"trace must be a JSON object (a hashed ProbeTrace), got {type(trace).__name__}")
+        trace = ProbeTrace.from_json(trace).to_json()
+    if reference_key is not None and (not isinstance(reference_key, str) or not reference_key
+                                      or len(reference_key) > 32):
+        raise InputError(f"reference_key must be a string of 1-32 characters, got {reference_key!r}")
+    if not isinstance(status, str):
+        raise InputError(f"status must be a string, got {status!r}")
+    if isinstance(em, bool) or isinstance(tokens, bool):
+        raise InputError(f"em and tokens must be numbers, got em={em!r}, tokens={tokens!r}")
+    return outcome_row(key, em, tokens, latency_ms, _finite(ts, "outcome ts"), trace=trace,
+                       reference_key=reference_key, status=status)
+
+
+def _existing(store: ReplayStore, keys: Sequence[str]) -> tuple[dict[str, tuple[int, float]], dict[str, tuple]]:
+    """Stored (arm_index, propensity) per decision key and (em, tokens) per outcome key, among ``keys``."""
+    return store.stored_keys(keys)
+
+
+def import_events(store: ReplayStore, parse: Callable[[], Iterator[ParsedEvent | LineError]], *, path: str,
+                  fmt: str, on_error: str = "skip", batch: int = IMPORT_BATCH) -> ImportReport:
+    """Validate every line, then write the valid ones (see the section comment above).
+
+    ``parse()`` is called once per pass and must yield the same sequence each time.
+    """
+    if on_error not in ON_ERROR:
+        raise ConfigError(f"on_error must be one of {list(ON_ERROR)}, got {on_error!r}")
+    report = ImportReport(path=path, format=fmt, on_error=on_error)
+    bad_lines: set[int] = set()
+    skip_lines: set[int] = set()  # valid, but already stored (or repeated in the file)
+    seen: dict[str, tuple] = {}
+    pending: list[ParsedEvent] = []
+
+    def check(items: list[ParsedEvent]) -> None:
+        dec, out = _existing(store, [p.decision["request_key"] for p in items])
+        for p in items:
+            key = p.decision["request_key"]
+            mine = (p.decision["arm_index"], p.decision["propensity"])
+            outcome = None if p.outcome is None else (p.outcome["em"], p.outcome["tokens"])
+            problem = None
+            if key in seen:
+                first_line, first = seen[key]
+                if first != (mine, outcome):
+                    problem = f"request_id {key!r} also on line {first_line} with a different decision or outcome"
+            elif key in dec and (dec[key][0] != mine[0] or abs(dec[key][1] - mine[1]) > PROB_TOL):
+                problem = (f"request_id {key!r} is already stored with arm_index {dec[key][0]} and propensity "
+                           f"{dec[key][1]!r}; this line has {mine[0]} and {mine[1]!r}")
+            elif key in out and outcome is not None and tuple(out[key]) != outcome:
+                problem = (f"request_id {key!r} already has an outcome (em {out[key][0]!r}, tokens {out[key][1]!r}); "
+                           f"this line has em {outcome[0]!r}, tokens {outcome[1]!r} (outcomes are write-once)")
+            if problem is not None:
+                report.add_error(LineError(p.line, f"conflict: {problem}"))
+                bad_lines.add(p.line)
+                continue
+            report.valid += 1
+            report.from_cost += p.mapped_from_cost
+            report.clipped += p.clipped
+            if p.outcome is None:
+                report.decisions_only += 1
+            if key in seen or (key in dec and (outcome is None or key in out)):
+                report.duplicates += 1
+                skip_lines.add(p.line)
+            seen.setdefault(key, (p.line, (mine, outcome)))
+
+    for item in parse():
+        if isinstance(item, LineError):
+            report.lines += 1
+            report.add_error(item)
+            bad_lines.add(item.line)
+            continue
+        report.lines += 1
+        pending.append(item)
+        if len(pending) >= batch:
+            check(pending)
+            pending = []
+    if pending:
+        check(pending)
+    if report.error_count and on_error == "fail":
+        return report
+    decisions: list[dict[str, Any]] = []
+    outcomes: list[dict[str, Any]] = []
+    for item in parse():
+        if isinstance(item, LineError) or item.line in bad_lines or item.line in skip_lines:
+            continue
+        decisions.append(item.decision)
+        if item.outcome is not None:
+            outcomes.append(item.outcome)
+        report.inserted += 1
+        if len(decisions) >= batch:
+            store.write_batch(decisions, outcomes)
+            decisions, outcomes = [], []
+    if decisions:
+        store.write_batch(decisions, outcomes)
+    report.written = True
+    return report
+
+
+def export_events(store: ReplayStore, write: Callable[[Any], None], *, since: float | None = None,
+                  chunk: int = DEFAULT_CHUNK) -> int:
+    """Call ``write(event)`` for every stored event (every status), in outcome order; returns the count."""
+    n = 0
+    for events in store.iter_events(chunk=chunk, since_ts=since):
+        for ev in events:
+            write(ev)
+            n += 1
+    return n
+
+
+__all__ = ["ImportReport", "LineError", "ParsedEvent", "check_features", "decision_row", "export_events",
+           "import_events", "outcome_of"]

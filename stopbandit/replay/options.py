@@ -1,0 +1,79 @@
+"""Which logged events a replay pass reads, and how: one value for every pass.
+
+Evaluation, sweeps and training all read the log the same way -- a set of
+outcome statuses, a decision-time window, a chunk size -- and report the
+same way -- an interval level, a progress bar, worker processes. They take
+one :class:`ReplayOptions` instead of repeating seven keyword arguments.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from stopbandit.errors import ConfigError
+from stopbandit.replay.store import OUTCOME_STATUSES
+
+DEFAULT_CHUNK = 5000
+MAX_CHUNK = 200_000
+PROB_TOL = 1e-6
+"""Tolerance of logged probability vectors (sum to 1, propensity = the logged arm's probability)."""
+
+
+def check_include(include: Sequence[str]) -> tuple[str, ...]:
+    """The outcome statuses to estimate on, deduplicated in order."""
+    if isinstance(include, str):
+        include = (include,)
+    bad = [s for s in include if s not in OUTCOME_STATUSES]
+    if bad or not include:
+        raise ConfigError(f"include must name outcome statuses from {list(OUTCOME_STATUSES)}, got {list(include)!r}")
+    return tuple(dict.fromkeys(include))
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayOptions:
+    """How a pass reads the log.
+
+    ``include``: outcome statuses that reach the estimates (``defaulted`` and
+    ``late`` events are counted either way). ``since`` / ``until``:
+    decision-time window ``since <= ts < until`` (epoch seconds, None = open).
+    ``chunk``: events per read (memory is bounded by it). ``alpha``: 1 − the
+    confidence level of the intervals. ``progress``: True/False forces the
+    stderr progress bar on/off, None shows it for big or slow jobs. ``jobs``:
+    worker processes (None: one per core for big logs).
+    """
+
+    include: tuple[str, ...] = ("ok",)
+    since: float | None = None
+    until: float | None = None
+    chunk: int = DEFAULT_CHUNK
+    alpha: float = 0.05
+    progress: bool | None = None
+    jobs: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "include", check_include(self.include))
+        for name in ("since", "until"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite time in epoch seconds or None, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if isinstance(self.chunk, bool) or not isinstance(self.chunk, int) or not 1 <= self.chunk <= MAX_CHUNK:
+            raise ConfigError(f"chunk must be an integer in [1, {MAX_CHUNK}], got {self.chunk!r}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0.0 < self.alpha < 1.0:
+            raise ConfigError(f"alpha must be a number in (0, 1), got {self.alpha!r}")
+        if self.progress not in (None, True, False):
+            raise ConfigError(f"progress must be True, False or None, got {self.progress!r}")
+        if self.jobs is not None and (isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1):
+            raise ConfigError(f"jobs must be a positive integer, got {self.jobs!r}")
+
+    def with_(self, **changes: Any) -> ReplayOptions:
+        """A copy with ``changes`` (validated again)."""
+        return replace(self, **changes)
+
+
+__all__ = ["DEFAULT_CHUNK", "MAX_CHUNK", "PROB_TOL", "ReplayOptions", "check_include"]

@@ -1,0 +1,59 @@
+"""What the Selector returns: a :class:`Decision` per request, and its :class:`Health`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from stopbandit.bandit.arms import Arm
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What ``choose`` returns: the arm to run and everything needed to reward it."""
+
+    decision_id: str
+    arm: Arm
+    arm_index: int
+    probability: float
+    probabilities: dict[str, float]
+    lam: float
+    policy_version: str
+    features: dict[str, float | str]
+    # True when the decision row was committed, or fsync'd to the spill, before ``choose`` returned (durable
+    # mode); False in the queued mode, and in durable mode when neither the store nor the spill's disk took it
+    durable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """The Selector's own counters and its writer's, in one snapshot (``Selector.health()``)."""
+
+    store_ok: bool
+    last_error: str | None
+    lam: float
+    policy: str
+    policy_version: str
+    decisions: int
+    rewards: int
+    pending_rewards: int  # decisions in memory waiting for a reward (open windows with reward_window_s)
+    queue_depth: int
+    spill_backlog: int
+    spilled: int
+    dropped: int
+    rejected: int
+    write_lag_s: float
+    outages: int = 0
+    down_since: float | None = None
+    replayed: int = 0
+    max_spill_backlog: int = 0
+    defaulted: int = 0  # windows closed without a reward (default recorded and learned)
+    late: int = 0  # rewards after their window: stored with status late, not learned
+    discarded: int = 0  # rewards after the outcome was settled (earliest: later ones; sum: after close)
+    evicted: int = 0  # decisions pushed out of memory by max_pending (windows closed early)
+    snapshot_error: str | None = None  # why the newest stored snapshot was refused (still serving the old one)
+    conflicts: int = 0  # rows refused: their request key is stored for a different decision (another process)
+    unspilled: int = 0  # rows only in memory: the store and the spill's disk both refused them (retried)
+    replay_errors: int = 0  # spill replay steps that failed on the local disk (the file is kept and retried)
+
+
+__all__ = ["Decision", "Health"]

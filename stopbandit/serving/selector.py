@@ -1,0 +1,655 @@
+"""The serving facade: ``Selector.open`` / ``choose`` / ``reward`` / ``set_lambda``.
+
+Light like river's ``predict_one``/``learn_one``: ``choose`` extracts
+features, asks the policy for a probability vector, samples an arm, logs the
+decision (full probability vector and propensity) through the background
+writer and returns a :class:`Decision`; ``reward`` validates, learns online and
+logs the outcome. Input is validated once here; the parts behind trust it.
+
+Guarantees on the serving path:
+
+* the store being down never makes ``choose`` or ``reward`` raise: rows go to
+  the spill file (fsync'd per batch) and are replayed, idempotently, when the
+  store answers again; learning continues; :meth:`Selector.health` reports the
+  outage (``store_ok``, ``outages``, ``down_since``) and the backlog
+  (``queue_depth``, ``spill_backlog``, ``max_spill_backlog``). The one
+  exception is a reward for a decision that is no longer in memory: it has to
+  be looked up in the store, and raises StoreError while the store is down;
+* ``durable=True``: ``choose`` and ``reward`` return only once their row is
+  committed, or fsync'd to the spill while the store is down, so a crash
+  (``kill -9``) loses nothing acknowledged. Otherwise a crash loses at most the
+  rows accepted within the last ``store.flush_interval`` (plus one commit);
+* λ changes (here or from any process, via the store) apply to the next
+  ``choose``; other processes pick them up within ``follow_interval``;
+* a newer snapshot in the store is loaded off the request path and swapped in
+  atomically (one reference to the policy *and* its version, so a decision
+  never logs the version of a policy it did not use); the old policy is
+  closed only when no call is using it any more;
+* VW workspaces are guarded by their own locks (not thread-safe otherwise);
+* memory is bounded: at most ``max_pending`` decisions wait for their reward
+  (and as many settled ids are remembered for idempotency), the writer queue
+  holds ``store.max_queue`` rows, the spill ``store.max_spill_bytes``;
+* delayed rewards (``reward_window_s``): see :mod:`stopbandit.bandit.delayed`;
+  windows are closed by a reaper thread, never on the request path.
+
+The module is the public contract of serving in one place (validation once,
+the serving path, λ, snapshots, lifecycle); the moving parts live next to
+it. The facade is assembled from small parts: the served policy sits in a
+:class:`~stopbandit.serving.slot.PolicySlot` (acquire, swap, retire), the
+reward bookkeeping is a :class:`~stopbandit.serving.ledger.RewardLedger` that
+returns what to learn and what to log, and a
+:class:`~stopbandit.serving.follower.StoreFollower` thread keeps λ, the
+newest snapshot and the schema in step with the store. The facade validates
+input once, runs the ledger's steps, and hands rows to the writer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Mapping
+from dataclasses import fields, replace
+from typing import Any
+
+import numpy as np
+
+from stopbandit import validation
+from stopbandit.bandit.arms import ArmSet
+from stopbandit.bandit.delayed import MAX_TOKENS, RewardWindow
+from stopbandit.bandit.exploration import TraceShare
+from stopbandit.bandit.policy import FrozenPolicy, Policy, make_policy, observation_weights
+from stopbandit.bandit.reward import check_lambda
+from stopbandit.bandit.snapshot import check_snapshot_meta, pack, unpack
+from stopbandit.bandit.trace import ProbeTrace, answer_key, revealed_outcomes
+from stopbandit.bandit.vw import shared_line
+from stopbandit.config import SelectorConfig, load_config
+from stopbandit.errors import ConfigError, ConflictError, InputError, StoreError, UnknownDecisionError
+from stopbandit.features.extract import FeatureExtractor
+from stopbandit.replay.store import ReplayStore, check_role, outcome_row
+from stopbandit.replay.writer import BatchWriter
+from stopbandit.serving.decision import Decision, Health
+from stopbandit.serving.follower import StoreFollower, prepare_store
+from stopbandit.serving.ledger import Held, Late, Learn, LookUp, Pending, Repeat, RewardLedger, Settle
+from stopbandit.serving.slot import PolicySlot
+
+log = logging.getLogger("stopbandit.selector")
+
+MAX_PENDING = 200_000  # the default of SelectorConfig.max_pending
+FOLLOW_MODES = (True, False, "all", "lambda")  # what a Selector follows in the store (see Selector.open)
+EXPERIMENTS = ("champion", "challenger", "holdout")  # decisions.experiment (migration 0004)
+FORCED_TAG = "forced"  # policy_version prefix of a forced decision unless the caller tags it
+_TAG_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+_OPEN_ONLY = ("snapshot", "follow", "learn", "durable")
+"""Keywords of :meth:`Selector.open` that are not :class:`SelectorConfig` fields."""
+
+
+class Selector:
+    """Chooses a stopping arm per request and learns from rewards. Thread-safe."""
+
+    def __init__(self, config: SelectorConfig, store: ReplayStore, *, snapshot: str | None = "latest",
+                 follow: bool | str = True, learn: bool = True) -> None:
+        if follow not in FOLLOW_MODES:
+            raise InputError(f"follow must be one of {list(FOLLOW_MODES)}, got {follow!r}")
+        if not isinstance(learn, bool):
+            raise InputError(f"learn must be True or False, got {learn!r}")
+        self._learns = learn
+        self.config = config
+        self.arms: ArmSet = config.arms
+        self._arm_names = self.arms.names  # ArmSet.names builds a new tuple per call; choose needs it every time
+        self._reveals = self.arms.reveals()  # for [learning] revealed_weighting, per reward
+        self.store = store
+        self.extractor = FeatureExtractor(config.features)
+        self._rng = np.random.default_rng(config.seed)
+        self._rng_lock = threading.Lock()
+        self._key_rng, self._key_pid = random.Random(os.urandom(32)), os.getpid()
+        self._lam = config.lam
+        self._lambda_id = 0
+        self._fault: str | None = None
+        self._window: RewardWindow | None = config.reward_window
+        self._ledger = RewardLedger(self._window, config.max_pending, len(self.arms))
+        self._swap_lock = threading.Lock()
+        # the exploration rule's record of traced rewards belongs to this Selector, never to its config,
+        # and carries over from one policy it serves to the next
+        self._trace_share = TraceShare()
+        fresh = make_policy(config.policy, self.arms, config.exploration, config.token_scale)
+        fresh.trace_share = self._trace_share
+        self._slot = PolicySlot(fresh if learn else FrozenPolicy(fresh), f"fresh-{uuid.uuid4().hex[:8]}")
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        fault = prepare_store(store)
+        if fault is not None:
+            self.record_fault(fault)
+        self.writer = BatchWriter(
+            store,
+            max_queue=config.store.max_queue,
+            batch_size=config.store.batch_size,
+            flush_interval=config.store.flush_interval,
+            spill_path=config.store.spill_path,
+            max_spill_bytes=config.store.max_spill_bytes,
+            retry_interval=config.store.retry_interval,
+            timeout=config.store.timeout,
+            spill_dir=config.store.spill_dir,
+        )
+        self._follower = StoreFollower(store, self, interval=config.follow_interval,
+                                       snapshots=follow is True or follow == "all", store_ok=fault is None,
+                                       writer_ok=lambda: self.writer.health().store_ok, after_tick=self._slot.sweep)
+        # durable: committed or fsync'd before choose/reward return; else queued (bound once, off the hot path)
+        self._log_row = self.writer.write_now if config.store.durable else self.writer.submit
+        try:
+            if fault is None:
+                try:
+                    self._sync_lambda(initial=True)
+                    if snapshot is not None:
+                        self.load_snapshot(snapshot, missing_ok=snapshot == "latest")
+                except StoreError as exc:
+                    self.record_fault(exc)
+                    self._follower.follow_ok = False
+        except BaseException:
+            self.writer.close(5.0)
+            self._slot.live.policy.close()
+            raise
+        if follow:
+            self._follower.start()
+        self._reaper: threading.Thread | None = None
+        if self._window is not None:
+            self._reaper = threading.Thread(target=self._reap_loop, name="stopbandit-rewards", daemon=True)
+            self._reaper.start()
+
+    # -- construction -------------------------------------------------------------
+    @classmethod
+    def open(cls, url: str | None = None, config: str | os.PathLike[str] | SelectorConfig | None = None,
+             **overrides: Any) -> Selector:
+        """Open a Selector on the replay store at ``url`` (migrating it to the newest schema).
+
+        ``config`` is a TOML path or a :class:`SelectorConfig`; ``overrides`` name
+        :class:`SelectorConfig` fields (``lam``, ``token_scale``, ``arms``,
+        ``policy``, ``exploration``, ``seed``, ``reward_window_s``,
+        ``reward_aggregation``, ``learning``, ...; None leaves the config's value)
+        and replace them. A few keywords are about opening, not settings:
+        ``snapshot``: load this stored snapshot version ("latest": the newest
+        *serving* one, if any; a version may name a candidate; None: start fresh).
+        ``follow``: True (or "all") follows the store's λ and hot-swaps to newer
+        serving snapshots; "lambda" follows λ only (a challenger serving a fixed
+        candidate); False follows nothing. ``learn``: False freezes the policy
+        (rewards are still logged, never learned): a candidate under A/B
+        evaluation must stay exactly what ``ab promote`` would ship.
+        ``durable``: commit (or fsync to the spill) every row before
+        ``choose``/``reward`` return. An unknown keyword is refused by name.
+        """
+        settings = {f.name for f in fields(SelectorConfig)}
+        unknown = sorted(set(overrides) - settings - set(_OPEN_ONLY))
+        if unknown:
+            raise ConfigError(f"Selector.open: unknown setting(s) {unknown}; settings are SelectorConfig fields "
+                              f"{sorted(settings)} and {list(_OPEN_ONLY)}")
+        snapshot = overrides.pop("snapshot", "latest")
+        follow = overrides.pop("follow", True)
+        learn = overrides.pop("learn", True)
+        durable = overrides.pop("durable", None)
+        cfg = config if isinstance(config, SelectorConfig) else (load_config(config) if config else SelectorConfig())
+        arms = overrides.get("arms")
+        if arms is not None and not isinstance(arms, ArmSet):
+            overrides["arms"] = ArmSet.of(arms)
+        cfg = cfg.with_(**overrides)
+        if durable is not None:
+            cfg = replace(cfg, store=replace(cfg.store, durable=durable))
+        store = ReplayStore(url or cfg.store.url, check_schema=False, timeout=cfg.store.timeout)
+        return cls(cfg, store, snapshot=snapshot, follow=follow, learn=learn)
+
+    def _new_key(self) -> str:
+        """A 128-bit id, time-ordered: 64 bits of ``time.time_ns()`` then 64 random bits, as 32 hex digits.
+
+        Time-ordered, because the store keeps a unique index on the key (and the
+        outcomes table one on its copy, plus the foreign key between them):
+        random keys land anywhere in those B-trees, ordered keys append
+        (``benchmarks/sqlite_key_order.py`` measures the difference). Unique: two
+        keys collide only if they are made in the same nanosecond *and* draw the
+        same 64 random bits. No syscall: ``uuid4`` reads ``os.urandom``, which
+        releases the GIL, and getting it back can wait a switch interval behind
+        the writer thread; a per-process Mersenne Twister seeded from
+        ``os.urandom`` (re-seeded after fork) draws the random half.
+        """
+        pid = os.getpid()
+        if pid != self._key_pid:
+            self._key_rng, self._key_pid = random.Random(os.urandom(32)), pid
+        return f"{time.time_ns():016x}{self._key_rng.getrandbits(64):016x}"
+
+    # -- the serving path ---------------------------------------------------------------
+    def choose(self, prompt: str, *, domain: str | None = None, request_id: str | None = None,
+               features: Mapping[str, Any] | None = None, force_arm: str | None = None,
+               experiment: str = "champion", tag: str | None = None) -> Decision:
+        """Pick an arm for one request; logs the decision; never raises because of the store.
+
+        ``force_arm``, ``experiment`` and ``tag`` are kept for callers written
+        before :meth:`choose_forced`; they are deprecated here and forwarded to it.
+        """
+        if force_arm is not None or experiment != "champion" or tag is not None:
+            warnings.warn("Selector.choose(force_arm=/experiment=/tag=) is deprecated; use Selector.choose_forced",
+                          DeprecationWarning, stacklevel=2)
+            return self._routed(prompt, domain, request_id, features, force_arm, experiment, tag)
+        self._slot.enter()
+        try:
+            return self._choose(prompt, domain, request_id, features, None, "champion", None)
+        finally:
+            self._slot.leave()
+
+    def choose_forced(self, prompt: str, *, arm: str | None = None, experiment: str = "champion",
+                      tag: str | None = None, domain: str | None = None, request_id: str | None = None,
+                      features: Mapping[str, Any] | None = None) -> Decision:
+        """A decision routed by the caller (a guardrail holdout, a challenger): logged and rewarded as any other.
+
+        ``arm``: serve this arm instead of sampling the policy's; it is logged
+        with one-hot probabilities and propensity 1 and rewarded like any other
+        decision (reward windows, spill, counters; the policy learns from it at
+        propensity 1), so a caller that overrides the policy never writes rows
+        of its own. None: the policy chooses. ``experiment``: the
+        ``decisions.experiment`` group (champion, challenger, holdout). ``tag``:
+        the logged ``policy_version`` becomes ``<tag>/<version>``; a forced
+        decision is tagged ``forced`` unless a tag is given, so the log tells
+        the policy's own choices from overrides.
+        """
+        return self._routed(prompt, domain, request_id, features, arm, experiment, tag)
+
+    def _routed(self, prompt: str, domain: str | None, request_id: str | None, features: Mapping[str, Any] | None,
+                arm: object, experiment: object, tag: object) -> Decision:
+        forced = self._check_route(arm, experiment, tag)
+        self._slot.enter()
+        try:
+            return self._choose(prompt, domain, request_id, features, forced, experiment, tag)  # type: ignore[arg-type]
+        finally:
+            self._slot.leave()
+
+    def _check_route(self, force_arm: object, experiment: object, tag: object) -> int | None:
+        """Validate the routing arguments once; returns the forced arm's index (None: the policy picks)."""
+        if experiment not in EXPERIMENTS:
+            raise InputError(f"experiment must be one of {list(EXPERIMENTS)}, got {experiment!r}")
+        if tag is not None and (not isinstance(tag, str) or not 1 <= len(tag) <= 32 or not set(tag) <= _TAG_CHARS):
+            raise InputError(f"tag must be 1 to 32 letters, digits, '_' or '-', got {tag!r}")
+        if force_arm is None:
+            return None
+        names = self.arms.names
+        if not isinstance(force_arm, str) or force_arm not in names:
+            raise InputError(f"force_arm must be one of the arms {list(names)}, got {force_arm!r}")
+        return names.index(force_arm)
+
+    def _choose(self, prompt: str, domain: str | None, request_id: str | None,
+                features: Mapping[str, Any] | None, forced: int | None = None, experiment: str = "champion",
+                tag: str | None = None) -> Decision:
+        key = self._new_key() if request_id is None else validation.identifier(request_id, "request_id")
+        feats = self.extractor.extract(prompt, domain, features)
+        # the strings that reach the store: the domain (the built-in buckets are made from it and
+        # from ASCII) and the caller's own categorical features
+        dom = feats.get("domain")
+        if isinstance(dom, str):
+            validation.text(dom, "domain")
+        if features:
+            for name in features:
+                value = feats.get(name)
+                if isinstance(value, str):
+                    validation.text(value, f"feature {name!r}")
+        shared = shared_line(feats)
+        lam = self._lam
+        live = self._slot.acquire()
+        try:
+            if forced is None:
+                probs, _ = live.policy.decide(shared, lam)
+            else:  # one-hot, propensity 1
+                probs = [0.0] * len(self.arms)
+                probs[forced] = 1.0
+        finally:
+            self._slot.release(live)
+        version = live.version if tag is None and forced is None else f"{tag or FORCED_TAG}/{live.version}"[:64]
+        if forced is None:
+            with self._rng_lock:
+                u = self._rng.random()
+            idx, acc = len(probs) - 1, 0.0
+            for i, p in enumerate(probs):
+                acc += p
+                if u < acc:
+                    idx = i
+                    break
+        else:  # no draw: overrides leave the policy's sampling sequence as it was
+            idx = forced
+        names = self._arm_names
+        prob_map = dict(zip(names, probs))
+        window = self._window
+        pending = Pending(shared, idx, probs[idx], lam, feats.get("domain"),  # type: ignore[arg-type]
+                          time.monotonic() + window.seconds if window is not None else math.inf, probs=probs)
+        if self._ledger.add(key, pending):
+            self._wake.set()  # the reaper closes the evicted window (off the request path)
+        row = {
+            "request_key": key, "ts": time.time(), "domain": feats.get("domain"), "features": feats,
+            "arm": names[idx], "arm_index": idx, "probabilities": prob_map, "propensity": probs[idx],
+            "lam": lam, "token_scale": self.config.token_scale, "policy_version": version,
+            "experiment": experiment,
+        }
+        logged = self._log("d", row)
+        return Decision(key, self.arms[idx], idx, probs[idx], prob_map, lam, version, feats,
+                        logged in ("stored", "spilled"))
+
+    def reward(self, decision_id: str, em: float, tokens: int, *, latency_ms: float | None = None,
+               trace: ProbeTrace | None = None, reference: str | None = None) -> None:
+        """Report the outcome of a decision.
+
+        Without a reward window: idempotent; a conflicting repeat raises
+        ConflictError. With ``reward_window_s``: rewards inside the window are
+        aggregated, later ones are stored as ``late`` and not learned from
+        (:mod:`stopbandit.bandit.delayed`).
+
+        With a probe ``trace`` and the ``reference`` answer, every arm the trace
+        reveals (every arm at most as lenient as the logged one) is learned from,
+        not only the logged arm (nested feedback).
+        """
+        self._slot.enter()
+        try:
+            self._reward(decision_id, em, tokens, latency_ms, trace, reference)
+        finally:
+            self._slot.leave()
+
+    def _reward(self, decision_id: str, em: float, tokens: int, latency_ms: float | None,
+                trace: ProbeTrace | None, reference: str | None) -> None:
+        decision_id = validation.identifier(decision_id, "decision_id")
+        if self.writer.is_conflict(decision_id):
+            raise ConflictError(f"decision {decision_id!r} was not stored: its request_id is stored for another "
+                                "process's decision (request ids must be unique across processes and restarts)")
+        if trace is not None and not isinstance(trace, ProbeTrace):
+            raise InputError(f"trace must be a ProbeTrace or None, got {type(trace).__name__}")
+        if reference is not None and not isinstance(reference, str):
+            raise InputError(f"reference must be a string or None, got {type(reference).__name__}")
+        row = outcome_row(
+            decision_id, em, tokens, latency_ms,
+            trace=trace.hashed().to_json() if trace is not None else None,
+            reference_key=answer_key(reference) if reference is not None else None,
+        )
+        if row["tokens"] > MAX_TOKENS:
+            raise InputError(f"tokens must be at most {MAX_TOKENS}, got {tokens!r}")
+        step = self._ledger.reward(decision_id, row, trace, reference)
+        if isinstance(step, LookUp):
+            found = self._from_store(decision_id, row, trace, reference)
+            if found is None:
+                return
+            done = self._ledger.claim(decision_id, row)
+            step = Repeat(done) if done is not None else Learn(found, row, trace, reference)
+        self._apply(decision_id, row, step)
+
+    def _apply(self, key: str, row: dict[str, Any], step: Learn | Settle | Late | Repeat | Held) -> None:
+        """Do what the ledger says (outside its lock)."""
+        if isinstance(step, Learn):
+            self._ledger.count_reward()
+            self._learn(step.pending, step.row, step.trace, step.reference)
+            self._log("o", step.row)  # a fresh outcome_row dict, not kept by the caller: no copy needed
+        elif isinstance(step, Settle):
+            self._learn(step.pending, step.learn, step.trace, step.reference)
+            self._log("o", dict(step.log))
+        elif isinstance(step, Late):
+            self._log("l", step.row)
+        elif isinstance(step, Repeat):
+            self._ledger.repeat(key, step.done, row)
+
+    def _learn(self, pending: Pending, row: Mapping[str, Any], trace: ProbeTrace | None,
+               reference: str | None) -> None:
+        live = self._slot.acquire()
+        try:
+            policy = live.policy
+            if policy.exploration.watches_traces:
+                self._trace_share.observe(trace is not None and reference is not None)
+            if trace is not None and reference is not None:
+                revealed = {k: (em, tok) for k, (em, tok) in
+                            revealed_outcomes(trace, self.arms.arms, reference).items() if em is not None}
+                revealed[pending.arm] = (row["em"], row["tokens"])
+                weights = None
+                learning = self.config.learning
+                if learning.weighted and pending.probs is not None:  # [learning] revealed_weighting
+                    weights = observation_weights(pending.probs, self._reveals, pending.arm, revealed,
+                                                  learning.revealed_weight_clip)
+                policy.learn_revealed(pending.shared, revealed, pending.arm, pending.prob, pending.lam,
+                                      weights=weights)
+            else:
+                policy.learn(pending.shared, pending.arm, row["em"], row["tokens"], pending.prob, pending.lam)
+        finally:
+            self._slot.release(live)
+        self.extractor.observe(pending.domain, row["em"])
+        self._ledger.observe(pending.arm, row["em"], row["tokens"], row.get("status", "ok"))
+
+    def _decision_wait(self) -> float:
+        """How long a reward waits for a decision that is not in the store yet (logged by another replica and
+        not flushed): ``store.decision_wait``, and never past the reward window of a decision made now."""
+        wait = self.config.store.decision_wait
+        return wait if self._window is None else min(wait, self._window.seconds)
+
+    def _from_store(self, key: str, row: dict[str, Any], trace: ProbeTrace | None,
+                    reference: str | None) -> Pending | None:
+        """A decision that is no longer (or never was) in memory: settle the reward against the store.
+
+        Returns the decision to learn from (and log ``row`` as ``ok``), or None when nothing is left to do.
+        """
+        self.writer.flush(5.0)
+        try:
+            existing = self.store.get_outcome(key)
+            d = self.store.wait_for_decision(key, self._decision_wait()) if existing is None else None
+        except StoreError as exc:
+            self.record_fault(exc)
+            raise StoreError(f"cannot check decision {key!r}: the store is unavailable and it is not in memory") from exc
+        late_row = {**row, "status": "late"}
+        if existing is not None:
+            status = existing.get("status") or "ok"
+            if status == "defaulted":  # its window closed with a default: this reward is late
+                self._ledger.record_late(key, row)
+                self._log("l", late_row)
+                return None
+            self._ledger.repeat(key, (existing["em"], existing["tokens"], status), row)
+            return None
+        if d is None:
+            raise UnknownDecisionError(f"unknown decision id {key!r}: no such decision was logged (or it did not "
+                                       f"reach the store within store.decision_wait = {self._decision_wait():g} s)")
+        logged = d.get("probabilities") or {}
+        pending = Pending(shared_line(d["features"]), d["arm_index"], d["propensity"], d["lam"], d["domain"],
+                          probs=[float(logged.get(name, 0.0)) for name in self._arm_names])
+        window = self._window
+        if window is None:
+            return pending
+        left = d["ts"] + window.seconds - time.time()
+        if left <= 0:  # closed long ago, and nobody recorded a default (evicted, or its process is gone)
+            self._ledger.record_late(key, row)
+            self._log("o", late_row)
+            return None
+        if window.aggregation == "earliest":
+            return pending
+        if self._ledger.hold(key, pending, row, trace, reference, left):
+            self._wake.set()
+        return None
+
+    # -- reward windows ---------------------------------------------------------------
+    def _reap_once(self, force: bool = False) -> float | None:
+        """Close every window that is due (all of them with ``force``); returns the next deadline."""
+        while True:
+            batch, nxt, more = self._ledger.due(force)
+            for settled in batch:
+                try:
+                    self._apply(str(settled.log.get("decision_key")), settled.log, settled)
+                except Exception as exc:  # noqa: BLE001 - the reaper must never die
+                    log.exception("closing the reward window of %r failed", settled.log.get("decision_key"))
+                    self.record_fault(exc)
+            if not more:
+                return nxt
+
+    def _reap_loop(self) -> None:
+        while not self._stop.is_set():
+            nxt = self._reap_once()
+            wait = 0.25 if nxt is None else min(max(nxt - time.monotonic(), 0.002), 0.25)
+            self._wake.wait(wait)
+            self._wake.clear()
+
+    def _log(self, kind: str, row: dict[str, Any]) -> str | None:
+        """Hand a row to the writer: queued (None), or written before returning with ``store.durable``.
+
+        Durable mode returns where the row went (``stored``, ``spilled``, or ``held`` in memory only).
+        The row is the writer's from here on: callers build a fresh dict per call and never change it after.
+        """
+        return self._log_row(kind, row)
+
+    # -- λ ---------------------------------------------------------------------------
+    @property
+    def lam(self) -> float:
+        return self._lam
+
+    def set_lambda(self, value: float, *, reason: str, who: str = "api") -> None:
+        """Change λ now (next ``choose``) and record the change with its reason in the store."""
+        value = check_lambda(value)
+        if not isinstance(reason, str) or not reason.strip():
+            raise InputError("set_lambda needs a non-empty reason (it is stored with the change)")
+        if not isinstance(who, str) or not who or len(who) > 128:
+            raise InputError(f"who must be a non-empty string of at most 128 characters, got {who!r}")
+        validation.text(reason, "reason")
+        validation.text(who, "who")
+        self._lam = value
+        try:
+            change = self.store.add_lambda(value, reason, who)
+            self._lambda_id = max(self._lambda_id, change.id)
+        except StoreError as exc:
+            self.record_fault(exc)
+
+    def sync_lambda(self) -> None:
+        """Take the newest λ change in the store (made here or by any process)."""
+        self._sync_lambda()
+
+    def _sync_lambda(self, initial: bool = False) -> None:
+        change = self.store.current_lambda()
+        if change is None:
+            if initial:
+                change = self.store.add_lambda(self._lam, "initial value (Selector.open)", "selector")
+                self._lambda_id = change.id
+            return
+        if change.id > self._lambda_id:
+            if initial and change.value != self._lam:
+                log.warning("using λ=%s from the store (latest change: %r), not %s", change.value, change.reason,
+                            self._lam)
+            self._lam, self._lambda_id = change.value, change.id
+
+    # -- snapshots -------------------------------------------------------------------
+    @property
+    def policy(self) -> Policy:
+        return self._slot.live.policy
+
+    @property
+    def policy_version(self) -> str:
+        return self._slot.live.version
+
+    def snapshot(self, *, role: str = "serving") -> str:
+        """Save the current policy to the store; returns its version.
+
+        ``role="serving"``: it becomes the newest serving snapshot, which every
+        Selector following the store hot-swaps to. ``role="candidate"``: stored
+        for evaluation only (a challenger, ``replay evaluate --policy VERSION``);
+        nothing swaps to it until ``stopbandit ab promote`` makes it serve.
+        """
+        role = check_role(role)
+        live = self._slot.acquire()
+        try:
+            packed = pack(live.policy, lam=self._lam, feature_config=self.config.features.to_dict(),
+                          extra={"prior": self.extractor.prior.state()})
+        finally:
+            self._slot.release(live)
+        self.store.save_snapshot(packed.version, packed.model, packed.meta, packed.checksum, role=role)
+        if role == "serving":
+            self._follower.known.add(packed.version)
+        return packed.version
+
+    def load_snapshot(self, version: str = "latest", *, missing_ok: bool = False) -> bool:
+        """Load a stored snapshot and swap it in atomically. False if none exists and ``missing_ok``.
+
+        "latest" is the newest serving snapshot; a version may name any snapshot, a candidate included.
+        """
+        with self._swap_lock:
+            stored = self.store.get_snapshot(version)
+            if stored is None:
+                if missing_ok:
+                    return False
+                raise InputError(f"no snapshot {version!r} in the store")
+            check_snapshot_meta(stored.meta, self.config.token_scale)
+            policy = unpack(stored.model, stored.meta, stored.checksum, arms=self.arms,
+                            feature_config=self.config.features.to_dict(), exploration=self.config.exploration)
+            if stored.meta.get("policy") != self.config.policy:
+                policy.close()
+                raise InputError(f"snapshot {stored.version!r} is a {stored.meta.get('policy')!r} policy; "
+                                 f"this selector runs {self.config.policy!r}")
+            prior = stored.meta.get("extra", {}).get("prior")
+            if prior:
+                self.extractor.prior.load(prior)
+            policy.trace_share = self._trace_share
+            if not self._learns:
+                policy = FrozenPolicy(policy)
+            self._slot.swap(policy, stored.version)
+            self._follower.known.add(stored.version)
+            self._follower.snapshot_error = None
+        return True
+
+    # -- faults ---------------------------------------------------------------------------
+    def record_fault(self, exc: BaseException) -> None:
+        """Remember the newest store fault for ``health()`` (logged once per distinct message)."""
+        msg = f"{type(exc).__name__}: {exc}"
+        if msg != self._fault:
+            log.error("stopbandit store fault: %s", msg)
+        self._fault = msg
+
+    def clear_fault(self) -> None:
+        self._fault = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def health(self) -> Health:
+        w = self.writer.health()
+        counts = self._ledger.counts()
+        follower = self._follower
+        store_ok = w.store_ok and follower.store_ok and follower.follow_ok
+        return Health(
+            store_ok=store_ok, last_error=w.last_error if not w.store_ok else self._fault if not store_ok else None,
+            lam=self._lam, policy=self.config.policy, policy_version=self._slot.live.version,
+            decisions=counts["decisions"], rewards=counts["rewards"], pending_rewards=counts["pending_rewards"],
+            queue_depth=w.queue_depth, spill_backlog=w.spill_backlog, spilled=w.spilled, dropped=w.dropped,
+            rejected=w.rejected, write_lag_s=w.write_lag_s, outages=w.outages, down_since=w.down_since,
+            replayed=w.replayed, max_spill_backlog=w.max_spill_backlog, defaulted=counts["defaulted"],
+            late=counts["late"], discarded=counts["discarded"], evicted=counts["evicted"],
+            snapshot_error=follower.snapshot_error,
+            conflicts=w.conflicts, unspilled=w.unspilled, replay_errors=w.replay_errors,
+        )
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every row so far is in the store or the spill."""
+        return self.writer.flush(timeout)
+
+    def drain(self, timeout: float = 30.0) -> bool:
+        """Wait until every row so far is in the store (spill replayed, orphans adopted); False on timeout."""
+        return self.writer.drain(timeout)
+
+    def close(self) -> None:
+        """Stop the background threads, settle open reward windows, flush the writer, close the policies.
+
+        Open windows are closed early (a ``sum`` with what it has, else the default),
+        so a reward arriving after ``close`` is stored as late.
+        """
+        if not self._slot.close():
+            return
+        self._stop.set()
+        self._wake.set()
+        self._follower.stop(10)
+        if self._reaper is not None:
+            self._reaper.join(10)
+        if self._window is not None:
+            self._reap_once(force=True)
+        self.writer.close()
+        self._slot.retire_all()
+        self.store.dispose()
+
+    def __enter__(self) -> Selector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["Decision", "Health", "Selector"]

@@ -1,0 +1,142 @@
+"""One place that checks numbers, text and ids, so every message has the same shape.
+
+Every check names the field, what was expected and what was received
+(``"controller.ki must be >= 0, got -0.1"``), and raises the caller's error
+class: :class:`~stopbandit.errors.ConfigError` for settings (the default),
+:class:`~stopbandit.errors.InputError` for request and log values. ``True``
+is never a number here, although Python calls it an int.
+
+Outcome values (EM, token counts, latencies) and request ids have their own
+checks below: they run on the serving path, so their common case is a single
+type test.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+
+from stopbandit.errors import ConfigError, InputError, StopbanditError
+
+MAX_KEY = 128
+"""Longest request id (characters)."""
+
+
+def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{'>' if low_open else '>='} {low:g}"
+    return f"{'<' if high_open else '<='} {high:g}"
+
+
+def number(value: object, field: str, *, low: float | None = None, high: float | None = None,
+           low_open: bool = False, high_open: bool = False,
+           error: type[StopbanditError] = ConfigError) -> float:
+    """A finite real number within the given bounds, as a float.
+
+    >>> number(0.5, "p", low=0, high=1)
+    0.5
+    >>> number(2, "p", low=0, high=1)
+    Traceback (most recent call last):
+    ...
+    stopbandit.errors.ConfigError: p must be in [0, 1], got 2
+    """
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+        raise error(f"{field} must be a finite number, got {value!r}")
+    v = float(value)
+    below = low is not None and (v <= low if low_open else v < low)
+    above = high is not None and (v >= high if high_open else v > high)
+    if below or above:
+        raise error(f"{field} must be {_interval(low, high, low_open, high_open)}, got {value!r}")
+    return v
+
+
+def integer(value: object, field: str, *, low: int | None = None,
+            error: type[StopbanditError] = ConfigError) -> int:
+    """An int (not a bool) at least ``low``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise error(f"{field} must be an integer, got {value!r}")
+    if low is not None and value < low:
+        raise error(f"{field} must be >= {low}, got {value!r}")
+    return value
+
+
+def positive_ints(prefix: str, **values: object) -> None:
+    """Refuse the first of ``values`` (in order) that is not an int >= 1; ``prefix`` goes before its name."""
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{prefix}{name} must be a positive integer, got {v!r}")
+
+
+def text(value: str, field: str, *, error: type[StopbanditError] = InputError) -> str:
+    """Text that every store can hold: no NUL character (PostgreSQL refuses it), valid Unicode."""
+    if "\x00" in value:
+        raise error(f"{field} must not contain NUL characters, got {value[:80]!r}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise error(f"{field} is not valid Unicode (lone surrogate at position {exc.start}): {value[:80]!r}") \
+            from None
+    return value
+
+
+def key(value: object, *, field: str = "request_id") -> str:
+    """A request id: a non-empty string of at most :data:`MAX_KEY` characters."""
+    if not isinstance(value, str) or not value or len(value) > MAX_KEY:
+        raise InputError(f"{field} must be a non-empty string of at most {MAX_KEY} characters, got {value!r}")
+    return value
+
+
+def identifier(value: object, field: str) -> str:
+    """A request or decision id that is also storable text (:func:`key`, then :func:`text`)."""
+    return text(key(value, field=field), field)
+
+
+def em(value: object, *, field: str = "em") -> float:
+    """EM: a finite number in [0, 1]."""
+    if type(value) is float or type(value) is int:  # the common case, without the slow ABC check below
+        if 0.0 <= value <= 1.0:  # also false for NaN
+            return float(value)
+        raise InputError(f"{field} must be a finite number in [0, 1], got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise InputError(f"{field} must be a number in [0, 1], got {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or not 0.0 <= v <= 1.0:
+        raise InputError(f"{field} must be a finite number in [0, 1], got {value!r}")
+    return v
+
+
+def tokens(value: object, *, field: str = "tokens") -> int:
+    """A token count: a non-negative integer (integral floats are accepted)."""
+    if type(value) is int:  # the common case, without the slow ABC checks below
+        if value < 0:
+            raise InputError(f"{field} must be >= 0, got {value!r}")
+        return value
+    if isinstance(value, bool):
+        raise InputError(f"{field} must be a non-negative integer, got {value!r}")
+    if isinstance(value, Real) and not isinstance(value, Integral):
+        f = float(value)
+        if not math.isfinite(f) or f != int(f):
+            raise InputError(f"{field} must be a non-negative integer, got {value!r}")
+        value = int(f)
+    if not isinstance(value, Integral):
+        raise InputError(f"{field} must be a non-negative integer, got {value!r}")
+    if value < 0:
+        raise InputError(f"{field} must be >= 0, got {value!r}")
+    return int(value)
+
+
+def latency(value: object) -> float | None:
+    """A latency in milliseconds: a finite number >= 0, or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise InputError(f"latency_ms must be a non-negative number or None, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or v < 0:
+        raise InputError(f"latency_ms must be a finite number >= 0, got {value!r}")
+    return v
+
+
+__all__ = ["MAX_KEY", "em", "identifier", "integer", "key", "latency", "number", "positive_ints", "text", "tokens"]
