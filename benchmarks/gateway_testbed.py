@@ -56,7 +56,7 @@ from benchmarks.testbed.end_to_end import STREAM_SEED, greedy_arms
 from benchmarks.testbed.run_arms import ARMS, HELD_OUT_SEED
 from benchmarks.testbed.tasks import sample_items
 from benchmarks.testbed.train import DEFAULT_OUT
-from stopbandit.bandit.selector import Selector
+from stopbandit.serving.selector import Selector
 from stopbandit.bandit.trace import ProbeTrace, em_of
 from stopbandit.serve.config import load as load_config
 
