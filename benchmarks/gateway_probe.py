@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ours-think", type=int, default=800)
     parser.add_argument("--llama-requests", type=int, default=6)
     parser.add_argument("--llama-think", type=int, default=256)
-    parser.add_argument("--llama-threads", type=int, default=2, help="llama.cpp threads (1 holds up better on a loaded box)")
+    parser.add_argument("--llama-threads", type=int, default=1, help="llama.cpp threads (2 collapse on a loaded 2-core box)")
     parser.add_argument("--spacings", type=lambda s: [int(x) for x in s.split(",")], default=[200, 64, 32])
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
