@@ -24,6 +24,10 @@ upstream that decodes the same number of tokens (thinking + answer, no
 probes) from the same prompt; the upstream's prefix cache serves the prompt
 in both. Requests alternate gateway / direct, after one untimed warm-up each.
 
+For llama.cpp the same one call is also timed with ``logprobs: 1`` (what the
+driver asks of its text chunks and probes): llama-cpp-python computes
+log-probabilities in Python over the whole vocabulary, per token.
+
 Reported: probe tokens / thinking tokens (the reward counts probe tokens),
 the wall-time ratio (mean of per-request ratios and ratio of the sums), and
 for llama.cpp a breakdown of where the extra time goes: upstream calls
@@ -37,6 +41,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import statistics
 import tempfile
 import time
@@ -64,7 +69,7 @@ def _config(work: Path, gateway: dict[str, Any]) -> Path:
 
 
 def _run(gateway_url: str, upstream_url: str, prompts: list[str], direct_extra: dict[str, Any],
-         call_count: Any = None) -> dict[str, Any]:
+         call_count: Any = None, logprob_baseline: bool = False) -> dict[str, Any]:
     client = httpx.Client(timeout=600)
     rows = []
     for i, prompt in enumerate(prompts):
@@ -83,12 +88,18 @@ def _run(gateway_url: str, upstream_url: str, prompts: list[str], direct_extra: 
         t_direct = time.perf_counter() - t0
         d.raise_for_status()
         direct_tokens = d.json()["usage"]["completion_tokens"]
+        t_lp = None
+        if logprob_baseline:  # the same one call, asking for logprobs as the driver's calls do
+            t0 = time.perf_counter()
+            client.post(upstream_url + "/v1/completions", json={"prompt": prompt, "max_tokens": same, "temperature": 0,
+                                                               "logprobs": 1, **direct_extra}).raise_for_status()
+            t_lp = time.perf_counter() - t0
         if i == 0:
             continue  # warm-up pair
         rows.append({"gateway_s": t_gw, "direct_s": t_direct, "thinking": tokens["thinking"], "probes": tokens["probes"],
                      "answer": tokens["answer"], "total": tokens["total"], "direct_tokens": direct_tokens,
                      "probe_count": len(ours.get("trace", {}).get("p", [])), "stop_reason": ours["stop_reason"],
-                     "upstream_calls": calls})
+                     "upstream_calls": calls, "direct_logprobs_s": t_lp})
     client.close()
     thinking = sum(r["thinking"] for r in rows)
     probes = sum(r["probes"] for r in rows)
@@ -106,6 +117,8 @@ def _run(gateway_url: str, upstream_url: str, prompts: list[str], direct_extra: 
         "direct_tokens_mismatch": sum(1 for r in rows if r["direct_tokens"] != r["thinking"] + r["answer"]),
         "rows": rows,
     }
+    if logprob_baseline:
+        out["direct_logprobs_s_mean"] = statistics.fmean(r["direct_logprobs_s"] for r in rows)
     if call_count:
         out["upstream_calls_mean"] = statistics.fmean(r["upstream_calls"] for r in rows)
         extra_tokens = sum(r["total"] - r["thinking"] - r["answer"] for r in rows)  # probes + decoded again
@@ -142,7 +155,7 @@ def _per_call(url: str, prompt: str, extra: dict[str, Any]) -> float:
 def run_llamacpp(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     greedy = {"repeat_penalty": 1.0}
     results: dict[str, Any] = {}
-    with start_llamacpp() as upstream:
+    with start_llamacpp(threads=args.llama_threads) as upstream:
         def count() -> int:  # llama-cpp-python logs one line per completion call
             return upstream.log.read_text(errors="replace").count("Llama.generate:")
 
@@ -150,7 +163,7 @@ def run_llamacpp(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             config = _config(work, {"probe_all": True, "max_think_tokens": args.llama_think, "probe_every": spacing})
             with start_gateway(upstream.url, f"sqlite:///{work / f'llama{spacing}.db'}", config=config) as gw:
                 results[str(spacing)] = _run(gw.url, upstream.url, LLAMA_PROMPTS[: args.llama_requests + 1], greedy,
-                                             count)
+                                             count, logprob_baseline=True)
         per_call = _per_call(upstream.url, LLAMA_PROMPTS[0], greedy)
     for result in results.values():
         result["upstream_call_ms"] = per_call
@@ -164,7 +177,7 @@ def run_llamacpp(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return {"spacings": results, "settings": {"probe_tokens": 20, "max_think_tokens": args.llama_think}}
 
 
-def print_report(report: dict[str, Any]) -> None:
+def print_report(report: dict[str, Any], flush: bool = False) -> None:
     print(f"machine: {report['machine']}")
     if "ours" in report:
         o = report["ours"]
@@ -176,16 +189,18 @@ def print_report(report: dict[str, Any]) -> None:
               f"{o['upstream_call_ms']:.1f} |")
     if "llamacpp" in report:
         print("\nllama-cpp-python + SmolLM2-135M-Instruct (text chunking):")
-        print("| probe every | requests | mean thinking | probe tokens / thinking | gateway s | one call s | ratio (mean) | ratio of sums | calls/request | extra tokens/request | excess s = extra tokens + extra calls + rest |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        print("| probe every | requests | mean thinking | probe tokens / thinking | gateway s | one call s | one call with logprobs s | ratio (mean) | ratio of sums | calls/request | extra tokens/request | excess s = extra tokens + extra calls + rest |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for spacing, o in report["llamacpp"]["spacings"].items():
             b = o["breakdown_s"]
             print(f"| {spacing} | {o['requests']} | {o['mean_thinking']:.0f} | {o['probe_pct_of_thinking']:.1f}% | "
-                  f"{o['gateway_s_mean']:.2f} | {o['direct_s_mean']:.2f} | {o['ratio_mean']:.2f}× | {o['ratio_of_sums']:.2f}× | "
+                  f"{o['gateway_s_mean']:.2f} | {o['direct_s_mean']:.2f} | {o.get('direct_logprobs_s_mean', float('nan')):.2f} | {o['ratio_mean']:.2f}× | {o['ratio_of_sums']:.2f}× | "
                   f"{o['upstream_calls_mean']:.1f} | {o['extra_tokens_per_request']:.1f} | {b['excess']:.2f} = {b['extra_tokens']:.2f} + "
                   f"{b['extra_calls']:.2f} + {b['rest']:.2f} |")
         any_ = next(iter(report["llamacpp"]["spacings"].values()))
         print(f"(per token {any_['breakdown_s']['per_token_ms']:.1f} ms in one call; per upstream call {any_['upstream_call_ms']:.1f} ms)")
+    if flush:
+        sys.stdout.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ours-think", type=int, default=800)
     parser.add_argument("--llama-requests", type=int, default=6)
     parser.add_argument("--llama-think", type=int, default=256)
+    parser.add_argument("--llama-threads", type=int, default=1, help="llama.cpp threads (2 collapse on a loaded 2-core box)")
     parser.add_argument("--spacings", type=lambda s: [int(x) for x in s.split(",")], default=[200, 64, 32])
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -203,9 +219,10 @@ def main(argv: list[str] | None = None) -> int:
                               "settings": {k: v for k, v in vars(args).items() if k != "json"}}
     if args.only in (None, "ours"):
         report["ours"] = run_ours(args, work)
+        print_report({"machine": report["machine"], "ours": report["ours"]}, flush=True)
     if args.only in (None, "llamacpp"):
         report["llamacpp"] = run_llamacpp(args, work)
-    print_report(report)
+        print_report({"machine": report["machine"], "llamacpp": report["llamacpp"]}, flush=True)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     return 0

@@ -30,7 +30,9 @@ What runs (every server its own process, real sockets):
 3. **Held-out evaluation**: every static arm is pinned through the gateway on
    the held-out items; the learned policy's greedy arm per item (from the
    in-process twin, whose state equals the gateway's) is pinned likewise.
-   Pinned requests are logged as forced decisions and get no reward.
+   Pinned requests are logged as forced decisions and get no reward. For
+   comparison, the static arms are also decoded in-process by the early-exit
+   decoder on the same items (the table of ``benchmarks.testbed.run_arms``).
 
 Reward = EM − λ·tokens/20, tokens as the gateway recorded them (probes included).
 """
@@ -54,7 +56,7 @@ from benchmarks.testbed.end_to_end import STREAM_SEED, greedy_arms
 from benchmarks.testbed.run_arms import ARMS, HELD_OUT_SEED
 from benchmarks.testbed.tasks import sample_items
 from benchmarks.testbed.train import DEFAULT_OUT
-from stopbandit.bandit.selector import Selector
+from stopbandit.serving.selector import Selector
 from stopbandit.bandit.trace import ProbeTrace, em_of
 from stopbandit.serve.config import load as load_config
 
@@ -126,6 +128,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         learned = [ask(client, gw.url, item, arm.name) for item, arm in zip(held, chosen)]
         eval_s = time.perf_counter() - t0
     twin.close()
+    in_process = _in_process_static(args.model, held) if args.in_process else None
 
     def summary(outs: list[dict[str, Any]]) -> dict[str, float]:
         em = sum(o["em"] for o in outs) / len(outs)
@@ -147,8 +150,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      "learned_minus_best_static_reward": table["learned"]["reward"] - table[best]["reward"],
                      "learned_arms": dict(Counter(a.name for a in chosen)),
                      "learned_equals_static_run_of_its_arm": agree},
+        "in_process_static": in_process,
         "wall_s": time.perf_counter() - t_start,
     }
+
+
+def _in_process_static(model: Path, held: list[Any]) -> dict[str, dict[str, float]]:
+    """EM and tokens of every static arm on the same items with the in-process early-exit decoder (the old table)."""
+    import torch
+
+    from benchmarks.testbed.run_arms import run_items
+    from stopbandit.decoder.hf import HFDecoder
+
+    torch.set_num_threads(1)
+    decoder = HFDecoder.from_pretrained(model, device="cpu")
+    out = {}
+    for arm in ARMS:
+        results = run_items(decoder, held, [arm] * len(held))
+        out[arm.name] = {"em": sum(r[0] for r in results) / len(held), "tokens": sum(r[1] for r in results) / len(held)}
+    return out
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -158,11 +178,13 @@ def print_report(report: dict[str, Any]) -> None:
           f"in-process Selector with the same seed: {s['decision_mismatches_vs_in_process']}; arms served "
           f"{s['arms_served']}; modes {s['modes']}")
     print(f"held-out: {h['items']} items, every arm pinned through the gateway ({h['seconds']:.0f} s)")
-    print("| arm | EM | mean tokens (probes included) | reward |")
-    print("|---|---|---|---|")
+    local = report.get("in_process_static") or {}
+    print("| arm | EM | mean tokens (probes included) | reward | in-process decoder: EM / tokens |")
+    print("|---|---|---|---|---|")
     for name, row in h["table"].items():
         mark = " (best static)" if name == h["best_static"] else ""
-        print(f"| {name}{mark} | {row['em']:.3f} | {row['tokens']:.1f} | {row['reward']:.3f} |")
+        there = f"{local[name]['em']:.3f} / {local[name]['tokens']:.1f}" if name in local else "–"
+        print(f"| {name}{mark} | {row['em']:.3f} | {row['tokens']:.1f} | {row['reward']:.3f} | {there} |")
     print(f"learned − best static reward: {h['learned_minus_best_static_reward']:+.3f}; learned arms "
           f"{h['learned_arms']}; learned runs equal to the static run of the same arm: "
           f"{h['learned_equals_static_run_of_its_arm']}/{h['items']}")
@@ -175,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=200)
     parser.add_argument("--lam", type=float, default=0.3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-in-process", dest="in_process", action="store_false",
+                        help="skip decoding the static arms in-process for comparison")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     report = run(args)

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, settings
 
-from tests.serve.upstreams import EngineUnavailable, Upstream, require, start_gateway, tiny_upstream, unavailable  # noqa: F401
+from tests.serve.upstreams import EngineUnavailable, Upstream, require, start_gateway, unavailable
 
 openai = require("openai")
 schemathesis = require("schemathesis")

@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from tests.serve.upstreams import LLAMACPP_GREEDY, llamacpp_upstream, post_json  # noqa: F401 (llamacpp_upstream is a fixture)
+from tests.serve.upstreams import LLAMACPP_GREEDY, post_json
 
 PROMPT = "<|im_start|>user\nExplain step by step: what is 17 * 23? Then check your answer.<|im_end|>\n<|im_start|>assistant\n"
 STORY = "<|im_start|>user\nWrite a short story about a cat who learns to count.<|im_end|>\n<|im_start|>assistant\n"

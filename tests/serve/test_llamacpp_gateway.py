@@ -18,11 +18,10 @@ import pytest
 
 from stopbandit.bandit.trace import ProbeTrace
 from stopbandit.replay.store import ReplayStore
-from tests.serve.upstreams import (  # noqa: F401 (llamacpp_upstream is a fixture)
+from tests.serve.upstreams import (
     LLAMACPP_GREEDY,
     EngineUnavailable,
     Upstream,
-    llamacpp_upstream,
     require,
     start_gateway,
     unavailable,

@@ -7,7 +7,7 @@ import urllib.request
 
 import pytest
 
-from tests.serve.upstreams import post_json, start_decoder_server, tiny_upstream  # noqa: F401 (tiny_upstream is a fixture)
+from tests.serve.upstreams import post_json, start_decoder_server
 
 
 def test_tiny_upstream_reports_its_delimiters(tiny_upstream):

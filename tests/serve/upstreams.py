@@ -175,9 +175,15 @@ def llamacpp_installed() -> str | None:
 
 
 def start_llamacpp(
-    gguf: Path | None = None, *, threads: int = 2, model_alias: str = "smollm2", extra: Sequence[str] = (), timeout: float = 180.0
+    gguf: Path | None = None, *, threads: int = 1, model_alias: str = "smollm2", extra: Sequence[str] = (), timeout: float = 180.0
 ) -> Upstream:
-    """llama-cpp-python's server on a free port, SmolLM2 by default; ready when ``/v1/models`` answers."""
+    """llama-cpp-python's server on a free port, SmolLM2 by default; ready when ``/v1/models`` answers.
+
+    One thread by default: the tests run the gateway and the client on the same
+    cores, and llama.cpp's threads spin-wait on each other, so two threads on a
+    busy 2-core machine decode 10-30x slower than one (measured 175-550 ms a
+    token against 13-35 ms).
+    """
     missing = llamacpp_installed()
     if missing:
         raise EngineUnavailable(missing)
