@@ -69,29 +69,28 @@ def _round_trips(upstream, prompt: str, text: str, n_prompt: int, n_tokens: int)
     return len(data["tokens"]) == n_prompt + n_tokens
 
 
-@pytest.mark.parametrize("chunk", [8, 24])
-def test_chunked_decoding_from_text_at_safe_boundaries_gives_one_calls_text(llamacpp_upstream, chunk):
+@pytest.mark.parametrize(("chunk", "prompt"), [(8, PROMPT), (24, STORY)], ids=["8-arithmetic", "24-story"])
+def test_chunked_decoding_from_text_at_safe_boundaries_gives_one_calls_text(llamacpp_upstream, chunk, prompt):
     """Continue from prompt text + chunk text; cut each chunk back to a boundary that re-tokenizes to the same ids."""
     total = 64
-    for prompt in (PROMPT, STORY):
-        one = complete(llamacpp_upstream, prompt=prompt, max_tokens=total)
-        want = one["choices"][0]["text"]
-        n_prompt = one["usage"]["prompt_tokens"]
-        text, n = "", 0
-        while n < one["usage"]["completion_tokens"]:
-            data = complete(llamacpp_upstream, prompt=prompt + text, max_tokens=min(chunk, total - n), logprobs=0)
-            assert data["usage"]["prompt_tokens"] == n_prompt + n  # the previous boundary re-tokenized to the same count
-            choice = data["choices"][0]
-            pieces, offsets = choice["logprobs"]["tokens"], choice["logprobs"]["text_offset"]
-            if choice["finish_reason"] == "stop":
-                text, n = text + choice["text"], n + len(pieces)
+    one = complete(llamacpp_upstream, prompt=prompt, max_tokens=total)
+    want = one["choices"][0]["text"]
+    n_prompt = one["usage"]["prompt_tokens"]
+    text, n = "", 0
+    while n < one["usage"]["completion_tokens"]:
+        data = complete(llamacpp_upstream, prompt=prompt + text, max_tokens=min(chunk, total - n), logprobs=0)
+        assert data["usage"]["prompt_tokens"] == n_prompt + n  # the previous boundary re-tokenized to the same count
+        choice = data["choices"][0]
+        pieces, offsets = choice["logprobs"]["tokens"], choice["logprobs"]["text_offset"]
+        if choice["finish_reason"] == "stop":
+            text, n = text + choice["text"], n + len(pieces)
+            break
+        base = len(prompt + text)
+        for j in range(len(pieces), 0, -1):  # the longest safe prefix of this chunk
+            cut = offsets[j - 1] - base + len(pieces[j - 1])
+            if _round_trips(llamacpp_upstream, prompt, text + choice["text"][:cut], n_prompt, n + j):
+                text, n = text + choice["text"][:cut], n + j
                 break
-            base = len(prompt + text)
-            for j in range(len(pieces), 0, -1):  # the longest safe prefix of this chunk
-                cut = offsets[j - 1] - base + len(pieces[j - 1])
-                if _round_trips(llamacpp_upstream, prompt, text + choice["text"][:cut], n_prompt, n + j):
-                    text, n = text + choice["text"][:cut], n + j
-                    break
-            else:
-                pytest.fail(f"no safe boundary in a {len(pieces)}-token chunk: {choice['text']!r}")
-        assert text == want
+        else:
+            pytest.fail(f"no safe boundary in a {len(pieces)}-token chunk: {choice['text']!r}")
+    assert text == want
