@@ -19,10 +19,11 @@ from stopbandit.errors import ConfigError, StopbanditError
 
 def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # A response's head and body must go out at once, never held back by Nagle's algorithm waiting for the
+    # client's delayed ACK (40 ms on Linux): asyncio sets TCP_NODELAY on each accepted connection only when
+    # the listening socket names IPPROTO_TCP, and the listener carries the option too.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # accepted connections inherit it: a response's head and body go out at once, never held back by
-    # Nagle's algorithm waiting for the client's delayed ACK (40 ms on Linux)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
