@@ -48,6 +48,8 @@ LABELS: tuple[str, ...] = ("graded", "agreement")
 PROBE_FEATURES: tuple[str, ...] = (
     "bias", "confidence", "logit_confidence", "confidence_change", "streak", "changed",
     "offset_k", "log_offset", "probe_index", "spent_k",
+    "confidence_ge_0.9", "confidence_ge_0.95", "confidence_ge_0.98", "confidence_sq", "running_max",
+    "confidence_x_streak", "confidence_x_progress",
 )
 _FORMAT = 1
 
@@ -73,11 +75,14 @@ def probe_features(offset: np.ndarray, confidence: np.ndarray, tokens: np.ndarra
     before = cums[:-1] - np.repeat(cums[start], count)  # probe tokens of this run before this probe
     spent = offset + before + tokens
     eps = 1e-4
+    running = np.maximum.accumulate(conf + 2.0 * event) - 2.0 * event if n else conf  # per-run running max
     lc = np.log((conf + eps) / (1.0 - conf + eps))
     cols = [
         np.ones(n), conf, lc / 5.0, dconf, np.minimum(streak, 6) / 6.0,
         ((streak == 1) & ~first).astype(np.float64), offset / 1000.0, np.log1p(offset) / 8.0,
         np.minimum(index, 40) / 20.0, spent / 1000.0,
+        (conf >= 0.9).astype(np.float64), (conf >= 0.95).astype(np.float64), (conf >= 0.98).astype(np.float64),
+        conf**2, running, conf * np.minimum(streak, 6) / 6.0, conf * np.log1p(offset) / 8.0,
     ]
     ctx = np.asarray(context, dtype=np.float64).reshape(count.size, -1)[event] if n else np.zeros((0, 0))
     return np.column_stack(cols + [ctx]) if ctx.size else np.column_stack(cols) if n else np.zeros((0, len(cols)))
