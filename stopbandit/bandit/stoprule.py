@@ -305,9 +305,10 @@ def stop_reason(arm: Arm, probes: Sequence[Any], think_tokens: int,
     reasoning tokens generated so far. Returns ``"confidence"`` or
     ``"agreement"`` when a probe under the cap fires, ``"budget"`` once the cap
     is reached, else None -- :func:`stops` on the batch of one whose horizon is
-    ``think_tokens`` and whose reasoning has not closed.
+    ``think_tokens`` and whose reasoning has not closed. A learned arm needs
+    ``learned`` (the rule, λ, this request's context) and may answer ``"learned"``.
     """
-    found = stops(ProbeBatch.of([probes]), (arm,), [int(think_tokens)], [False])
+    found = stops(ProbeBatch.of([probes]), (arm,), [int(think_tokens)], [False], learned=learned)
     return REASON_NAMES.get(int(found.reason[0, 0]))
 
 
