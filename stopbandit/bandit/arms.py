@@ -38,12 +38,17 @@ class Arm:
     ``max_think_tokens``: thinking budget in tokens, 0 = unlimited.
     ``agreement``: stop once this many consecutive probes give the same
     trial answer (at least 2), 0 = off.
+    ``learned``: aggressiveness of the learned stop rule
+    (:mod:`stopbandit.bandit.learned_stop`), > 0; 0 = off. The rule stops once
+    the estimated gain of thinking on is at most ``learned · λ · (expected
+    further tokens) / token_scale``, so a larger value stops earlier.
     """
 
     name: str
     threshold: float
     max_think_tokens: int = 0
     agreement: int = 0
+    learned: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -70,7 +75,11 @@ class Arm:
             raise ConfigError(
                 f"arm {self.name!r}: agreement must be 0 (off) or >= 2 consecutive probes, got {self.agreement}"
             )
+        if isinstance(self.learned, bool) or not isinstance(self.learned, (int, float)) \
+                or not math.isfinite(self.learned) or self.learned < 0:
+            raise ConfigError(f"arm {self.name!r}: learned must be a finite number >= 0 (0 = off), got {self.learned!r}")
         object.__setattr__(self, "threshold", float(self.threshold))
+        object.__setattr__(self, "learned", float(self.learned))
 
     @property
     def stops_on_confidence(self) -> bool:
@@ -87,31 +96,40 @@ class Arm:
         """Agreement window as a number, ``inf`` when the arm never stops on agreement."""
         return float(self.agreement) if self.agreement > 0 else math.inf
 
+    @property
+    def patience(self) -> float:
+        """The learned rule's lenience: ``1 / learned``, ``inf`` when the arm has no learned rule."""
+        return 1.0 / self.learned if self.learned > 0 else math.inf
+
     def at_most_as_lenient_as(self, other: Arm) -> bool:
         """True when this arm stops at or before ``other`` on every request."""
-        return self.threshold <= other.threshold and self.cap <= other.cap and self.window <= other.window
+        return (self.threshold <= other.threshold and self.cap <= other.cap and self.window <= other.window
+                and self.patience <= other.patience)
 
-    def lenience(self) -> tuple[float, float, float]:
-        """Sort key: larger means more lenient (threshold, then cap, then agreement window)."""
-        return (self.threshold, self.cap, self.window)
+    def lenience(self) -> tuple[float, float, float, float]:
+        """Sort key: larger means more lenient (threshold, then cap, agreement window, learned patience)."""
+        return (self.threshold, self.cap, self.window, self.patience)
 
     def to_dict(self) -> dict[str, Any]:
         """The arm as a table; ``agreement`` only when on, so arm sets without it store as before."""
         out: dict[str, Any] = {"name": self.name, "threshold": self.threshold, "max_think_tokens": self.max_think_tokens}
         if self.agreement:
             out["agreement"] = self.agreement
+        if self.learned:
+            out["learned"] = self.learned
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Arm:
         if not isinstance(data, Mapping):
             raise ConfigError(f"an arm must be a table with name/threshold/max_think_tokens, got {data!r}")
-        unknown = set(data) - {"name", "threshold", "max_think_tokens", "agreement"}
+        unknown = set(data) - {"name", "threshold", "max_think_tokens", "agreement", "learned"}
         if unknown:
             raise ConfigError(f"arm {data.get('name')!r}: unknown field(s) {sorted(unknown)}")
         if "name" not in data or "threshold" not in data:
             raise ConfigError(f"an arm needs 'name' and 'threshold', got {dict(data)!r}")
-        return cls(data["name"], data["threshold"], data.get("max_think_tokens", 0), data.get("agreement", 0))
+        return cls(data["name"], data["threshold"], data.get("max_think_tokens", 0), data.get("agreement", 0),
+                   data.get("learned", 0.0))
 
 
 DEFAULT_ARMS: tuple[Arm, ...] = (

@@ -21,6 +21,7 @@ from typing import Any
 from stopbandit._version import __version__
 from stopbandit.bandit.arms import ArmSet
 from stopbandit.bandit.exploration import Exploration, exploration_from_config
+from stopbandit.bandit.learned_stop import LearnedStop
 from stopbandit.bandit.policy import EM_ARGS, NATIVE_ARGS, TOKEN_ARGS, Policy, make_policy
 from stopbandit.errors import SnapshotError, StopbanditError
 
@@ -81,7 +82,10 @@ def compute_checksum(model: bytes, meta: Mapping[str, Any]) -> str:
 
 
 def pack(policy: Policy, *, lam: float, feature_config: Mapping[str, Any],
-         extra: Mapping[str, Any] | None = None, version: str | None = None) -> PackedSnapshot:
+         extra: Mapping[str, Any] | None = None, version: str | None = None,
+         stop_rule: LearnedStop | None = None) -> PackedSnapshot:
+    """Pack the heads' VW bytes and the metadata; ``stop_rule`` (the learned stop rule) rides in the
+    metadata as JSON, under the same checksum."""
     blobs = policy.blobs()
     version = version or new_version()
     meta: dict[str, Any] = {
@@ -100,6 +104,8 @@ def pack(policy: Policy, *, lam: float, feature_config: Mapping[str, Any],
         "blobs": [[name, len(b)] for name, b in blobs.items()],
         "extra": dict(extra or {}),
     }
+    if stop_rule is not None:
+        meta["stop_rule"] = stop_rule.to_json()
     model = b"".join(blobs.values())
     return PackedSnapshot(version, model, meta, compute_checksum(model, meta))
 
@@ -159,4 +165,15 @@ def unpack(model: bytes, meta: Mapping[str, Any], checksum: str, *, arms: ArmSet
         raise SnapshotError(f"snapshot metadata is malformed: {exc}") from exc
 
 
-__all__ = ["PackedSnapshot", "check_snapshot_meta", "check_vw_args", "compute_checksum", "differences", "new_version", "pack", "unpack", "verify"]
+def stop_rule_of(meta: Mapping[str, Any]) -> LearnedStop | None:
+    """The learned stop rule stored in a snapshot's metadata, None when it has none."""
+    data = meta.get("stop_rule") if isinstance(meta, Mapping) else None
+    if data is None:
+        return None
+    try:
+        return LearnedStop.from_json(data)
+    except StopbanditError as exc:
+        raise SnapshotError(f"snapshot {meta.get('version', '?')!r}: stop_rule is malformed: {exc}") from exc
+
+
+__all__ = ["PackedSnapshot", "stop_rule_of", "check_snapshot_meta", "check_vw_args", "compute_checksum", "differences", "new_version", "pack", "unpack", "verify"]

@@ -8,9 +8,13 @@ which either
 * ``confidence`` -- the trial answer's confidence reaches the arm's
   ``threshold``, or
 * ``agreement`` -- the last ``agreement`` probes (this one included) gave the
-  same trial answer (Dynasor's certainty window, arXiv 2412.20993; 0 = off);
+  same trial answer (Dynasor's certainty window, arXiv 2412.20993; 0 = off), or
+* ``learned`` -- the learned rule of :mod:`stopbandit.bandit.learned_stop`
+  judges thinking on not worth ``learned · λ`` times its expected tokens
+  (0 = off; it reads only the probes up to this one, the run's context and λ,
+  passed as :class:`~stopbandit.bandit.learned_stop.LearnedInputs`);
 
-when both hold at one probe the reason is ``confidence``. Without such a
+when several hold at one probe the reason is the first of that list. Without such a
 probe the arm stops at its cap when the reasoning is still going there
 (``budget``), else where the model closes its reasoning (``end``).
 
@@ -43,11 +47,14 @@ from typing import Any
 import numpy as np
 
 from stopbandit.bandit.arms import Arm
+from stopbandit.bandit.learned_stop import LearnedInputs, probe_features
+from stopbandit.errors import InputError
 
-NONE, CONFIDENCE, BUDGET, END, AGREEMENT = 0, 1, 2, 3, 4
+NONE, CONFIDENCE, BUDGET, END, AGREEMENT, LEARNED = 0, 1, 2, 3, 4, 5
 """Reason codes (int8 in :class:`Stops`; the decoder's per-row tensors use the same values)."""
-REASON_NAMES: dict[int, str] = {CONFIDENCE: "confidence", BUDGET: "budget", END: "end", AGREEMENT: "agreement"}
-STOP_REASONS: tuple[str, ...] = ("confidence", "agreement", "budget", "end")
+REASON_NAMES: dict[int, str] = {CONFIDENCE: "confidence", BUDGET: "budget", END: "end", AGREEMENT: "agreement",
+                                LEARNED: "learned"}
+STOP_REASONS: tuple[str, ...] = ("confidence", "agreement", "budget", "end", "learned")
 
 
 def fires(confidence: Any, streak: Any, threshold: Any, agreement: Any) -> tuple[Any, Any]:
@@ -179,15 +186,28 @@ class _Rules:
     agreement: np.ndarray
     capped: bool
     agrees: bool
+    level: np.ndarray
+    learns: bool
 
 
 @lru_cache(maxsize=256)
 def _rules(arms: tuple[Arm, ...]) -> _Rules:
     cap = np.array([a.cap for a in arms], dtype=np.float64)
     agreement = np.array([a.agreement for a in arms], dtype=np.int64)
+    level = np.array([a.learned for a in arms], dtype=np.float64)
     return _Rules(np.array([a.threshold for a in arms], dtype=np.float64), cap,
                   np.array([a.max_think_tokens for a in arms], dtype=np.int64), agreement,
-                  bool(np.isfinite(cap).any()), bool(agreement.any()))
+                  bool(np.isfinite(cap).any()), bool(agreement.any()), level, bool(level.any()))
+
+
+def learned_fires(probes: ProbeBatch, arms: Sequence[Arm], learned: LearnedInputs) -> np.ndarray:
+    """Per flat probe and arm, whether the learned rule stops it there: bool ``(P, A)`` (False for arms without one)."""
+    rules = _rules(tuple(arms))
+    if learned.context.shape[0] != probes.runs:
+        raise InputError(f"learned stop: context needs one row per run ({probes.runs}), got {learned.context.shape[0]}")
+    feats = probe_features(probes.offset, probes.confidence, probes.tokens, probes.streak, probes.start,
+                           probes.count, learned.context)
+    return learned.rule.fires(feats, rules.level, learned.lam, learned.token_scale)
 
 
 def _first_at_or_after(probes: ProbeBatch, x: np.ndarray) -> np.ndarray:
@@ -211,7 +231,7 @@ def _first_at_or_after(probes: ProbeBatch, x: np.ndarray) -> np.ndarray:
 
 
 def stops(probes: ProbeBatch, arms: Sequence[Arm], horizon: Any, ended: Any,
-          final_tokens: Any = 0) -> Stops:
+          final_tokens: Any = 0, learned: LearnedInputs | None = None) -> Stops:
     """The stop of every arm on every run (the rule in this module's docstring).
 
     ``horizon`` (int ``(E,)``): the last offset each run observed; ``ended``
@@ -219,9 +239,13 @@ def stops(probes: ProbeBatch, arms: Sequence[Arm], horizon: Any, ended: Any,
     ``final_tokens`` (int ``(E,)`` or scalar): the length of each run's own
     final answer, for the token counts of stops at the horizon. One set of
     array operations covers every run and every arm: the probes are rows of
-    ``(P, A)`` masks, reduced per run.
+    ``(P, A)`` masks, reduced per run. ``learned`` is required when an arm has
+    a learned rule (its stops depend on the rule, λ and each run's context).
     """
     rules = _rules(tuple(arms))
+    if rules.learns and learned is None:
+        names = [a.name for a in arms if a.learned]
+        raise InputError(f"arms {names} stop on the learned rule: stops() needs learned= (rule, λ, context)")
     n_ev, n_arms = probes.runs, rules.threshold.size
     horizon = np.asarray(horizon, dtype=np.int64).reshape(n_ev, 1)
     ended = np.asarray(ended, dtype=bool).reshape(n_ev, 1)
@@ -233,6 +257,9 @@ def stops(probes: ProbeBatch, arms: Sequence[Arm], horizon: Any, ended: Any,
         on_conf, on_agree = fires(probes.confidence[:, None], probes.streak[:, None] if rules.agrees else 0,
                                   rules.threshold, rules.agreement)
         hit = on_conf | on_agree if rules.agrees else on_conf
+        if rules.learns:
+            on_learn = learned_fires(probes, arms, learned)  # type: ignore[arg-type]
+            hit = hit | on_learn
         if rules.capped:
             hit &= off[:, None] < rules.cap
         # the first firing probe of each run: the least flat index, n_pr where none
@@ -245,7 +272,9 @@ def stops(probes: ProbeBatch, arms: Sequence[Arm], horizon: Any, ended: Any,
         fired = first < n_pr
         at = np.minimum(first, n_pr - 1)
         offset_fired = off[at]
-        reason_fired = np.where(on_conf[at, cols], CONFIDENCE, AGREEMENT)
+        reason_fired = np.where(on_conf[at, cols], CONFIDENCE,
+                                (AGREEMENT if not rules.learns else np.where(
+                                    np.broadcast_to(on_agree, (n_pr, n_arms))[at, cols], AGREEMENT, LEARNED)))
     else:
         fired = np.zeros((n_ev, n_arms), dtype=bool)
         offset_fired = reason_fired = first = np.zeros((n_ev, n_arms), dtype=np.int64)
@@ -267,7 +296,8 @@ def stops(probes: ProbeBatch, arms: Sequence[Arm], horizon: Any, ended: Any,
     return Stops(offset, reason, src, fired | probe_at | final_at, tokens)
 
 
-def stop_reason(arm: Arm, probes: Sequence[Any], think_tokens: int) -> str | None:
+def stop_reason(arm: Arm, probes: Sequence[Any], think_tokens: int,
+                learned: LearnedInputs | None = None) -> str | None:
     """Online check: why ``arm`` stops thinking now, given the probes so far, or None to go on.
 
     ``probes``: the run's probes (:class:`~stopbandit.bandit.trace.Probe`) in
@@ -275,14 +305,17 @@ def stop_reason(arm: Arm, probes: Sequence[Any], think_tokens: int) -> str | Non
     reasoning tokens generated so far. Returns ``"confidence"`` or
     ``"agreement"`` when a probe under the cap fires, ``"budget"`` once the cap
     is reached, else None -- :func:`stops` on the batch of one whose horizon is
-    ``think_tokens`` and whose reasoning has not closed.
+    ``think_tokens`` and whose reasoning has not closed. A learned arm needs
+    ``learned`` (the rule, λ, this request's context) and may answer ``"learned"``.
     """
-    found = stops(ProbeBatch.of([probes]), (arm,), [int(think_tokens)], [False])
+    found = stops(ProbeBatch.of([probes]), (arm,), [int(think_tokens)], [False], learned=learned)
     return REASON_NAMES.get(int(found.reason[0, 0]))
 
 
 __all__ = [
     "AGREEMENT",
+    "LEARNED",
+    "learned_fires",
     "BUDGET",
     "CONFIDENCE",
     "END",

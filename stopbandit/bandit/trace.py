@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stopbandit.bandit.arms import Arm
+from stopbandit.bandit.learned_stop import LearnedInputs
 from stopbandit.bandit.stoprule import REASON_NAMES, STOP_REASONS, ProbeBatch, Stops, stops
 from stopbandit.errors import InputError
 
@@ -127,10 +128,10 @@ class Counterfactual:
     reason: str
 
 
-def _reveal(trace: ProbeTrace, arms: Sequence[Arm]) -> Stops:
+def _reveal(trace: ProbeTrace, arms: Sequence[Arm], learned: LearnedInputs | None = None) -> Stops:
     """The stop rule (:func:`stopbandit.bandit.stoprule.stops`) on this trace: the batch of one."""
     return stops(ProbeBatch.of([trace.probes]), arms, [trace.stop_offset], [trace.stop_reason == "end"],
-                 [trace.answer_tokens])
+                 [trace.answer_tokens], learned=learned)
 
 
 def stop_point(trace: ProbeTrace, arm: Arm) -> tuple[int, str, Probe | None] | None:
@@ -147,8 +148,9 @@ def stop_point(trace: ProbeTrace, arm: Arm) -> tuple[int, str, Probe | None] | N
     return int(found.offset[0, 0]), REASON_NAMES[int(found.reason[0, 0])], trace.probes[src] if src >= 0 else None
 
 
-def _counterfactuals(trace: ProbeTrace, arms: Sequence[Arm]) -> list[Counterfactual | None]:
-    found = _reveal(trace, arms)
+def _counterfactuals(trace: ProbeTrace, arms: Sequence[Arm],
+                     learned: LearnedInputs | None = None) -> list[Counterfactual | None]:
+    found = _reveal(trace, arms, learned)
     out: list[Counterfactual | None] = []
     for col in range(len(arms)):
         if not found.known[0, col]:
@@ -161,13 +163,14 @@ def _counterfactuals(trace: ProbeTrace, arms: Sequence[Arm]) -> list[Counterfact
     return out
 
 
-def counterfactual(trace: ProbeTrace, arm: Arm) -> Counterfactual | None:
+def counterfactual(trace: ProbeTrace, arm: Arm, learned: LearnedInputs | None = None) -> Counterfactual | None:
     """The exact outcome of ``arm`` on the request this trace came from, or None if unrevealed.
 
     Exact means: the stop offset, the token count (probes included) and the
-    answer that a greedy re-run with ``arm`` produces.
+    answer that a greedy re-run with ``arm`` produces. A learned arm needs
+    ``learned`` (the rule, λ and the request's context, one row).
     """
-    return _counterfactuals(trace, (arm,))[0]
+    return _counterfactuals(trace, (arm,), learned)[0]
 
 
 def em_of(answer: str, reference: str | None) -> float | None:
@@ -180,11 +183,11 @@ def em_of(answer: str, reference: str | None) -> float | None:
 
 
 def revealed_outcomes(
-    trace: ProbeTrace, arms: Sequence[Arm], reference: str | None
+    trace: ProbeTrace, arms: Sequence[Arm], reference: str | None, learned: LearnedInputs | None = None
 ) -> dict[int, tuple[float | None, int]]:
     """Per arm index, the (EM, tokens) the trace reveals; arms it does not reveal are absent."""
     return {i: (em_of(cf.answer, reference), cf.tokens)
-            for i, cf in enumerate(_counterfactuals(trace, arms)) if cf is not None}
+            for i, cf in enumerate(_counterfactuals(trace, arms, learned)) if cf is not None}
 
 
 __all__ = [

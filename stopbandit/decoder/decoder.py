@@ -28,13 +28,14 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from stopbandit.bandit.arms import Arm
-from stopbandit.bandit.stoprule import streak_of
+from stopbandit.bandit.learned_stop import LearnedInputs
+from stopbandit.bandit.stoprule import ProbeBatch, learned_fires, streak_of
 from stopbandit.bandit.trace import Probe, ProbeTrace
 from stopbandit.decoder.config import DecoderConfig
 from stopbandit.decoder.kv import fork_rows, keep_rows, new_cache
@@ -79,8 +80,14 @@ class EarlyExitDecoder:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def run(self, prompts: Sequence[Sequence[int]], arms: Sequence[Arm]) -> list[DecodeResult]:
-        """Decode one batch: ``prompts[i]`` (token ids) under ``arms[i]``; results in input order."""
+    def run(self, prompts: Sequence[Sequence[int]], arms: Sequence[Arm],
+            learned: LearnedInputs | None = None) -> list[DecodeResult]:
+        """Decode one batch: ``prompts[i]`` (token ids) under ``arms[i]``; results in input order.
+
+        ``learned`` (the learned stop rule, λ, one context row per prompt) is required when an arm has a
+        learned rule; at each probe of such a row the rule reads the row's probes so far
+        (:func:`stopbandit.bandit.stoprule.learned_fires`, the kernel's own definition).
+        """
         if len(prompts) == 0:
             raise InputError("prompts must hold at least one prompt, got an empty batch")
         if len(arms) != len(prompts):
@@ -91,12 +98,18 @@ class EarlyExitDecoder:
         for i, prompt in enumerate(prompts):
             if len(prompt) == 0:
                 raise InputError(f"prompts[{i}] is empty; every prompt needs at least one token")
+        if any(a.learned for a in arms):
+            if learned is None:
+                raise InputError("arms with a learned stop rule need learned= (rule, λ, one context row per prompt)")
+            if learned.context.shape[0] != len(prompts):
+                raise InputError(f"learned.context needs one row per prompt ({len(prompts)}), "
+                                 f"got {learned.context.shape[0]}")
         with torch.inference_mode():
-            return self._run([list(map(int, p)) for p in prompts], list(arms))
+            return self._run([list(map(int, p)) for p in prompts], list(arms), learned)
 
     # -- main loop -----------------------------------------------------------------
 
-    def _run(self, prompts: list[list[int]], arms: list[Arm]) -> list[DecodeResult]:
+    def _run(self, prompts: list[list[int]], arms: list[Arm], learned: LearnedInputs | None) -> list[DecodeResult]:
         dev = self.device
         batch = len(prompts)
         width = max(len(p) for p in prompts)
@@ -146,6 +159,7 @@ class EarlyExitDecoder:
                         trials[i] = trial
                 confidence = [math.nan] * n
                 streak = [0] * n
+                on_learned = [False] * n
                 for i in range(n):
                     if probing[i]:
                         trial = trials[i]
@@ -153,9 +167,13 @@ class EarlyExitDecoder:
                         row = probes[live[i]]
                         row.append(Probe(offset, trial.confidence, self._text(trial), len(trial.ids)))
                         streak[i] = streak_of([p.answer for p in row])
+                        arm = arms[live[i]]
+                        if arm.learned and learned is not None:
+                            row_in = replace(learned, context=learned.context[live[i] : live[i] + 1])
+                            on_learned[i] = bool(learned_fires(ProbeBatch.of([row]), (arm,), row_in)[-1, 0])
                 reasons = rule.reasons(
                     offset, torch.tensor(confidence, dtype=torch.float64), torch.tensor(ended, dtype=torch.bool),
-                    torch.tensor(streak, dtype=torch.int64),
+                    torch.tensor(streak, dtype=torch.int64), torch.tensor(on_learned, dtype=torch.bool),
                 ).tolist()
                 keep = [i for i in range(n) if reasons[i] == NONE]
                 for i in range(n):

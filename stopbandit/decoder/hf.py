@@ -9,10 +9,12 @@ and loading from a local directory; the token-level work is
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from stopbandit.bandit.arms import Arm
+from stopbandit.bandit.learned_stop import LearnedInputs
 from stopbandit.decoder.config import DecoderConfig
 from stopbandit.decoder.decoder import EarlyExitDecoder
 from stopbandit.decoder.device import pick_device
@@ -73,13 +75,18 @@ class HFDecoder:
             raise InputError(f"prompt {prompt[:40]!r} encodes to no tokens")
         return ids
 
-    def run(self, prompts: Sequence[str], arms: Arm | Sequence[Arm]) -> list[DecodeResult]:
-        """Decode ``prompts`` (one arm for all, or one per prompt), in batches of ``config.batch_size``."""
+    def run(self, prompts: Sequence[str], arms: Arm | Sequence[Arm],
+            learned: LearnedInputs | None = None) -> list[DecodeResult]:
+        """Decode ``prompts`` (one arm for all, or one per prompt), in batches of ``config.batch_size``.
+
+        ``learned``: the learned stop rule, λ and one context row per prompt, when an arm has a learned rule.
+        """
         if isinstance(prompts, str):
             raise InputError("prompts must be a list of strings, got a single string")
-        return self.run_ids([self.encode(p) for p in prompts], arms)
+        return self.run_ids([self.encode(p) for p in prompts], arms, learned)
 
-    def run_ids(self, prompt_ids: Sequence[Sequence[int]], arms: Arm | Sequence[Arm]) -> list[DecodeResult]:
+    def run_ids(self, prompt_ids: Sequence[Sequence[int]], arms: Arm | Sequence[Arm],
+                learned: LearnedInputs | None = None) -> list[DecodeResult]:
         """Like :meth:`run` for already tokenized prompts."""
         per_row = [arms] * len(prompt_ids) if isinstance(arms, Arm) else list(arms)
         if len(per_row) != len(prompt_ids):
@@ -87,7 +94,8 @@ class HFDecoder:
         size = self.config.batch_size
         out: list[DecodeResult] = []
         for start in range(0, len(prompt_ids), size):
-            out.extend(self.core.run(prompt_ids[start : start + size], per_row[start : start + size]))
+            part = None if learned is None else replace(learned, context=learned.context[start : start + size])
+            out.extend(self.core.run(prompt_ids[start : start + size], per_row[start : start + size], part))
         return out
 
     def _decode(self, ids: Sequence[int]) -> str:

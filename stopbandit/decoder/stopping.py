@@ -10,6 +10,8 @@ together and advance one token per step) and decides, per row:
   ``>= threshold`` (DEER, arXiv 2504.15895);
 * ``agreement``  -- a probe ran at ``s`` and its trial answer ends a run of
   ``agreement`` equal trial answers (Dynasor, arXiv 2412.20993);
+* ``learned``    -- a probe ran at ``s`` and the row's learned stop rule fires there
+  (:mod:`stopbandit.bandit.learned_stop`);
 * ``budget``     -- ``s`` reached the arm's ``max_think_tokens`` (when > 0) or
   the decoder's global cap.
 
@@ -33,7 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from stopbandit.bandit.arms import Arm
-from stopbandit.bandit.stoprule import AGREEMENT, BUDGET, CONFIDENCE, END, NONE, REASON_NAMES, fires
+from stopbandit.bandit.stoprule import AGREEMENT, BUDGET, CONFIDENCE, END, LEARNED, NONE, REASON_NAMES, fires
 
 
 @dataclass(frozen=True)
@@ -72,14 +74,15 @@ class ArmStoppingCriteria:
         return capped
 
     def reasons(self, offset: int, confidence: torch.Tensor, ended: torch.Tensor,
-                streak: torch.Tensor | None = None) -> torch.Tensor:
-        """Stop reason per row (int64 ``[batch]``: NONE/CONFIDENCE/AGREEMENT/BUDGET/END).
+                streak: torch.Tensor | None = None, learned: torch.Tensor | None = None) -> torch.Tensor:
+        """Stop reason per row (int64 ``[batch]``: NONE/CONFIDENCE/AGREEMENT/LEARNED/BUDGET/END).
 
         ``confidence``: float ``[batch]``, NaN where no probe ran at ``offset``.
         ``ended``: bool ``[batch]``, the model closed its reasoning at ``offset``.
         ``streak``: int64 ``[batch]``, how many consecutive probes up to the one
         at ``offset`` gave its trial answer (0 where no probe ran; None: no
-        row stops on agreement).
+        row stops on agreement). ``learned``: bool ``[batch]``, the row's learned
+        stop rule fires at the probe at ``offset`` (None: no row has one).
         """
         under_cap = ~self.cap_reached(offset)
         agreements = self.agreements if self.agreements is not None else torch.zeros_like(self.caps)
@@ -88,13 +91,15 @@ class ArmStoppingCriteria:
         out = torch.full_like(self.caps, NONE)
         out = torch.where(self.budget_spent(offset), torch.full_like(out, BUDGET), out)
         out = torch.where(ended, torch.full_like(out, END), out)
+        if learned is not None:
+            out = torch.where(learned & under_cap, torch.full_like(out, LEARNED), out)
         out = torch.where(on_agree & under_cap, torch.full_like(out, AGREEMENT), out)
         return torch.where(on_conf & under_cap, torch.full_like(out, CONFIDENCE), out)
 
     def __call__(self, offset: int, confidence: torch.Tensor, ended: torch.Tensor,
-                 streak: torch.Tensor | None = None) -> torch.Tensor:
+                 streak: torch.Tensor | None = None, learned: torch.Tensor | None = None) -> torch.Tensor:
         """Bool ``[batch]``: which rows stop thinking at ``offset``."""
-        return self.reasons(offset, confidence, ended, streak) != NONE
+        return self.reasons(offset, confidence, ended, streak, learned) != NONE
 
 
-__all__ = ["AGREEMENT", "BUDGET", "CONFIDENCE", "END", "NONE", "REASON_NAMES", "ArmStoppingCriteria"]
+__all__ = ["AGREEMENT", "BUDGET", "CONFIDENCE", "END", "LEARNED", "NONE", "REASON_NAMES", "ArmStoppingCriteria"]

@@ -23,8 +23,9 @@ import numpy as np
 
 from stopbandit.bandit.arms import Arm, ArmSet
 from stopbandit.errors import ConfigError, InputError
+from stopbandit.sim.answers import REFERENCE
 from stopbandit.sim.outcome import outcome_table
-from stopbandit.sim.request import SimRequest
+from stopbandit.sim.request import SimRequest, answer_codes
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,4 +150,52 @@ def calibrate(
     )
 
 
-__all__ = ["ArmFigures", "Calibration", "OracleFigures", "calibrate"]
+@dataclass(frozen=True, slots=True)
+class Ceilings:
+    """The figures the literature publishes, measured on a batch (EM in points, savings of reasoning tokens).
+
+    ``deer_*``: a DEER threshold (``deer_threshold``) against full reasoning.
+    ``hindsight_*``: the per-request hindsight stop (ThinkBrake's oracle): at the
+    first probe whose trial answer is correct, else at the first probe (every
+    answer of that request is wrong, so the earliest stop is the best one).
+    """
+
+    full_em: float
+    deer_threshold: float
+    deer_gain: float
+    deer_savings: float
+    hindsight_gain: float
+    hindsight_savings: float
+
+
+def published_ceilings(requests: Sequence[SimRequest], deer_threshold: float = 0.95) -> Ceilings:
+    """Measure :class:`Ceilings` on ``requests`` (reasoning tokens only, as DEER and ThinkBrake count them)."""
+    reqs = list(requests)
+    if not reqs:
+        raise InputError("requests: need at least 1 request, got 0")
+    arms = (Arm("full", 1.01), Arm("deer", deer_threshold))
+    table = outcome_table(reqs, arms)
+    full_em, full_think = float(table.em[:, 0].mean()), float(table.think_tokens[:, 0].mean())
+    hind_em = np.empty(len(reqs))
+    hind_think = np.empty(len(reqs))
+    for i, r in enumerate(reqs):
+        offs = r.probe_offsets
+        codes = answer_codes(offs, r.settle_offset, r.relapse_offset, r.solvable, r.segment_answer[1 : r.n_probes + 1])
+        right = np.flatnonzero(codes == REFERENCE)
+        if right.size:
+            hind_em[i], hind_think[i] = 1.0, float(offs[right[0]])
+        elif offs.size:
+            hind_em[i], hind_think[i] = 0.0, float(offs[0])
+        else:
+            hind_em[i], hind_think[i] = float(table.em[i, 0]), float(r.think_len)
+    return Ceilings(
+        full_em=full_em,
+        deer_threshold=float(deer_threshold),
+        deer_gain=float(table.em[:, 1].mean() - full_em) * 100,
+        deer_savings=float(1.0 - table.think_tokens[:, 1].mean() / full_think),
+        hindsight_gain=float(hind_em.mean() - full_em) * 100,
+        hindsight_savings=float(1.0 - hind_think.mean() / full_think),
+    )
+
+
+__all__ = ["ArmFigures", "Calibration", "Ceilings", "OracleFigures", "calibrate", "published_ceilings"]

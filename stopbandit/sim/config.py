@@ -44,7 +44,7 @@ answer changes at a probe before settling; ``prompt_base_words`` /
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -331,8 +331,23 @@ class SimConfig:
         return self._names
 
     @classmethod
+    def named(cls, name: str, **overrides: Any) -> SimConfig:
+        """The calibration called ``name`` (see :data:`CALIBRATIONS`), with ``overrides`` applied."""
+        if not isinstance(name, str) or name not in CALIBRATIONS:
+            raise ConfigError(f"sim.calibration must be one of {sorted(CALIBRATIONS)}, got {name!r}")
+        return replace(CALIBRATIONS[name], **overrides) if overrides else CALIBRATIONS[name]
+
+    @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SimConfig:
-        """Build from a TOML-like table: ``domains``/``schedule``/``degradations`` are arrays of tables."""
+        """Build from a TOML-like table: ``domains``/``schedule``/``degradations`` are arrays of tables.
+
+        ``calibration`` (optional) names the calibration the other fields override
+        (``conservative`` when absent).
+        """
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"sim must be a table, got {type(data).__name__}")
+        base = data.get("calibration", "conservative")
+        data = {k: v for k, v in data.items() if k != "calibration"}
         _check_fields("sim", cls, data)
         if "_names" in data:
             raise ConfigError("sim: unknown field(s) ['_names']")
@@ -345,7 +360,20 @@ class SimConfig:
             kwargs["degradations"] = tuple(
                 Degradation.from_dict(d) for d in _tables("sim.degradations", kwargs["degradations"])
             )
-        return cls(**kwargs)
+        return cls.named(base, **kwargs)
+
+
+CALIBRATIONS: Mapping[str, SimConfig] = MappingProxyType({
+    "conservative": SimConfig(),
+    "overthinking": SimConfig(overthink_rate=0.10, settle_base=0.05, settle_slope=0.40, solve_intercept=4.5),
+})
+"""Named calibrations. ``conservative`` (the default) rarely overthinks (``overthink_rate`` 0.005): stopping
+early almost never gains EM. ``overthinking`` reproduces the published per-request ceilings of real
+reasoning models: answers settle earlier and one solvable item in ten later drifts to a wrong answer, so
+DEER's default threshold 0.95 gains EM at fewer reasoning tokens (DEER, arXiv 2504.15895: +0.3 to +5
+points at 19-80% fewer) and the hindsight per-request stop saves about three quarters of the reasoning
+with about +8 points (ThinkBrake, arXiv 2510.00546: -72% tokens, +8%); :func:`stopbandit.sim.published_ceilings`
+measures both."""
 
 
 def _tables(owner: str, value: Any) -> Sequence[Mapping[str, Any]]:
@@ -356,6 +384,7 @@ def _tables(owner: str, value: Any) -> Sequence[Mapping[str, Any]]:
 
 __all__ = [
     "ANSWER_STYLES",
+    "CALIBRATIONS",
     "DEFAULT_DOMAINS",
     "Degradation",
     "DomainShift",

@@ -1,0 +1,152 @@
+"""The learned stop rule against every fixed stop rule, on the simulator, read exactly off traces.
+
+Per calibration (``conservative``, ``overthinking``) and seed: the ``full``
+arm's traces of ``--train`` requests train the learned rule (graded labels:
+trial answer against the reference); the ``full`` traces of the next
+``--test`` requests evaluate every stop policy exactly (the lenient trace
+reveals where each rule stops and its answer, :func:`stopbandit.bandit.stop_eval.evaluate`).
+Context of a request: its domain (one-hot) and its prompt length (the
+simulator's prompts grow with difficulty), i.e. what a policy may read.
+
+Per λ in ``--lambdas``, the mean reward ``EM − λ·tokens/1000`` on the test
+requests of:
+
+* the best fixed DEER threshold, agreement window and budget (each chosen in
+  hindsight on the test requests, which favours them);
+* the best static arm per feature cell (domain × prompt-length tercile) in hindsight;
+* ``learned``: the learned rule at the aggressiveness level chosen on the training requests;
+* ``table``: a per-cell choice among every stop policy (learned levels included),
+  chosen on the training requests -- the offline contextual choice over stop policies;
+* the per-request oracle over every policy (the ceiling);
+
+and ``closed`` = (learned − best fixed) / (oracle − best fixed). The headline
+line gives, per family, the most tokens saved at EM within 0.5 points of
+``full`` on the test requests.
+
+    python benchmarks/learned_stop.py [--train 1500] [--test 1500] [--seeds 0 1 2] [--lambdas 0.1 0.3 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import numpy as np
+
+from stopbandit.bandit.arms import Arm
+from stopbandit.bandit.learned_stop import LearnedInputs, LearnedStop
+from stopbandit.bandit.stop_eval import evaluate, stop_data
+from stopbandit.sim import SimConfig, Simulator, run
+
+FULL = Arm("full", 1.01)
+DEER = tuple(Arm(f"deer{t}", t) for t in (0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.99))
+AGREE = tuple(Arm(f"agree{k}", 1.01, 0, k) for k in (2, 3, 4, 5, 6))
+BUDGET = tuple(Arm(f"budget{b}", 1.01, b) for b in (128, 256, 384, 512, 768, 1024, 1536, 2048))
+LEVELS = (0.03, 0.06, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
+LEARNED = tuple(Arm(f"learned{k:g}", 1.01, 0, 0, k) for k in LEVELS)
+FIXED = (FULL,) + DEER + AGREE + BUDGET
+ALL = FIXED + LEARNED
+FAMILIES = {"deer": DEER, "agreement": AGREE, "budget": BUDGET, "learned": LEARNED}
+
+
+def _context(reqs, domains) -> np.ndarray:
+    ctx = np.zeros((len(reqs), len(domains) + 1))
+    for i, r in enumerate(reqs):
+        ctx[i, domains.index(r.domain)] = 1.0
+        ctx[i, -1] = len(r.prompt.split()) / 100.0
+    return ctx
+
+
+def _cells(reqs, domains, edges) -> np.ndarray:
+    words = np.array([len(r.prompt.split()) for r in reqs])
+    return np.array([domains.index(r.domain) for r in reqs]) * 3 + np.digitize(words, edges)
+
+
+def one(calibration: str, seed: int, n_train: int, n_test: int, lambdas) -> dict:
+    cfg = SimConfig.named(calibration)
+    reqs = list(Simulator(cfg, seed=seed).stream(n_train + n_test))
+    domains = list(cfg.domain_names)
+    traces = [run(r, FULL).trace for r in reqs]
+    refs = [r.reference for r in reqs]
+    ctx = _context(reqs, domains)
+    tr, te = slice(0, n_train), slice(n_train, None)
+    rule = LearnedStop(ctx.shape[1], "graded").fit(stop_data(traces[tr], refs[tr], ctx[tr], "graded"))
+    words = np.array([len(r.prompt.split()) for r in reqs[tr]])
+    edges = np.quantile(words, [1 / 3, 2 / 3])
+    cells = _cells(reqs, domains, edges)
+    out = {"lam": {}}
+    full_em = full_tok = None
+    for lam in lambdas:
+        ev = {}
+        for part, sl in (("train", tr), ("test", te)):
+            o = evaluate(traces[sl], refs[sl], ALL, LearnedInputs(rule, lam, ctx[sl]))
+            assert o.known.all()
+            ev[part] = (o.em, o.tokens.astype(float))
+        em, tok = ev["test"]
+        full_em, full_tok = em[:, 0].mean(), tok[:, 0].mean()
+        reward = em - lam * tok / 1000.0
+        mean = reward.mean(axis=0)
+        col = {a.name: j for j, a in enumerate(ALL)}
+        best = {f: max(mean[col[a.name]] for a in arms) for f, arms in FAMILIES.items() if f != "learned"}
+        best_fixed = max(best.values())
+        r_tr = ev["train"][0] - lam * ev["train"][1] / 1000.0
+        lvl = max(LEARNED, key=lambda a: r_tr[:, col[a.name]].mean())
+        learned = mean[col[lvl.name]]
+        c_te, c_tr = cells[te], cells[tr]
+        nf = len(FIXED)
+        cell_hind = np.mean([reward[i, reward[c_te == c_te[i], :nf].mean(axis=0).argmax()] for i in range(len(c_te))])
+        pick = {c: int(r_tr[c_tr == c].mean(axis=0).argmax()) for c in np.unique(c_tr)}
+        table = np.mean([reward[i, pick.get(c_te[i], 0)] for i in range(len(c_te))])
+        oracle = reward.max(axis=1).mean()
+        out["lam"][lam] = dict(best, best_fixed=best_fixed, cell_hindsight=float(cell_hind), learned=float(learned),
+                               level=lvl.learned, table=float(table), oracle=float(oracle),
+                               closed=float((learned - best_fixed) / (oracle - best_fixed)),
+                               diff=(reward[:, col[lvl.name]] - reward[:, int(np.argmax(mean[:nf]))]))
+    # headline: most tokens saved at EM within 0.5 points of full, per family (test requests, λ-free families;
+    # learned levels at every λ of the run)
+    head = {}
+    for f, arms in FAMILIES.items():
+        best_sav = 0.0
+        lams = lambdas if f == "learned" else lambdas[:1]
+        for lam in lams:
+            o = evaluate(traces[te], refs[te], arms, LearnedInputs(rule, lam, ctx[te]))
+            for j in range(len(arms)):
+                if o.em[:, j].mean() >= full_em - 0.005:
+                    best_sav = max(best_sav, 1.0 - o.tokens[:, j].mean() / full_tok)
+        head[f] = best_sav
+    out["head"] = head
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--train", type=int, default=1500)
+    ap.add_argument("--test", type=int, default=1500)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--lambdas", type=float, nargs="+", default=[0.1, 0.3, 1.0])
+    args = ap.parse_args()
+    keys = ("deer", "agreement", "budget", "cell_hindsight", "learned", "table", "oracle")
+    for cal in ("conservative", "overthinking"):
+        res = [one(cal, s, args.train, args.test, args.lambdas) for s in args.seeds]
+        print(f"\n{cal}: {args.train} train / {args.test} test requests, seeds {args.seeds}; mean ± sd over seeds")
+        print(f"{'λ':<5}" + "".join(f"{k:>16}" for k in keys) + f"{'closed':>14}{'learned−best fixed (95% CI, pooled)':>40}")
+        for lam in args.lambdas:
+            cells = []
+            for k in keys:
+                v = [r["lam"][lam][k] for r in res]
+                cells.append(f"{statistics.mean(v):>9.4f}±{statistics.pstdev(v):.4f}")
+            cl = [r["lam"][lam]["closed"] for r in res]
+            d = np.concatenate([r["lam"][lam]["diff"] for r in res])
+            half = 1.96 * d.std(ddof=1) / np.sqrt(d.size)
+            levels = sorted({r["lam"][lam]["level"] for r in res})
+            print(f"{lam:<5g}" + "".join(f"{c:>16}" for c in cells)
+                  + f"{statistics.mean(cl):>8.2f}±{statistics.pstdev(cl):.2f}"
+                  + f"   {d.mean():+.4f} [{d.mean() - half:+.4f}, {d.mean() + half:+.4f}] levels {levels}")
+        for f in FAMILIES:
+            v = [r["head"][f] for r in res]
+            print(f"  most saved at EM ≥ full − 0.5 pts, {f:<10}: {statistics.mean(v):.1%} ± {statistics.pstdev(v):.1%}"
+                  f" (per seed {', '.join(f'{x:.1%}' for x in v)})")
+
+
+if __name__ == "__main__":
+    main()
