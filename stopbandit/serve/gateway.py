@@ -136,6 +136,10 @@ class Gateway:
         self.config = config
         self.arms: tuple[Arm, ...] = tuple(selector.arms)
         self.arm_names = tuple(a.name for a in self.arms)
+        learned = [a.name for a in self.arms if a.learned > 0]
+        if learned:  # the probe driver has no learned stop rule to consult yet
+            raise ConfigError(f"the gateway cannot run learned stop arms {learned} yet; serve threshold, "
+                              f"agreement and budget arms (drop 'learned' from those [[arms]])")
         self.upstream = Upstream(config, transport=transport)
         self.engine: engines.Engine | None = engines.engine(config.engine) if config.engine != "auto" else None
         self.driver: ProbeDriver | None = (ProbeDriver(self.upstream, self.engine, config, self.arms)
