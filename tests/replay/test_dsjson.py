@@ -186,6 +186,33 @@ def test_conflicting_reimport_is_an_error_not_a_silent_skip(sqlite_url, tmp_path
     store.dispose()
 
 
+def test_one_pass_import_in_many_batches(source, db_url, tmp_path):
+    """Batches of 7 lines: a line repeated in a later batch is a duplicate (found in the store, not in memory);
+    with on_error="fail" a bad last line undoes the batches already written in the same transaction."""
+    path = tmp_path / "log.csv"
+    assert export(source, path, "csv") == 122
+    lines = path.read_text().splitlines()
+    repeated = tmp_path / "repeated.csv"
+    repeated.write_text("\n".join(lines + lines[1:4]) + "\n")
+
+    def run(store, file, on_error):
+        return import_events(store, lambda: read_csv(str(file), ARMS, token_scale=1000.0, now=NOW),
+                             path=str(file), fmt="csv", on_error=on_error, batch=7)
+
+    target = ReplayStore(fresh(db_url), migrate_schema=True)
+    broken = tmp_path / "broken.csv"
+    broken.write_text("\n".join(lines + [lines[5].replace(",", ",not-a-number,", 1)]) + "\n")
+    failed = run(target, broken, "fail")
+    assert (failed.lines, failed.error_count, failed.inserted, failed.written) == (123, 1, 0, False)
+    assert failed.errors[0].line == 124
+    assert target.counts()["decisions"] == 0 and target.counts()["outcomes"] == 0
+
+    report = run(target, repeated, "skip")
+    assert (report.lines, report.valid, report.inserted, report.duplicates, report.error_count) == (125, 125, 122, 3, 0)
+    assert events_of(target) == events_of(source)
+    target.dispose()
+
+
 # --------------------------------------------------------------------------- foreign DSJSON
 
 
