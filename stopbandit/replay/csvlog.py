@@ -37,7 +37,7 @@ from typing import IO, Any
 from stopbandit.bandit.arms import ArmSet
 from stopbandit.errors import InputError, StopbanditError
 from stopbandit.replay import jsoncodec
-from stopbandit.replay.interchange import LineError, ParsedEvent, decision_row, outcome_of
+from stopbandit.replay.interchange import ARMS_HINT, LineError, ParsedEvent, decision_row, outcome_of
 from stopbandit.replay.times import parse_time
 from stopbandit.replay.store import Event
 
@@ -145,7 +145,7 @@ def parse_row(row: dict[str, str], line: int, arms: ArmSet, *, token_scale: floa
     arm = _text(row, "arm")
     names = arms.names
     if arm not in names:
-        raise InputError(f"unknown arm {arm!r}; known arms: {list(names)}")
+        raise InputError(f"unknown arm {arm!r}; known arms: {list(names)}{ARMS_HINT}")
     propensity = _number(row, "propensity")
     if not 0.0 < propensity <= 1.0:
         raise InputError(f"column 'propensity' must be in (0, 1], got {row['propensity']!r}")

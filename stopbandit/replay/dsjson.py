@@ -50,7 +50,7 @@ from typing import IO, Any
 
 from stopbandit.bandit.arms import ArmSet
 from stopbandit.errors import InputError, StopbanditError
-from stopbandit.replay.interchange import LineError, ParsedEvent, decision_row, outcome_of
+from stopbandit.replay.interchange import ARMS_HINT, LineError, ParsedEvent, decision_row, outcome_of
 from stopbandit.replay.times import iso_time, parse_time
 from stopbandit.replay.store import Event
 
@@ -159,14 +159,14 @@ def parse_dsjson(obj: Any, line: int, arms: ArmSet, *, token_scale: float) -> Pa
     if all(n is not None for n in names):
         unknown = [n for n in names if n not in arms.names]
         if unknown:
-            raise InputError(f"unknown arm {unknown[0]!r} in c._multi; known arms: {list(arms.names)}")
+            raise InputError(f"unknown arm {unknown[0]!r} in c._multi; known arms: {list(arms.names)}{ARMS_HINT}")
         if sorted(names) != sorted(arms.names):  # type: ignore[type-var]
-            raise InputError(f"c._multi names arms {names}, expected each of {list(arms.names)} once")
+            raise InputError(f"c._multi names arms {names}, expected each of {list(arms.names)} once{ARMS_HINT}")
         arm_of = list(names)
     else:
         if n_actions != len(arms):
             raise InputError(f"the line has {n_actions} actions without arm names; mapping by index needs exactly "
-                             f"the {len(arms)} configured arms {list(arms.names)}")
+                             f"the {len(arms)} configured arms {list(arms.names)}{ARMS_HINT}")
         arm_of = list(arms.names)
     prob_of: dict[str, Any] = {}
     for aid, p in zip(actions, probs):

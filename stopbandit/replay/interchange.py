@@ -31,6 +31,8 @@ ON_ERROR = ("skip", "fail")
 IMPORT_BATCH = 2000
 EXPERIMENTS_MAX = 32
 MAX_REPORTED_ERRORS = 1000
+# what an error about a log whose actions are not the configured arms tells the user to do
+ARMS_HINT = "; if the log's actions are other arms, pass --config with an [[arms]] table naming them"
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +140,7 @@ def decision_row(arms: ArmSet, *, key: Any, ts: Any, domain: Any, features: Any,
     key = check_key(key, field="request_id")
     names = arms.names
     if not isinstance(arm, str) or arm not in names:
-        raise InputError(f"unknown arm {arm!r}; known arms: {list(names)}")
+        raise InputError(f"unknown arm {arm!r}; known arms: {list(names)}{ARMS_HINT}")
     idx = names.index(arm)
     if len(probabilities) != len(names) or sorted(probabilities) != sorted(names):
         raise InputError(f"probabilities must name every arm {list(names)}, got {list(probabilities)}")
@@ -272,5 +274,5 @@ def export_events(store: ReplayStore, write: Callable[[Any], None], *, since: fl
     return n
 
 
-__all__ = ["ImportReport", "LineError", "ParsedEvent", "check_features", "decision_row", "export_events",
+__all__ = ["ARMS_HINT", "ImportReport", "LineError", "ParsedEvent", "check_features", "decision_row", "export_events",
            "import_events", "outcome_of"]

@@ -359,3 +359,27 @@ def test_vowpal_wabbit_reads_our_export(source, tmp_path):
             ws.finish_example(exs)
     finally:
         ws.finish()
+
+
+def test_actions_that_are_not_the_arms_tell_the_user_to_pass_config(sqlite_url, tmp_path):
+    hint = "pass --config with an [[arms]] table naming them"
+    store = ReplayStore(sqlite_url, migrate_schema=True)
+    good = {"request_id": "c1", "features": "{}", "domain": "", "arm": "item-7", "propensity": "0.5", "em": "1",
+            "tokens": "10"}
+    csv_path = tmp_path / "items.csv"
+    csv_path.write_text(_csv([good]))
+    csv_report = do_import(store, csv_path, "csv")
+    assert "unknown arm 'item-7'" in csv_report.errors[0].message and hint in csv_report.errors[0].message
+    named = json.loads(foreign("h1", -1.0, 1, names=True))
+    named["c"]["_multi"][2] = {"a": {"arm": "item-7"}}
+    three = json.loads(foreign("h2", -1.0, 1, names=False))
+    three["c"]["_multi"] = three["c"]["_multi"][:3]
+    three["a"], three["p"] = [1, 2, 3], [0.4, 0.3, 0.3]
+    ds_path = tmp_path / "items.dsjson"
+    ds_path.write_text(json.dumps(named) + "\n" + json.dumps(three) + "\n")
+    ds_report = do_import(store, ds_path, "dsjson")
+    assert [e.line for e in ds_report.errors] == [1, 2]
+    assert "unknown arm 'item-7'" in ds_report.errors[0].message
+    assert all(hint in e.message for e in ds_report.errors)
+    assert store.counts()["decisions"] == 0
+    store.dispose()
