@@ -28,7 +28,7 @@ from stopbandit.replay.options import DEFAULT_CHUNK, PROB_TOL
 from stopbandit.replay.store import ReplayStore
 
 ON_ERROR = ("skip", "fail")
-IMPORT_BATCH = 2000
+IMPORT_BATCH = 10000
 EXPERIMENTS_MAX = 32
 MAX_REPORTED_ERRORS = 1000
 # what an error about a log whose actions are not the configured arms tells the user to do
