@@ -383,3 +383,68 @@ def test_actions_that_are_not_the_arms_tell_the_user_to_pass_config(sqlite_url, 
     assert all(hint in e.message for e in ds_report.errors)
     assert store.counts()["decisions"] == 0
     store.dispose()
+
+
+VW_DATA = __import__("pathlib").Path(__file__).parent.parent / "data" / "vw_dsjson"
+
+
+def _import_vw(store: ReplayStore, name: str, arms: ArmSet):
+    path = VW_DATA / name
+    return import_events(store, lambda: read_dsjson(str(path), arms, token_scale=1000.0), path=str(path),
+                         fmt="dsjson")
+
+
+def _em_estimates(store: ReplayStore, arms: ArmSet, arm: str) -> tuple[float, float]:
+    from stopbandit.replay.candidates import FixedArm
+    from stopbandit.replay.evaluation import evaluate
+    from stopbandit.replay.options import ReplayOptions
+
+    ev = evaluate(store, arms, FixedArm(index=arms.names.index(arm), name=arm), ["ips", "snips"], lam=0.0,
+                  token_scale=1000.0, options=ReplayOptions(progress=False, jobs=1))
+    return ev.estimates["ips"]["em"].value, ev.estimates["snips"]["em"].value
+
+
+def test_vw_decision_service_log_imports_by_tag_and_estimates_like_a_hand_computation(tmp_path):
+    """VW's test/train-sets/dsjson_cb.json (first 4 lines): actions named by _tag, costs −1/0."""
+    from stopbandit.bandit.arms import Arm
+
+    coffee = ArmSet((Arm("Cappucino", 0.9, 0), Arm("Cold_brew", 0.8, 0), Arm("Iced_mocha", 0.7, 0),
+                     Arm("Latte", 0.6, 0)))
+    store = ReplayStore(f"sqlite:///{tmp_path}/coffee.db", migrate_schema=True)
+    report = _import_vw(store, "dsjson_cb_head.json", coffee)
+    assert (report.lines, report.inserted, report.error_count, report.from_cost) == (4, 4, 0, 4)
+    arms_logged = [e.arm for ch in store.iter_events() for e in ch]
+    assert arms_logged == ["Latte", "Cappucino", "Cold_brew", "Cappucino"]
+    # by hand: lines 2 and 4 chose Cappucino, logged probability 0.85 in "p" (its float32 rounding,
+    # 0.8500000238418579, is _label_probability), cost −1 (EM 1); lines 1 and 3 chose other actions:
+    # IPS = (1/p + 1/p) / 4, SNIPS = (1/p + 1/p) / (1/p + 1/p)
+    w = 1.0 / 0.85
+    ips, snips = _em_estimates(store, coffee, "Cappucino")
+    assert ips == pytest.approx((w + w) / 4, rel=1e-12, abs=0)
+    assert snips == pytest.approx(1.0, rel=1e-12, abs=0)
+    ips, snips = _em_estimates(store, coffee, "Latte")  # line 1: Latte, probability 0.05, cost 0
+    assert (ips, snips) == (0.0, 0.0)
+    store.dispose()
+
+
+def test_vw_lines_without_timestamp_or_event_id_import_with_a_derived_key(tmp_path):
+    """VW's test/train-sets/cb_simple.json: no Timestamp, no EventId, unnamed actions."""
+    two = ArmSet((ArmSet(DEFAULT_ARMS)[0], ArmSet(DEFAULT_ARMS)[1]))
+    store = ReplayStore(f"sqlite:///{tmp_path}/simple.db", migrate_schema=True)
+    report = _import_vw(store, "cb_simple.json", two)
+    assert (report.inserted, report.error_count) == (1, 0)
+    (event,) = [e for ch in store.iter_events() for e in ch]
+    assert event.request_key.startswith("dsjson-1-") and event.ts == 1.0 and event.arm == two.names[1]
+    again = _import_vw(store, "cb_simple.json", two)
+    assert (again.inserted, again.duplicates, again.error_count) == (0, 1, 0)
+    ips, snips = _em_estimates(store, two, two.names[1])  # chose action 2 with probability 0.5, cost −1
+    assert (ips, snips) == (pytest.approx(2.0, rel=1e-12), pytest.approx(1.0, rel=1e-12))
+    store.dispose()
+
+
+def test_vw_ccb_lines_get_one_not_supported_message(tmp_path):
+    store = ReplayStore(f"sqlite:///{tmp_path}/ccb.db", migrate_schema=True)
+    report = _import_vw(store, "ccb_simple.json", ARMS)
+    assert report.error_count == 1 and report.inserted == 0
+    assert report.errors[0].message.startswith("not supported: CCB")
+    store.dispose()
