@@ -42,7 +42,11 @@ def number(value: object, field: str, *, low: float | None = None, high: float |
     ...
     stopbandit.errors.ConfigError: p must be in [0, 1], got 2
     """
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+    kind = type(value)
+    if kind is float or kind is int:  # the common case, without the abstract-class checks
+        if not math.isfinite(value):
+            raise error(f"{field} must be a finite number, got {value!r}")
+    elif isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
         raise error(f"{field} must be a finite number, got {value!r}")
     v = float(value)
     below = low is not None and (v <= low if low_open else v < low)

@@ -36,7 +36,8 @@ from typing import IO, Any
 
 from stopbandit.bandit.arms import ArmSet
 from stopbandit.errors import InputError, StopbanditError
-from stopbandit.replay.interchange import LineError, ParsedEvent, decision_row, outcome_of
+from stopbandit.replay import jsoncodec
+from stopbandit.replay.interchange import ARMS_HINT, LineError, ParsedEvent, decision_row, outcome_of
 from stopbandit.replay.times import parse_time
 from stopbandit.replay.store import Event
 
@@ -124,7 +125,7 @@ def _json_cell(row: dict[str, str], name: str, *, required: bool) -> Any:
             raise InputError(f"column {name!r} is empty")
         return None
     try:
-        return json.loads(text)
+        return jsoncodec.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(f"column {name!r} is not valid JSON ({exc.msg})") from None
 
@@ -142,15 +143,16 @@ def parse_row(row: dict[str, str], line: int, arms: ArmSet, *, token_scale: floa
     if missing_cells:
         raise InputError(f"the row has too few cells: no value for {missing_cells}")
     arm = _text(row, "arm")
-    if arm not in arms.names:
-        raise InputError(f"unknown arm {arm!r}; known arms: {list(arms.names)}")
+    names = arms.names
+    if arm not in names:
+        raise InputError(f"unknown arm {arm!r}; known arms: {list(names)}{ARMS_HINT}")
     propensity = _number(row, "propensity")
     if not 0.0 < propensity <= 1.0:
         raise InputError(f"column 'propensity' must be in (0, 1], got {row['propensity']!r}")
     probs = _json_cell(row, "probabilities", required=False)
     if probs is None:
-        rest = (1.0 - propensity) / (len(arms) - 1)
-        probs = {name: (propensity if name == arm else rest) for name in arms.names}
+        rest = (1.0 - propensity) / (len(names) - 1)
+        probs = {name: (propensity if name == arm else rest) for name in names}
     elif not isinstance(probs, dict):
         raise InputError(f"column 'probabilities' must be a JSON object arm -> probability, got {probs!r}")
     ts_text = (row.get("ts") or "").strip()

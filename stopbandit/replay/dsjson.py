@@ -36,13 +36,21 @@ Import of a foreign line (no ``_stopbandit``, e.g. from a VW pipeline):
   ``<namespace>_<name>`` (names reduced to ``[A-Za-z0-9_]``, prefixed ``f_``
   when they would start with a digit), booleans as 0/1, lists dropped;
   a string field ``domain`` becomes the domain;
-* ``Timestamp`` (ISO 8601) is the decision and outcome time;
+* ``Timestamp`` (ISO 8601) is the decision and outcome time; a line without
+  one gets its line number as the time (seconds after the epoch: deterministic,
+  in file order), and a line without ``EventId`` the key
+  ``dsjson-<line>-<digest of the line>``, so re-importing the file adds nothing;
+* an action without an ``arm`` field is named by its ``_tag`` (characters an
+  arm name cannot hold become ``_``: ``"Cold brew"`` is arm ``Cold_brew``);
+* conditional-contextual-bandit and slates lines (``_outcomes``, ``c._slots``)
+  are refused with one message, "not supported: CCB";
   ``VWState.m`` the policy version (``dsjson`` when absent); a line without
   ``_label_cost`` (or with ``_skipLearn: true``) is imported as a decision only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterator, Mapping
@@ -50,13 +58,14 @@ from typing import IO, Any
 
 from stopbandit.bandit.arms import ArmSet
 from stopbandit.errors import InputError, StopbanditError
-from stopbandit.replay.interchange import LineError, ParsedEvent, decision_row, outcome_of
+from stopbandit.replay.interchange import ARMS_HINT, LineError, ParsedEvent, decision_row, outcome_of
 from stopbandit.replay.times import iso_time, parse_time
 from stopbandit.replay.store import Event
 
 CUSTOM = "_stopbandit"
 FORMAT_VERSION = 1
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_]")
+_ARM_BAD = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 # --------------------------------------------------------------------------- export
@@ -120,6 +129,25 @@ def _arm_name(action: Any) -> str | None:
     for value in action.values():
         if isinstance(value, Mapping) and isinstance(value.get("arm"), str):
             return value["arm"]
+    tag = action.get("_tag")
+    if isinstance(tag, str) and tag:
+        return _ARM_BAD.sub("_", tag)[:64]
+    return None
+
+
+def _derived_key(text: str, line: int) -> str:
+    """The request key of a line without ``EventId``: its line number and a digest of its text (deterministic)."""
+    return f"dsjson-{line}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:32]}"
+
+
+def _unsupported(obj: Mapping[str, Any]) -> str | None:
+    """Why a line of another decision kind cannot be imported (None: a contextual-bandit line)."""
+    context = obj.get("c")
+    slots = isinstance(context, Mapping) and "_slots" in context
+    if "_outcomes" in obj or slots:
+        return ("not supported: CCB (a conditional contextual bandit or slates line: it has "
+                f"{'_outcomes' if '_outcomes' in obj else 'c._slots'}); only contextual-bandit lines "
+                "(one decision over 'a' with '_label_*') import")
     return None
 
 
@@ -135,11 +163,20 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
         out[name] = (1.0 if value else 0.0) if isinstance(value, bool) else value
 
 
-def parse_dsjson(obj: Any, line: int, arms: ArmSet, *, token_scale: float) -> ParsedEvent:
-    """Validate and map one DSJSON object; raises InputError naming the field and the bad value."""
+def parse_dsjson(obj: Any, line: int, arms: ArmSet, *, token_scale: float, text: str | None = None) -> ParsedEvent:
+    """Validate and map one DSJSON object; raises InputError naming the field and the bad value.
+
+    ``text``: the line as read, from which a foreign line without ``EventId`` gets its key.
+    """
     if not isinstance(obj, dict):
         raise InputError(f"a DSJSON line must be a JSON object, got {type(obj).__name__}")
-    key = _field(obj, "EventId")
+    why = _unsupported(obj)
+    if why is not None:
+        raise InputError(why)
+    if "EventId" in obj or CUSTOM in obj or text is None:
+        key = _field(obj, "EventId")
+    else:
+        key = _derived_key(text, line)
     actions = _field(obj, "a")
     probs = _field(obj, "p")
     context = _field(obj, "c")
@@ -159,14 +196,14 @@ def parse_dsjson(obj: Any, line: int, arms: ArmSet, *, token_scale: float) -> Pa
     if all(n is not None for n in names):
         unknown = [n for n in names if n not in arms.names]
         if unknown:
-            raise InputError(f"unknown arm {unknown[0]!r} in c._multi; known arms: {list(arms.names)}")
+            raise InputError(f"unknown arm {unknown[0]!r} in c._multi; known arms: {list(arms.names)}{ARMS_HINT}")
         if sorted(names) != sorted(arms.names):  # type: ignore[type-var]
-            raise InputError(f"c._multi names arms {names}, expected each of {list(arms.names)} once")
+            raise InputError(f"c._multi names arms {names}, expected each of {list(arms.names)} once{ARMS_HINT}")
         arm_of = list(names)
     else:
         if n_actions != len(arms):
             raise InputError(f"the line has {n_actions} actions without arm names; mapping by index needs exactly "
-                             f"the {len(arms)} configured arms {list(arms.names)}")
+                             f"the {len(arms)} configured arms {list(arms.names)}{ARMS_HINT}")
         arm_of = list(arms.names)
     prob_of: dict[str, Any] = {}
     for aid, p in zip(actions, probs):
@@ -205,13 +242,16 @@ def parse_dsjson(obj: Any, line: int, arms: ArmSet, *, token_scale: float) -> Pa
                                  status=custom.get("status", "ok"))
         return ParsedEvent(line, decision, outcome)
     # a foreign line
-    stamp = _field(obj, "Timestamp")
-    if not isinstance(stamp, str):
-        raise InputError(f"Timestamp must be an ISO 8601 string, got {stamp!r}")
-    try:
-        ts = parse_time(stamp, field="Timestamp")
-    except StopbanditError as exc:
-        raise InputError(str(exc)) from None
+    if "Timestamp" not in obj:
+        ts = float(line)  # deterministic, in file order (VW's own examples carry no time)
+    else:
+        stamp = obj["Timestamp"]
+        if not isinstance(stamp, str):
+            raise InputError(f"Timestamp must be an ISO 8601 string, got {stamp!r}")
+        try:
+            ts = parse_time(stamp, field="Timestamp")
+        except StopbanditError as exc:
+            raise InputError(str(exc)) from None
     features: dict[str, Any] = {}
     _flatten("", {k: v for k, v in context.items() if k != "_multi"}, features)
     domain = context.get("domain") if isinstance(context.get("domain"), str) else None
@@ -244,7 +284,7 @@ def read_dsjson(path: str, arms: ArmSet, *, token_scale: float) -> Iterator[Pars
                 yield LineError(n, "not valid JSON (nested too deeply)")
                 continue
             try:
-                yield parse_dsjson(obj, n, arms, token_scale=token_scale)
+                yield parse_dsjson(obj, n, arms, token_scale=token_scale, text=text.strip())
             except StopbanditError as exc:
                 yield LineError(n, str(exc))
 

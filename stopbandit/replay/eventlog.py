@@ -170,21 +170,6 @@ class EventLogQueries:
         with self._call("split"), self.engine.connect() as conn:
             return float(conn.execute(q).scalar_one())
 
-    def stored_keys(self, keys: Sequence[str]) -> tuple[dict[str, tuple[int, float]], dict[str, tuple]]:
-        """Stored (arm_index, propensity) per decision key and (em, tokens) per outcome key, among ``keys``."""
-        decisions: dict[str, tuple[int, float]] = {}
-        outcomes: dict[str, tuple] = {}
-        with self._call("import lookup"), self.engine.connect() as conn:
-            for i in range(0, len(keys), 500):
-                part = list(keys[i:i + 500])
-                q = select(DECISIONS.c.request_key, DECISIONS.c.arm_index, DECISIONS.c.propensity).where(
-                    DECISIONS.c.request_key.in_(part))
-                decisions.update({k: (a, p) for k, a, p in conn.execute(q).all()})
-                q = select(OUTCOMES.c.decision_key, OUTCOMES.c.em, OUTCOMES.c.tokens).where(
-                    OUTCOMES.c.decision_key.in_(part))
-                outcomes.update({k: (e, t) for k, e, t in conn.execute(q).all()})
-        return decisions, outcomes
-
     def latest_experiment_version(self, experiment: str) -> str | None:
         """The logged ``policy_version`` of the newest decision of ``experiment``."""
         q = (select(DECISIONS.c.policy_version).where(DECISIONS.c.experiment == experiment)

@@ -2,14 +2,15 @@
 
 Both formats parse a line into a :class:`ParsedEvent` (a decision row and,
 when the line carries an outcome, an outcome row, validated like the serving
-path validates them) or a :class:`LineError`. :func:`import_events` runs two
-passes: the first validates every line and checks it against the store (a key
-already stored with a different outcome or arm is a conflict), the second
-writes the valid lines through ``ReplayStore.write_batch``. With
-``on_error="fail"`` a single bad line stops the import before anything is
-written; with ``"skip"`` bad lines are counted, listed with their line
-numbers and left out. Writes are idempotent by request key, so importing a
-file twice adds nothing the second time.
+path validates them) or a :class:`LineError`. :func:`import_events` reads the
+file once, in batches: each batch is checked against the store (a key already
+stored with a different outcome or arm is a conflict; so is a key repeated
+within the batch with other content) and its valid lines are bulk-inserted
+(:meth:`ReplayStore.importing`). With ``on_error="fail"`` the whole import is
+one transaction, rolled back when any line is bad, so nothing is written;
+with ``"skip"`` each batch is committed, and bad lines are counted, listed
+with their line numbers and left out. Writes are idempotent by request key,
+so importing a file twice adds nothing the second time.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ from stopbandit.replay.options import DEFAULT_CHUNK, PROB_TOL
 from stopbandit.replay.store import ReplayStore
 
 ON_ERROR = ("skip", "fail")
-IMPORT_BATCH = 2000
+IMPORT_BATCH = 10000
 EXPERIMENTS_MAX = 32
 MAX_REPORTED_ERRORS = 1000
+# what an error about a log whose actions are not the configured arms tells the user to do
+ARMS_HINT = "; if the log's actions are other arms, pass --config with an [[arms]] table naming them"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +93,11 @@ def _finite(value: Any, field_: str, *, low: float | None = None, high: float | 
     return validation.number(value, field_, low=low, high=high, low_open=low_open, error=InputError)
 
 
+# feature names already checked against FEATURE_NAME (a log repeats the same few names on every line)
+_FEATURE_NAMES_SEEN: set[str] = set()
+FEATURE_NAMES_REMEMBERED = 4096
+
+
 def check_features(value: Any, field_: str = "features") -> dict[str, Any]:
     """A flat mapping of name → finite number or string (what the Selector logs).
 
@@ -101,10 +109,18 @@ def check_features(value: Any, field_: str = "features") -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InputError(f"{field_} must be a JSON object of name -> number or string, got {type(value).__name__}")
     out: dict[str, Any] = {}
+    known = _FEATURE_NAMES_SEEN
+    isfinite = math.isfinite
     for k, v in value.items():
-        if not isinstance(k, str) or not FEATURE_NAME.match(k):
-            raise InputError(f"{field_}: feature name {k!r} must match {FEATURE_NAME.pattern}")
-        if isinstance(v, str):
+        if k not in known:
+            if not isinstance(k, str) or not FEATURE_NAME.match(k):
+                raise InputError(f"{field_}: feature name {k!r} must match {FEATURE_NAME.pattern}")
+            if len(known) < FEATURE_NAMES_REMEMBERED:
+                known.add(k)
+        kind = type(v)
+        if kind is float and isfinite(v):  # the common case; everything else through the checks below
+            out[k] = v
+        elif isinstance(v, str):
             if len(v) > 256:
                 raise InputError(f"{field_}: feature {k!r} is a string longer than 256 characters")
             out[k] = v
@@ -122,13 +138,17 @@ def decision_row(arms: ArmSet, *, key: Any, ts: Any, domain: Any, features: Any,
     from stopbandit.replay.validate import check_key
 
     key = check_key(key, field="request_id")
-    if not isinstance(arm, str) or arm not in arms.names:
-        raise InputError(f"unknown arm {arm!r}; known arms: {list(arms.names)}")
-    idx = arms.index(arm)
-    if sorted(probabilities) != sorted(arms.names):
-        raise InputError(f"probabilities must name every arm {list(arms.names)}, got {list(probabilities)}")
-    probs = {name: _finite(probabilities[name], f"probability of arm {name!r}", low=0.0, high=1.0)
-             for name in arms.names}
+    names = arms.names
+    if not isinstance(arm, str) or arm not in names:
+        raise InputError(f"unknown arm {arm!r}; known arms: {list(names)}{ARMS_HINT}")
+    idx = names.index(arm)
+    if len(probabilities) != len(names) or sorted(probabilities) != sorted(names):
+        raise InputError(f"probabilities must name every arm {list(names)}, got {list(probabilities)}")
+    probs = {}
+    for name in names:
+        p = probabilities[name]
+        probs[name] = p if type(p) is float and 0.0 <= p <= 1.0 else _finite(
+            p, f"probability of arm {name!r}", low=0.0, high=1.0)
     total = math.fsum(probs.values())
     if abs(total - 1.0) > PROB_TOL:
         raise InputError(f"probabilities must sum to 1, they sum to {total!r}")
@@ -170,27 +190,25 @@ def outcome_of(key: str, *, em: Any, tokens: Any, ts: Any, latency_ms: Any = Non
                        reference_key=reference_key, status=status)
 
 
-def _existing(store: ReplayStore, keys: Sequence[str]) -> tuple[dict[str, tuple[int, float]], dict[str, tuple]]:
-    """Stored (arm_index, propensity) per decision key and (em, tokens) per outcome key, among ``keys``."""
-    return store.stored_keys(keys)
-
-
 def import_events(store: ReplayStore, parse: Callable[[], Iterator[ParsedEvent | LineError]], *, path: str,
                   fmt: str, on_error: str = "skip", batch: int = IMPORT_BATCH) -> ImportReport:
-    """Validate every line, then write the valid ones (see the section comment above).
+    """Validate and write the lines of ``parse()`` in one pass (see the module docstring).
 
-    ``parse()`` is called once per pass and must yield the same sequence each time.
+    Memory is bounded by ``batch``: each batch's keys are looked up in the
+    store (which by then holds the file's earlier batches), and only within
+    a batch are the lines themselves compared.
     """
     if on_error not in ON_ERROR:
         raise ConfigError(f"on_error must be one of {list(ON_ERROR)}, got {on_error!r}")
     report = ImportReport(path=path, format=fmt, on_error=on_error)
-    bad_lines: set[int] = set()
-    skip_lines: set[int] = set()  # valid, but already stored (or repeated in the file)
-    seen: dict[str, tuple] = {}
-    pending: list[ParsedEvent] = []
+    atomic = on_error == "fail"
+    inserted = 0
 
-    def check(items: list[ParsedEvent]) -> None:
-        dec, out = _existing(store, [p.decision["request_key"] for p in items])
+    def flush(items: list[ParsedEvent], session: Any) -> int:
+        dec, out = session.lookup([p.decision["request_key"] for p in items])
+        seen: dict[str, tuple] = {}
+        decisions: list[dict[str, Any]] = []
+        outcomes: list[dict[str, Any]] = []
         for p in items:
             key = p.decision["request_key"]
             mine = (p.decision["arm_index"], p.decision["propensity"])
@@ -208,7 +226,6 @@ def import_events(store: ReplayStore, parse: Callable[[], Iterator[ParsedEvent |
                            f"this line has em {outcome[0]!r}, tokens {outcome[1]!r} (outcomes are write-once)")
             if problem is not None:
                 report.add_error(LineError(p.line, f"conflict: {problem}"))
-                bad_lines.add(p.line)
                 continue
             report.valid += 1
             report.from_cost += p.mapped_from_cost
@@ -217,38 +234,31 @@ def import_events(store: ReplayStore, parse: Callable[[], Iterator[ParsedEvent |
                 report.decisions_only += 1
             if key in seen or (key in dec and (outcome is None or key in out)):
                 report.duplicates += 1
-                skip_lines.add(p.line)
-            seen.setdefault(key, (p.line, (mine, outcome)))
+                continue
+            seen[key] = (p.line, (mine, outcome))
+            decisions.append(p.decision)
+            if p.outcome is not None:
+                outcomes.append(p.outcome)
+        session.write(decisions, outcomes)
+        return len(decisions)
 
-    for item in parse():
-        if isinstance(item, LineError):
+    with store.importing(atomic=atomic) as session:
+        pending: list[ParsedEvent] = []
+        for item in parse():
             report.lines += 1
-            report.add_error(item)
-            bad_lines.add(item.line)
-            continue
-        report.lines += 1
-        pending.append(item)
-        if len(pending) >= batch:
-            check(pending)
-            pending = []
-    if pending:
-        check(pending)
-    if report.error_count and on_error == "fail":
-        return report
-    decisions: list[dict[str, Any]] = []
-    outcomes: list[dict[str, Any]] = []
-    for item in parse():
-        if isinstance(item, LineError) or item.line in bad_lines or item.line in skip_lines:
-            continue
-        decisions.append(item.decision)
-        if item.outcome is not None:
-            outcomes.append(item.outcome)
-        report.inserted += 1
-        if len(decisions) >= batch:
-            store.write_batch(decisions, outcomes)
-            decisions, outcomes = [], []
-    if decisions:
-        store.write_batch(decisions, outcomes)
+            if isinstance(item, LineError):
+                report.add_error(item)
+                continue
+            pending.append(item)
+            if len(pending) >= batch:
+                inserted += flush(pending, session)
+                pending = []
+        if pending:
+            inserted += flush(pending, session)
+        if atomic and report.error_count:
+            return report  # the session rolls back: a failed import writes nothing
+        session.commit()
+    report.inserted = inserted
     report.written = True
     return report
 
@@ -264,5 +274,5 @@ def export_events(store: ReplayStore, write: Callable[[Any], None], *, since: fl
     return n
 
 
-__all__ = ["ImportReport", "LineError", "ParsedEvent", "check_features", "decision_row", "export_events",
+__all__ = ["ARMS_HINT", "ImportReport", "LineError", "ParsedEvent", "check_features", "decision_row", "export_events",
            "import_events", "outcome_of"]

@@ -42,7 +42,7 @@ class ReplayOptions:
     ``chunk``: events per read (memory is bounded by it). ``alpha``: 1 − the
     confidence level of the intervals. ``progress``: True/False forces the
     stderr progress bar on/off, None shows it for big or slow jobs. ``jobs``:
-    worker processes (None: one per core for big logs).
+    worker processes (None: chosen from what the first range of the pass cost, see runner.choose_jobs).
     """
 
     include: tuple[str, ...] = ("ok",)

@@ -34,8 +34,11 @@ PROGRESS_AFTER_S = 2.0
 """A job still running after this long shows a progress bar (on stderr)."""
 PROGRESS_EVENTS = 50_000
 """A job over more events than this shows a progress bar from the start."""
-PARALLEL_EVENTS = 200_000
-"""Passes over at least this many events use one worker process per core by default."""
+WORKER_START_S = 1.0
+"""What starting one worker process costs before it streams a range (start, imports, the plan and model
+shipped to it), counted against what it would save."""
+PARALLEL_MIN_S = 3.0
+"""A rest of a pass estimated to take less than this in one process is not worth worker processes."""
 PARTITION_IDS = 50_000
 """A pass is cut into ranges of this many outcome ids, evaluated one after another or by worker processes;
 either way each range is read from its start and the ranges' results are merged in order, so the
@@ -194,12 +197,31 @@ def partition(reader: LogReader, span: int = PARTITION_IDS) -> list[tuple[int, i
     return [(a, b) for a, b in zip(edges[:-1], edges[1:])]
 
 
-def auto_jobs(total_events: int | None) -> int:
-    """Worker processes for a pass over ``total_events``: 1 below PARALLEL_EVENTS, else the cores (≤ 8)."""
-    cores = os.cpu_count() or 1
-    if total_events is None or total_events < PARALLEL_EVENTS or cores < 2:
+def choose_jobs(first_range_s: float, ranges_left: int, *, cores: int | None = None,
+                load: float | None = None) -> int:
+    """Worker processes for the rest of a pass, from what its first range cost in this process.
+
+    The rest would take about ``first_range_s × ranges_left`` here. Workers
+    pay off only when that is long (at least PARALLEL_MIN_S), when cores are
+    idle (the cores less the load average, this process's own share not
+    counted: on a loaded machine a second process only takes turns with the
+    first) and when the time saved exceeds the workers' start (WORKER_START_S
+    each). ``cores``/``load``: the machine's (None: measured now).
+    """
+    rest = first_range_s * ranges_left
+    if ranges_left < 2 or rest < PARALLEL_MIN_S:
         return 1
-    return min(cores, 8)
+    cores = (os.cpu_count() or 1) if cores is None else cores
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:  # pragma: no cover - no load average on this platform
+            load = 0.0
+    idle = int(cores - max(0.0, load - 1.0))
+    jobs = max(1, min(idle, 8, ranges_left))
+    if jobs > 1 and rest / jobs + WORKER_START_S * jobs >= rest:
+        return 1
+    return jobs
 
 
 def run_targets(reader: LogReader, targets: Sequence[Target], *, model: HeadsModel | None = None,
@@ -211,7 +233,8 @@ def run_targets(reader: LogReader, targets: Sequence[Target], *, model: HeadsMod
     their own model's predictions; a model shared by several targets (a λ
     sweep) is asked once per chunk. The reader's options give the interval
     level (``alpha``), the progress bar (``progress``) and the worker
-    processes (``jobs``; None: :func:`auto_jobs`). The outcome ids are cut
+    processes (``jobs``; None: the first range runs here and :func:`choose_jobs`
+    decides from its cost how many workers take the rest). The outcome ids are cut
     into ranges of ``partition_ids`` ids (:func:`partition`); each range is
     streamed from its own start, by this process one after another or by the
     workers independently, and the ranges' accumulators are merged in range
@@ -231,26 +254,30 @@ def run_targets(reader: LogReader, targets: Sequence[Target], *, model: HeadsMod
                 continue
             usable[name] = est
         plan.append((t, usable))
-    total = reader.count_total() if (progress is not False or jobs is None) else None
-    if jobs is None:
-        jobs = auto_jobs(total)
-    if jobs > 1 and reader.store.engine.url.get_backend_name() == "sqlite" and \
-            reader.store.engine.url.database in (None, "", ":memory:"):
-        jobs = 1  # an in-memory database is private to this process
+    total = reader.count_total() if progress is not False else None
+    private = reader.store.engine.url.get_backend_name() == "sqlite" and \
+        reader.store.engine.url.database in (None, "", ":memory:")  # an in-memory database: this process's only
+    measure = jobs is None and not private
+    jobs = 1 if jobs is None or private else jobs
     ranges = partition(reader, partition_ids)
     results: list[tuple[dict[AccKey, Accumulator], LogCounts]] = []
     if jobs == 1:
         bar = _Progress(total, progress, "evaluating")
         try:
             for a, b in ranges:
+                started = time.perf_counter()
                 results.append(_run_range(reader.part(a, b), plan, model, bar.advance))
+                if measure and len(results) == 1:
+                    jobs = choose_jobs(time.perf_counter() - started, len(ranges) - 1)
+                    if jobs > 1:
+                        break
         finally:
             bar.close()
-    else:
+    if jobs > 1:
         from concurrent.futures.process import BrokenProcessPool
 
         try:
-            results = _run_parallel(reader, plan, model, ranges, jobs, total, progress)
+            results += _run_parallel(reader, plan, model, ranges[len(results):], jobs, total, progress)
         except BrokenProcessPool as exc:  # workers could not start (e.g. spawned from an interactive main)
             import logging
 
@@ -304,4 +331,4 @@ def _run_parallel(reader: LogReader, plan: Plan, model: HeadsModel | None, range
     return [results[i] for i in range(len(ranges))]
 
 
-__all__ = ["PARTITION_IDS", "StreamResult", "Target", "auto_jobs", "partition", "run_targets"]
+__all__ = ["PARTITION_IDS", "StreamResult", "Target", "choose_jobs", "partition", "run_targets"]

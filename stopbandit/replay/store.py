@@ -66,6 +66,8 @@ KEYS_PER_SELECT = 500
 # largest multi-row VALUES insert on SQLite: few GIL releases per batch (so the writer keeps up with a busy
 # serving thread), short GIL holds per statement (so a choose() waiting for the interpreter waits little)
 MULTI_ROWS = 16
+# bound parameters per statement SQLite accepts in every supported version (SQLITE_MAX_VARIABLE_NUMBER)
+SQLITE_PARAMS = 999
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +172,11 @@ class _BulkInsert:
 
     def params(self, row: Mapping[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
         """The driver's parameters for one row; InputError (naming the row) if it cannot be stored."""
+        values = self.values(row)
+        return tuple(values) if self._positional else dict(zip(self.names, values))
+
+    def values(self, row: Mapping[str, Any]) -> list[Any]:
+        """One row's values in the order of ``names`` (JSON columns as text); InputError if it cannot be stored."""
         try:
             try:
                 values = list(self._get(row))
@@ -181,7 +188,7 @@ class _BulkInsert:
         except (KeyError, TypeError, ValueError) as exc:
             key = row.get(self.names[0]) if isinstance(row, Mapping) else None
             raise InputError(f"row {key!r} cannot be stored: {type(exc).__name__}: {exc}") from exc
-        return tuple(values) if self._positional else dict(zip(self.names, values))
+        return values
 
     def _render(self, n: int) -> str | None:
         """SQLAlchemy's ``n``-row VALUES insert, or None if its parameters are not in row-major field order."""
@@ -239,6 +246,87 @@ class _BulkInsert:
         if i < n:
             inserted += conn.exec_driver_sql(self.sql, [params(r) for r in rows[i:]]).rowcount
         return inserted
+
+
+class ImportSession:
+    """The writes of one import, on one connection (:meth:`ReplayStore.importing`).
+
+    Lookups run on the connection that writes, so an atomic import (one
+    transaction, rolled back when the import fails) sees the rows of its own
+    earlier batches. Rows go in as bulk inserts: on PostgreSQL through ``COPY``
+    into a temporary table and one ``INSERT … SELECT … ON CONFLICT DO
+    NOTHING`` per table (a key another process stored meanwhile is a no-op,
+    like the executemany path); on SQLite through multi-row ``VALUES``
+    inserts as large as the driver's parameter limit allows.
+    """
+
+    def __init__(self, store: ReplayStore, conn: Connection, atomic: bool) -> None:
+        self._store, self._conn, self._atomic = store, conn, atomic
+        self._copy = store.engine.dialect.name == "postgresql"
+        self._temp: set[str] = set()
+        if store.engine.dialect.name == "sqlite":
+            self._dec = _BulkInsert(store.engine, store._insert_decisions, DECISION_FIELDS, DECISION_DEFAULTS,
+                                    ("features", "probabilities"), SQLITE_PARAMS // len(DECISION_FIELDS))
+            self._out = _BulkInsert(store.engine, store._insert_outcomes, OUTCOME_FIELDS, OUTCOME_DEFAULTS,
+                                    ("trace",), SQLITE_PARAMS // len(OUTCOME_FIELDS))
+        else:
+            self._dec, self._out = store._bulk_decisions, store._bulk_outcomes
+
+    def lookup(self, keys: Sequence[str]) -> tuple[dict[str, tuple[int, float]], dict[str, tuple]]:
+        """Stored (arm_index, propensity) per decision key and (em, tokens) per outcome key, among ``keys``."""
+        decisions: dict[str, tuple[int, float]] = {}
+        outcomes: dict[str, tuple] = {}
+        with self._store._call("import lookup"):
+            for i in range(0, len(keys), KEYS_PER_SELECT):
+                part = list(keys[i:i + KEYS_PER_SELECT])
+                q = select(DECISIONS.c.request_key, DECISIONS.c.arm_index, DECISIONS.c.propensity).where(
+                    DECISIONS.c.request_key.in_(part))
+                decisions.update({k: (a, p) for k, a, p in self._conn.execute(q).all()})
+                q = select(OUTCOMES.c.decision_key, OUTCOMES.c.em, OUTCOMES.c.tokens).where(
+                    OUTCOMES.c.decision_key.in_(part))
+                outcomes.update({k: (e, t) for k, e, t in self._conn.execute(q).all()})
+        return decisions, outcomes
+
+    def write(self, decisions: Sequence[Mapping[str, Any]], outcomes: Sequence[Mapping[str, Any]]) -> None:
+        """Insert the rows (decisions first: the outcomes reference them); non-atomic sessions commit each call."""
+        with self._store._call("import write"):
+            if self._copy:
+                self._copy_rows(DECISIONS, self._dec, decisions, "request_key")
+                self._copy_rows(OUTCOMES, self._out, outcomes, "decision_key")
+            else:
+                if decisions:
+                    self._dec.execute(self._conn, decisions)
+                if outcomes:
+                    self._out.execute(self._conn, outcomes)
+            if not self._atomic:
+                self._conn.commit()
+
+    def _copy_rows(self, table: Any, bulk: _BulkInsert, rows: Sequence[Mapping[str, Any]], key: str) -> None:
+        if not rows:
+            return
+        q = self._store.engine.dialect.identifier_preparer
+        cols = ", ".join(q.quote(n) for n in bulk.names)
+        name, temp = q.format_table(table), q.quote(f"stopbandit_import_{table.name}")
+        raw = self._conn.connection.dbapi_connection
+        with raw.cursor() as cur:  # type: ignore[union-attr]
+            if temp not in self._temp:
+                # identifiers only (quoted by the dialect); every value travels through COPY
+                cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {temp} ON COMMIT DELETE ROWS AS "
+                            f"SELECT {cols} FROM {name} WITH NO DATA")
+                self._temp.add(temp)
+            with cur.copy(f"COPY {temp} ({cols}) FROM STDIN") as copy:
+                for r in rows:
+                    copy.write_row(bulk.values(r))
+            cur.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM {temp} "
+                        f"ON CONFLICT ({q.quote(key)}) DO NOTHING")
+            cur.execute(f"TRUNCATE {temp}")
+
+    def commit(self) -> None:
+        with self._store._call("import commit"):
+            self._conn.commit()
+
+    def rollback(self) -> None:
+        self._conn.rollback()
 
 
 class ReplayStore(EventLogQueries):
@@ -406,6 +494,23 @@ class ReplayStore(EventLogQueries):
                                     f"{'request_id' if kind == 'd' else 'outcome'} {r[key_col]!r} is already stored "
                                     f"for a different {'decision' if kind == 'd' else 'outcome'} ({detail})"))
         return out
+
+    @contextmanager
+    def importing(self, *, atomic: bool) -> Iterator[ImportSession]:
+        """An :class:`ImportSession` on one connection; ``atomic``: one transaction, committed by ``commit()``.
+
+        Whatever is not committed when the block ends (an exception, or an
+        atomic import that decided not to commit) is rolled back.
+        """
+        self.check_file()
+        with _guard("import", self.engine), self.engine.connect() as conn:
+            session = ImportSession(self, conn, atomic)
+            try:
+                yield session
+            finally:
+                if conn.in_transaction():
+                    conn.rollback()
+        self.check_file()
 
     def wait_for_decision(self, key: str, timeout: float) -> dict[str, Any] | None:
         """The decision ``key``, waiting up to ``timeout`` s for it to appear (another process may not have

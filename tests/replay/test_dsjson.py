@@ -186,6 +186,33 @@ def test_conflicting_reimport_is_an_error_not_a_silent_skip(sqlite_url, tmp_path
     store.dispose()
 
 
+def test_one_pass_import_in_many_batches(source, db_url, tmp_path):
+    """Batches of 7 lines: a line repeated in a later batch is a duplicate (found in the store, not in memory);
+    with on_error="fail" a bad last line undoes the batches already written in the same transaction."""
+    path = tmp_path / "log.csv"
+    assert export(source, path, "csv") == 122
+    lines = path.read_text().splitlines()
+    repeated = tmp_path / "repeated.csv"
+    repeated.write_text("\n".join(lines + lines[1:4]) + "\n")
+
+    def run(store, file, on_error):
+        return import_events(store, lambda: read_csv(str(file), ARMS, token_scale=1000.0, now=NOW),
+                             path=str(file), fmt="csv", on_error=on_error, batch=7)
+
+    target = ReplayStore(fresh(db_url), migrate_schema=True)
+    broken = tmp_path / "broken.csv"
+    broken.write_text("\n".join(lines + [lines[5].replace(",", ",not-a-number,", 1)]) + "\n")
+    failed = run(target, broken, "fail")
+    assert (failed.lines, failed.error_count, failed.inserted, failed.written) == (123, 1, 0, False)
+    assert failed.errors[0].line == 124
+    assert target.counts()["decisions"] == 0 and target.counts()["outcomes"] == 0
+
+    report = run(target, repeated, "skip")
+    assert (report.lines, report.valid, report.inserted, report.duplicates, report.error_count) == (125, 125, 122, 3, 0)
+    assert events_of(target) == events_of(source)
+    target.dispose()
+
+
 # --------------------------------------------------------------------------- foreign DSJSON
 
 
@@ -332,3 +359,92 @@ def test_vowpal_wabbit_reads_our_export(source, tmp_path):
             ws.finish_example(exs)
     finally:
         ws.finish()
+
+
+def test_actions_that_are_not_the_arms_tell_the_user_to_pass_config(sqlite_url, tmp_path):
+    hint = "pass --config with an [[arms]] table naming them"
+    store = ReplayStore(sqlite_url, migrate_schema=True)
+    good = {"request_id": "c1", "features": "{}", "domain": "", "arm": "item-7", "propensity": "0.5", "em": "1",
+            "tokens": "10"}
+    csv_path = tmp_path / "items.csv"
+    csv_path.write_text(_csv([good]))
+    csv_report = do_import(store, csv_path, "csv")
+    assert "unknown arm 'item-7'" in csv_report.errors[0].message and hint in csv_report.errors[0].message
+    named = json.loads(foreign("h1", -1.0, 1, names=True))
+    named["c"]["_multi"][2] = {"a": {"arm": "item-7"}}
+    three = json.loads(foreign("h2", -1.0, 1, names=False))
+    three["c"]["_multi"] = three["c"]["_multi"][:3]
+    three["a"], three["p"] = [1, 2, 3], [0.4, 0.3, 0.3]
+    ds_path = tmp_path / "items.dsjson"
+    ds_path.write_text(json.dumps(named) + "\n" + json.dumps(three) + "\n")
+    ds_report = do_import(store, ds_path, "dsjson")
+    assert [e.line for e in ds_report.errors] == [1, 2]
+    assert "unknown arm 'item-7'" in ds_report.errors[0].message
+    assert all(hint in e.message for e in ds_report.errors)
+    assert store.counts()["decisions"] == 0
+    store.dispose()
+
+
+VW_DATA = __import__("pathlib").Path(__file__).parent.parent / "data" / "vw_dsjson"
+
+
+def _import_vw(store: ReplayStore, name: str, arms: ArmSet):
+    path = VW_DATA / name
+    return import_events(store, lambda: read_dsjson(str(path), arms, token_scale=1000.0), path=str(path),
+                         fmt="dsjson")
+
+
+def _em_estimates(store: ReplayStore, arms: ArmSet, arm: str) -> tuple[float, float]:
+    from stopbandit.replay.candidates import FixedArm
+    from stopbandit.replay.evaluation import evaluate
+    from stopbandit.replay.options import ReplayOptions
+
+    ev = evaluate(store, arms, FixedArm(index=arms.names.index(arm), name=arm), ["ips", "snips"], lam=0.0,
+                  token_scale=1000.0, options=ReplayOptions(progress=False, jobs=1))
+    return ev.estimates["ips"]["em"].value, ev.estimates["snips"]["em"].value
+
+
+def test_vw_decision_service_log_imports_by_tag_and_estimates_like_a_hand_computation(tmp_path):
+    """VW's test/train-sets/dsjson_cb.json (first 4 lines): actions named by _tag, costs −1/0."""
+    from stopbandit.bandit.arms import Arm
+
+    coffee = ArmSet((Arm("Cappucino", 0.9, 0), Arm("Cold_brew", 0.8, 0), Arm("Iced_mocha", 0.7, 0),
+                     Arm("Latte", 0.6, 0)))
+    store = ReplayStore(f"sqlite:///{tmp_path}/coffee.db", migrate_schema=True)
+    report = _import_vw(store, "dsjson_cb_head.json", coffee)
+    assert (report.lines, report.inserted, report.error_count, report.from_cost) == (4, 4, 0, 4)
+    arms_logged = [e.arm for ch in store.iter_events() for e in ch]
+    assert arms_logged == ["Latte", "Cappucino", "Cold_brew", "Cappucino"]
+    # by hand: lines 2 and 4 chose Cappucino, logged probability 0.85 in "p" (its float32 rounding,
+    # 0.8500000238418579, is _label_probability), cost −1 (EM 1); lines 1 and 3 chose other actions:
+    # IPS = (1/p + 1/p) / 4, SNIPS = (1/p + 1/p) / (1/p + 1/p)
+    w = 1.0 / 0.85
+    ips, snips = _em_estimates(store, coffee, "Cappucino")
+    assert ips == pytest.approx((w + w) / 4, rel=1e-12, abs=0)
+    assert snips == pytest.approx(1.0, rel=1e-12, abs=0)
+    ips, snips = _em_estimates(store, coffee, "Latte")  # line 1: Latte, probability 0.05, cost 0
+    assert (ips, snips) == (0.0, 0.0)
+    store.dispose()
+
+
+def test_vw_lines_without_timestamp_or_event_id_import_with_a_derived_key(tmp_path):
+    """VW's test/train-sets/cb_simple.json: no Timestamp, no EventId, unnamed actions."""
+    two = ArmSet((ArmSet(DEFAULT_ARMS)[0], ArmSet(DEFAULT_ARMS)[1]))
+    store = ReplayStore(f"sqlite:///{tmp_path}/simple.db", migrate_schema=True)
+    report = _import_vw(store, "cb_simple.json", two)
+    assert (report.inserted, report.error_count) == (1, 0)
+    (event,) = [e for ch in store.iter_events() for e in ch]
+    assert event.request_key.startswith("dsjson-1-") and event.ts == 1.0 and event.arm == two.names[1]
+    again = _import_vw(store, "cb_simple.json", two)
+    assert (again.inserted, again.duplicates, again.error_count) == (0, 1, 0)
+    ips, snips = _em_estimates(store, two, two.names[1])  # chose action 2 with probability 0.5, cost −1
+    assert (ips, snips) == (pytest.approx(2.0, rel=1e-12), pytest.approx(1.0, rel=1e-12))
+    store.dispose()
+
+
+def test_vw_ccb_lines_get_one_not_supported_message(tmp_path):
+    store = ReplayStore(f"sqlite:///{tmp_path}/ccb.db", migrate_schema=True)
+    report = _import_vw(store, "ccb_simple.json", ARMS)
+    assert report.error_count == 1 and report.inserted == 0
+    assert report.errors[0].message.startswith("not supported: CCB")
+    store.dispose()

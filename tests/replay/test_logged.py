@@ -390,6 +390,40 @@ def test_estimates_are_the_same_floats_whatever_the_number_of_processes(log, chu
     model.close()
 
 
+def test_jobs_follow_the_measured_cost_and_the_idle_cores():
+    from stopbandit.replay.runner import PARALLEL_MIN_S, WORKER_START_S, choose_jobs
+
+    # a cheap rest stays in this process, however many cores are idle
+    assert choose_jobs(PARALLEL_MIN_S / 10 - 0.01, 10, cores=8, load=0.0) == 1
+    # an expensive rest on an idle 2-core machine: two workers
+    assert choose_jobs(10.0, 20, cores=2, load=0.5) == 2
+    # the same rest on a loaded 2-core machine (two processes would only take turns): one
+    assert choose_jobs(10.0, 20, cores=2, load=4.0) == 1
+    # never more workers than ranges left, nor than 8
+    assert choose_jobs(10.0, 3, cores=16, load=0.0) == 3
+    assert choose_jobs(10.0, 100, cores=32, load=0.0) == 8
+    # when starting the workers would cost what they save: one
+    rest = 2 * 2 * WORKER_START_S
+    assert choose_jobs(max(rest, PARALLEL_MIN_S) / 4, 4, cores=2, load=0.0) == (
+        1 if max(rest, PARALLEL_MIN_S) / 2 + 2 * WORKER_START_S >= max(rest, PARALLEL_MIN_S) else 2)
+    # one range left: nothing to share
+    assert choose_jobs(100.0, 1, cores=8, load=0.0) == 1
+
+
+def test_default_jobs_give_the_same_floats_as_one_process(log):
+    store, version = log
+    model = HeadsModel.load(store, version, ARMS)
+    targets = [Target("c", HeadsCandidate(model=model, lam=0.2), _all_estimators(), (Metric("em"),))]
+    one = run_targets(LogReader(store, ARMS, ReplayOptions(chunk=40, progress=False, jobs=1)), targets,
+                      model=model, partition_ids=70)
+    auto = run_targets(LogReader(store, ARMS, ReplayOptions(chunk=40, progress=False)), targets, model=model,
+                       partition_ids=70)
+    assert auto.jobs >= 1 and auto.counts == one.counts
+    assert {e: {m: x.to_dict() for m, x in ms.items()} for e, ms in auto.estimates["c"].items()} == \
+        {e: {m: x.to_dict() for m, x in ms.items()} for e, ms in one.estimates["c"].items()}
+    model.close()
+
+
 def test_partition_covers_the_ids_once(log):
     from stopbandit.replay.runner import partition
 
