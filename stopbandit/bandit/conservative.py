@@ -32,9 +32,14 @@ revealed to unrevealed requests is the one modelling assumption; everything
 else is exact or a deterministic bound.
 
 **Charges.** Before the outcome is known, a candidate distribution ``q`` is
-charged ``Σ_a q_a · (max(ŝ_b − ŝ_a, 0) + margin)`` over the non-baseline arms
-(``ŝ`` the policy's scores, ``margin`` the residual spread ``z·sd``, 1 before
-residuals exist); a decision's charge is held until its reward settles it.
+charged ``Σ_a q_a · (max(ŝ_b − ŝ_a, 0) + margin_a)`` over the non-baseline
+arms (``ŝ`` the policy's scores, ``margin_a = z·sd_a`` the spread of arm
+``a``'s residuals, 1 before residuals exist); a
+decision's charge is held until its reward settles it. A realized outcome can
+still fall below its charge: the bound then absorbs it, and exploration stops
+until the budget has grown back, so the bound overshoots ``−budget`` by at
+most the losses of the decisions in flight (one request's worth, at most 1
+reward unit each, when rewards arrive before the next decision).
 
 **Cheap exploration first.** When the budget covers only part of the
 exploration the policy asks for, exploration mass is kept on arms in order of
@@ -221,11 +226,19 @@ class ConservativeBudget:
         return c.max_loss * self._t + c.max_loss_fraction * max(self._baseline_reward, 0.0)
 
     def _margin(self, a: int) -> float:
+        """Per-request pessimism of arm ``a``: ``z·sd`` of its residuals, 1 (the reward range) before calibration.
+
+        A per-request outcome-level margin, not the (much smaller) width of the
+        mean: the residuals are measured where the baseline was revealed and
+        are applied where it was not, and a margin per request keeps each
+        window's loss, not only the cumulative one, inside the budget
+        (``benchmarks/conservative.py`` measures both).
+        """
         r = self._residual[a]
         return self._z * r.sd if r.n >= MIN_RESIDUALS else 1.0
 
     def _units(self, scores: Sequence[float]) -> list[float]:
-        """Charge per unit of probability on each arm (0 on the baseline)."""
+        """Charge per unit of probability on each arm (0 on the baseline): predicted loss + margin."""
         sb = scores[self.baseline]
         return [0.0 if a == self.baseline else max(sb - scores[a], 0.0) + self._margin(a) for a in range(self._k)]
 
