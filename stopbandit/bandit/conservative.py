@@ -49,10 +49,13 @@ buys information about every stricter arm at once, and an arm at least as
 lenient as the baseline also settles its own cost exactly. The remaining mass
 goes to the greedy arm if it fits, else to the baseline.
 
-**Shadow mode** is the zero-budget end of this dial: with ``max_loss = 0`` and
-``max_loss_fraction = 0`` the baseline is served except where the greedy arm
-is certified not to lose (its charge fits into what it has already earned),
-while learning continues from every revealed outcome.
+**Shadow mode** is the zero-budget end of this dial: with ``max_loss = 0``
+and ``max_loss_fraction = 0`` nothing can ever be earned against the baseline
+(every other arm carries a positive charge), so the baseline is served on
+every request, exactly as in shadow mode, while the policy still learns from
+every outcome the baseline's probe trace reveals (every stricter arm). Raising
+the budget buys exploration, cheapest first; an unset baseline is today's
+unconstrained exploration.
 
 **Propensities stay exact.** :meth:`ConservativeBudget.shape` returns the
 distribution that is actually sampled and logged, so off-policy estimators see
