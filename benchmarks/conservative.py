@@ -15,6 +15,8 @@ Per λ and seed, two runs on the same stream: ``plain`` (today's SquareCB) and
   1,000-request windows after the first (the budget asks for ≥ −max_loss);
 * ``run − best``: served reward over the whole run minus the best static arm's
   in hindsight (positive: ahead);
+* ``restricted``: decisions whose exploration the budget cut down, and the
+  rule's final lower bound on Σ (served − baseline) next to the realized sum;
 * ``to90``: requests until the greedy policy's held-out value (a fixed
   1,000-request held-out set from another seed, scored every ``--every``
   requests) first reaches 90 % of the way from the fresh policy's value to the
@@ -113,6 +115,9 @@ def main() -> None:
                         for w in range(1000, args.requests, 1000)]
                 t90 = to_target(r.curve, target)
                 restricted = getattr(r.budget, "restricted", "-")
+                if r.budget is not None:  # the bound the rule used vs the realized Σ (served − baseline)
+                    restricted = (f"{restricted}  LB {r.budget.lower_bound:+.1f} vs realized "
+                                  f"{float((r.served - rewards[:, b]).sum()):+.1f}")
                 print(f"{lam:<4} {seed:<5} {name:<13} {r.served.mean():.4f}  {rewards[:, b].mean():.4f}    "
                       f"{rewards[:, best].mean():.4f} ({arms[best].name:<10}) {min(wins) if wins else float('nan'):+.4f}  "
                       f"{r.served.mean() - rewards[:, best].mean():+.4f}  {t90 if t90 is not None else '-':<6} "
