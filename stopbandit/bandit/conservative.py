@@ -29,7 +29,11 @@ baseline was revealed. Those estimated terms carry a confidence width
 bias); before :data:`MIN_RESIDUALS` residuals exist, a miss books the
 deterministic worst case ``−EM_baseline ≥ −1``. The residuals transferring from
 revealed to unrevealed requests is the one modelling assumption; everything
-else is exact or a deterministic bound.
+else is exact or a deterministic bound. That assumption fails on the
+simulator: the greedy arm is chosen where the heads overestimate its
+advantage, so the bound comes out optimistic, and the budget then holds over
+the run but not in every 1,000-request window (``benchmarks/conservative.py``
+prints the bound next to the realized sum; docs/benchmarks.md).
 
 **Charges.** Before the outcome is known, a candidate distribution ``q`` is
 charged ``Σ_a q_a · (max(ŝ_b − ŝ_a, 0) + margin_a)`` over the non-baseline
