@@ -152,9 +152,14 @@ def db_current(url: str | None, as_json: bool) -> None:
               "SQLite file stopbandit-demo/stopbandit.db, recreated on every run; $STOPBANDIT_DB is ignored).")
 @click.option("--requests", "n", type=click.IntRange(100, 10_000_000), default=20_000, show_default=True,
               help="Simulated requests to serve.")
-@click.option("--lam", type=click.FloatRange(0, None), default=0.2, show_default=True,
-              help="λ: reward = EM − λ·tokens/token_scale.")
+@click.option("--lam", type=click.FloatRange(0, None), default=0.3, show_default=True,
+              help="λ: reward = EM − λ·tokens/token_scale (0.3: where per-request choice matters most in the "
+                   "simulator, the oracle's headroom over the best static arm being largest).")
 @click.option("--token-scale", type=click.FloatRange(1e-9, None), default=1000.0, show_default=True)
+@click.option("--baseline", default="careful", show_default=True,
+              help="Arm served before stopbandit; exploration is conservative against it ('none': off).")
+@click.option("--max-loss", type=click.FloatRange(0, 10), default=0.01, show_default=True,
+              help="Reward per request, on average, the exploration may give up against the baseline.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the simulator and the selector.")
 @click.option("--traces/--no-traces", default=True, show_default=True,
               help="Learn every stricter arm revealed by the probe trace (nested feedback).")
@@ -162,8 +167,8 @@ def db_current(url: str | None, as_json: bool) -> None:
               show_default=True, help="Where to write the learning-curve PNG.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @user_errors
-def demo(url: str | None, n: int, lam: float, token_scale: float, seed: int, traces: bool, plot: Path,
-         as_json: bool) -> None:
+def demo(url: str | None, n: int, lam: float, token_scale: float, baseline: str, max_loss: float, seed: int,
+         traces: bool, plot: Path, as_json: bool) -> None:
     """Serve simulated LLM traffic through a real Selector and SQLite store, then give a verdict.
 
     Each request gets a stopping arm from the selector, the calibrated simulator
@@ -180,6 +185,11 @@ def demo(url: str | None, n: int, lam: float, token_scale: float, seed: int, tra
     from stopbandit.demo import fresh_demo_store, require_empty_store, run_demo
     from stopbandit.replay.engine import redact, resolve_url
 
+    base = None if baseline.lower() == "none" else baseline
+    if base is not None:
+        from stopbandit.bandit.arms import ArmSet
+
+        ArmSet.of().index(base)  # an unknown arm is refused before the store is touched
     if url is None:
         url = fresh_demo_store()
     else:
@@ -189,27 +199,40 @@ def demo(url: str | None, n: int, lam: float, token_scale: float, seed: int, tra
                   TimeElapsedColumn(), console=err_console, disable=as_json, transient=True) as bar:
         task = bar.add_task("serving simulated requests", total=n)
         result = run_demo(url, requests=n, lam=lam, token_scale=token_scale, seed=seed, traces=traces, plot=plot,
-                          progress=lambda done: bar.update(task, completed=done))
+                          baseline=base, max_loss=max_loss, progress=lambda done: bar.update(task, completed=done))
     rows = [[r.name, f"{r.em:.3f}", f"{r.tokens:.0f}", f"{100 * r.savings:.1f}%", f"{r.reward:.4f}"]
             for r in result.rows]
+    budget = result.budget
     if as_json:
         emit_json({"url": redact(url), "requests": n, "lam": lam, "token_scale": token_scale,
                    "snapshot": result.snapshot, "plot": None if result.plot is None else str(result.plot),
                    "elapsed_s": result.elapsed_s,
-                   "rows": [r.__dict__ for r in result.rows]})
+                   "rows": [r.__dict__ for r in result.rows],
+                   "baseline": result.baseline, "max_loss": result.max_loss,
+                   "budget": None if budget is None else budget.__dict__,
+                   "served_reward": result.served_reward, "best_static": result.best_static,
+                   "best_static_reward": result.best_static_reward, "baseline_reward": result.baseline_reward,
+                   "domain_choice": result.domain_choice, "verdict": result.verdict, "reason": result.reason})
         return
     console.print(table(f"stopbandit demo — {n} requests, λ={lam}, reward = EM − λ·tokens/{token_scale:g}",
                         ["policy", "EM", "mean tokens", "saved vs full", "reward"], rows))
-    learned = result.rows[1]
-    best = result.rows[-2]
-    full = next(r for r in result.rows if r.name.startswith("static: ") and r.savings == 0.0)
-    verdict = "beats" if learned.reward > best.reward else "does not beat"
-    console.print(
-        f"Verdict: once learned (second half), stopbandit {verdict} the best static arm "
-        f"({learned.reward:.4f} vs {best.reward:.4f} reward), saving {100 * learned.savings:.1f}% of tokens "
-        f"at {100 * (learned.em - full.em):+.1f} EM points vs full reasoning.",
-        highlight=False,
-    )
+    if result.domain_choice:
+        names = list(next(iter(result.domain_choice.values())))
+        console.print(table("arm served per domain (second half)", ["domain", *names],
+                            [[d, *(f"{100 * share[a]:.0f}%" for a in names)]
+                             for d, share in result.domain_choice.items()]))
+    if budget is not None and result.baseline_reward is not None:
+        console.print(
+            f"Baseline: {result.baseline} (reward {result.baseline_reward:.4f}); budget: give up at most "
+            f"{result.max_loss:g} reward per request on average ({budget.budget:.1f} over the run); spent: "
+            f"{budget.spent:.1f} by the lower bound, {result.served_reward - result.baseline_reward:+.4f} per "
+            f"request realized; exploration cut down on {budget.restricted} of {n} decisions.",
+            highlight=False)
+    else:
+        console.print("Baseline: none (unconstrained exploration; --baseline ARM --max-loss L to bound it).",
+                      highlight=False)
+    console.print(f"Verdict: {result.verdict}.", highlight=False)
+    console.print(f"Reason: {result.reason}.", highlight=False)
     curve = (f"learning curve in {result.plot}" if result.plot is not None
              else "no learning curve (pip install 'stopbandit[plots]' for matplotlib)")
     console.print(f"Logged {result.decisions_logged} decisions and {result.outcomes_logged} outcomes to "

@@ -18,6 +18,10 @@ Example ``stopbandit.toml``::
     nested = false              # squarecb only: true = graph-aware exploration while rewards carry probe
                                 # traces (do not explore arms the greedy arm's trace reveals); see
                                 # stopbandit.bandit.exploration
+    baseline = "careful"        # conservative exploration (unset: off): the arm served today, and the
+    max_loss = 0.01             # served reward given up against it, per request on average, and/or
+    max_loss_fraction = 0.0     # as a share of the baseline's reward; confidence = 0.95 of the lower
+                                # bound; see stopbandit.bandit.conservative
 
     [learning]
     revealed_weighting = "none" # or "inverse-observation": weight each arm a probe trace reveals by
@@ -62,6 +66,7 @@ from stopbandit.bandit.delayed import (
     check_default_tokens,
     check_window,
 )
+from stopbandit.bandit.conservative import CONSERVATIVE_KEYS, ConservativeConfig
 from stopbandit.bandit.exploration import Exploration, exploration_from_config
 from stopbandit.bandit.policy import POLICIES, REVEALED_WEIGHTINGS
 from stopbandit.bandit.reward import check_lambda, check_token_scale
@@ -145,6 +150,8 @@ class SelectorConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     learning: LearningConfig = field(default_factory=LearningConfig)
+    # conservative exploration against a baseline arm ([exploration] baseline / max_loss ...); off by default
+    conservative: ConservativeConfig = field(default_factory=ConservativeConfig)
     follow_interval: float = 0.5
     # delayed rewards (stopbandit.bandit.delayed); None = settle each reward when it arrives
     reward_window_s: float | None = None
@@ -163,12 +170,17 @@ class SelectorConfig:
         if not _seconds(self.follow_interval):
             raise ConfigError(f"follow_interval must be in (0, 60] seconds, got {self.follow_interval!r}")
         for name, kind in (("arms", ArmSet), ("exploration", Exploration), ("features", FeatureConfig),
-                           ("store", StoreConfig), ("learning", LearningConfig)):
+                           ("store", StoreConfig), ("learning", LearningConfig),
+                           ("conservative", ConservativeConfig)):
             if not isinstance(getattr(self, name), kind):
                 raise ConfigError(f"{name} must be a {kind.__name__}, got {type(getattr(self, name)).__name__}")
         if self.learning.weighted and self.policy != "heads":
             raise ConfigError(f"learning.revealed_weighting = {self.learning.revealed_weighting!r} needs policy "
                               f"'heads' (per-arm importance weights), got policy {self.policy!r}")
+        baseline = self.conservative.baseline
+        if baseline is not None and baseline not in self.arms.names:
+            raise ConfigError(f"exploration.baseline must be one of the arms {list(self.arms.names)}, "
+                              f"got {baseline!r}")
         # rules that need the arms' reveal structure (graph-aware SquareCB) are bound to these arms here
         object.__setattr__(self, "exploration", self.exploration.for_arms(self.arms))
         object.__setattr__(self, "reward_window_s", check_window(self.reward_window_s))
@@ -217,6 +229,11 @@ def config_from_mapping(data: Mapping[str, Any], *, source: str = "config") -> S
     exploration = data.get("exploration")
     if exploration is not None and not isinstance(exploration, Mapping):
         raise ConfigError(f"{source}: [exploration] must be a table, got {exploration!r}")
+    conservative: dict[str, Any] = {}
+    if exploration is not None:
+        conservative = {k: v for k, v in exploration.items() if k in CONSERVATIVE_KEYS}
+        rest = {k: v for k, v in exploration.items() if k not in CONSERVATIVE_KEYS}
+        exploration = rest
     learning = data.get("learning", {})
     if not isinstance(learning, Mapping):
         raise ConfigError(f"{source}: [learning] must be a table, got {learning!r}")
@@ -230,7 +247,8 @@ def config_from_mapping(data: Mapping[str, Any], *, source: str = "config") -> S
                         ("exploration", lambda: exploration_from_config(exploration)),
                         ("features", lambda: FeatureConfig.from_dict(features)),
                         ("store", lambda: StoreConfig(**{str(k): v for k, v in store.items()})),
-                        ("learning", lambda: LearningConfig(**{str(k): v for k, v in learning.items()}))):
+                        ("learning", lambda: LearningConfig(**{str(k): v for k, v in learning.items()})),
+                        ("conservative", lambda: ConservativeConfig.from_mapping(conservative))):
         try:
             parts[name] = build()
         except StopbanditError as exc:

@@ -173,3 +173,37 @@ def test_decode_on_a_directory_that_holds_no_model_is_one_clear_line(tmp_path):
         assert proc.returncode != 0 and expected in " ".join(proc.stderr.split()), proc.stderr[-2000:]
         assert "Traceback" not in proc.stderr
         (model / "config.json").write_text('{"model_type": "llama"}')  # second round: a config, no weights
+
+
+def test_demo_reports_baseline_budget_verdict_and_domain_choice(tmp_path):
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    png = tmp_path / "c.png"
+    r = invoke("demo", "--db", url, "--requests", "400", "--plot", str(png), "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["lam"] == 0.3 and out["baseline"] == "careful" and out["max_loss"] == 0.01
+    assert out["budget"]["baseline"] == "careful" and out["budget"]["budget"] == pytest.approx(0.01 * 400)
+    assert out["budget"]["spent"] >= 0.0
+    assert out["verdict"].startswith(("win:", "no win:")) and "oracle's headroom" in out["reason"]
+    assert set(out["domain_choice"]) == {"code", "math", "science", "trivia"}
+    for shares in out["domain_choice"].values():
+        assert sum(shares.values()) == pytest.approx(1.0)
+    best = next(row for row in out["rows"] if row["name"].startswith("best static in hindsight"))
+    assert out["best_static_reward"] == pytest.approx(best["reward"])
+    assert (out["verdict"].startswith("win:")) == (out["served_reward"] > best["reward"])
+    assert png.stat().st_size > 10_000
+    human = invoke("demo", "--db", f"sqlite:///{tmp_path / 'demo2.db'}", "--requests", "300", "--plot",
+                   str(png))
+    assert human.exit_code == 0
+    for text in ("Baseline: careful", "budget: give up at most 0.01", "spent:", "Verdict:", "Reason:",
+                 "arm served per domain"):
+        assert text in human.output.replace("\n", " "), text
+
+
+def test_demo_baseline_none_and_unknown(tmp_path):
+    r = invoke("demo", "--db", f"sqlite:///{tmp_path / 'a.db'}", "--requests", "200", "--baseline", "none",
+               "--plot", str(tmp_path / "c.png"), "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["budget"] is None
+    bad = invoke("demo", "--db", f"sqlite:///{tmp_path / 'b.db'}", "--requests", "200", "--baseline", "nope")
+    assert bad.exit_code != 0 and "nope" in bad.output and "Traceback" not in bad.output

@@ -19,7 +19,9 @@ process, or a test, never collide. Two kinds of metrics:
   ``_control_em``, ``_policy_em``), the challenger share, and the store as
   ``Selector.health()`` reports it (``stopbandit_store_ok``,
   ``stopbandit_store_write_lag_seconds``, ``_queue_depth``, ``_spill_backlog``,
-  ``stopbandit_store_spilled_total``, ``_dropped_total``, ``_rejected_total``).
+  ``stopbandit_store_spilled_total``, ``_dropped_total``, ``_rejected_total``), and
+  conservative exploration's budget when a baseline is configured
+  (``stopbandit_budget_total{baseline}``, ``_spent``, ``_left``, ``_restricted_total``).
 
 Domains become label values; to bound the series count, the first
 ``max_domains`` distinct domains keep their name and later ones are reported
@@ -112,6 +114,17 @@ class _LiveCollector(Collector):
                              ("store_rejected", "Rows the store refused", sel.rejected)):
             fam = CounterMetricFamily(f"{ns}_{name}", doc)
             fam.add_metric([], float(v))
+            yield fam
+        if sel.budget_baseline is not None:  # conservative exploration ([exploration] baseline)
+            base = {"baseline": sel.budget_baseline}
+            yield gauge("budget_total", "Cumulative served reward the operator allows to give up against the baseline",
+                        sel.budget_total, base)
+            yield gauge("budget_spent", "Loss against the baseline the lower bound cannot rule out (reward units)",
+                        sel.budget_spent, base)
+            yield gauge("budget_left", "Budget left for exploration (< 0: the baseline or greedy arm is served)",
+                        sel.budget_left, base)
+            fam = CounterMetricFamily(f"{ns}_budget_restricted", "Decisions whose exploration the budget cut down")
+            fam.add_metric([], float(sel.budget_restricted))
             yield fam
         routes = GaugeMetricFamily(f"{ns}_route_share", "Configured traffic share per route", labels=["route"])
         routes.add_metric(["holdout"], h.holdout_share)

@@ -54,6 +54,12 @@ class Health:
     conflicts: int = 0  # rows refused: their request key is stored for a different decision (another process)
     unspilled: int = 0  # rows only in memory: the store and the spill's disk both refused them (retried)
     replay_errors: int = 0  # spill replay steps that failed on the local disk (the file is kept and retried)
+    # conservative exploration ([exploration] baseline): None / 0 while it is off. Reward units, cumulative:
+    budget_baseline: str | None = None  # the arm the budget is measured against
+    budget_total: float = 0.0  # loss allowed so far (max_loss·decisions + max_loss_fraction·baseline reward)
+    budget_spent: float = 0.0  # loss the lower bound cannot rule out: max(0, −LB Σ(served − baseline))
+    budget_left: float = 0.0  # total + LB − charges held for decisions not rewarded yet (< 0: exploring stops)
+    budget_restricted: int = 0  # decisions whose exploration the budget cut down
 
 
 __all__ = ["Decision", "Health"]

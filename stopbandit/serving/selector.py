@@ -61,6 +61,7 @@ import numpy as np
 
 from stopbandit import validation
 from stopbandit.bandit.arms import ArmSet
+from stopbandit.bandit.conservative import BudgetState, ConservativeBudget
 from stopbandit.bandit.delayed import MAX_TOKENS, RewardWindow
 from stopbandit.bandit.exploration import TraceShare
 from stopbandit.bandit.policy import FrozenPolicy, Policy, make_policy, observation_weights
@@ -117,6 +118,10 @@ class Selector:
         # the exploration rule's record of traced rewards belongs to this Selector, never to its config,
         # and carries over from one policy it serves to the next
         self._trace_share = TraceShare()
+        # conservative exploration's running lower bound: state of this Selector, never of its config
+        self._budget: ConservativeBudget | None = (
+            ConservativeBudget(config.conservative, self._arm_names, self._reveals)
+            if config.conservative.enabled else None)
         fresh = make_policy(config.policy, self.arms, config.exploration, config.token_scale)
         fresh.trace_share = self._trace_share
         self._slot = PolicySlot(fresh if learn else FrozenPolicy(fresh), f"fresh-{uuid.uuid4().hex[:8]}")
@@ -297,7 +302,9 @@ class Selector:
         live = self._slot.acquire()
         try:
             if forced is None:
-                probs, _ = live.policy.decide(shared, lam)
+                probs, scores = live.policy.decide(shared, lam)
+                if self._budget is not None:  # the distribution served (and logged) is the shaped one
+                    probs = self._budget.shape(key, probs, scores)
             else:  # one-hot, propensity 1
                 probs = [0.0] * len(self.arms)
                 probs[forced] = 1.0
@@ -315,6 +322,8 @@ class Selector:
                     break
         else:  # no draw: overrides leave the policy's sampling sequence as it was
             idx = forced
+        if self._budget is not None:
+            self._budget.note_served(idx)
         names = self._arm_names
         prob_map = dict(zip(names, probs))
         window = self._window
@@ -381,10 +390,10 @@ class Selector:
         """Do what the ledger says (outside its lock)."""
         if isinstance(step, Learn):
             self._ledger.count_reward()
-            self._learn(step.pending, step.row, step.trace, step.reference)
+            self._learn(step.pending, step.row, step.trace, step.reference, key)
             self._log("o", step.row)  # a fresh outcome_row dict, not kept by the caller: no copy needed
         elif isinstance(step, Settle):
-            self._learn(step.pending, step.learn, step.trace, step.reference)
+            self._learn(step.pending, step.learn, step.trace, step.reference, key)
             self._log("o", dict(step.log))
         elif isinstance(step, Late):
             self._log("l", step.row)
@@ -392,7 +401,8 @@ class Selector:
             self._ledger.repeat(key, step.done, row)
 
     def _learn(self, pending: Pending, row: Mapping[str, Any], trace: ProbeTrace | None,
-               reference: str | None) -> None:
+               reference: str | None, key: str | None = None) -> None:
+        revealed: dict[int, tuple[float, int]] | None = None
         live = self._slot.acquire()
         try:
             policy = live.policy
@@ -413,8 +423,25 @@ class Selector:
                 policy.learn(pending.shared, pending.arm, row["em"], row["tokens"], pending.prob, pending.lam)
         finally:
             self._slot.release(live)
+        if self._budget is not None and key is not None:
+            self._settle_budget(key, pending, row, revealed)
         self.extractor.observe(pending.domain, row["em"])
         self._ledger.observe(pending.arm, row["em"], row["tokens"], row.get("status", "ok"))
+
+    def _settle_budget(self, key: str, pending: Pending, row: Mapping[str, Any],
+                       revealed: Mapping[int, tuple[float, int]] | None) -> None:
+        """Book a settled outcome into the conservative budget (the baseline's too when a trace revealed it)."""
+        budget = self._budget
+        assert budget is not None
+        scale, lam = self.config.token_scale, pending.lam
+        served = float(row["em"]) - lam * float(row["tokens"]) / scale
+        known = None if revealed is None else {
+            a: float(em) - lam * float(tok) / scale for a, (em, tok) in revealed.items()}
+        budget.settle(key, pending.arm, served, float(row["em"]), known)
+
+    def budget(self) -> BudgetState | None:
+        """Conservative exploration's budget now (None when ``[exploration] baseline`` is unset)."""
+        return None if self._budget is None else self._budget.state()
 
     def _decision_wait(self) -> float:
         """How long a reward waits for a decision that is not in the store yet (logged by another replica and
@@ -606,6 +633,10 @@ class Selector:
         counts = self._ledger.counts()
         follower = self._follower
         store_ok = w.store_ok and follower.store_ok and follower.follow_ok
+        b = self.budget()
+        spend = {} if b is None else {"budget_baseline": b.baseline, "budget_total": b.budget,
+                                      "budget_spent": b.spent, "budget_left": b.left,
+                                      "budget_restricted": b.restricted}
         return Health(
             store_ok=store_ok, last_error=w.last_error if not w.store_ok else self._fault if not store_ok else None,
             lam=self._lam, policy=self.config.policy, policy_version=self._slot.live.version,
@@ -615,7 +646,7 @@ class Selector:
             replayed=w.replayed, max_spill_backlog=w.max_spill_backlog, defaulted=counts["defaulted"],
             late=counts["late"], discarded=counts["discarded"], evicted=counts["evicted"],
             snapshot_error=follower.snapshot_error,
-            conflicts=w.conflicts, unspilled=w.unspilled, replay_errors=w.replay_errors,
+            conflicts=w.conflicts, unspilled=w.unspilled, replay_errors=w.replay_errors, **spend,
         )
 
     def flush(self, timeout: float = 30.0) -> bool:

@@ -1,0 +1,134 @@
+"""Conservative exploration against a baseline arm, on the simulator.
+
+Real serving stack: ``Selector`` (VW heads, SquareCB) on a SQLite replay store
+in a temporary directory; the calibrated simulator's requests go through
+``choose``, the chosen arm is run, and the outcome goes back through ``reward``
+with its probe trace. Because the simulator can run every arm on every
+request (``outcome_table``), the baseline's and every static arm's reward are
+known on exactly the requests served.
+
+Per λ and seed, two runs on the same stream: ``plain`` (today's SquareCB) and
+``conservative`` (``[exploration] baseline = --baseline``, ``max_loss =
+--max-loss`` per request). Printed per run:
+
+* ``min_win``: the lowest (served − baseline) mean reward over the
+  1,000-request windows after the first (the budget asks for ≥ −max_loss);
+* ``run − best``: served reward over the whole run minus the best static arm's
+  in hindsight (positive: ahead);
+* ``restricted``: decisions whose exploration the budget cut down, and the
+  rule's final lower bound on Σ (served − baseline) next to the realized sum;
+* ``to90``: requests until the greedy policy's held-out value (a fixed
+  1,000-request held-out set from another seed, scored every ``--every``
+  requests) first reaches 90 % of the way from the fresh policy's value to the
+  plain run's final value (the reachable gap of that λ and seed); ``-`` if
+  never within the run.
+
+Usage: ``python benchmarks/conservative.py --requests 4000 --seeds 0 1 --lams 0.1 0.2 0.3 0.5 1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from stopbandit.bandit.arms import ArmSet
+from stopbandit.bandit.conservative import ConservativeConfig
+from stopbandit.bandit.vw import shared_line
+from stopbandit.serving.selector import Selector
+from stopbandit.sim import Simulator, outcome_table, run
+
+
+@dataclass
+class RunResult:
+    served: np.ndarray
+    curve: list[tuple[int, float]]
+    budget: object
+
+
+def greedy_value(sel: Selector, heldout, table_rewards: np.ndarray, lam: float) -> float:
+    lines = [shared_line(sel.extractor.extract(r.prompt, r.domain, None)) for r in heldout]
+    em, tok = sel.policy.predict_heads_batch(lines)
+    pick = (em - lam * tok / sel.config.token_scale).argmax(axis=1)
+    return float(table_rewards[np.arange(len(heldout)), pick].mean())
+
+
+def one_run(lam: float, seed: int, n: int, conservative: ConservativeConfig | None, heldout, held_rewards,
+            every: int) -> RunResult:
+    with tempfile.TemporaryDirectory() as d:
+        kw = {"conservative": conservative} if conservative is not None else {}
+        sel = Selector.open(f"sqlite:///{Path(d) / 'c.db'}", lam=lam, seed=seed, snapshot=None, follow=False, **kw)
+        try:
+            reqs = Simulator(seed=seed).take(n)
+            served = np.empty(n)
+            curve = [(0, greedy_value(sel, heldout, held_rewards, lam))]
+            for i, r in enumerate(reqs):
+                dec = sel.choose(r.prompt, domain=r.domain)
+                out = run(r, dec.arm)
+                sel.reward(dec.decision_id, em=out.em, tokens=out.tokens, trace=out.trace, reference=r.reference)
+                served[i] = out.em - lam * out.tokens / sel.config.token_scale
+                if (i + 1) % every == 0:
+                    curve.append((i + 1, greedy_value(sel, heldout, held_rewards, lam)))
+            return RunResult(served, curve, sel.budget())
+        finally:
+            sel.close()
+
+
+def to_target(curve: list[tuple[int, float]], target: float) -> int | None:
+    return next((t for t, v in curve if v >= target), None)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=4000)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--lams", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.5, 1.0])
+    ap.add_argument("--baseline", default="careful")
+    ap.add_argument("--max-loss", type=float, default=0.01)
+    ap.add_argument("--every", type=int, default=500)
+    args = ap.parse_args()
+    cons = ConservativeConfig(args.baseline, max_loss=args.max_loss)
+    print(f"requests={args.requests} seeds={args.seeds} baseline={args.baseline} max_loss={args.max_loss}")
+    print("lam  seed  run           served  baseline  best(arm)           min_win   run-best  to90   restricted")
+    for lam in args.lams:
+        for seed in args.seeds:
+            heldout = Simulator(seed=10_000 + seed).take(1000)
+            t0 = time.perf_counter()
+            res = {}
+            for name, c in (("plain", None), ("conservative", cons)):
+                res[name] = one_run(lam, seed, args.requests, c, heldout,
+                                    _rewards(heldout, lam), args.every)
+            reqs = Simulator(seed=seed).take(args.requests)
+            arms = ArmSet.of()
+            table = outcome_table(reqs, arms.arms)
+            rewards = table.em - lam * table.tokens / 1000.0
+            b = arms.index(args.baseline)
+            best = int(rewards.mean(axis=0).argmax())
+            v0 = res["plain"].curve[0][1]
+            target = v0 + 0.9 * (res["plain"].curve[-1][1] - v0)
+            for name, r in res.items():
+                wins = [float(r.served[w:w + 1000].mean() - rewards[w:w + 1000, b].mean())
+                        for w in range(1000, args.requests, 1000)]
+                t90 = to_target(r.curve, target)
+                restricted = getattr(r.budget, "restricted", "-")
+                if r.budget is not None:  # the bound the rule used vs the realized Σ (served − baseline)
+                    restricted = (f"{restricted}  LB {r.budget.lower_bound:+.1f} vs realized "
+                                  f"{float((r.served - rewards[:, b]).sum()):+.1f}")
+                print(f"{lam:<4} {seed:<5} {name:<13} {r.served.mean():.4f}  {rewards[:, b].mean():.4f}    "
+                      f"{rewards[:, best].mean():.4f} ({arms[best].name:<10}) {min(wins) if wins else float('nan'):+.4f}  "
+                      f"{r.served.mean() - rewards[:, best].mean():+.4f}  {t90 if t90 is not None else '-':<6} "
+                      f"{restricted}", flush=True)
+            print(f"# λ={lam} seed={seed}: {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def _rewards(reqs, lam: float) -> np.ndarray:
+    table = outcome_table(reqs, ArmSet.of().arms)
+    return table.em - lam * table.tokens / 1000.0
+
+
+if __name__ == "__main__":
+    main()
