@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from stopbandit.clikit import DB_HELP, console, emit_json, err_console, table, user_errors
+from stopbandit.serve.engines import ENGINES
 
 __all__ = ["DB_HELP", "console", "emit_json", "err_console", "main", "table", "user_errors"]
 
@@ -218,6 +219,63 @@ def demo(url: str | None, n: int, lam: float, token_scale: float, seed: int, tra
     console.print("Next, evaluate offline from the replay log:", highlight=False)
     console.print(f"  stopbandit replay evaluate{db} --policy latest --estimators ips,snips,dr,dm", highlight=False)
     console.print(f"  stopbandit replay sweep{db} --lambdas 0:1:0.05 --plot pareto.png", highlight=False)
+
+
+# -- serve -----------------------------------------------------------------------
+@main.command()
+@click.option("--upstream", required=True, help="Base URL of the inference engine (OpenAI-compatible), e.g. "
+              "http://127.0.0.1:8000.")
+@click.option("--engine", type=click.Choice(["auto", *ENGINES]), default=None, help="Which engine the upstream is (its per-request budget field)  [default: auto].")
+@click.option("--db", "url", envvar="STOPBANDIT_DB", help=DB_HELP)
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="TOML file: the Selector's settings, and the gateway's under [gateway].")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8400, show_default=True, help="Port to listen on.")
+@click.option("--shadow", "shadow", metavar="ARM", default=None,
+              help="Serve ARM to every request, log what the policy would have chosen and learn from ARM's trace.")
+@click.option("--api-key", envvar="STOPBANDIT_API_KEY", default=None,
+              help="Bearer key that guards rewards, λ and completions (default: $STOPBANDIT_API_KEY; none = open).")
+@click.option("--model", default=None, help="Model name sent upstream when a request names none.")
+@click.option("--probe-every", type=click.IntRange(1, None), default=None,
+              help="Thinking tokens between probes of the probe driver  [default: 200].")
+@click.option("--lam", type=click.FloatRange(0, None), default=None, help="λ (overrides the config and the store).")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
+              show_default=True)
+@user_errors
+def serve(upstream: str, engine: str | None, url: str | None, config_path: Path | None, host: str, port: int,
+          shadow: str | None, api_key: str | None, model: str | None, probe_every: int | None, lam: float | None,
+          log_level: str) -> None:
+    """Run the OpenAI-compatible gateway in front of an inference engine (needs the `serve` extra).
+
+    Each request to /v1/chat/completions or /v1/completions gets an arm from the
+    Selector, which the gateway runs on the upstream: budget arms through the
+    engine's own budget field, threshold arms through its probe driver. Rewards
+    go to /v1/rewards; λ to /v1/lambda; /healthz and /metrics for operators.
+    """
+    try:
+        from stopbandit.serve import config as gateway_config
+        from stopbandit.serve.app import create_app
+        from stopbandit.serve.runner import serve_forever
+    except ImportError as exc:
+        from stopbandit.errors import ConfigError
+
+        raise ConfigError(f"the gateway needs the serve extra: pip install 'stopbandit[serve]' ({exc})") from None
+    from stopbandit.serving.selector import Selector
+    from stopbandit.replay.engine import redact, resolve_url
+
+    selector_config, gw = gateway_config.load(config_path)
+    gw = gw.with_(upstream=upstream, engine=engine, shadow=shadow, api_key=api_key or None, model=model,
+                  probe_every=probe_every)
+    url = resolve_url(url or selector_config.store.url)
+    selector = Selector.open(url, config=selector_config, lam=lam)
+    try:
+        app = create_app(selector, gw, close_selector=True)
+    except BaseException:
+        selector.close()
+        raise
+    err_console.print(f"stopbandit gateway on http://{host}:{port} → {gw.upstream} (engine {gw.engine}); "
+                      f"store {redact(url)}" + (f"; shadow {gw.shadow}" if gw.shadow else ""), highlight=False)
+    serve_forever(app, host=host, port=port, log_level=log_level)
 
 
 if __name__ == "__main__":  # pragma: no cover

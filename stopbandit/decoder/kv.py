@@ -29,9 +29,20 @@ def fork_rows(cache: Any, rows: torch.Tensor) -> Any:
     return branch
 
 
+def crop(cache: Any, length: int) -> None:
+    """Keep only the first ``length`` positions of ``cache`` (in place).
+
+    Written as "drop the last k": transformers accepts a negative count in
+    every version, a positive length only in older ones.
+    """
+    drop = cache.get_seq_length() - length
+    if drop > 0:
+        cache.crop(-drop)
+
+
 def keep_rows(cache: Any, rows: torch.Tensor) -> None:
     """Drop every row of ``cache`` but ``rows`` (in place): stopped rows stop costing compute."""
     cache.batch_select_indices(rows)
 
 
-__all__ = ["fork_rows", "keep_rows", "new_cache"]
+__all__ = ["crop", "fork_rows", "keep_rows", "new_cache"]

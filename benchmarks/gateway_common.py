@@ -1,0 +1,171 @@
+"""Shared parts of the gateway benchmarks: subprocess servers, a lean HTTP client, percentiles.
+
+Every server runs as its own process (its own interpreter and GIL) on a free
+loopback port: the canned upstream (:mod:`benchmarks.gateway_upstream`), our
+decoder server, llama-cpp-python's server and the gateway itself
+(``stopbandit serve``). The load generator is a raw HTTP/1.1 keep-alive
+client on asyncio streams (tens of microseconds a request), so the client
+costs little next to what is measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.serve.upstreams import EngineUnavailable, Upstream, free_port, start_decoder_server, start_gateway, start_llamacpp
+
+__all__ = [
+    "EngineUnavailable",
+    "RawClient",
+    "Server",
+    "Upstream",
+    "cpu_seconds",
+    "free_port",
+    "percentile",
+    "start_canned",
+    "start_decoder_server",
+    "start_gateway",
+    "start_llamacpp",
+    "summarize",
+]
+
+
+@dataclass
+class Server:
+    """A subprocess server: URL, process, log file."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout=15)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.process.wait(timeout=10)
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _log(prefix: str) -> Path:
+    return Path(tempfile.mkstemp(prefix=prefix, suffix=".log")[1])
+
+
+def start_canned() -> Server:
+    """The trivially fast upstream; it prints its URL once bound."""
+    log = _log("sb-canned-")
+    with log.open("wb") as err:
+        process = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "benchmarks.gateway_upstream", "--port", "0"],
+            stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    line: list[bytes] = []
+    reader = threading.Thread(target=lambda: line.append(process.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    reader.join(30)
+    if not line or not line[0]:
+        process.kill()
+        raise EngineUnavailable(f"canned upstream did not start: {log.read_text(errors='replace')[-2000:]}")
+    info = json.loads(line[0])
+    return Server(info["url"], process, log, info)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``)."""
+    fields_ = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields_[11]) + int(fields_[12])) / ticks
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (0..1) by linear interpolation."""
+    data = sorted(values)
+    if not data:
+        return float("nan")
+    pos = (len(data) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(data) - 1)
+    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
+
+
+def summarize(values_s: Sequence[float]) -> dict[str, float]:
+    """p50 / p90 / p99 / mean in milliseconds."""
+    ms = [v * 1000 for v in values_s]
+    return {"n": len(ms), "p50": percentile(ms, 0.5), "p90": percentile(ms, 0.9), "p99": percentile(ms, 0.99),
+            "mean": statistics.fmean(ms) if ms else float("nan")}
+
+
+class RawClient:
+    """One keep-alive HTTP/1.1 connection; ``post`` returns (status, headers, body bytes)."""
+
+    def __init__(self, url: str) -> None:
+        host_port = url.split("://", 1)[1].rstrip("/")
+        self.host, port = host_port.split(":")
+        self.port = int(port)
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def connect(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
+    def request_bytes(self, path: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> bytes:
+        data = json.dumps(body).encode()
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(data)}\r\n{extra}\r\n")
+        return head.encode() + data
+
+    async def send(self, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+        if self.writer is None:
+            await self.connect()
+        assert self.reader is not None and self.writer is not None  # noqa: S101 (benchmark code)
+        self.writer.write(raw)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ":" in ln)}
+        if "content-length" in headers:
+            body = await self.reader.readexactly(int(headers["content-length"]))
+        elif headers.get("transfer-encoding", "").lower() == "chunked":
+            parts = []
+            while True:
+                size = int((await self.reader.readuntil(b"\r\n")).strip(), 16)
+                chunk = await self.reader.readexactly(size + 2)
+                if size == 0:
+                    break
+                parts.append(chunk[:-2])
+            body = b"".join(parts)
+        else:
+            body = await self.reader.read()
+            self.writer.close()
+            self.writer = None
+        return status, headers, body
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
