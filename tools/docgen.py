@@ -132,8 +132,8 @@ def http_markdown(schema: dict[str, Any]) -> str:
 
 # -- metrics --------------------------------------------------------------------------------------------
 
-def metric_catalog() -> dict[str, tuple[str, str]]:
-    """Every Prometheus family the package exports -> (type, help), read from live registries.
+def metric_catalog() -> dict[str, list[tuple[str, str, str]]]:
+    """Every Prometheus family the package exports -> [(where, type, help)], read from live registries.
 
     The ControlledSelector's registry (over a real Selector on a throwaway store, after one decision and
     one reward, with the guardrail on so its gauges exist) and the gateway's (with every scrape-time gauge).
@@ -146,11 +146,11 @@ def metric_catalog() -> dict[str, tuple[str, str]]:
     from stopbandit.serve.metrics import GatewayMetrics, health_gauges
     from stopbandit.serving.selector import Selector
 
-    out: dict[str, tuple[str, str]] = {}
+    out: dict[str, list[tuple[str, str, str]]] = {}
 
-    def take(registry: CollectorRegistry) -> None:
+    def take(registry: CollectorRegistry, where: str) -> None:
         for fam in registry.collect():
-            out[fam.name] = (fam.type, fam.documentation)
+            out.setdefault(fam.name, []).append((where, fam.type, fam.documentation))
 
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/metrics.db"
@@ -160,9 +160,9 @@ def metric_catalog() -> dict[str, tuple[str, str]]:
                                      guardrail=True, seed=0)
             d = ctl.choose("What is 2+2?", domain="math", request_id="catalog-1")
             ctl.reward(d.decision_id, em=1.0, tokens=100)
-            take(ctl.metrics.registry)
+            take(ctl.metrics.registry, "ControlledSelector")
             shadow = type("Shadow", (), {"agreement": 1.0})()
-            take(GatewayMetrics(lambda: health_gauges(sel.health(), shadow, True)).registry)
+            take(GatewayMetrics(lambda: health_gauges(sel.health(), shadow, True)).registry, "gateway /metrics")
         finally:
             sel.close()
     return dict(sorted(out.items()))
@@ -175,9 +175,10 @@ def metrics_markdown() -> str:
              "`render()`) and the gateway's `/metrics`. Counters get `_total` on the wire, histograms "
              "`_bucket`/`_sum`/`_count`, summaries `_sum`/`_count`. A Grafana dashboard over them: "
              "[grafana-dashboard.json](../grafana-dashboard.json).", "",
-             "| name | type | help |", "| --- | --- | --- |"]
-    for name, (kind, doc) in metric_catalog().items():
-        lines.append(f"| `{name}` | {kind} | {doc.replace('|', '/')} |")
+             "| name | exported by | type | help |", "| --- | --- | --- | --- |"]
+    for name, rows in metric_catalog().items():
+        for where, kind, doc in rows:
+            lines.append(f"| `{name}` | {where} | {kind} | {doc.replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 
 
