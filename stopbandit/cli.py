@@ -301,5 +301,45 @@ def serve(upstream: str, engine: str | None, url: str | None, config_path: Path 
     serve_forever(app, host=host, port=port, log_level=log_level)
 
 
+# -- dashboard -------------------------------------------------------------------
+@main.command()
+@click.option("--db", "url", envvar="STOPBANDIT_DB", help=DB_HELP)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8401, show_default=True, help="Port to listen on.")
+@click.option("--api-key", envvar="STOPBANDIT_API_KEY", default=None,
+              help="Key the page wants (bearer or basic-auth password; default: $STOPBANDIT_API_KEY; none = open).")
+@click.option("--sweep-plot", type=click.Path(dir_okay=False, path_type=Path), envvar="STOPBANDIT_SWEEP_PLOT",
+              default=None, help="PNG written by `replay sweep --plot`, shown when it exists.")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
+              show_default=True)
+@user_errors
+def dashboard(url: str | None, host: str, port: int, api_key: str | None, sweep_plot: Path | None,
+              log_level: str) -> None:
+    """Serve the read-only operator dashboard over a replay store at /dashboard (needs the `dashboard` extra).
+
+    For deployments that embed the Selector in their own processes; the
+    gateway serves the same page at its own /dashboard.
+    """
+    try:
+        from stopbandit.serve.dashboard import create_dashboard_app
+        from stopbandit.serve.runner import serve_forever
+    except ImportError as exc:
+        from stopbandit.errors import ConfigError
+
+        raise ConfigError(f"the dashboard needs the dashboard extra: pip install 'stopbandit[dashboard]' ({exc})") \
+            from None
+    from stopbandit.replay.engine import redact, resolve_url
+    from stopbandit.replay.store import ReplayStore
+
+    url = resolve_url(url)
+    store = ReplayStore(url)
+    err_console.print(f"stopbandit dashboard on http://{host}:{port}/dashboard; store {redact(url)}", highlight=False)
+    try:
+        serve_forever(create_dashboard_app(store, key=api_key or None, sweep_plot=sweep_plot), host=host, port=port,
+                      log_level=log_level)
+    finally:
+        store.dispose()
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

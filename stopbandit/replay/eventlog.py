@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from sqlalchemy import Engine, Text, bindparam, cast, func, select
+from sqlalchemy import Engine, Integer, Text, bindparam, case, cast, func, select
 from sqlalchemy.exc import OperationalError
 
 from stopbandit.replay.models import DecisionRow, OutcomeRow
@@ -184,6 +184,45 @@ class EventLogQueries:
         with self._call("experiment period"), self.engine.connect() as conn:
             lo, hi, n = conn.execute(q).one()
         return (float(lo) if lo is not None else math.nan, float(hi) if hi is not None else math.nan, int(n))
+
+    def activity(self, *, buckets: int = 24, since: float | None = None) -> tuple[float, float, list[tuple]]:
+        """Decisions and their outcomes in ``buckets`` equal time slices: what the operator dashboard plots.
+
+        Returns ``(t0, width, rows)``; each row is ``(bucket, domain, arm, experiment, decisions, rewarded,
+        sum_em, sum_tokens, sum_reward)`` over decisions with ``ts >= since`` (every decision when None);
+        the sums cover outcomes with status ``ok`` only (defaulted and late ones are not learned from),
+        the reward is ``em − lam·tokens/token_scale`` with each decision's own λ. Two aggregate queries.
+        """
+        if isinstance(buckets, bool) or not isinstance(buckets, int) or not 1 <= buckets <= 1000:
+            raise ValueError(f"buckets must be an integer in [1, 1000], got {buckets!r}")
+        bounds = _window(select(func.min(DECISIONS.c.ts), func.max(DECISIONS.c.ts)), since, None)
+        with self._call("activity bounds"), self.engine.connect() as conn:
+            lo, hi = conn.execute(bounds).one()
+        if lo is None:
+            return (math.nan, math.nan, [])
+        t0, width = float(lo), max((float(hi) - float(lo)) / buckets, 1e-6)
+        offset = (DECISIONS.c.ts - bindparam("t0", t0)) / bindparam("width", width)
+        # floor of a non-negative number: SQLite's CAST truncates, PostgreSQL's rounds
+        bucket = (cast(offset, Integer) if self.engine.dialect.name == "sqlite" else func.floor(offset)).label("b")
+        ok = OUTCOMES.c.status == "ok"
+        reward = OUTCOMES.c.em - DECISIONS.c.lam * OUTCOMES.c.tokens / DECISIONS.c.token_scale
+        q = _window(
+            select(bucket, DECISIONS.c.domain, DECISIONS.c.arm, DECISIONS.c.experiment, func.count(DECISIONS.c.id),
+                   func.count(case((ok, OUTCOMES.c.id))), func.sum(case((ok, OUTCOMES.c.em))),
+                   func.sum(case((ok, OUTCOMES.c.tokens))), func.sum(case((ok, reward))))
+            .select_from(DECISIONS.outerjoin(OUTCOMES, _JOIN)), since, None
+        ).group_by(bucket, DECISIONS.c.domain, DECISIONS.c.arm, DECISIONS.c.experiment)
+        with self._call("activity"), self.engine.connect() as conn:
+            rows = conn.execute(q).all()
+        out = [(min(int(b), buckets - 1), dom, arm, exp, int(n), int(k), float(em or 0.0), float(tok or 0.0),
+                float(rew or 0.0)) for b, dom, arm, exp, n, k, em, tok, rew in rows]
+        return (t0, width, out)
+
+    def latest_decision_time(self) -> float | None:
+        """The newest decision's ``ts`` (None on an empty store): how fresh the log is."""
+        with self._call("latest decision"), self.engine.connect() as conn:
+            ts = conn.execute(select(func.max(DECISIONS.c.ts))).scalar()
+        return float(ts) if ts is not None else None
 
 
 __all__ = ["EVENT_COLUMNS", "EventLogQueries"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from stopbandit._version import __version__
 from stopbandit.serve.config import GatewayConfig
+from stopbandit.serve.dashboard import router as dashboard_router
 from stopbandit.serve.errors import FastJSON, HTTPProblem, error_response
 from stopbandit.serve.gateway import Gateway
 from stopbandit.serve.metrics import CONTENT_TYPE
@@ -175,6 +177,8 @@ def create_app(selector: Any, config: GatewayConfig | None = None, *,
         """Prometheus metrics."""
         return Response(gw.metrics.render(), media_type=CONTENT_TYPE)
 
+    app.include_router(dashboard_router(lambda: gw.selector.store, key=gw.config.api_key, health=gw.selector.health,
+                                        sweep_plot=os.environ.get("STOPBANDIT_SWEEP_PLOT")))
     return app
 
 
