@@ -109,12 +109,13 @@ class FeatureExtractor:
         counter: TokenCounter | None = None,
         classifier: DomainClassifier | None = None,
         difficulty: DifficultyEstimator | None = None,
+        max_domains: int = 1000,
     ) -> None:
         self.config = config or FeatureConfig()
         self.counter = counter or TOKEN_COUNTERS[self.config.length_counter]
         self.classifier = classifier or KeywordDomainClassifier()
         self.difficulty = difficulty or TextDifficulty(version=self.config.version)
-        self.prior = DomainPrior(self.config.prior_halflife)
+        self.prior = DomainPrior(self.config.prior_halflife, max_domains=max_domains)
 
     def extract(self, prompt: str, domain: str | None = None, extra: Mapping[str, Any] | None = None) -> Features:
         if not isinstance(prompt, str):

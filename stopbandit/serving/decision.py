@@ -54,6 +54,12 @@ class Health:
     conflicts: int = 0  # rows refused: their request key is stored for a different decision (another process)
     unspilled: int = 0  # rows only in memory: the store and the spill's disk both refused them (retried)
     replay_errors: int = 0  # spill replay steps that failed on the local disk (the file is kept and retried)
+    domains_tracked: int = 0  # domains with a difficulty prior of their own (the shared bucket included)
+    domains_folded: int = 0  # outcomes of domains beyond max_domains, learned into the shared "(other)" bucket
+    max_domains: int = 0  # the cap on tracked domains (SelectorConfig.max_domains)
+    last_checkpoint: str | None = None  # version of the newest checkpoint this Selector stored
+    lambda_pending: int = 0  # λ changes made here and not stored yet (written off the request path)
+    lambda_unwritten: int = 0  # λ changes given up at close (the store did not answer)
 
 
 __all__ = ["Decision", "Health"]
