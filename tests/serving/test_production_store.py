@@ -260,3 +260,17 @@ def test_many_distinct_domains_fold_into_one_bucket(sqlite_url):
     assert sel.extractor.extract("q", "tenant-99999")["prior"] == round(prior["(other)"], 4)
     assert sel.extractor.extract("q", "tenant-0")["prior"] == round(prior["tenant-0"], 4)
     sel.close()
+
+
+def test_the_guardrail_tests_at_most_max_domains_and_folds_the_rest(sqlite_url):
+    from stopbandit.control import ControlledSelector, GuardrailConfig
+
+    sel = Selector.open(sqlite_url, seed=1, follow=False, max_domains=10)
+    cs = ControlledSelector(sel, guardrail=GuardrailConfig(holdout_share=0.5, max_domains=10), seed=1)
+    for i in range(600):
+        d = cs.choose("What is 2 + 2?", domain=f"tenant-{i}")
+        cs.reward(d.decision_id, em=1.0, tokens=100)
+    h = cs.health()
+    assert len(h.guardrail) <= 11 and "(other)" in h.guardrail and h.guardrail_folded > 0
+    assert h.selector.domains_tracked <= 11 and h.selector.domains_folded == 600 - 10
+    cs.close()
