@@ -224,6 +224,7 @@ class Accumulator:
         low, high = value - z * se, value + z * se
         if math.isnan(value):
             low = high = math.nan
+        low, high = clip_interval(self.metric.kind, low, high)
         ess = self.sum_w**2 / self.sum_w2 if self.sum_w2 > 0 else 0.0
         warnings.extend(_support_warnings(self, ess))
         return Estimate(
@@ -233,6 +234,14 @@ class Accumulator:
             metric=self.metric.kind, lam=self.metric.lam, token_scale=self.metric.token_scale,
             fallback_share=self.n_fallback / n, warnings=tuple(warnings),
         )
+
+
+def clip_interval(metric: str, low: float, high: float) -> tuple[float, float]:
+    """An EM interval clipped to [0, 1], where every policy's mean EM lies (the estimate itself is left as is:
+    IPS can leave [0, 1] on few events, and that is information); other metrics unchanged."""
+    if metric != "em" or math.isnan(low) or math.isnan(high):
+        return low, high
+    return min(max(low, 0.0), 1.0), min(max(high, 0.0), 1.0)
 
 
 def _normal_quantile(q: float) -> float:
@@ -276,4 +285,4 @@ def _support_warnings(acc: Accumulator, ess: float) -> list[str]:
     return out
 
 
-__all__ = ["DM_NAME", "Accumulator", "Estimate"]
+__all__ = ["DM_NAME", "Accumulator", "Estimate", "clip_interval"]
