@@ -142,8 +142,11 @@ def tokens(value: object, *, field: str = "tokens") -> int:
     if isinstance(value, bool):
         raise InputError(f"{field} must be a non-negative integer, got {value!r}")
     if isinstance(value, Real) and not isinstance(value, Integral):
-        f = real(value, field)
-        if f != int(f):
+        try:
+            f = float(value)
+        except (OverflowError, ValueError):
+            f = math.inf
+        if not math.isfinite(f) or f != int(f):
             raise InputError(f"{field} must be a non-negative integer, got {value!r}")
         value = int(f)
     if not isinstance(value, Integral):

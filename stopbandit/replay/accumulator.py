@@ -224,7 +224,6 @@ class Accumulator:
         low, high = value - z * se, value + z * se
         if math.isnan(value):
             low = high = math.nan
-        low, high = clip_interval(self.metric.kind, low, high)
         ess = self.sum_w**2 / self.sum_w2 if self.sum_w2 > 0 else 0.0
         warnings.extend(_support_warnings(self, ess))
         return Estimate(
@@ -238,7 +237,8 @@ class Accumulator:
 
 def clip_interval(metric: str, low: float, high: float) -> tuple[float, float]:
     """An EM interval clipped to [0, 1], where every policy's mean EM lies (the estimate itself is left as is:
-    IPS can leave [0, 1] on few events, and that is information); other metrics unchanged."""
+    IPS can leave [0, 1] on few events, and that is information); other metrics unchanged. Reports use it;
+    the estimators return the plain CLT/bootstrap interval."""
     if metric != "em" or math.isnan(low) or math.isnan(high):
         return low, high
     return min(max(low, 0.0), 1.0), min(max(high, 0.0), 1.0)

@@ -20,7 +20,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import click
@@ -42,6 +42,7 @@ from stopbandit.replay.candidates import (
 from stopbandit.replay.evaluation import evaluate, has_traces, parse_estimators, sweep_log
 from stopbandit.replay.interchange import export_events, import_events
 from stopbandit.replay.logreader import LogCounts, require_events
+from stopbandit.replay.accumulator import clip_interval
 from stopbandit.replay.ope import ESTIMATORS, Estimate
 from stopbandit.replay.options import DEFAULT_CHUNK, ReplayOptions
 from stopbandit.replay.store import ReplayStore
@@ -341,6 +342,11 @@ def sweep_cmd(url, config_path, include_defaulted, include_late, chunk, no_progr
                         explore=explore, options=options.with_(since=eval_since))
     finally:
         model.close()
+    # a mean EM lies in [0, 1]: the report clips its EM intervals there (the estimates are left as they are)
+    res = replace(res, points=[replace(p, em=replace(p.em, ci_low=lo, ci_high=hi)) for p in res.points
+                               for lo, hi in [clip_interval("em", p.em.ci_low, p.em.ci_high)]],
+                  fixed={k: (replace(em, ci_low=lo, ci_high=hi), tok) for k, (em, tok) in res.fixed.items()
+                         for lo, hi in [clip_interval("em", em.ci_low, em.ci_high)]})
     written = None
     if plot_path:
         written = str(plot_pareto(res.points, res.fixed, plot_path,

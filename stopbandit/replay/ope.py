@@ -114,7 +114,7 @@ from stopbandit.errors import ConfigError, InputError
 if TYPE_CHECKING:  # pragma: no cover
     from stopbandit.bandit.arms import ArmSet
 
-from stopbandit.replay.accumulator import DM_NAME, Accumulator, Estimate, _Parts, clip_interval
+from stopbandit.replay.accumulator import DM_NAME, Accumulator, Estimate, _Parts
 from stopbandit.replay.logged_data import CI_METHODS, LoggedData, Metric, _check_alpha
 
 _MATCH_TOL = 1e-6
@@ -193,7 +193,7 @@ class Estimator(ABC):
         if ci_method == "bootstrap":
             if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 10:
                 raise ConfigError(f"n_boot must be an integer >= 10, got {n_boot!r}")
-            low, high = clip_interval(m.kind, *_bootstrap(parts, alpha, n_boot, seed))
+            low, high = _bootstrap(parts, alpha, n_boot, seed)
             est = replace(est, ci_low=low, ci_high=high, ci_method="bootstrap")
         return est
 
