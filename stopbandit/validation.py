@@ -134,11 +134,9 @@ def em(value: object, *, field: str = "em") -> float:
 def tokens(value: object, *, field: str = "tokens") -> int:
     """A token count: a non-negative integer (integral floats are accepted)."""
     if type(value) is int:  # the common case, without the slow ABC checks below
-        if 0 <= value <= MAX_TOKENS:
-            return value
         if value < 0:
             raise InputError(f"{field} must be >= 0, got {_show(value)}")
-        raise InputError(f"{field} must be at most {MAX_TOKENS}, got {_show(value)}")
+        return value
     if isinstance(value, bool):
         raise InputError(f"{field} must be a non-negative integer, got {value!r}")
     if isinstance(value, Real) and not isinstance(value, Integral):
@@ -153,9 +151,15 @@ def tokens(value: object, *, field: str = "tokens") -> int:
         raise InputError(f"{field} must be a non-negative integer, got {value!r}")
     if value < 0:
         raise InputError(f"{field} must be >= 0, got {_show(value)}")
-    if value > MAX_TOKENS:
-        raise InputError(f"{field} must be at most {MAX_TOKENS}, got {_show(value)}")
     return int(value)
+
+
+def stored_tokens(value: object, *, field: str = "tokens") -> int:
+    """A token count a store can hold: :func:`tokens`, at most :data:`MAX_TOKENS` (where text enters: import)."""
+    v = tokens(value, field=field)
+    if v > MAX_TOKENS:
+        raise InputError(f"{field} must be at most {MAX_TOKENS}, got {_show(v)}")
+    return v
 
 
 def latency(value: object) -> float | None:
@@ -171,4 +175,4 @@ def latency(value: object) -> float | None:
 
 
 __all__ = ["MAX_KEY", "MAX_TOKENS", "em", "identifier", "integer", "key", "latency", "number", "positive_ints", "real", "short_text",
-           "text", "tokens"]
+           "stored_tokens", "text", "tokens"]

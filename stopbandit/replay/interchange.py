@@ -172,6 +172,7 @@ def outcome_of(key: str, *, em: Any, tokens: Any, ts: Any, latency_ms: Any = Non
     validation.text(status, "status")
     if isinstance(em, bool) or isinstance(tokens, bool):
         raise InputError(f"em and tokens must be numbers, got em={em!r}, tokens={tokens!r}")
+    tokens = validation.stored_tokens(tokens)
     return outcome_row(key, em, tokens, latency_ms, _finite(ts, "outcome ts"), trace=trace,
                        reference_key=reference_key, status=status)
 

@@ -746,11 +746,16 @@ class Selector:
             self._reaper.join(10)
         if self._window is not None:
             self._reap_once(force=True)
-        try:
-            self.checkpoint()
-        except Exception as exc:  # noqa: BLE001 - close never raises because the store is down
-            log.error("checkpoint at close failed: %s", exc)
-            self.record_fault(exc)
+        if self._ckpt_outcomes and self.checkpoints and self._learns:
+            if not self.writer.health().store_ok:  # a down store would only add its deadline to the shutdown
+                log.error("no checkpoint stored at shutdown: the store is unavailable (%d outcomes since the last)",
+                          self._ckpt_outcomes)
+            else:
+                try:
+                    self.checkpoint()
+                except Exception as exc:  # noqa: BLE001 - shutting down never raises because the store is down
+                    log.error("no checkpoint stored at shutdown: %s", exc)
+                    self.record_fault(exc)
         self._lambdas.close(self.config.store.timeout)
         self.writer.close()
         self._slot.retire_all()
