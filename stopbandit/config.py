@@ -159,6 +159,10 @@ class SelectorConfig:
     default_em: float | str = 0.0
     default_tokens: int | str = ARM_MEAN
     max_pending: int = 200_000
+    # checkpoints of a serving Selector's learned policy (see Selector.checkpoint); 0 turns a trigger off
+    checkpoint_every: int = 1000          # outcomes learned since the last checkpoint
+    checkpoint_interval_s: float = 300.0  # seconds since the last checkpoint (with at least one outcome)
+    max_domains: int = 1000               # domains with their own difficulty prior; the rest share one bucket
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lam", check_lambda(self.lam))
@@ -190,6 +194,16 @@ class SelectorConfig:
         if isinstance(self.max_pending, bool) or not isinstance(self.max_pending, int) \
                 or not 1 <= self.max_pending <= 10_000_000:
             raise ConfigError(f"max_pending must be an integer in [1, 10000000], got {self.max_pending!r}")
+        if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) \
+                or not 0 <= self.checkpoint_every <= 10_000_000:
+            raise ConfigError(f"checkpoint_every must be an integer in [0, 10000000] (0: off), "
+                              f"got {self.checkpoint_every!r}")
+        v = self.checkpoint_interval_s
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and 0 <= v <= 86400):
+            raise ConfigError(f"checkpoint_interval_s must be in [0, 86400] seconds (0: off), got {v!r}")
+        if isinstance(self.max_domains, bool) or not isinstance(self.max_domains, int) \
+                or not 1 <= self.max_domains <= 1_000_000:
+            raise ConfigError(f"max_domains must be an integer in [1, 1000000], got {self.max_domains!r}")
 
     @property
     def reward_window(self) -> RewardWindow | None:
@@ -203,7 +217,7 @@ class SelectorConfig:
 
 
 _SCALARS = ("lam", "token_scale", "policy", "seed", "follow_interval", "reward_window_s", "reward_aggregation",
-            "default_em", "default_tokens", "max_pending")
+            "default_em", "default_tokens", "max_pending", "checkpoint_every", "checkpoint_interval_s", "max_domains")
 _TOP = {"arms", "exploration", "features", "store", "learning", *_SCALARS}
 
 
@@ -262,6 +276,19 @@ def config_from_mapping(data: Mapping[str, Any], *, source: str = "config") -> S
         raise ConfigError(f"{source}: {exc}") from exc
 
 
+SNAPSHOT_KEY_ENV = "STOPBANDIT_SNAPSHOT_KEY"
+
+
+def snapshot_key() -> bytes | None:
+    """The snapshot signing key from ``$STOPBANDIT_SNAPSHOT_KEY`` (None when unset or empty).
+
+    With a key, every snapshot saved is signed (HMAC-SHA256) and every snapshot
+    loaded must carry a valid signature; without one, signatures are not checked.
+    """
+    key = os.environ.get(SNAPSHOT_KEY_ENV)
+    return key.encode("utf-8", "surrogateescape") if key else None
+
+
 def load_config(path: str | os.PathLike[str]) -> SelectorConfig:
     """Read and validate a TOML config file."""
     try:
@@ -274,4 +301,5 @@ def load_config(path: str | os.PathLike[str]) -> SelectorConfig:
     return config_from_mapping(data, source=os.fspath(path))
 
 
-__all__ = ["LearningConfig", "SelectorConfig", "StoreConfig", "config_from_mapping", "load_config"]
+__all__ = ["SNAPSHOT_KEY_ENV", "LearningConfig", "SelectorConfig", "StoreConfig", "config_from_mapping", "load_config",
+           "snapshot_key"]

@@ -20,6 +20,28 @@ from stopbandit.errors import ConfigError, InputError, StopbanditError, require_
 
 MAX_KEY = 128
 """Longest request id (characters)."""
+MAX_TOKENS = 2**31 - 1
+"""Largest token count (``outcomes.tokens`` is a 32-bit INTEGER on PostgreSQL)."""
+
+
+def real(value: object, field: str, *, error: type[StopbanditError] = InputError) -> float:
+    """A real number as a finite float: ``10**400``, NaN and infinities are refused by name, never overflow."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise error(f"{field} must be a finite number, got {value!r:.80}")
+    try:
+        v = float(value)
+    except (OverflowError, ValueError):
+        v = math.inf
+    if not math.isfinite(v):
+        raise error(f"{field} must be a finite number, got {_show(value)}")
+    return v
+
+
+def _show(value: object) -> str:
+    """A value for a message: huge integers by their size, not 400 digits."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**18:
+        return f"an integer of {len(str(abs(value)))} digits"
+    return f"{value!r:.80}"
 
 
 def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
@@ -42,13 +64,12 @@ def number(value: object, field: str, *, low: float | None = None, high: float |
     ...
     stopbandit.errors.ConfigError: p must be in [0, 1], got 2
     """
-    kind = type(value)
-    if kind is float or kind is int:  # the common case, without the abstract-class checks
+    if type(value) is float:  # the common case, without the abstract-class checks
         if not math.isfinite(value):
             raise error(f"{field} must be a finite number, got {value!r}")
-    elif isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
-        raise error(f"{field} must be a finite number, got {value!r}")
-    v = float(value)
+        v = value
+    else:  # ints (10**400 included), numpy scalars, and everything to refuse
+        v = real(value, field, error=error)
     below = low is not None and (v <= low if low_open else v < low)
     above = high is not None and (v >= high if high_open else v > high)
     if below or above:
@@ -108,9 +129,9 @@ def em(value: object, *, field: str = "em") -> float:
             return float(value)
         raise InputError(f"{field} must be a finite number in [0, 1], got {value!r}")
     if isinstance(value, bool) or not isinstance(value, Real):
-        raise InputError(f"{field} must be a number in [0, 1], got {value!r}")
-    v = float(value)
-    if not math.isfinite(v) or not 0.0 <= v <= 1.0:
+        raise InputError(f"{field} must be a number in [0, 1], got {value!r:.80}")
+    v = real(value, field)
+    if not 0.0 <= v <= 1.0:
         raise InputError(f"{field} must be a finite number in [0, 1], got {value!r}")
     return v
 
@@ -119,20 +140,31 @@ def tokens(value: object, *, field: str = "tokens") -> int:
     """A token count: a non-negative integer (integral floats are accepted)."""
     if type(value) is int:  # the common case, without the slow ABC checks below
         if value < 0:
-            raise InputError(f"{field} must be >= 0, got {value!r}")
+            raise InputError(f"{field} must be >= 0, got {_show(value)}")
         return value
     if isinstance(value, bool):
         raise InputError(f"{field} must be a non-negative integer, got {value!r}")
     if isinstance(value, Real) and not isinstance(value, Integral):
-        f = float(value)
+        try:
+            f = float(value)
+        except (OverflowError, ValueError):
+            f = math.inf
         if not math.isfinite(f) or f != int(f):
             raise InputError(f"{field} must be a non-negative integer, got {value!r}")
         value = int(f)
     if not isinstance(value, Integral):
         raise InputError(f"{field} must be a non-negative integer, got {value!r}")
     if value < 0:
-        raise InputError(f"{field} must be >= 0, got {value!r}")
+        raise InputError(f"{field} must be >= 0, got {_show(value)}")
     return int(value)
+
+
+def stored_tokens(value: object, *, field: str = "tokens") -> int:
+    """A token count a store can hold: :func:`tokens`, at most :data:`MAX_TOKENS` (where text enters: import)."""
+    v = tokens(value, field=field)
+    if v > MAX_TOKENS:
+        raise InputError(f"{field} must be at most {MAX_TOKENS}, got {_show(v)}")
+    return v
 
 
 def latency(value: object) -> float | None:
@@ -140,12 +172,12 @@ def latency(value: object) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, Real):
-        raise InputError(f"latency_ms must be a non-negative number or None, got {value!r}")
-    v = float(value)
-    if not math.isfinite(v) or v < 0:
+        raise InputError(f"latency_ms must be a non-negative number or None, got {value!r:.80}")
+    v = real(value, "latency_ms")
+    if v < 0:
         raise InputError(f"latency_ms must be a finite number >= 0, got {value!r}")
     return v
 
 
-__all__ = ["MAX_KEY", "em", "identifier", "integer", "key", "latency", "number", "positive_ints", "short_text", "text",
-           "tokens"]
+__all__ = ["MAX_KEY", "MAX_TOKENS", "em", "identifier", "integer", "key", "latency", "number", "positive_ints", "real", "short_text",
+           "stored_tokens", "text", "tokens"]

@@ -8,9 +8,9 @@ effect on the next request and offline sweeps reuse the same heads.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
+from stopbandit import validation
 from stopbandit.errors import ConfigError
 
 
@@ -20,15 +20,21 @@ def reward(em: Any, tokens: Any, lam: float, token_scale: float) -> Any:
 
 
 def check_lambda(lam: object) -> float:
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)):
+        raise ConfigError(f"lambda must be a finite number >= 0, got {lam!r:.80}")
+    v = validation.real(lam, "lambda", error=ConfigError)
+    if v < 0:
         raise ConfigError(f"lambda must be a finite number >= 0, got {lam!r}")
-    return float(lam)
+    return v
 
 
 def check_token_scale(scale: object) -> float:
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise ConfigError(f"token_scale must be a finite number > 0, got {scale!r:.80}")
+    v = validation.real(scale, "token_scale", error=ConfigError)
+    if v <= 0:
         raise ConfigError(f"token_scale must be a finite number > 0, got {scale!r}")
-    return float(scale)
+    return v
 
 
 __all__ = ["check_lambda", "check_token_scale", "reward"]

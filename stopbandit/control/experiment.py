@@ -48,6 +48,7 @@ from statistics import NormalDist
 from typing import Any
 
 
+from stopbandit.config import snapshot_key
 from stopbandit.bandit.exploration import exploration_from_config
 from stopbandit.bandit.policy import Policy
 from stopbandit.bandit.snapshot import compute_checksum, new_version, unpack, verify
@@ -133,7 +134,7 @@ class Challenger:
     def __init__(self, store: ReplayStore, version: str, config: Any) -> None:
         stored = _stored_candidate(store, version)
         self.policy: Policy = unpack(stored.model, stored.meta, stored.checksum, arms=config.arms,
-                                     feature_config=config.features.to_dict())
+                                     feature_config=config.features.to_dict(), key=snapshot_key())
         self.version = stored.version
         self.extractor = FeatureExtractor(config.features)
         prior = stored.meta.get("extra", {}).get("prior")

@@ -72,6 +72,10 @@ def _unit(name: str, value: object, *, low_open: bool = False, high_open: bool =
     return validation.number(value, f"guardrail.{name}", low=0.0, high=1.0, low_open=low_open, high_open=high_open)
 
 
+OTHER_DOMAINS = "(other)"
+"""The bucket shared by domains beyond ``GuardrailConfig.max_domains`` (tested together)."""
+
+
 @dataclass(frozen=True, slots=True)
 class GuardrailConfig:
     """Holdout, test and hysteresis settings (see the module docstring for the rule)."""
@@ -87,6 +91,7 @@ class GuardrailConfig:
     probe_share: float = 0.05
     paired: bool = True
     enforce: bool = True
+    max_domains: int = 1000  # domains tested on their own; later ones share the OTHER_DOMAINS bucket
 
     def __post_init__(self) -> None:
         _unit("holdout_share", self.holdout_share, high_open=True)
@@ -103,6 +108,9 @@ class GuardrailConfig:
         require_positive_ints("guardrail.", window=self.window, min_n=self.min_n, check_every=self.check_every)
         if self.min_n < 2 or self.min_n > self.window:
             raise ConfigError(f"guardrail.min_n must be in [2, window={self.window}], got {self.min_n}")
+        if isinstance(self.max_domains, bool) or not isinstance(self.max_domains, int) \
+                or not 1 <= self.max_domains <= 1_000_000:
+            raise ConfigError(f"guardrail.max_domains must be an integer in [1, 1000000], got {self.max_domains!r}")
         for name in ("paired", "enforce"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"guardrail.{name} must be true or false, got {getattr(self, name)!r}")
@@ -228,6 +236,7 @@ class Guardrail:
         self._z_release = config.z_release
         self._lock = threading.Lock()
         self._domains: dict[str, _Domain] = {}
+        self._folded = 0
         self._fallback: frozenset[str] = frozenset()
         self._transitions: deque[Transition] = deque(maxlen=1000)
 
@@ -237,7 +246,16 @@ class Guardrail:
         return bool(self._fallback)
 
     def in_fallback(self, domain: str | None) -> bool:
-        return (domain or UNKNOWN_DOMAIN) in self._fallback
+        key = domain or UNKNOWN_DOMAIN
+        fallback = self._fallback
+        if not fallback:
+            return False
+        return key in fallback or (OTHER_DOMAINS in fallback and key not in self._domains)
+
+    @property
+    def folded(self) -> int:
+        """Values of domains beyond ``max_domains``, fed to the shared OTHER_DOMAINS bucket."""
+        return self._folded
 
     @property
     def fallback_domains(self) -> frozenset[str]:
@@ -247,6 +265,10 @@ class Guardrail:
     def _domain(self, domain: str | None) -> tuple[str, _Domain]:
         key = domain or UNKNOWN_DOMAIN
         d = self._domains.get(key)
+        if d is None and len(self._domains) >= self.config.max_domains:
+            self._folded += 1
+            key = OTHER_DOMAINS
+            d = self._domains.get(key)
         if d is None:
             w = self.config.window
             d = self._domains[key] = _Domain(deque(maxlen=w), deque(maxlen=w), deque(maxlen=w))
@@ -316,6 +338,7 @@ class Guardrail:
 
 
 __all__ = [
+    "OTHER_DOMAINS",
     "STATES",
     "UNKNOWN_DOMAIN",
     "Check",

@@ -98,6 +98,7 @@ class ControlHealth:
     fallback: tuple[str, ...]
     last_error: str | None
     challenger_selector: Health | None = None  # the challenger Selector's own store/writer health
+    guardrail_folded: int = 0  # guardrail values of domains beyond guardrail.max_domains (the "(other)" bucket)
 
 
 class _NoMetrics:
@@ -439,6 +440,7 @@ class ControlledSelector:
             fallback=tuple(sorted(g.fallback_domains)) if g is not None else (),
             last_error=self._last_error,
             challenger_selector=self.challenger.health() if self.challenger is not None else None,
+            guardrail_folded=g.folded if g is not None else 0,
         )
 
     def serve_metrics(self, port: int = 0, addr: str = "127.0.0.1") -> Any:

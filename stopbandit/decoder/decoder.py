@@ -74,7 +74,10 @@ class EarlyExitDecoder:
         self.config = config
         self.schedule = ProbeSchedule(config.probe_spacing, spec.markers)
         self._detokenize = detokenize or (lambda ids: " ".join(str(i) for i in ids))
-        self._keeps_last = "logits_to_keep" in inspect.signature(model.forward).parameters
+        params = inspect.signature(model.forward).parameters
+        self._keeps_last = "logits_to_keep" in params
+        # the cache keyword: ``cache`` where transformers has the cache API, ``past_key_values`` before it
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
     @property
     def device(self) -> torch.device:
@@ -280,11 +283,11 @@ class EarlyExitDecoder:
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any, last_only: bool) -> torch.Tensor:
         """Logits ``[rows, len, vocab]`` (``len`` = 1 when ``last_only`` and the model can skip the rest)."""
         extra = {"logits_to_keep": 1} if last_only and self._keeps_last else {}
+        extra[self._cache_kw] = cache
         out = self.model(
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache,
             use_cache=True,
             **extra,
         )

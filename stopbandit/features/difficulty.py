@@ -45,29 +45,68 @@ class TextDifficulty:
         return 1.0 / (1.0 + math.exp(-z))
 
 
-class DomainPrior:
-    """Exponentially weighted miss rate per domain; 0.5 until a domain has data."""
+OTHER_DOMAINS = "(other)"
+"""The bucket that domains beyond ``max_domains`` share (their prior is one running mean)."""
 
-    def __init__(self, halflife: float = 2000.0, start: float = 0.5) -> None:
+
+class DomainPrior:
+    """Exponentially weighted miss rate per domain; 0.5 until a domain has data.
+
+    At most ``max_domains`` domains keep their own rate (the first ones seen);
+    every later domain reads and updates the shared :data:`OTHER_DOMAINS`
+    bucket, so memory and snapshot size stay bounded however many distinct
+    domains callers send. ``folded`` counts the outcomes that went to the bucket.
+    """
+
+    def __init__(self, halflife: float = 2000.0, start: float = 0.5, max_domains: int = 1000) -> None:
         self.alpha = 1.0 - 0.5 ** (1.0 / halflife)
         self.start = start
+        self.max_domains = max_domains
+        self.folded = 0
         self._miss: dict[str, float] = {}
         self._lock = threading.Lock()
 
+    def _key(self, domain: str) -> str:
+        if domain in self._miss or len(self._miss) < self.max_domains:
+            return domain
+        return OTHER_DOMAINS
+
     def get(self, domain: str) -> float:
-        return self._miss.get(domain, self.start)
+        miss = self._miss
+        v = miss.get(domain)
+        if v is not None:
+            return v
+        return miss.get(OTHER_DOMAINS, self.start) if len(miss) >= self.max_domains else self.start
 
     def update(self, domain: str, em: float) -> None:
         with self._lock:
-            cur = self._miss.get(domain, self.start)
-            self._miss[domain] = cur + self.alpha * ((1.0 - em) - cur)
+            key = self._key(domain)
+            if key == OTHER_DOMAINS and domain != OTHER_DOMAINS:
+                self.folded += 1
+            cur = self._miss.get(key, self.start)
+            self._miss[key] = cur + self.alpha * ((1.0 - em) - cur)
+
+    @property
+    def tracked(self) -> int:
+        """Domains with a rate of their own (the shared bucket included once it exists)."""
+        return len(self._miss)
 
     def state(self) -> dict[str, float]:
-        return dict(self._miss)
+        with self._lock:
+            return dict(self._miss)
 
     def load(self, state: dict[str, float]) -> None:
+        """Take a stored state (its rates checked by the snapshot loader); only ``max_domains`` of it
+        (the bucket included) keep their own rate."""
+        loaded: dict[str, float] = {}
+        for k, v in state.items():
+            rate = float(v)
+            if not math.isfinite(rate):
+                continue
+            if k == OTHER_DOMAINS or len(loaded) < self.max_domains:
+                loaded[str(k)] = min(max(rate, 0.0), 1.0)
         with self._lock:
-            self._miss = {str(k): float(v) for k, v in state.items()}
+            self._miss = loaded
 
 
-__all__ = ["DifficultyEstimator", "DomainPrior", "TextDifficulty"]
+__all__ = ["OTHER_DOMAINS", "DifficultyEstimator", "DomainPrior", "TextDifficulty"]

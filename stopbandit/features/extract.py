@@ -17,13 +17,13 @@ snapshot with features of another version (the load is refused, naming both).
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from numbers import Real
 from typing import Any
 
+from stopbandit import validation
 from stopbandit.errors import ConfigError, InputError
 from stopbandit.features.difficulty import DifficultyEstimator, DomainPrior, TextDifficulty
 from stopbandit.features.domain import DomainClassifier, KeywordDomainClassifier
@@ -86,14 +86,11 @@ def validate_extra(extra: Mapping[str, Any] | None) -> Features:
         if isinstance(value, bool):
             out[name] = 1.0 if value else 0.0
         elif isinstance(value, Real):
-            v = float(value)
-            if not math.isfinite(v):
-                raise InputError(f"feature {name!r} must be a finite number, got {value!r}")
-            out[name] = v
+            out[name] = validation.real(value, f"feature {name!r}")
         elif isinstance(value, str):
             if len(value) > MAX_CATEGORY_CHARS:
                 raise InputError(f"feature {name!r}: categorical value longer than {MAX_CATEGORY_CHARS} characters")
-            out[name] = value
+            out[name] = validation.text(value, f"feature {name!r}")
         else:
             raise InputError(f"feature {name!r} must be a number, bool or string, got {type(value).__name__}")
     return out
@@ -109,12 +106,13 @@ class FeatureExtractor:
         counter: TokenCounter | None = None,
         classifier: DomainClassifier | None = None,
         difficulty: DifficultyEstimator | None = None,
+        max_domains: int = 1000,
     ) -> None:
         self.config = config or FeatureConfig()
         self.counter = counter or TOKEN_COUNTERS[self.config.length_counter]
         self.classifier = classifier or KeywordDomainClassifier()
         self.difficulty = difficulty or TextDifficulty(version=self.config.version)
-        self.prior = DomainPrior(self.config.prior_halflife)
+        self.prior = DomainPrior(self.config.prior_halflife, max_domains=max_domains)
 
     def extract(self, prompt: str, domain: str | None = None, extra: Mapping[str, Any] | None = None) -> Features:
         if not isinstance(prompt, str):
@@ -123,6 +121,8 @@ class FeatureExtractor:
             raise InputError(f"prompt is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
         if domain is not None and (not isinstance(domain, str) or not domain or len(domain) > 64):
             raise InputError(f"domain must be a non-empty string of at most 64 characters, got {domain!r}")
+        if domain is not None:
+            validation.text(domain, "domain")
         extras = validate_extra(extra)
         stats = text_stats(prompt, self.counter, self.config.version)
         dom = domain if domain is not None else self.classifier.classify(prompt)

@@ -235,6 +235,15 @@ class Accumulator:
         )
 
 
+def clip_interval(metric: str, low: float, high: float) -> tuple[float, float]:
+    """An EM interval clipped to [0, 1], where every policy's mean EM lies (the estimate itself is left as is:
+    IPS can leave [0, 1] on few events, and that is information); other metrics unchanged. Reports use it;
+    the estimators return the plain CLT/bootstrap interval."""
+    if metric != "em" or math.isnan(low) or math.isnan(high):
+        return low, high
+    return min(max(low, 0.0), 1.0), min(max(high, 0.0), 1.0)
+
+
 def _normal_quantile(q: float) -> float:
     """The standard normal's ``q`` quantile (``z`` of a two-sided interval).
 
@@ -276,4 +285,4 @@ def _support_warnings(acc: Accumulator, ess: float) -> list[str]:
     return out
 
 
-__all__ = ["DM_NAME", "Accumulator", "Estimate"]
+__all__ = ["DM_NAME", "Accumulator", "Estimate", "clip_interval"]

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from stopbandit.config import snapshot_key
 from stopbandit.bandit.arms import ArmSet, arms_from_config
 from stopbandit.bandit.policy import HeadsPolicy, Policy
 from stopbandit.bandit.snapshot import unpack
@@ -70,7 +71,7 @@ class HeadsModel:
             hint = f"known snapshots (newest first): {known}" if known else "the store has no snapshots yet " \
                 "(run `stopbandit replay train`)"
             raise ConfigError(f"no snapshot {version!r} in the store; {hint}")
-        policy = unpack(stored.model, stored.meta, stored.checksum, arms=arms)
+        policy = unpack(stored.model, stored.meta, stored.checksum, arms=arms, key=snapshot_key())
         return cls(policy, stored.version, stored.meta)
 
     def __getstate__(self) -> dict[str, Any]:

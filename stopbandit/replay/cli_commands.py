@@ -20,7 +20,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import click
@@ -42,6 +42,7 @@ from stopbandit.replay.candidates import (
 from stopbandit.replay.evaluation import evaluate, has_traces, parse_estimators, sweep_log
 from stopbandit.replay.interchange import export_events, import_events
 from stopbandit.replay.logreader import LogCounts, require_events
+from stopbandit.replay.accumulator import clip_interval
 from stopbandit.replay.ope import ESTIMATORS, Estimate
 from stopbandit.replay.options import DEFAULT_CHUNK, ReplayOptions
 from stopbandit.replay.store import ReplayStore
@@ -113,6 +114,12 @@ def _counts_table(counts: LogCounts, title: str = "events"):
     c = counts
     return table(title, ["events", "used", "ok", "defaulted", "late", "excluded", "traced"],
                  [[c.events, c.used, c.ok, c.defaulted, c.late, c.excluded, c.traced]])
+
+
+HEAVY_WEIGHT = 100.0
+"""A sweep row whose largest importance weight reaches this is flagged: a handful of events decide it."""
+FEW_ESS = 30.0
+"""A sweep row with fewer effective events than this is flagged even when they are a large share of the log."""
 
 
 def _print_warnings(lines: Sequence[str]) -> None:
@@ -336,6 +343,11 @@ def sweep_cmd(url, config_path, include_defaulted, include_late, chunk, no_progr
                         explore=explore, options=options.with_(since=eval_since))
     finally:
         model.close()
+    # a mean EM lies in [0, 1]: the report clips its EM intervals there (the estimates are left as they are)
+    res = replace(res, points=[replace(p, em=replace(p.em, ci_low=lo, ci_high=hi)) for p in res.points
+                               for lo, hi in [clip_interval("em", p.em.ci_low, p.em.ci_high)]],
+                  fixed={k: (replace(em, ci_low=lo, ci_high=hi), tok) for k, (em, tok) in res.fixed.items()
+                         for lo, hi in [clip_interval("em", em.ci_low, em.ci_high)]})
     written = None
     if plot_path:
         written = str(plot_pareto(res.points, res.fixed, plot_path,
@@ -351,25 +363,39 @@ def sweep_cmd(url, config_path, include_defaulted, include_late, chunk, no_progr
         console.print(f"heads trained on {trained['train']['learned']} events before "
                   f"{trained['split']['cutoff_iso']}; evaluated on the {res.counts.used} events from then on")
     rows = []
+    legend: dict[str, tuple[str, list[str]]] = {}  # flag -> (one full text, the rows it applies to)
+
+    def flags(label: str, *estimates: Estimate) -> str:
+        out: list[str] = []
+        for e in estimates:
+            for w in e.warnings:
+                flag = w.split(":", 1)[0]
+                if flag not in out:
+                    out.append(flag)
+                    legend.setdefault(flag, (w, []))[1].append(label)
+        mw, ess = estimates[0].max_weight, estimates[0].ess
+        if mw >= HEAVY_WEIGHT:
+            out.append(f"max weight {mw:.3g}")
+        if 0 < ess < FEW_ESS and "LOW ESS" not in out:
+            out.append(f"ESS {ess:.1f}")
+        return ", ".join(out)
+
     for p in res.points:
         rows.append([f"{p.lam:g}", _fmt("em", p.em.value), _ci("em", p.em), _fmt("tokens", p.tokens.value),
                      _ci("tokens", p.tokens), _fmt("reward", p.reward.value), f"{p.em.ess:,.0f}",
-                     f"{p.em.max_weight:.3g}"])
+                     f"{p.em.max_weight:.3g}", flags(f"λ={p.lam:g}", p.em, p.tokens, p.reward)])
     for label, (em, tok) in res.fixed.items():
         rows.append([f"arm {label}", _fmt("em", em.value), _ci("em", em), _fmt("tokens", tok.value),
-                     _ci("tokens", tok), "", f"{em.ess:,.0f}", f"{em.max_weight:.3g}"])
+                     _ci("tokens", tok), "", f"{em.ess:,.0f}", f"{em.max_weight:.3g}", flags(f"arm {label}", em, tok)])
     lg_em, lg_tok = res.logging["em"], res.logging["tokens"]
     rows.append(["logging policy", _fmt("em", lg_em.value), _ci("em", lg_em), _fmt("tokens", lg_tok.value),
-                 _ci("tokens", lg_tok), "", f"{lg_em.n:,}", "1"])
+                 _ci("tokens", lg_tok), "", f"{lg_em.n:,}", "1", ""])
     console.print(table(f"λ sweep ({res.estimator}, greedy{' + exploration' if explore else ''})",
-                        ["λ", "EM", "95% CI", "tokens", "95% CI", "reward", "ESS", "max weight"], rows))
+                        ["λ", "EM", "95% CI", "tokens", "95% CI", "reward", "ESS", "max weight", "warnings"], rows))
     console.print(_counts_table(res.counts))
-    warn = []
-    for p in res.points:
-        for w in p.em.warnings:
-            if w.startswith(("UNSUPPORTED", "LOW ESS")):
-                warn.append(f"[λ={p.lam:g}] {w}")
-    _print_warnings(res.counts.warnings() + warn)
+    # each kind of warning once, with the rows it applies to (the rows carry their own flags)
+    _print_warnings(res.counts.warnings() + [
+        f"{text} (figures of {where[0]}; flagged rows: {', '.join(where)})" for text, where in legend.values()])
     if written:
         console.print(f"wrote {written}")
 

@@ -123,7 +123,7 @@ def check_features(value: Any, field_: str = "features") -> dict[str, Any]:
         elif isinstance(v, str):
             if len(v) > 256:
                 raise InputError(f"{field_}: feature {k!r} is a string longer than 256 characters")
-            out[k] = v
+            out[k] = validation.text(v, f"{field_}.{k}")
         elif isinstance(v, bool):
             out[k] = 1.0 if v else 0.0
         else:
@@ -135,9 +135,8 @@ def decision_row(arms: ArmSet, *, key: Any, ts: Any, domain: Any, features: Any,
                  probabilities: Mapping[str, Any], propensity: Any, lam: Any, token_scale: Any,
                  policy_version: Any, experiment: Any = "champion") -> dict[str, Any]:
     """A validated decision row (the shape ``ReplayStore.write_batch`` takes); errors name the field."""
-    from stopbandit.replay.validate import check_key
 
-    key = check_key(key, field="request_id")
+    key = validation.identifier(key, "request_id")
     names = arms.names
     if not isinstance(arm, str) or arm not in names:
         raise InputError(f"unknown arm {arm!r}; known arms: {list(names)}{ARMS_HINT}")
@@ -157,10 +156,14 @@ def decision_row(arms: ArmSet, *, key: Any, ts: Any, domain: Any, features: Any,
         raise InputError(f"propensity {prop!r} differs from the probability of the logged arm {arm!r}: {probs[arm]!r}")
     if domain is not None and (not isinstance(domain, str) or not domain or len(domain) > 64):
         raise InputError(f"domain must be a string of 1-64 characters or absent, got {domain!r}")
+    if domain is not None:
+        validation.text(domain, "domain")
     if not isinstance(policy_version, str) or not policy_version or len(policy_version) > 64:
         raise InputError(f"policy_version must be a string of 1-64 characters, got {policy_version!r}")
     if not isinstance(experiment, str) or not experiment or len(experiment) > EXPERIMENTS_MAX:
         raise InputError(f"experiment must be a string of 1-{EXPERIMENTS_MAX} characters, got {experiment!r}")
+    validation.text(policy_version, "policy_version")
+    validation.text(experiment, "experiment")
     return {
         "request_key": key, "ts": _finite(ts, "ts"), "domain": domain, "features": check_features(features),
         "arm": arm, "arm_index": idx, "probabilities": probs, "propensity": prop,
@@ -182,10 +185,14 @@ def outcome_of(key: str, *, em: Any, tokens: Any, ts: Any, latency_ms: Any = Non
     if reference_key is not None and (not isinstance(reference_key, str) or not reference_key
                                       or len(reference_key) > 32):
         raise InputError(f"reference_key must be a string of 1-32 characters, got {reference_key!r}")
+    if reference_key is not None:
+        validation.text(reference_key, "reference_key")
     if not isinstance(status, str):
         raise InputError(f"status must be a string, got {status!r}")
+    validation.text(status, "status")
     if isinstance(em, bool) or isinstance(tokens, bool):
         raise InputError(f"em and tokens must be numbers, got em={em!r}, tokens={tokens!r}")
+    tokens = validation.stored_tokens(tokens)
     return outcome_row(key, em, tokens, latency_ms, _finite(ts, "outcome ts"), trace=trace,
                        reference_key=reference_key, status=status)
 

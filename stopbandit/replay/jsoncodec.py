@@ -2,22 +2,16 @@
 
 Why one module: the serving path encodes every logged row (features,
 probabilities, traces) and OPE decodes every stored row, so these calls are
-hot; orjson does both several times faster than the standard library. orjson
-is a core dependency, but the standard library stays the fallback in two
-ways, and both are kept here rather than in each caller:
+hot; orjson does both several times faster than the standard library.
+orjson is a required dependency. The standard library is the fallback per
+value: what orjson refuses (a numpy scalar, a non-string key, an integer over
+64 bits; NaN/Infinity literals and other leniencies when decoding) goes
+through :mod:`json`, so what can be stored and read back is what the
+standard library accepts.
 
-* per value: what orjson refuses (a numpy scalar, a non-string key, an
-  integer over 64 bits; NaN/Infinity literals and other leniencies when
-  decoding) goes through :mod:`json`, so what can be stored and read back is
-  what the standard library accepts;
-* per install: without orjson (``orjson = None``, also what tests patch) every
-  call is the standard library's, with the same results.
-
-Output, kept as the callers wrote it before (stored data and spill files are
-read back by either path, so only the exact text differs): :func:`dumps`
-gives a column's text (orjson's compact text, else ``json.dumps``'s default
-``", "``/``": "`` separators); :func:`dumps_lines` gives JSON lines, compact
-on both paths. orjson writes NaN as ``null``; every float that reaches the
+Output: :func:`dumps` gives a column's text (orjson's compact text; a value
+only the standard library encodes gets ``json.dumps``'s default ``", "``/``": "``
+separators); :func:`dumps_lines` gives compact JSON lines either way. orjson writes NaN as ``null``; every float that reaches the
 store is checked finite before.
 
 A value neither library can encode raises :class:`NotJSONError`, naming where
@@ -32,10 +26,7 @@ from typing import Any
 
 from stopbandit.errors import InputError
 
-try:  # a core dependency; the fallback keeps a bare install (and the tests that patch it out) working
-    import orjson
-except ImportError:  # pragma: no cover - exercised by patching ``orjson`` to None
-    orjson = None  # type: ignore[assignment]
+import orjson
 
 _STD_COMPACT = json.JSONEncoder(separators=(",", ":")).encode  # one encoder: ``json.dumps(..., separators=…)``
 # builds a new one per call
@@ -50,18 +41,17 @@ class NotJSONError(InputError, TypeError):
 
 def accelerator() -> str:
     """Which encoder is in use, for benchmark and diagnostic output."""
-    return "json (standard library)" if orjson is None else f"orjson {orjson.__version__}"
+    return f"orjson {orjson.__version__}"
 
 
 def dumps(value: Any) -> str:
     """The text of a JSON column's ``value`` (``"null"`` for None); NotJSONError if it is not JSON."""
     if value is None:
         return "null"
-    if orjson is not None:
-        try:
-            return orjson.dumps(value).decode()
-        except TypeError:
-            pass
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        pass
     try:
         return json.dumps(value)
     except (TypeError, ValueError) as exc:
@@ -73,12 +63,11 @@ def dumps_lines(values: Sequence[Any]) -> bytes:
 
     All lines are encoded by orjson, or, if it refuses any, all by the standard library.
     """
-    if orjson is not None:
-        try:
-            dumps_ = orjson.dumps
-            return b"".join([dumps_(v) + b"\n" for v in values])
-        except TypeError:
-            pass
+    try:
+        dumps_ = orjson.dumps
+        return b"".join([dumps_(v) + b"\n" for v in values])
+    except TypeError:
+        pass
     enc = _STD_COMPACT
     try:
         return "".join([enc(v) + "\n" for v in values]).encode("utf-8")
@@ -91,11 +80,10 @@ def dumps_lines(values: Sequence[Any]) -> bytes:
 
 def loads(text: str | bytes) -> Any:
     """Decode one JSON text (orjson, the standard library for what orjson rejects); JSONDecodeError if neither can."""
-    if orjson is not None:
-        try:
-            return orjson.loads(text)
-        except orjson.JSONDecodeError:
-            pass
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass
     return json.loads(text)
 
 
@@ -106,12 +94,11 @@ def loads_many(values: Iterable[Any]) -> list[Any]:
     comprehension without the per-value fallback.
     """
     values = values if isinstance(values, Sequence) else list(values)
-    if orjson is not None:
-        try:
-            fast = orjson.loads
-            return [fast(v) for v in values]
-        except (orjson.JSONDecodeError, TypeError):
-            pass
+    try:
+        fast = orjson.loads
+        return [fast(v) for v in values]
+    except (orjson.JSONDecodeError, TypeError):
+        pass
     return [v if isinstance(v, dict) else loads(v) for v in values]
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -641,6 +641,21 @@ class ReplayStore(EventLogQueries):
         q = select(SNAPSHOTS.c.version).where(SNAPSHOTS.c.role == role).order_by(SNAPSHOTS.c.id.desc()).limit(1)
         with self._call("latest_snapshot"), self.engine.connect() as conn:
             return conn.execute(q).scalar()
+
+    def resume_snapshot_version(self, checkpoint_prefix: str) -> tuple[str, str] | None:
+        """(version, role) of the newest snapshot a restarted Selector resumes from, or None.
+
+        That is the newest of the serving snapshots and the checkpoints (candidates whose version starts
+        with ``checkpoint_prefix``), in the order they were saved.
+        """
+        q = (select(SNAPSHOTS.c.version, SNAPSHOTS.c.role)
+             .where(or_(SNAPSHOTS.c.role == "serving",
+                        and_(SNAPSHOTS.c.role == "candidate", SNAPSHOTS.c.version.startswith(checkpoint_prefix,
+                                                                                             autoescape=True))))
+             .order_by(SNAPSHOTS.c.id.desc()).limit(1))
+        with self._call("latest_snapshot"), self.engine.connect() as conn:
+            r = conn.execute(q).first()
+        return (r[0], r[1]) if r else None
 
     def get_snapshot(self, version: str | None = None) -> StoredSnapshot | None:
         """The snapshot ``version`` (any role), or the newest serving one when ``version`` is None or 'latest'."""

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from stopbandit.config import snapshot_key
 from stopbandit.bandit.arms import ArmSet
 from stopbandit.bandit.exploration import Exploration
 from stopbandit.bandit.policy import HeadsPolicy
@@ -237,7 +238,7 @@ def train_and_evaluate(
             packed = pack(policy, lam=lam, feature_config=feature_config, version=version, extra={
                 "trained_by": "stopbandit replay train", "train_events": stats.learned,
                 "train_until": split.cutoff, "importance_weighting": importance_weighting,
-            })
+            }, key=snapshot_key())
             store.save_snapshot(packed.version, packed.model, packed.meta, packed.checksum, role=role)
     finally:
         policy.close()

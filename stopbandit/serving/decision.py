@@ -60,6 +60,12 @@ class Health:
     budget_spent: float = 0.0  # loss the lower bound cannot rule out: max(0, −LB Σ(served − baseline))
     budget_left: float = 0.0  # total + LB − charges held for decisions not rewarded yet (< 0: exploring stops)
     budget_restricted: int = 0  # decisions whose exploration the budget cut down
+    domains_tracked: int = 0  # domains with a difficulty prior of their own (the shared bucket included)
+    domains_folded: int = 0  # outcomes of domains beyond max_domains, learned into the shared "(other)" bucket
+    max_domains: int = 0  # the cap on tracked domains (SelectorConfig.max_domains)
+    last_checkpoint: str | None = None  # version of the newest checkpoint this Selector stored
+    lambda_pending: int = 0  # λ changes made here and not stored yet (written off the request path)
+    lambda_unwritten: int = 0  # λ changes given up at close (the store did not answer)
 
 
 __all__ = ["Decision", "Health"]

@@ -3,8 +3,11 @@
 Every ``interval`` seconds it (re)creates the schema while the store was
 unreachable at open, picks up λ changes made by any process, and hot-swaps
 to a newer *serving* snapshot (a stored candidate is never swapped to: it has
-to be promoted). A snapshot that is refused (tampered, does not fit) is not
-retried every tick. The thread never dies: every failure is recorded as a
+to be promoted). A snapshot that is refused (tampered, malformed, does not
+fit, fails to load for any reason) is recorded in ``snapshot_error`` and never
+retried; serving continues on the policy it had. When checkpoints are due
+(``checkpoint_every`` outcomes, ``checkpoint_interval_s`` seconds) the follower
+stores one, so the request path never writes a model. The thread never dies: every failure is recorded as a
 fault for ``health()``. Migrations on open live here too
 (:func:`prepare_store`), so the facade never touches the schema itself.
 """
@@ -38,6 +41,10 @@ class Followed(Protocol):
     def sync_lambda(self) -> None: ...
 
     def load_snapshot(self, version: str = "latest", *, missing_ok: bool = False) -> bool: ...
+
+    def checkpoint_due(self) -> bool: ...
+
+    def checkpoint(self) -> str | None: ...
 
     def record_fault(self, exc: BaseException) -> None: ...
 
@@ -85,8 +92,18 @@ class StoreFollower:
             self.target.sync_lambda()
             latest = self.store.latest_snapshot_version() if self.snapshots else None
             if latest is not None and latest not in self.known:
-                self.target.load_snapshot(latest)
+                try:
+                    self.target.load_snapshot(latest)
+                except (StoreError, SnapshotError, InputError):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - whatever breaks a load, the snapshot is refused once
+                    raise SnapshotError(f"{type(exc).__name__}: {exc}") from exc
                 log.info("hot-swapped to snapshot %s", latest)
+            latest = None
+            if self.target.checkpoint_due():
+                version = self.target.checkpoint()
+                if version is not None:
+                    self.known.add(version)
             self.follow_ok = True
             return self._writer_ok()
         except StoreError as exc:

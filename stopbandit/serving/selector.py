@@ -69,13 +69,21 @@ from stopbandit.bandit.reward import check_lambda
 from stopbandit.bandit.snapshot import check_snapshot_meta, pack, unpack
 from stopbandit.bandit.trace import ProbeTrace, answer_key, revealed_outcomes
 from stopbandit.bandit.vw import shared_line
-from stopbandit.config import SelectorConfig, load_config
-from stopbandit.errors import ConfigError, ConflictError, InputError, StoreError, UnknownDecisionError
+from stopbandit.config import SelectorConfig, load_config, snapshot_key
+from stopbandit.errors import (
+    ConfigError,
+    ConflictError,
+    InputError,
+    SnapshotError,
+    StoreError,
+    UnknownDecisionError,
+)
 from stopbandit.features.extract import FeatureExtractor
 from stopbandit.replay.store import ReplayStore, check_role, outcome_row
 from stopbandit.replay.writer import BatchWriter
 from stopbandit.serving.decision import Decision, Health
 from stopbandit.serving.follower import StoreFollower, prepare_store
+from stopbandit.serving.lambdas import LambdaWriter
 from stopbandit.serving.ledger import Held, Late, Learn, LookUp, Pending, Repeat, RewardLedger, Settle
 from stopbandit.serving.slot import PolicySlot
 
@@ -87,6 +95,9 @@ EXPERIMENTS = ("champion", "challenger", "holdout")  # decisions.experiment (mig
 FORCED_TAG = "forced"  # policy_version prefix of a forced decision unless the caller tags it
 _TAG_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 _OPEN_ONLY = ("snapshot", "follow", "learn", "durable")
+CHECKPOINT_PREFIX = "ckpt-"
+"""Version prefix of a checkpoint: a snapshot of a serving Selector's own learning, stored as a candidate
+(no Selector hot-swaps to it) and resumed from by the next Selector opened on the store."""
 """Keywords of :meth:`Selector.open` that are not :class:`SelectorConfig` fields."""
 
 
@@ -105,12 +116,18 @@ class Selector:
         self._arm_names = self.arms.names  # ArmSet.names builds a new tuple per call; choose needs it every time
         self._reveals = self.arms.reveals()  # for [learning] revealed_weighting, per reward
         self.store = store
-        self.extractor = FeatureExtractor(config.features)
+        self.extractor = FeatureExtractor(config.features, max_domains=config.max_domains)
+        self._snapshot_key = snapshot_key()
         self._rng = np.random.default_rng(config.seed)
         self._rng_lock = threading.Lock()
         self._key_rng, self._key_pid = random.Random(os.urandom(32)), os.getpid()
         self._lam = config.lam
         self._lambda_id = 0
+        self._lam_lock = threading.Lock()
+        self._ckpt_lock = threading.Lock()
+        self._ckpt_outcomes = 0  # outcomes learned since the last checkpoint
+        self._ckpt_at = time.monotonic()
+        self.last_checkpoint: str | None = None
         self._fault: str | None = None
         self._window: RewardWindow | None = config.reward_window
         self._ledger = RewardLedger(self._window, config.max_pending, len(self.arms))
@@ -144,18 +161,23 @@ class Selector:
         self._follower = StoreFollower(store, self, interval=config.follow_interval,
                                        snapshots=follow is True or follow == "all", store_ok=fault is None,
                                        writer_ok=lambda: self.writer.health().store_ok, after_tick=self._slot.sweep)
+        self._lambdas = LambdaWriter(store, written=self._lambda_written, fault=self.record_fault,
+                                     retry_interval=config.store.retry_interval)
         # durable: committed or fsync'd before choose/reward return; else queued (bound once, off the hot path)
         self._log_row = self.writer.write_now if config.store.durable else self.writer.submit
         try:
             if fault is None:
                 try:
                     self._sync_lambda(initial=True)
-                    if snapshot is not None:
-                        self.load_snapshot(snapshot, missing_ok=snapshot == "latest")
+                    if snapshot == "latest":
+                        self._resume()
+                    elif snapshot is not None:
+                        self.load_snapshot(snapshot)
                 except StoreError as exc:
                     self.record_fault(exc)
                     self._follower.follow_ok = False
         except BaseException:
+            self._lambdas.close(0.0)
             self.writer.close(5.0)
             self._slot.live.policy.close()
             raise
@@ -426,6 +448,7 @@ class Selector:
         if self._budget is not None and key is not None:
             self._settle_budget(key, pending, row, revealed)
         self.extractor.observe(pending.domain, row["em"])
+        self._ckpt_outcomes += 1
         self._ledger.observe(pending.arm, row["em"], row["tokens"], row.get("status", "ok"))
 
     def _settle_budget(self, key: str, pending: Pending, row: Mapping[str, Any],
@@ -526,7 +549,12 @@ class Selector:
         return self._lam
 
     def set_lambda(self, value: float, *, reason: str, who: str = "api") -> None:
-        """Change λ now (next ``choose``) and record the change with its reason in the store."""
+        """Change λ now (next ``choose``) and record the change with its reason in the store.
+
+        The store write happens off the caller's thread (in order, retried while the store is down or
+        locked), so this never waits for the database; :meth:`flush` waits until it is stored. Until then
+        the follower does not take an older λ from the store over this one.
+        """
         value = check_lambda(value)
         if not isinstance(reason, str) or not reason.strip():
             raise InputError("set_lambda needs a non-empty reason (it is stored with the change)")
@@ -534,12 +562,13 @@ class Selector:
             raise InputError(f"who must be a non-empty string of at most 128 characters, got {who!r}")
         validation.text(reason, "reason")
         validation.text(who, "who")
-        self._lam = value
-        try:
-            change = self.store.add_lambda(value, reason, who)
+        with self._lam_lock:
+            self._lam = value
+            self._lambdas.submit(value, reason, who)
+
+    def _lambda_written(self, change: Any) -> None:
+        with self._lam_lock:
             self._lambda_id = max(self._lambda_id, change.id)
-        except StoreError as exc:
-            self.record_fault(exc)
 
     def sync_lambda(self) -> None:
         """Take the newest λ change in the store (made here or by any process)."""
@@ -552,7 +581,9 @@ class Selector:
                 change = self.store.add_lambda(self._lam, "initial value (Selector.open)", "selector")
                 self._lambda_id = change.id
             return
-        if change.id > self._lambda_id:
+        with self._lam_lock:
+            if self._lambdas.pending or change.id <= self._lambda_id:  # a change of ours is newer
+                return
             if initial and change.value != self._lam:
                 log.warning("using λ=%s from the store (latest change: %r), not %s", change.value, change.reason,
                             self._lam)
@@ -576,16 +607,76 @@ class Selector:
         nothing swaps to it until ``stopbandit ab promote`` makes it serve.
         """
         role = check_role(role)
+        covered = self._ckpt_outcomes  # a snapshot (any role) stands in for a checkpoint of what it holds
         live = self._slot.acquire()
         try:
             packed = pack(live.policy, lam=self._lam, feature_config=self.config.features.to_dict(),
-                          extra={"prior": self.extractor.prior.state()})
+                          extra={"prior": self.extractor.prior.state()}, key=self._snapshot_key)
         finally:
             self._slot.release(live)
         self.store.save_snapshot(packed.version, packed.model, packed.meta, packed.checksum, role=role)
         if role == "serving":
             self._follower.known.add(packed.version)
+        with self._ckpt_lock:  # the operator saved this state on purpose: no checkpoint repeats it
+            self._ckpt_outcomes = max(self._ckpt_outcomes - covered, 0)
+            self._ckpt_at = time.monotonic()
         return packed.version
+
+    def checkpoint(self) -> str | None:
+        """Store the policy this Selector has learned as a checkpoint; returns its version (None: nothing new).
+
+        A checkpoint is a snapshot with role ``candidate`` and a version starting with ``ckpt-``: no
+        Selector hot-swaps to it, and the next Selector opened on the store with ``snapshot="latest"``
+        resumes from it when it is newer than the newest serving snapshot. A frozen (``learn=False``)
+        Selector, one with checkpoints off, or one with no outcome learned since its last checkpoint
+        or :meth:`snapshot` (of either role), stores nothing.
+        """
+        with self._ckpt_lock:
+            if not self._learns or self._ckpt_outcomes == 0 or not self.checkpoints:
+                return None
+            outcomes, self._ckpt_outcomes, self._ckpt_at = self._ckpt_outcomes, 0, time.monotonic()
+            live = self._slot.acquire()
+            try:
+                packed = pack(live.policy, lam=self._lam, feature_config=self.config.features.to_dict(),
+                              extra={"prior": self.extractor.prior.state(),
+                                     "checkpoint": {"outcomes": outcomes, "of": live.version}},
+                              version=f"{CHECKPOINT_PREFIX}{uuid.uuid4().hex[:8]}-{live.policy.t}",
+                              key=self._snapshot_key)
+            finally:
+                self._slot.release(live)
+            try:
+                self.store.save_snapshot(packed.version, packed.model, packed.meta, packed.checksum, role="candidate")
+            except BaseException:
+                self._ckpt_outcomes += outcomes  # not stored: the next checkpoint covers these outcomes too
+                raise
+            self.last_checkpoint = packed.version
+            return packed.version
+
+    @property
+    def checkpoints(self) -> bool:
+        """Whether this Selector stores checkpoints (off when both ``checkpoint_every`` and
+        ``checkpoint_interval_s`` are 0)."""
+        return bool(self.config.checkpoint_every or self.config.checkpoint_interval_s)
+
+    def checkpoint_due(self) -> bool:
+        """True when ``checkpoint_every`` outcomes or ``checkpoint_interval_s`` seconds have passed."""
+        n = self._ckpt_outcomes
+        if not self._learns or n == 0:
+            return False
+        every, interval = self.config.checkpoint_every, self.config.checkpoint_interval_s
+        return bool((every and n >= every) or (interval and time.monotonic() - self._ckpt_at >= interval))
+
+    def _resume(self) -> None:
+        """Load the newest of the serving snapshots and this store's checkpoints (none: stay fresh)."""
+        found = self.store.resume_snapshot_version(CHECKPOINT_PREFIX)
+        if found is None:
+            return
+        version, role = found
+        if role != "serving":  # a checkpoint newer than every serving snapshot: do not swap back to the older one
+            serving = self.store.latest_snapshot_version()
+            if serving is not None:
+                self._follower.known.add(serving)
+        self.load_snapshot(version)  # refused at open: raises (there is no earlier policy of this store to serve)
 
     def load_snapshot(self, version: str = "latest", *, missing_ok: bool = False) -> bool:
         """Load a stored snapshot and swap it in atomically. False if none exists and ``missing_ok``.
@@ -598,9 +689,16 @@ class Selector:
                 if missing_ok:
                     return False
                 raise InputError(f"no snapshot {version!r} in the store")
-            check_snapshot_meta(stored.meta, self.config.token_scale)
-            policy = unpack(stored.model, stored.meta, stored.checksum, arms=self.arms,
-                            feature_config=self.config.features.to_dict(), exploration=self.config.exploration)
+            try:
+                check_snapshot_meta(stored.meta, self.config.token_scale)
+                policy = unpack(stored.model, stored.meta, stored.checksum, arms=self.arms,
+                                feature_config=self.config.features.to_dict(), exploration=self.config.exploration,
+                                key=self._snapshot_key)
+            except (SnapshotError, InputError, StoreError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - whatever a stored snapshot holds, it is refused, not raised
+                raise SnapshotError(f"snapshot {stored.version!r} could not be loaded: {type(exc).__name__}: "
+                                    f"{exc}") from exc
             if stored.meta.get("policy") != self.config.policy:
                 policy.close()
                 raise InputError(f"snapshot {stored.version!r} is a {stored.meta.get('policy')!r} policy; "
@@ -646,16 +744,23 @@ class Selector:
             replayed=w.replayed, max_spill_backlog=w.max_spill_backlog, defaulted=counts["defaulted"],
             late=counts["late"], discarded=counts["discarded"], evicted=counts["evicted"],
             snapshot_error=follower.snapshot_error,
+            domains_tracked=self.extractor.prior.tracked, domains_folded=self.extractor.prior.folded,
+            max_domains=self.config.max_domains, last_checkpoint=self.last_checkpoint,
+            lambda_pending=self._lambdas.pending, lambda_unwritten=self._lambdas.unwritten,
             conflicts=w.conflicts, unspilled=w.unspilled, replay_errors=w.replay_errors, **spend,
         )
 
     def flush(self, timeout: float = 30.0) -> bool:
-        """Wait until every row so far is in the store or the spill."""
-        return self.writer.flush(timeout)
+        """Wait until every row so far is in the store or the spill, and every λ change so far is stored."""
+        deadline = time.monotonic() + timeout
+        ok = self.writer.flush(timeout)
+        return self._lambdas.flush(max(deadline - time.monotonic(), 0.0)) and ok
 
     def drain(self, timeout: float = 30.0) -> bool:
         """Wait until every row so far is in the store (spill replayed, orphans adopted); False on timeout."""
-        return self.writer.drain(timeout)
+        deadline = time.monotonic() + timeout
+        ok = self.writer.drain(timeout)
+        return self._lambdas.flush(max(deadline - time.monotonic(), 0.0)) and ok
 
     def close(self) -> None:
         """Stop the background threads, settle open reward windows, flush the writer, close the policies.
@@ -672,6 +777,17 @@ class Selector:
             self._reaper.join(10)
         if self._window is not None:
             self._reap_once(force=True)
+        if self._ckpt_outcomes and self.checkpoints and self._learns:
+            if not self.writer.health().store_ok:  # a down store would only add its deadline to the shutdown
+                log.error("no checkpoint stored at shutdown: the store is unavailable (%d outcomes since the last)",
+                          self._ckpt_outcomes)
+            else:
+                try:
+                    self.checkpoint()
+                except Exception as exc:  # noqa: BLE001 - shutting down never raises because the store is down
+                    log.error("no checkpoint stored at shutdown: %s", exc)
+                    self.record_fault(exc)
+        self._lambdas.close(self.config.store.timeout)
         self.writer.close()
         self._slot.retire_all()
         self.store.dispose()

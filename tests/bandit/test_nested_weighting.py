@@ -133,7 +133,8 @@ def test_snapshot_round_trip_keeps_the_option_and_the_vw_args(tmp_path):
     before = a.policy.predict_heads(line)
     a.close()
     for cfg in (config, config_from_mapping({"lam": 0.4, "seed": 3})):
-        b = Selector.open(url, config=cfg, follow=False)
+        # by version: the first reopened Selector checkpoints what it learns at close, and "latest" would resume it
+        b = Selector.open(url, config=cfg, follow=False, snapshot=version)
         try:
             assert b.policy_version == version
             assert b.config.learning == cfg.learning

@@ -231,6 +231,7 @@ def test_the_serving_wrapper_passes_each_requests_domain(sqlite_url):
     shares = cs.health().controller.mix_shares
     want = {d: sum(s.domain == d for s in served) / len(served) for d in {s.domain for s in served}}
     assert shares == pytest.approx(want)  # the last 500 (here: all 400) outcomes, by their requests' domains
+    assert sel.flush()  # λ changes are stored off the request path: wait until they are
     moves = [c for c in sel.store.lambda_history(1000) if c.who == "controller"]
     assert moves and all("mix " in c.reason for c in moves)
     cs.close()

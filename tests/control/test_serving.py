@@ -129,6 +129,7 @@ def test_controller_moves_lambda_through_logged_set_lambda_and_others_follow(sql
     serve(cs, Simulator(seed=5).stream(300))
     assert sel.lam > 0.5  # 300 tokens is far below what the policy spends: λ went up
     h = cs.health()
+    assert sel.flush()  # λ changes are stored off the request path: wait until they are
     changes = [c for c in sel.store.lambda_history(1000) if c.who == "controller"]
     assert len(changes) == h.controller.moves >= 5
     assert changes[0].value == pytest.approx(sel.lam)
@@ -151,6 +152,7 @@ def test_feedforward_controller_gets_the_policys_model_and_logs_its_moves(sqlite
     serve(cs, Simulator(seed=8).stream(1600))
     st = cs.health().controller
     assert st.mode == "feedforward" and st.model_bias is not None and abs(st.model_bias) < 0.25
+    assert sel.flush()  # λ changes are stored off the request path: wait until they are
     moves = [c for c in sel.store.lambda_history(1000) if c.who == "controller"]
     assert moves and len(moves) == st.moves
     assert all("model (" in c.reason and "contexts) predicted" in c.reason for c in moves)

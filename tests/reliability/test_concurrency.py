@@ -143,7 +143,10 @@ def test_processes_threads_learner_and_hot_swaps(db_url, tmp_path):
     c = store.counts()
     assert c["decisions"] == c["outcomes"] == expected
     assert store.duplicate_keys() == 0
-    assert c["snapshots"] == len(published) >= 3
+    serving = [v for v, _, _ in store.list_snapshots(1000, role="serving")]
+    checkpoints = [v for v, _, _ in store.list_snapshots(1000, role="candidate") if v.startswith("ckpt-")]
+    assert sorted(serving) == sorted(published) and len(published) >= 3
+    assert c["snapshots"] == len(published) + len(checkpoints)  # the rest: the serving processes' checkpoints
     # every decision logs the version of a policy that existed: a fresh start or a published snapshot
     with store.engine.connect() as conn:
         logged = Counter(r[0] for r in conn.execute(select(DECISIONS.c.policy_version)))

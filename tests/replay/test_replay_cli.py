@@ -247,3 +247,32 @@ def test_file_content_cannot_inject_terminal_markup(tmp_path):
     path.write_text(json.dumps(obj) + "\n")
     res = invoke("import", str(path), "--db", f"sqlite:///{tmp_path / 'e.db'}", ok=False)
     assert res.exit_code == 2 and "unknown arm '[/]'" in res.stdout
+
+
+def test_sweep_rows_carry_their_own_warnings_and_em_intervals_stay_in_0_1(sqlite_url):
+    from stopbandit.replay.cli_commands import FEW_ESS, HEAVY_WEIGHT
+
+    make_log(sqlite_url, 60, snapshot=True)  # few events: the far λ values rest on a handful of weights
+    out = as_json("sweep", "--db", sqlite_url, "--lambdas", "0,0.5,3,10", "--policy", "latest", "--estimator", "ips")
+    for p in out["points"]:
+        assert 0.0 <= p["em"]["ci_low"] <= p["em"]["ci_high"] <= 1.0
+    text = invoke("sweep", "--db", sqlite_url, "--lambdas", "0,0.5,3,10", "--policy", "latest",
+                  "--estimator", "ips").stdout
+    assert "[λ=" not in text  # no per-λ warning lines: each row says its own
+    rows = {line.split("│")[1].strip(): line for line in text.splitlines() if line.startswith("│")}
+    flagged = 0
+    for p in out["points"]:
+        row = rows[f"{p['lam']:g}"]
+        heavy = p["em"]["max_weight"] >= HEAVY_WEIGHT
+        few = 0 < p["em"]["ess"] < FEW_ESS
+        own = [w.split(":", 1)[0] for w in p["em"]["warnings"]]
+        for flag in own:
+            assert flag in row, (flag, row)
+        if heavy:
+            assert f"max weight {p['em']['max_weight']:.3g}" in row
+        if few and "LOW ESS" not in own:
+            assert f"ESS {p['em']['ess']:.1f}" in row
+        flagged += bool(own or heavy or few)
+        if not (own or heavy or few):
+            assert row.rstrip("│ ").endswith(row.split("│")[-2].rstrip()) and row.split("│")[-2].strip() == ""
+    assert flagged >= 1

@@ -259,12 +259,8 @@ def test_write_batch_names_a_row_it_cannot_encode(store, change, match):
     {"np": np.float64(0.25)},  # a numpy scalar: not orjson's, the standard library's
     None,
 ])
-def test_json_columns_read_back_the_same_with_and_without_orjson(store, monkeypatch, value):
-    from stopbandit.replay import jsoncodec
-
-    for accelerated in (True, False):
-        if not accelerated:
-            monkeypatch.setattr(jsoncodec, "orjson", None)
+def test_json_columns_read_back_the_same(store, value):
+    for accelerated in (True,):
         key = f"j-{accelerated}"
         trace = value if isinstance(value, dict) else None
         store.write_batch([{**decision(key), "features": value}],
