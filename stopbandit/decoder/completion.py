@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from stopbandit.decoder.kv import crop, new_cache
+from stopbandit.decoder.kv import cache_keyword, crop, new_cache
 from stopbandit.decoder.prefix_cache import PrefixCache
 from stopbandit.errors import InputError
 
@@ -61,6 +61,7 @@ class GreedyCompleter:
         config = model.config
         self.max_positions = max_positions or getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         self.vocab_size = int(config.vocab_size)
+        self._cache_kw = cache_keyword(model)
 
     @property
     def device(self) -> torch.device:
@@ -130,8 +131,8 @@ class GreedyCompleter:
         out = self.model(
             input_ids=torch.tensor([[token]], dtype=torch.long, device=dev),
             position_ids=torch.tensor([[position]], dtype=torch.long, device=dev),
-            past_key_values=entry.kv,
             use_cache=True,
+            **{self._cache_kw: entry.kv},
         )
         entry.ids.append(token)
         return out.logits[0, -1]

@@ -38,7 +38,7 @@ from stopbandit.bandit.learned_stop import LearnedInputs
 from stopbandit.bandit.stoprule import ProbeBatch, learned_fires, streak_of
 from stopbandit.bandit.trace import Probe, ProbeTrace
 from stopbandit.decoder.config import DecoderConfig
-from stopbandit.decoder.kv import fork_rows, keep_rows, new_cache
+from stopbandit.decoder.kv import cache_keyword, fork_rows, keep_rows, new_cache
 from stopbandit.decoder.result import DecodeResult
 from stopbandit.decoder.schedule import ProbeSchedule
 from stopbandit.decoder.stopping import NONE, REASON_NAMES, ArmStoppingCriteria
@@ -76,8 +76,7 @@ class EarlyExitDecoder:
         self._detokenize = detokenize or (lambda ids: " ".join(str(i) for i in ids))
         params = inspect.signature(model.forward).parameters
         self._keeps_last = "logits_to_keep" in params
-        # the cache keyword: ``cache`` where transformers has the cache API, ``past_key_values`` before it
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._cache_kw = cache_keyword(model)
 
     @property
     def device(self) -> torch.device:

@@ -9,6 +9,7 @@ row selection copies, so nothing a branch does reaches the main cache.
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any
 
 import torch
@@ -45,4 +46,10 @@ def keep_rows(cache: Any, rows: torch.Tensor) -> None:
     cache.batch_select_indices(rows)
 
 
-__all__ = ["crop", "fork_rows", "keep_rows", "new_cache"]
+def cache_keyword(model: Any) -> str:
+    """The forward keyword that takes the KV cache: ``cache`` where transformers has the cache API,
+    ``past_key_values`` (deprecated there) before it."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+__all__ = ["cache_keyword", "crop", "fork_rows", "keep_rows", "new_cache"]
