@@ -48,6 +48,8 @@ from stopbandit.decoder.result import DecodeResult
 from stopbandit.errors import ConfigError, InputError
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_PROMPTS = 64  # prompts in one request: one request holds the decode lock for its whole batch
+CLIENT_TIMEOUT_S = 30.0  # a client that sends nothing for this long loses its connection (and its thread)
 MODES = ("arms", "engine")
 
 
@@ -70,6 +72,7 @@ class DecoderServer:
         model_name: str = "stopbandit",
         mode: str = "arms",
         cache_entries: int = 16,
+        client_timeout: float = CLIENT_TIMEOUT_S,
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"server mode must be one of {list(MODES)}, got {mode!r}")
@@ -78,7 +81,8 @@ class DecoderServer:
         self.mode = mode
         self.engine = EngineAPI(decoder, model_name, cache_entries=cache_entries) if mode == "engine" else None
         self._lock = threading.Lock()
-        handler = type("Handler", (_Handler,), {"app": self})
+        # the socket timeout: a client that sends nothing for this long loses its connection and its thread
+        handler = type("Handler", (_Handler,), {"app": self, "timeout": client_timeout})
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -158,6 +162,8 @@ class DecoderServer:
         if isinstance(prompt, str):
             return [prompt]
         if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+            if len(prompt) > MAX_PROMPTS:
+                raise InputError(f"request field prompt lists {len(prompt)} prompts; at most {MAX_PROMPTS} per request")
             return list(prompt)
         raise InputError(f"request field prompt must be a string or a non-empty list of strings, got {prompt!r}")
 
@@ -237,6 +243,9 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(self.rfile.read(length))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             self._error(HTTPStatus.BAD_REQUEST, f"request body is not JSON: {exc}")
+            return None
+        except RecursionError:
+            self._error(HTTPStatus.BAD_REQUEST, "request body is JSON nested too deeply")
             return None
         if not isinstance(body, dict):
             self._error(HTTPStatus.BAD_REQUEST, "request body must be a JSON object")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 
 import pytest
@@ -106,6 +107,36 @@ def test_server_rejects_bad_requests_with_400(server):
         client._post("/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 2})
     with urllib.request.urlopen(server.url + "/health", timeout=10) as response:
         assert json.loads(response.read()) == {"status": "ok"}
+
+
+def _raw_post(url: str, data: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(url + "/v1/completions", data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.mark.parametrize(("data", "needle"), [
+    (b'{"prompt": "\xff\xfe"}', "not JSON"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (json.dumps({"model": "tiny", "prompt": ["x"] * 5000}).encode(), "at most 64 per request"),
+])
+def test_server_answers_every_bad_body_with_400(server, data, needle):
+    status, body = _raw_post(server.url, data)
+    assert status == 400 and needle in body["error"]["message"]
+
+
+def test_server_drops_a_client_that_stops_sending(decoder):
+    import socket
+
+    with DecoderServer(decoder, model_name="tiny", client_timeout=1.0) as slow:
+        host, port = slow.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")  # half a body
+            sock.settimeout(30)
+            assert sock.recv(1024) == b""  # the server closes the connection instead of waiting forever
 
 
 def test_client_reports_unreachable_server():
