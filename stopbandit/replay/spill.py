@@ -210,6 +210,8 @@ def foreign(path: Path, store_id: str | None) -> str | None:
             return f"{p} is not a regular file of uid {os.geteuid()}"
         head = read_header(p)
         if head is None:
+            if st.st_size <= 65536 and b"\n" not in p.read_bytes():
+                continue  # empty, or its header cut by a crash: it holds no record, nothing of anyone's to replay
             return f"{p} has no spill header"
         if head.get("store") != store_id:
             return f"{p} belongs to store {head.get('store')!r}, not {store_id!r}"
