@@ -18,8 +18,9 @@ process, or a test, never collide. Two kinds of metrics:
   (``stopbandit_guardrail_fallback{domain}`` 0/1, ``_z``, ``_relative_loss``,
   ``_control_em``, ``_policy_em``), the challenger share, and the store as
   ``Selector.health()`` reports it (``stopbandit_store_ok``,
-  ``stopbandit_store_write_lag_seconds``, ``_queue_depth``, ``_spill_backlog``,
-  ``stopbandit_store_spilled_total``, ``_dropped_total``, ``_rejected_total``), and
+  ``stopbandit_store_write_lag_seconds``, ``_queue_depth``, ``_spill_backlog``, ``_unspilled``,
+  ``stopbandit_store_spilled_total``, ``_dropped_total``, ``_rejected_total``, ``_conflicts_total``,
+  ``_replay_errors_total``, ``_overloads_total``), and
   conservative exploration's budget when a baseline is configured
   (``stopbandit_budget_total{baseline}``, ``_spent``, ``_left``, ``_restricted_total``).
 
@@ -109,9 +110,17 @@ class _LiveCollector(Collector):
         yield gauge("store_write_lag_seconds", "Age of the oldest row not yet written to the store", sel.write_lag_s)
         yield gauge("store_queue_depth", "Rows queued for the background writer", sel.queue_depth)
         yield gauge("store_spill_backlog", "Rows waiting in the spill file for the store", sel.spill_backlog)
+        yield gauge("store_unspilled", "Rows held in memory: the store and the spill's disk both refused them",
+                    sel.unspilled)
         for name, doc, v in (("store_spilled", "Rows written to the spill file", sel.spilled),
                              ("store_dropped", "Rows dropped (spill full)", sel.dropped),
-                             ("store_rejected", "Rows the store refused", sel.rejected)):
+                             ("store_rejected", "Rows the store refused", sel.rejected),
+                             ("store_conflicts", "Rows refused: their key is stored for a different row",
+                              sel.conflicts),
+                             ("store_replay_errors", "Spill replay steps that failed on the local disk",
+                              sel.replay_errors),
+                             ("store_overloads", "Times the writer fell behind and spilled its queue",
+                              sel.overloads)):
             fam = CounterMetricFamily(f"{ns}_{name}", doc)
             fam.add_metric([], float(v))
             yield fam

@@ -18,6 +18,7 @@ once and runs it as a driver-level executemany (:class:`_BulkInsert`).
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -65,9 +66,21 @@ OUTCOME_IDENTITY = ("em", "tokens")
 KEYS_PER_SELECT = 500
 # largest multi-row VALUES insert on SQLite: few GIL releases per batch (so the writer keeps up with a busy
 # serving thread), short GIL holds per statement (so a choose() waiting for the interpreter waits little)
-MULTI_ROWS = 16
+MULTI_ROWS = 256
 # bound parameters per statement SQLite accepts in every supported version (SQLITE_MAX_VARIABLE_NUMBER)
 SQLITE_PARAMS = 999
+
+
+def sqlite_params(engine: Engine) -> int:
+    """Bound parameters per statement this SQLite library accepts (``SQLITE_PARAMS`` where it cannot be asked)."""
+    try:
+        with engine.connect() as conn:
+            getlimit = getattr(conn.connection.dbapi_connection, "getlimit", None)
+            if getlimit is not None:
+                return max(SQLITE_PARAMS, int(getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)))
+    except (SQLAlchemyError, sqlite3.Error, AttributeError):  # down or no such limit: the smallest there is
+        pass
+    return SQLITE_PARAMS
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,9 +160,10 @@ class _BulkInsert:
     with the serving loop on the other core, an executemany writer falls so
     far behind that batches take seconds (and rows queued behind them are
     what a crash loses). One statement per chunk releases the GIL once.
-    The chunk is small because every statement's parameters are built and
-    bound holding the GIL, and a ``choose`` that needs the interpreter then
-    waits for it (``docs/benchmarks.md``, "Replay store: batch writer throughput"). PostgreSQL
+    The chunk is bounded (``MULTI_ROWS``, and SQLite's parameter limit)
+    because the driver binds a statement's parameters in C holding the GIL,
+    and a ``choose`` that needs the interpreter waits that long
+    (``docs/benchmarks.md``, "Replay store: batch writer throughput"). PostgreSQL
     keeps psycopg's pipelined executemany.
     """
 
@@ -361,11 +375,12 @@ class ReplayStore(EventLogQueries):
         # a late reward over a defaulted outcome (write_batch's third part)
         self._late_upgrade = update(OUTCOMES).where(and_(OUTCOMES.c.decision_key == bindparam("key"),
                                                          OUTCOMES.c.status == "defaulted"))
-        multi = MULTI_ROWS if self.engine.dialect.name == "sqlite" else 0
+        limit = sqlite_params(self.engine) if self.engine.dialect.name == "sqlite" else 0
         self._bulk_decisions = _BulkInsert(self.engine, self._insert_decisions, DECISION_FIELDS, DECISION_DEFAULTS,
-                                           ("features", "probabilities"), multi)
+                                           ("features", "probabilities"),
+                                           min(MULTI_ROWS, limit // len(DECISION_FIELDS)))
         self._bulk_outcomes = _BulkInsert(self.engine, self._insert_outcomes, OUTCOME_FIELDS, OUTCOME_DEFAULTS,
-                                          ("trace",), multi)
+                                          ("trace",), min(MULTI_ROWS, limit // len(OUTCOME_FIELDS)))
 
     @contextmanager
     def _call(self, what: str) -> Iterator[None]:

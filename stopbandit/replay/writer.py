@@ -142,6 +142,7 @@ class WriterHealth:
     conflicts: int = 0  # rows refused because their key is stored for a different row (also in rejected)
     unspilled: int = 0  # rows held in memory because the spill's disk refused them (written once it takes them)
     replay_errors: int = 0  # replay steps that failed on the local disk (the file is kept and retried)
+    overloads: int = 0  # times the writer fell max_lag (the store timeout) behind and spilled its queue (replayed)
 
 
 def default_spill_dir() -> Path:
@@ -219,6 +220,9 @@ class BatchWriter:
         self.max_queue = max_queue
         # the longest database call: the store's own statement timeout if it has one
         self.timeout = timeout or store.timeout or DEFAULT_TIMEOUT_S
+        # the longest a row waits in memory before the writer spills the queue instead of committing it: like a
+        # commit past its deadline, a queue that old means the database cannot keep up (a burst it clears is not)
+        self.max_lag = max(flush_interval, self.timeout)
         # group commit: while rows keep coming, wait this long for a group to fill (well inside the flush window)
         self.linger = min(MAX_LINGER_S, flush_interval / 5)
         self._deadlines = store.deadlines
@@ -252,6 +256,10 @@ class BatchWriter:
         self._wake = threading.Event()  # set by a producer only while the writer sleeps, and by flush/close
         self._sleeping = False
         self._flushes = 0  # flush() calls waiting: the writer does not linger meanwhile
+        # the queue's age, without a timestamp per row: rows taken so far (markers too), and marks
+        # (rows queued in all, when) noted by the writer thread; see _queue_age
+        self._taken = 0
+        self._marks: deque[tuple[int, float]] = deque([(0, time.monotonic())])
         self._stop = threading.Event()
         self._direct_lock = threading.Lock()  # held by a producer spilling an overflow row (flush waits for it)
         self._busy = 0  # batches in progress (only the writer thread changes it)
@@ -275,7 +283,7 @@ class BatchWriter:
         self._refused_orphans: set[Path] = set()  # spill files found that are not ours to replay (logged once)
         self.written = self.spilled = self.rejected = self.dropped = 0
         self.replayed = self.outages = self.adopted_files = 0
-        self.conflicts = self.replay_errors = 0
+        self.conflicts = self.replay_errors = self.overloads = 0
 
     def _start_threads(self) -> None:
         self._thread = threading.Thread(target=self._run, name="stopbandit-writer", daemon=True)
@@ -514,6 +522,7 @@ class BatchWriter:
             conflicts=self.conflicts,
             unspilled=len(self._held),
             replay_errors=self.replay_errors,
+            overloads=self.overloads,
         )
 
     # -- consumer side ------------------------------------------------------------
@@ -543,6 +552,7 @@ class BatchWriter:
 
     def _sleep(self, seconds: float) -> None:
         """Wait for rows (a producer wakes us), a flush or close, or ``seconds``."""
+        self._note_queue()
         self._sleeping = True
         try:
             if not self._q:  # re-checked after announcing the sleep: a row queued before that is seen here
@@ -568,6 +578,7 @@ class BatchWriter:
         """Pop up to ``n`` rows from the queue (markers met on the way go to ``markers``)."""
         q = self._q
         batch: list[Item] = []
+        n_markers = len(markers)
         popleft = q.popleft
         while len(batch) < n:
             try:
@@ -578,7 +589,29 @@ class BatchWriter:
                 markers.append(item)
             else:
                 batch.append(item)  # type: ignore[arg-type]
+        self._taken += len(batch) + len(markers) - n_markers
         return batch
+
+    def _note_queue(self) -> float:
+        """Mark how many rows have been queued in all by now (see ``_queue_age``); returns now."""
+        now = time.monotonic()
+        marks = self._marks
+        marks.append((self._taken + len(self._q), now))
+        while len(marks) > 1 and marks[1][0] <= self._taken:
+            marks.popleft()
+        return now
+
+    def _queue_age(self) -> float:
+        """An upper bound on how long the oldest queued row has waited (0 when the queue is empty).
+
+        Producers stamp nothing (``submit`` stays a bare append): the writer
+        notes, each time it looks at the queue and before it sleeps, how many
+        rows had been queued in all by then. The oldest queued row is row
+        number ``_taken``, so it was queued after the latest mark that counts
+        no more rows than that.
+        """
+        now = self._note_queue()
+        return now - self._marks[0][1] if self._q else 0.0
 
     def _process(self) -> bool:
         """Write the next batch (spill it if the store is down); False if only markers were queued.
@@ -588,6 +621,7 @@ class BatchWriter:
         memory is a row a crash would lose.
         """
         markers: list[_Marker] = []
+        behind = self._queue_age() > self.max_lag
         queued = len(self._q)  # spilling takes at most what is queued now: then a replay step may run
         batch = self._take(self.batch_size, markers)
         had_rows, taken = bool(batch), len(batch)
@@ -597,7 +631,7 @@ class BatchWriter:
         try:
             try:
                 if batch:
-                    self._write(batch)
+                    self._write(batch, behind=behind)
                 while batch and (not self._store_ok or self._backlog()) and taken < queued:
                     _set_all(markers)  # every row before them is in the spill
                     batch = self._take(min(self.batch_size, queued - taken), markers)
@@ -616,8 +650,23 @@ class BatchWriter:
             _set_all(markers)
         return had_rows
 
-    def _write(self, batch: Sequence[Item]) -> None:
-        if self._backlog() or not self._store_ok:
+    def _write(self, batch: Sequence[Item], *, behind: bool = False) -> None:
+        """Commit the batch; spill it instead while the store is down, a backlog waits, or the writer is behind.
+
+        Behind: the oldest queued row has waited longer than ``max_lag``
+        (the call deadline, ``timeout``): serving threads produce rows
+        faster than the database takes them. The queue then goes to the
+        spill, which is fast, and is replayed from there, so however fast
+        rows come, none waits in memory longer than ``max_lag`` plus one
+        commit (itself cut at ``timeout``): the bound on what a ``kill -9``
+        can lose. A writer that keeps up holds rows the flush window plus one
+        commit.
+        """
+        if behind and self._store_ok and not self._backlog():
+            self._count("overloads", 1)
+            log.warning("writer behind the serving threads by more than %g s: spilling the queue",
+                        self.max_lag)
+        if self._backlog() or not self._store_ok or behind:
             self._to_spill(batch)  # keep order: the backlog goes in first; down: no connect attempt per batch
             return
         try:

@@ -54,6 +54,7 @@ class Health:
     conflicts: int = 0  # rows refused: their request key is stored for a different decision (another process)
     unspilled: int = 0  # rows only in memory: the store and the spill's disk both refused them (retried)
     replay_errors: int = 0  # spill replay steps that failed on the local disk (the file is kept and retried)
+    overloads: int = 0  # times the writer fell `[store] timeout` behind the serving threads and spilled its queue
     # conservative exploration ([exploration] baseline): None / 0 while it is off. Reward units, cumulative:
     budget_baseline: str | None = None  # the arm the budget is measured against
     budget_total: float = 0.0  # loss allowed so far (max_loss·decisions + max_loss_fraction·baseline reward)

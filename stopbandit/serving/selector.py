@@ -747,7 +747,8 @@ class Selector:
             domains_tracked=self.extractor.prior.tracked, domains_folded=self.extractor.prior.folded,
             max_domains=self.config.max_domains, last_checkpoint=self.last_checkpoint,
             lambda_pending=self._lambdas.pending, lambda_unwritten=self._lambdas.unwritten,
-            conflicts=w.conflicts, unspilled=w.unspilled, replay_errors=w.replay_errors, **spend,
+            conflicts=w.conflicts, unspilled=w.unspilled, replay_errors=w.replay_errors,
+            overloads=w.overloads, **spend,
         )
 
     def flush(self, timeout: float = 30.0) -> bool:

@@ -62,10 +62,12 @@ def test_scrape_over_http(sqlite_url):
     assert shares == pytest.approx({str(d): v for d, v in (st.mix_shares or {}).items()})
     assert shares and sum(shares.values()) == pytest.approx(1.0)  # the mix feed-forward is on by default
     for name in ("stopbandit_store_ok", "stopbandit_store_write_lag_seconds", "stopbandit_store_queue_depth",
-                 "stopbandit_store_spill_backlog"):
+                 "stopbandit_store_spill_backlog", "stopbandit_store_unspilled"):
         assert len(m[name]) == 1
     assert value(m["stopbandit_store_ok"], "stopbandit_store_ok") == 1.0
-    for name in ("stopbandit_store_dropped", "stopbandit_store_spilled", "stopbandit_store_rejected"):
+    assert value(m["stopbandit_store_unspilled"], "stopbandit_store_unspilled") == 0.0
+    for name in ("stopbandit_store_dropped", "stopbandit_store_spilled", "stopbandit_store_rejected",
+                 "stopbandit_store_conflicts", "stopbandit_store_replay_errors", "stopbandit_store_overloads"):
         assert value(m[name], f"{name}_total") == 0.0
     fb = m["stopbandit_guardrail_fallback"]
     assert {s.labels["domain"] for s in fb} == {"math", "science", "code", "trivia"}

@@ -164,6 +164,22 @@ def test_kill_9_loses_at_most_the_flush_window(outage_db, tmp_path, durable, dur
                    label=f"{'durable' if durable else 'queued'} store-{'down' if during_outage else 'up'}")
 
 
+def test_kill_9_of_a_serving_loop_faster_than_the_store_loses_at_most_the_flush_window(outage_db, tmp_path):
+    """The child's loop makes rows (no I/O between requests) faster than the writer thread can commit them.
+
+    The writer's share of the interpreter is what the serving thread leaves
+    it, so a queue that only waits for commits grows without bound (its
+    oldest rows seconds old at the kill). Rows may wait in memory at most the
+    flush window plus one commit however fast they come: a writer that falls
+    behind spills its queue and replays it. The kill comes after 30,000
+    acknowledged decisions with the store up.
+    """
+    url, server = outage_db
+    acked, t_kill, spill = serve_and_kill(url, server, tmp_path, durable=False, during_outage=False,
+                                          min_acks=30_000)
+    check_recovery(url, spill, acked, t_kill, durable=False, label="queued store-up, a loop faster than the store")
+
+
 def test_kill_9_during_an_outage_on_a_slow_disk_loses_at_most_the_flush_window(sqlite_url, tmp_path):
     """Every fsync takes 1.5 s, and the kill comes 1.5 s into the spilling.
 

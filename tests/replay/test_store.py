@@ -170,6 +170,27 @@ def test_writer_rejects_orphan_outcome_without_losing_the_batch(store, tmp_path)
     assert "ghost" in w.rejected_path.read_text()
 
 
+def test_a_writer_that_falls_behind_spills_its_queue_and_replays_it(store, tmp_path):
+    """A burst that 20-row transactions take seconds to commit: no row waits in memory past ``max_lag``.
+
+    Once the oldest queued row is older than ``max_lag`` the queue goes to
+    the spill (counted in ``overloads`` and ``spilled``) and reaches the
+    database from there, each row once.
+    """
+    w = BatchWriter(store, batch_size=20, flush_interval=0.01, timeout=0.2, spill_path=tmp_path / "spill" / "w")
+    assert w.max_lag == 0.2
+    n = 20_000
+    for i in range(n):
+        w.submit_decision(decision(f"b{i}"))
+        w.submit_outcome(outcome_row(f"b{i}", 1.0, i))
+    assert w.drain(120), w.health()
+    h = w.health()
+    w.close()
+    assert h.overloads >= 1 and h.spilled > 0 and h.rejected == h.dropped == 0, h
+    c = store.counts()
+    assert (c["decisions"], c["outcomes"]) == (n, n) and store.duplicate_keys() == 0
+
+
 def _hammer(url: str, worker: int, n: int) -> None:
     s = ReplayStore(url)
     w = BatchWriter(s, batch_size=1000, spill_path=Path(tempfile.mkdtemp(prefix="sb-hammer-")) / f"w{worker}")
