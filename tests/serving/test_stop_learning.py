@@ -137,3 +137,30 @@ def test_stop_learning_settings_and_when_a_selector_has_a_rule(sqlite_url):
         reqs = list(Simulator(SimConfig.named("conservative"), seed=1).stream(30))
         _serve(off, reqs, force="full")
         assert off.stop_learner.rule.rows == 0
+
+
+def test_a_named_arm_set_in_the_config_and_the_guardrails_holdout_over_stop_policies(sqlite_url, tmp_path):
+    from stopbandit.config import load_config
+    from stopbandit.control import ControlledSelector
+    from stopbandit.control.guardrail import GuardrailConfig
+
+    path = tmp_path / "c.toml"
+    path.write_text('arms = "stop-policies"\n\n[learning]\nstop_batch = 4\n', encoding="utf-8")
+    cfg = load_config(path)
+    assert cfg.arms.arms == STOP_POLICY_ARMS and cfg.learning.stop_batch == 4
+    # full stops last on every request: its trace reveals every stop policy (nested feedback, graph OPE)
+    assert cfg.arms.revealed_by(cfg.arms.index("full")) == list(range(len(STOP_POLICY_ARMS)))
+    path.write_text('arms = "sometimes"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="unknown arm set 'sometimes'"):
+        load_config(path)
+    # the guardrail's holdout serves full and reads the champion's choice (learned levels included) off its trace
+    reqs = list(Simulator(SimConfig.named("overthinking"), seed=2).stream(60))
+    sel = Selector.open(sqlite_url, config=cfg, seed=5, follow=False)
+    with ControlledSelector(sel, guardrail=GuardrailConfig(holdout_share=0.5, min_n=10), seed=1,
+                            owns_selector=True) as ctl:
+        for r in reqs:
+            d = ctl.choose(r.prompt, domain=r.domain)
+            out = run(r, d.arm, sel.stop_inputs(d) if d.arm.learned else None)
+            ctl.reward(d.decision_id, em=out.em, tokens=out.tokens, trace=out.trace, reference=r.reference)
+        assert sel.stop_learner.rule.trained
+        assert ctl.health().routes["holdout"] > 10
