@@ -61,6 +61,8 @@ PROBE_FEATURES: tuple[str, ...] = (
     "confidence_x_streak", "confidence_x_progress",
 )
 _FORMAT = 1
+MAX_CONTEXT = 1024
+"""Most context columns a rule may read (a stored rule is refused beyond it: its matrices grow as the square)."""
 CONTEXT_DOMAIN_BUCKETS = 8
 CONTEXT_FEATURES: tuple[str, ...] = tuple(f"domain#{i}" for i in range(CONTEXT_DOMAIN_BUCKETS)) + (
     "diff", "len", "prior")
@@ -165,8 +167,8 @@ class LearnedStop:
     def __init__(self, context_size: int, label: str = "graded", l2: float = 1.0,
                  weights: Mapping[str, Sequence[float]] | None = None, rows: int = 0,
                  precision: Mapping[str, Sequence[Sequence[float]]] | None = None) -> None:
-        if isinstance(context_size, bool) or not isinstance(context_size, int) or context_size < 0:
-            raise InputError(f"learned stop: context_size must be an integer >= 0, got {context_size!r}")
+        if isinstance(context_size, bool) or not isinstance(context_size, int) or not 0 <= context_size <= MAX_CONTEXT:
+            raise InputError(f"learned stop: context_size must be an integer in [0, {MAX_CONTEXT}], got {context_size!r}")
         if label not in LABELS:
             raise InputError(f"learned stop: label must be one of {list(LABELS)}, got {label!r}")
         if not (isinstance(l2, (int, float)) and math.isfinite(l2) and l2 > 0):
