@@ -26,6 +26,7 @@ with the λ of the moment. The buffer is not part of a snapshot (at most
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -37,6 +38,8 @@ from stopbandit.bandit.learned_stop import CONTEXT_FEATURES, LearnedInputs, Lear
 from stopbandit.bandit.stop_eval import labelled_stop_data
 from stopbandit.bandit.trace import ProbeTrace
 from stopbandit.errors import SnapshotError
+
+log = logging.getLogger("stopbandit.selector")
 
 
 class StopLearner:
@@ -52,6 +55,7 @@ class StopLearner:
         self._ctx: list[np.ndarray] = []
         self.labelled = {"graded": 0, "agreement": 0, "unused": 0}
         self.updates = 0
+        self.failed = 0  # batches that could not be fitted (the rule in use stays)
 
     @classmethod
     def for_selector(cls, arms: ArmSet, learning: Any, token_scale: float) -> StopLearner | None:
@@ -93,7 +97,13 @@ class StopLearner:
             traces, refs, ctx = self._traces, self._refs, np.stack(self._ctx)
             self._traces, self._refs, self._ctx = [], [], []
             data, counts = labelled_stop_data(traces, refs, ctx, "auto")
-            rule = self._rule.copy().fit(data)
+            try:
+                rule = self._rule.copy().fit(data)
+            except (np.linalg.LinAlgError, FloatingPointError, ValueError) as exc:  # a reward never fails on it
+                log.error("learned stop rule: a batch of %d traces could not be fitted (%s); the rule is kept",
+                          len(traces), exc)
+                self.failed += 1
+                return False
             self._rule = rule
             self.labelled["graded"] += counts["graded"]
             self.labelled["agreement"] += counts["agreement"]
@@ -113,7 +123,7 @@ class StopLearner:
             self._rule = rule
 
     def state(self) -> dict[str, Any]:
-        return {"rows": self._rule.rows, "updates": self.updates, "buffered": len(self._traces),
+        return {"rows": self._rule.rows, "updates": self.updates, "failed": self.failed, "buffered": len(self._traces),
                 "labelled": dict(self.labelled), "label": self.label, "train": self.train}
 
 

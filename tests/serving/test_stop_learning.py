@@ -164,3 +164,18 @@ def test_a_named_arm_set_in_the_config_and_the_guardrails_holdout_over_stop_poli
             ctl.reward(d.decision_id, em=out.em, tokens=out.tokens, trace=out.trace, reference=r.reference)
         assert sel.stop_learner.rule.trained
         assert ctl.health().routes["holdout"] > 10
+
+
+def test_a_snapshot_whose_rule_reads_another_context_is_refused(sqlite_url):
+    from stopbandit.bandit.snapshot import pack
+    from stopbandit.errors import SnapshotError
+
+    with Selector.open(sqlite_url, arms="stop-policies", follow=False, snapshot=None) as sel:
+        live = sel.policy
+        packed = pack(live, lam=0.2, feature_config=sel.config.features.to_dict(),
+                      stop_rule=LearnedStop(3, "graded"), version="vbad")
+        sel.store.save_snapshot(packed.version, packed.model, packed.meta, packed.checksum, role="candidate")
+        before = sel.stop_learner.rule
+        with pytest.raises(SnapshotError, match="reads 3 context columns"):
+            sel.load_snapshot("vbad")
+        assert sel.stop_learner.rule is before and sel.policy_version != "vbad"
