@@ -37,7 +37,11 @@ online) on the training then the test requests, with the simulator running
 each chosen policy; its mean reward on the test requests next to the best of
 those eight policies in hindsight.
 
+``--sizes m …``: the rule trained on only the first ``m`` training requests
+(level picked on those), its ``closed`` on the test requests per λ.
+
     python benchmarks/learned_stop.py [--train 1500] [--test 1500] [--seeds 0 1 2] [--lambdas 0.1 0.3 1] [--bandit]
+                                      [--sizes 50 150 500 1500]
 """
 
 from __future__ import annotations
@@ -128,7 +132,8 @@ def _cells(reqs, domains, edges) -> np.ndarray:
     return np.array([domains.index(r.domain) for r in reqs]) * 3 + np.digitize(words, edges)
 
 
-def one(calibration: str, seed: int, n_train: int, n_test: int, lambdas, bandit: bool = False) -> dict:
+def one(calibration: str, seed: int, n_train: int, n_test: int, lambdas, bandit: bool = False,
+        sizes=()) -> dict:
     cfg = SimConfig.named(calibration)
     reqs = list(Simulator(cfg, seed=seed).stream(n_train + n_test))
     domains = list(cfg.domain_names)
@@ -199,6 +204,17 @@ def one(calibration: str, seed: int, n_train: int, n_test: int, lambdas, bandit:
             row[f"diff_{label}"] = mix - o.em[:, j]
         out["matched"][a.name] = row
     out["head"] = head
+    # how many traced requests the rule needs: trained on the first m training requests only
+    out["sizes"] = {}
+    for m in sizes:
+        r_m = LearnedStop(ctx.shape[1], "graded").fit(stop_data(traces[:m], refs[:m], ctx[:m], "graded"))
+        for lam in lambdas:
+            o_tr = evaluate(traces[:m], refs[:m], LEARNED, LearnedInputs(r_m, lam, ctx[:m]))
+            pick = int(np.argmax((o_tr.em - lam * o_tr.tokens / 1000.0).mean(axis=0)))
+            o_te = evaluate(traces[te], refs[te], LEARNED[pick : pick + 1], LearnedInputs(r_m, lam, ctx[te]))
+            got = float((o_te.em - lam * o_te.tokens / 1000.0).mean())
+            row = out["lam"][lam]
+            out["sizes"][(m, lam)] = (got - row["best_fixed"]) / (row["oracle"] - row["best_fixed"])
     if bandit:
         out["bandit"] = {lam: _bandit(reqs, n_train, lam, seed) for lam in lambdas}
     return out
@@ -211,10 +227,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--lambdas", type=float, nargs="+", default=[0.1, 0.3, 1.0])
     ap.add_argument("--bandit", action="store_true", help="also serve the stop-policies arms with the Selector online")
+    ap.add_argument("--sizes", type=int, nargs="*", default=[],
+                    help="also train on only the first m training requests: the share of the gap closed per m")
     args = ap.parse_args()
     keys = ("deer", "agreement", "budget", "cell_hindsight", "learned", "table", "oracle")
     for cal in ("conservative", "overthinking"):
-        res = [one(cal, s, args.train, args.test, args.lambdas, args.bandit) for s in args.seeds]
+        res = [one(cal, s, args.train, args.test, args.lambdas, args.bandit, args.sizes) for s in args.seeds]
         print(f"\n{cal}: {args.train} train / {args.test} test requests, seeds {args.seeds}; mean ± sd over seeds")
         print(f"{'λ':<5}" + "".join(f"{k:>16}" for k in keys) + f"{'closed':>14}{'learned−best fixed (95% CI, pooled)':>40}")
         for lam in args.lambdas:
@@ -258,6 +276,14 @@ def main() -> None:
         for label, (w, l_) in wins.items():
             print(f"  {label} labels: learned better at matched tokens (CI > 0) for {w} of {len(MATCHED)} fixed rules,"
                   f" worse (CI < 0) for {l_}")
+        if args.sizes:
+            print(f"\n{cal}: share of the gap (best fixed → oracle) closed by the rule trained on m traced requests")
+            for m in args.sizes:
+                cells = []
+                for lam in args.lambdas:
+                    v = [r["sizes"][(m, lam)] for r in res]
+                    cells.append(f"λ={lam:g}: {statistics.mean(v):+.2f} ± {statistics.pstdev(v):.2f}")
+                print(f"  m={m:<6}" + "   ".join(cells))
         if args.bandit:
             print(f"\n{cal}: Selector online over the stop-policies arms (test requests, mean ± sd over seeds)")
             for lam in args.lambdas:
