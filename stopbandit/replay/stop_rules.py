@@ -42,6 +42,9 @@ from stopbandit.replay.options import ReplayOptions
 from stopbandit.replay.store import ReplayStore
 
 _AT = {name: i for i, name in enumerate(EVENT_COLUMNS)}
+MAX_TRACED = 200_000
+"""Traced events one exact evaluation or one training of the rule reads at most (the first of the window, in
+log order): they are held in memory together, so the window's size never decides how much memory it takes."""
 DEFAULT_LEARNED_ARM = Arm("learned", 1.01, 0, 0, 1.0)
 """The learned rule at aggressiveness 1, evaluated when the arms have no learned arm of their own."""
 
@@ -55,6 +58,7 @@ class TracedEvents:
     context: np.ndarray
     arms: list[str]
     malformed: int
+    truncated: bool = False
 
     @property
     def n(self) -> int:
@@ -65,8 +69,10 @@ def _chunks(store: ReplayStore, options: ReplayOptions) -> Iterator[Sequence[tup
     return store.event_rows(chunk=options.chunk, since=options.since, until=options.until, after=0, upto=None)
 
 
-def traced_events(store: ReplayStore, options: ReplayOptions | None = None, *, limit: int | None = None) -> TracedEvents:
-    """Every event of the window (``options``: statuses, since/until) that stores a probe trace, in log order."""
+def traced_events(store: ReplayStore, options: ReplayOptions | None = None, *,
+                  limit: int | None = MAX_TRACED) -> TracedEvents:
+    """The events of the window (``options``: statuses, since/until) that store a probe trace, in log order:
+    the first ``limit`` of them (None: all)."""
     options = options if options is not None else ReplayOptions()
     traces: list[ProbeTrace] = []
     refs: list[str | None] = []
@@ -90,8 +96,11 @@ def traced_events(store: ReplayStore, options: ReplayOptions | None = None, *, l
             arms.append(r[_AT["arm"]])
         if limit is not None and len(traces) >= limit:
             break
+    truncated = limit is not None and len(traces) >= limit
+    if truncated:
+        del traces[limit:], refs[limit:], feats[limit:], arms[limit:]
     ctx = np.stack([stop_context(f) for f in feats]) if feats else np.zeros((0, len(CONTEXT_FEATURES)))
-    return TracedEvents(traces, refs, ctx, arms, bad)
+    return TracedEvents(traces, refs, ctx, arms, bad, truncated)
 
 
 def _summary(x: np.ndarray) -> dict[str, float]:
@@ -159,6 +168,8 @@ def exact_stop_rules(events: TracedEvents, arms: Sequence[Arm], *, lam: float, t
             "every rule is revealed")
     if rule is not None and any(a.learned for a in arms):
         note += f"; learned rules at λ = {lam:g}"
+    if events.truncated:
+        note += f"; the first {events.n:,} traced events of the window only"
     return ExactReport(lam, token_scale, events.n, len(keep), int(common.sum()), rows,
                        None if rule is None else {"rows": rule.rows, "label": rule.label}, note)
 
@@ -170,10 +181,11 @@ class StopTraining:
     graded: int
     agreement: int
     unused: int
+    truncated: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"rows": self.rule.rows, "traced_events": self.traced, "graded": self.graded,
-                "agreement": self.agreement, "unused": self.unused,
+                "agreement": self.agreement, "unused": self.unused, "truncated": self.truncated,
                 "labels": "graded where the event stores its reference, agreement with the run's own end elsewhere"}
 
 
@@ -187,7 +199,7 @@ def train_stop_rule(events: TracedEvents, *, label: str = "auto", batch: int = 5
         rule.fit(data)
         graded += counts["graded"]
         agreement += counts["agreement"]
-    return StopTraining(rule, events.n, graded, agreement, events.n - graded - agreement)
+    return StopTraining(rule, events.n, graded, agreement, events.n - graded - agreement, events.truncated)
 
 
 __all__ = ["DEFAULT_LEARNED_ARM", "ExactReport", "StopTraining", "TracedEvents", "exact_stop_rules",

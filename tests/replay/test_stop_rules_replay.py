@@ -126,3 +126,16 @@ def test_replay_train_stores_the_learned_rule_and_sweep_shows_it_per_lambda(serv
     tok = [{r["rule"]: r["revealed_on"]["tokens"]["mean"] for r in rep["rules"]} for rep in per_lam]
     assert tok[1]["learned1"] < tok[0]["learned1"]  # λ moves the learned rule's stops, no retraining
     assert tok[1]["deer95"] == tok[0]["deer95"]
+
+
+def test_traced_events_read_at_most_their_limit(served):
+    url, reqs, *_ = served
+    store = ReplayStore(url)
+    try:
+        some = traced_events(store, limit=50)
+        every = traced_events(store, limit=None)
+    finally:
+        store.dispose()
+    assert some.n == 50 and some.truncated and some.context.shape == (50, every.context.shape[1])
+    assert every.n == N and not every.truncated
+    assert [t.to_json() for t in some.traces] == [t.to_json() for t in every.traces[:50]]
