@@ -23,13 +23,32 @@ and ``closed`` = (learned − best fixed) / (oracle − best fixed). The headlin
 line gives, per family, the most tokens saved at EM within 0.5 points of
 ``full`` on the test requests.
 
-    python benchmarks/learned_stop.py [--train 1500] [--test 1500] [--seeds 0 1 2] [--lambdas 0.1 0.3 1]
+Matched tokens: the learned rule's stops depend on ``level · λ`` only, so one
+curve over ``κ = level · λ`` (48 values from 0.005 to 20, and 0 = never stop =
+``full``) is every learned stop policy. At the test-request token spend of each
+fixed rule, the learned rule's EM is read off that curve (the per-request mix
+of the two neighbouring κ whose mean tokens equals the fixed rule's, exactly),
+for the rule trained with graded labels and with agreement labels. Δ = learned
+− fixed EM, per request, pooled over seeds (normal 95% interval).
+
+``--bandit``: the Selector serving the named arm set ``stop-policies`` online
+(VW heads, nested feedback from every traced reward, the learned rule trained
+online) on the training then the test requests, with the simulator running
+each chosen policy; its mean reward on the test requests next to the best of
+those eight policies in hindsight.
+
+``--sizes m …``: the rule trained on only the first ``m`` training requests
+(level picked on those), its ``closed`` on the test requests per λ.
+
+    python benchmarks/learned_stop.py [--train 1500] [--test 1500] [--seeds 0 1 2] [--lambdas 0.1 0.3 1] [--bandit]
+                                      [--sizes 50 150 500 1500]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 
 import numpy as np
 
@@ -47,6 +66,57 @@ LEARNED = tuple(Arm(f"learned{k:g}", 1.01, 0, 0, k) for k in LEVELS)
 FIXED = (FULL,) + DEER + AGREE + BUDGET
 ALL = FIXED + LEARNED
 FAMILIES = {"deer": DEER, "agreement": AGREE, "budget": BUDGET, "learned": LEARNED}
+KAPPAS = (0.0,) + tuple(float(k) for k in np.geomspace(0.005, 20.0, 48))
+CURVE = tuple(Arm(f"k{i}", 1.01, 0, 0, k) for i, k in enumerate(KAPPAS))  # κ = 0: never fires (= full)
+MATCHED = DEER + AGREE + BUDGET
+
+
+def _curve(rule, traces, refs, ctx):
+    """EM and tokens ``(N, len(KAPPAS))`` of the learned rule at every κ = level·λ (λ = 1, level = κ)."""
+    o = evaluate(traces, refs, CURVE, LearnedInputs(rule, 1.0, ctx))
+    assert o.known.all()
+    return o.em, o.tokens.astype(float)
+
+
+def _at_tokens(em, tok, target):
+    """Per request, the EM of the mix of the two neighbouring κ whose mean tokens is ``target``."""
+    means = tok.mean(axis=0)
+    if target >= means[0]:
+        return em[:, 0]
+    if target <= means[-1]:
+        return em[:, -1]
+    j = int(np.flatnonzero(means >= target).max())
+    k = j + 1
+    while k < len(means) - 1 and means[k] == means[j]:
+        k += 1
+    w = (target - means[k]) / (means[j] - means[k])
+    return w * em[:, j] + (1.0 - w) * em[:, k]
+
+
+def _bandit(reqs, n_train, lam, seed):
+    """(mean test reward of the online Selector over the ``stop-policies`` arms, the best of those policies in
+    hindsight on the test requests (learned ones with the Selector's final rule), share of test requests
+    served by a learned policy)."""
+    from stopbandit import Selector
+    from stopbandit.bandit.arms import STOP_POLICY_ARMS
+    from stopbandit.bandit.learned_stop import stop_context
+
+    rewards, learned_served = [], 0
+    with tempfile.TemporaryDirectory() as tmp:
+        with Selector.open(f"sqlite:///{tmp}/b.db", arms="stop-policies", lam=lam, seed=seed, follow=False,
+                           checkpoint_every=0, checkpoint_interval_s=0) as sel:
+            for k, r in enumerate(reqs):
+                d = sel.choose(r.prompt, domain=r.domain)
+                out = run(r, d.arm, sel.stop_inputs(d) if d.arm.learned else None)
+                sel.reward(d.decision_id, em=out.em, tokens=out.tokens, trace=out.trace, reference=r.reference)
+                rewards.append(out.em - lam * out.tokens / 1000.0)
+                learned_served += bool(d.arm.learned) and k >= n_train
+            test = reqs[n_train:]
+            ctx = np.stack([stop_context(sel.extractor.extract(r.prompt, r.domain)) for r in test])
+            o = evaluate([run(r, FULL).trace for r in test], [r.reference for r in test], STOP_POLICY_ARMS,
+                         LearnedInputs(sel.stop_learner.rule, lam, ctx))
+    best = float((o.em - lam * o.tokens / 1000.0).mean(axis=0).max())
+    return float(np.mean(rewards[n_train:])), best, learned_served / len(test)
 
 
 def _context(reqs, domains) -> np.ndarray:
@@ -62,7 +132,8 @@ def _cells(reqs, domains, edges) -> np.ndarray:
     return np.array([domains.index(r.domain) for r in reqs]) * 3 + np.digitize(words, edges)
 
 
-def one(calibration: str, seed: int, n_train: int, n_test: int, lambdas) -> dict:
+def one(calibration: str, seed: int, n_train: int, n_test: int, lambdas, bandit: bool = False,
+        sizes=()) -> dict:
     cfg = SimConfig.named(calibration)
     reqs = list(Simulator(cfg, seed=seed).stream(n_train + n_test))
     domains = list(cfg.domain_names)
@@ -114,7 +185,38 @@ def one(calibration: str, seed: int, n_train: int, n_test: int, lambdas) -> dict
                 if o.em[:, j].mean() >= full_em - 0.005:
                     best_sav = max(best_sav, 1.0 - o.tokens[:, j].mean() / full_tok)
         head[f] = best_sav
+    # the learned κ curve: the headline at full resolution, and EM at each fixed rule's token spend
+    curves = {}
+    for label in ("graded", "agreement"):
+        r_l = LearnedStop(ctx.shape[1], label).fit(stop_data(traces[tr], refs[tr], ctx[tr], label))
+        curves[label] = _curve(r_l, traces[te], refs[te], ctx[te])
+    c_em, c_tok = curves["graded"]
+    ok = c_em.mean(axis=0) >= full_em - 0.005
+    head["learned"] = max(head["learned"], float((1.0 - c_tok.mean(axis=0)[ok] / full_tok).max()))
+    o = evaluate(traces[te], refs[te], MATCHED)
+    out["matched"] = {}
+    for j, a in enumerate(MATCHED):
+        t_f = o.tokens[:, j].astype(float).mean()
+        row = {"tokens": t_f, "saved": 1.0 - t_f / full_tok, "em_fixed": float(o.em[:, j].mean())}
+        for label, (em_l, tok_l) in curves.items():
+            mix = _at_tokens(em_l, tok_l, t_f)
+            row[label] = float(mix.mean())
+            row[f"diff_{label}"] = mix - o.em[:, j]
+        out["matched"][a.name] = row
     out["head"] = head
+    # how many traced requests the rule needs: trained on the first m training requests only
+    out["sizes"] = {}
+    for m in sizes:
+        r_m = LearnedStop(ctx.shape[1], "graded").fit(stop_data(traces[:m], refs[:m], ctx[:m], "graded"))
+        for lam in lambdas:
+            o_tr = evaluate(traces[:m], refs[:m], LEARNED, LearnedInputs(r_m, lam, ctx[:m]))
+            pick = int(np.argmax((o_tr.em - lam * o_tr.tokens / 1000.0).mean(axis=0)))
+            o_te = evaluate(traces[te], refs[te], LEARNED[pick : pick + 1], LearnedInputs(r_m, lam, ctx[te]))
+            got = float((o_te.em - lam * o_te.tokens / 1000.0).mean())
+            row = out["lam"][lam]
+            out["sizes"][(m, lam)] = (got - row["best_fixed"]) / (row["oracle"] - row["best_fixed"])
+    if bandit:
+        out["bandit"] = {lam: _bandit(reqs, n_train, lam, seed) for lam in lambdas}
     return out
 
 
@@ -124,10 +226,13 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=1500)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--lambdas", type=float, nargs="+", default=[0.1, 0.3, 1.0])
+    ap.add_argument("--bandit", action="store_true", help="also serve the stop-policies arms with the Selector online")
+    ap.add_argument("--sizes", type=int, nargs="*", default=[],
+                    help="also train on only the first m training requests: the share of the gap closed per m")
     args = ap.parse_args()
     keys = ("deer", "agreement", "budget", "cell_hindsight", "learned", "table", "oracle")
     for cal in ("conservative", "overthinking"):
-        res = [one(cal, s, args.train, args.test, args.lambdas) for s in args.seeds]
+        res = [one(cal, s, args.train, args.test, args.lambdas, args.bandit, args.sizes) for s in args.seeds]
         print(f"\n{cal}: {args.train} train / {args.test} test requests, seeds {args.seeds}; mean ± sd over seeds")
         print(f"{'λ':<5}" + "".join(f"{k:>16}" for k in keys) + f"{'closed':>14}{'learned−best fixed (95% CI, pooled)':>40}")
         for lam in args.lambdas:
@@ -146,6 +251,47 @@ def main() -> None:
             v = [r["head"][f] for r in res]
             print(f"  most saved at EM ≥ full − 0.5 pts, {f:<10}: {statistics.mean(v):.1%} ± {statistics.pstdev(v):.1%}"
                   f" (per seed {', '.join(f'{x:.1%}' for x in v)})")
+        print(f"\n{cal}: matched tokens — EM of the learned rule at each fixed rule's token spend (test requests)")
+        print(f"{'rule':<12}{'saved':>16}{'EM fixed':>18}{'EM learned':>18}{'Δ graded [95% CI]':>32}"
+              f"{'Δ agreement [95% CI]':>32}")
+        wins = {"graded": [0, 0], "agreement": [0, 0]}
+        for a in MATCHED:
+            rows = [r["matched"][a.name] for r in res]
+
+            def ms(key):
+                v = [x[key] for x in rows]
+                return f"{statistics.mean(v):.4f}±{statistics.pstdev(v):.4f}"
+
+            cells = []
+            for label in ("graded", "agreement"):
+                d = np.concatenate([x[f"diff_{label}"] for x in rows])
+                half = 1.96 * d.std(ddof=1) / np.sqrt(d.size)
+                lo, hi = d.mean() - half, d.mean() + half
+                wins[label][0] += lo > 0
+                wins[label][1] += hi < 0
+                cells.append(f"{d.mean():+.4f} [{lo:+.4f}, {hi:+.4f}]")
+            sv = [x["saved"] for x in rows]
+            print(f"{a.name:<12}{statistics.mean(sv):>10.1%}±{statistics.pstdev(sv):.1%}{ms('em_fixed'):>18}"
+                  f"{ms('graded'):>18}{cells[0]:>32}{cells[1]:>32}")
+        for label, (w, l_) in wins.items():
+            print(f"  {label} labels: learned better at matched tokens (CI > 0) for {w} of {len(MATCHED)} fixed rules,"
+                  f" worse (CI < 0) for {l_}")
+        if args.sizes:
+            print(f"\n{cal}: share of the gap (best fixed → oracle) closed by the rule trained on m traced requests")
+            for m in args.sizes:
+                cells = []
+                for lam in args.lambdas:
+                    v = [r["sizes"][(m, lam)] for r in res]
+                    cells.append(f"λ={lam:g}: {statistics.mean(v):+.2f} ± {statistics.pstdev(v):.2f}")
+                print(f"  m={m:<6}" + "   ".join(cells))
+        if args.bandit:
+            print(f"\n{cal}: Selector online over the stop-policies arms (test requests, mean ± sd over seeds)")
+            for lam in args.lambdas:
+                b = [r["bandit"][lam] for r in res]
+                got, best, share = (statistics.mean(x[i] for x in b) for i in range(3))
+                sd = statistics.pstdev(x[0] - x[1] for x in b)
+                print(f"  λ={lam:g}: bandit {got:.4f}, best of the 8 in hindsight {best:.4f}, "
+                      f"bandit − best {got - best:+.4f} ± {sd:.4f}; learned policies served {share:.0%}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,11 @@ Example ``stopbandit.toml``::
                                 # min(1/q, revealed_weight_clip), q = P(arm observed), see
                                 # stopbandit.bandit.policy.observation_weights (policy "heads" only)
     revealed_weight_clip = 10.0
+    stop_rule = "auto"          # traced rewards train the learned stop rule: auto (when an arm has
+                                # learned > 0), on, off; see stopbandit.serving.stop_learning
+    stop_label = "auto"         # graded (trial answer vs reference), agreement (vs the run's own end),
+                                # auto: graded when the reward gives the reference, else agreement
+    stop_batch = 16             # ended traces per update of the rule
 
     [store]
     url = "sqlite:///stopbandit.db"
@@ -70,6 +75,7 @@ from stopbandit.bandit.conservative import CONSERVATIVE_KEYS, ConservativeConfig
 from stopbandit.bandit.exploration import Exploration, exploration_from_config
 from stopbandit.bandit.policy import POLICIES, REVEALED_WEIGHTINGS
 from stopbandit.bandit.reward import check_lambda, check_token_scale
+from stopbandit.bandit.stop_eval import STOP_LABELS
 from stopbandit.errors import ConfigError, StopbanditError, require_positive_ints
 from stopbandit.features.extract import FeatureConfig
 
@@ -116,10 +122,20 @@ class LearningConfig:
     outcome is observed under the decision's probability vector
     (:func:`stopbandit.bandit.policy.observation_weights` says why). Rewards
     without a trace are unaffected.
+
+    ``stop_rule``: whether traced rewards train the learned stop rule
+    (:mod:`stopbandit.serving.stop_learning`): ``auto`` when an arm stops on it,
+    ``on`` always, ``off`` never (learned arms then read the rule a snapshot
+    brings). ``stop_label``: ``auto`` (graded where the reward gives the
+    reference, agreement with the run's own final answer elsewhere), ``graded``
+    or ``agreement``. ``stop_batch``: traces per update of the rule.
     """
 
     revealed_weighting: str = "none"
     revealed_weight_clip: float = 10.0
+    stop_rule: str = "auto"
+    stop_label: str = "auto"
+    stop_batch: int = 16
 
     def __post_init__(self) -> None:
         if self.revealed_weighting not in REVEALED_WEIGHTINGS:
@@ -129,10 +145,20 @@ class LearningConfig:
         if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not (math.isfinite(clip) and clip >= 1):
             raise ConfigError(f"learning.revealed_weight_clip must be a finite number >= 1, got {clip!r}")
         object.__setattr__(self, "revealed_weight_clip", float(clip))
+        if self.stop_rule not in STOP_RULE_MODES:
+            raise ConfigError(f"learning.stop_rule must be one of {list(STOP_RULE_MODES)}, got {self.stop_rule!r}")
+        if self.stop_label not in STOP_LABELS:
+            raise ConfigError(f"learning.stop_label must be one of {list(STOP_LABELS)}, got {self.stop_label!r}")
+        b = self.stop_batch
+        if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 100_000:
+            raise ConfigError(f"learning.stop_batch must be an integer in [1, 100000], got {b!r}")
 
     @property
     def weighted(self) -> bool:
         return self.revealed_weighting != "none"
+
+
+STOP_RULE_MODES = ("auto", "on", "off")
 
 
 def _seconds(v: object) -> bool:

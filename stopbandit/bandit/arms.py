@@ -202,10 +202,34 @@ class ArmSet:
         return [a.to_dict() for a in self.arms]
 
 
-def arms_from_config(items: Sequence[Mapping[str, Any]] | None) -> ArmSet:
-    """Build the arm set from the ``[[arms]]`` tables of a TOML config (defaults when absent)."""
+STOP_POLICY_ARMS: tuple[Arm, ...] = (
+    Arm("full", 1.01, 0),
+    Arm("deer95", 0.95, 0),
+    Arm("deer90", 0.90, 0),
+    Arm("agree3", 1.01, 0, 3),
+    Arm("budget1024", 1.01, 1024),
+    Arm("learned0.25", 1.01, 0, 0, 0.25),
+    Arm("learned1", 1.01, 0, 0, 1.0),
+    Arm("learned4", 1.01, 0, 0, 4.0),
+)
+"""A bandit over stop policies: full reasoning, two DEER thresholds, an agreement window, a budget and the
+learned rule at three aggressiveness levels. ``full`` stops last on every request, so its trace reveals
+every other policy's outcome exactly (nested feedback and the graph estimators rest on that)."""
+
+NAMED_ARM_SETS: dict[str, tuple[Arm, ...]] = {"default": DEFAULT_ARMS, "stop-policies": STOP_POLICY_ARMS}
+"""Arm sets a config may name instead of listing ``[[arms]]`` tables (``arms = "stop-policies"``)."""
+
+
+def arms_from_config(items: Sequence[Mapping[str, Any]] | str | None) -> ArmSet:
+    """Build the arm set from the ``[[arms]]`` tables of a TOML config, or a name of
+    :data:`NAMED_ARM_SETS` (defaults when absent)."""
     if items is None:
         return ArmSet(DEFAULT_ARMS)
+    if isinstance(items, str):
+        if items not in NAMED_ARM_SETS:
+            raise ConfigError(f"'arms' names unknown arm set {items!r}; known: {sorted(NAMED_ARM_SETS)} "
+                              "(or give [[arms]] tables)")
+        return ArmSet(NAMED_ARM_SETS[items])
     if not isinstance(items, Sequence) or isinstance(items, (str, bytes)):
         raise ConfigError(f"'arms' must be an array of tables ([[arms]]), got {type(items).__name__}")
     return ArmSet.of(items)

@@ -27,14 +27,23 @@ no reference is known (then ``p_end`` is 1 by construction and the rule
 learns to stop once the answer has converged).
 
 The models are L2-regularised logistic regressions (``p_now``, ``p_end``) and
-a least-squares fit of ``log1p(rest)``, fitted by Newton steps in numpy;
-:meth:`LearnedStop.update` refits on a new batch with the current weights as
-the prior mean (online training from traced rewards). The state is plain JSON
+a least-squares fit of ``log1p(rest)``, fitted by Newton steps in numpy.
+:meth:`LearnedStop.fit` is also the online update: each model keeps the
+precision (inverse covariance) of its weights, and a new batch is fitted with
+the current weights as the prior mean and that precision as the prior's
+(a Laplace approximation; for ``rest`` it is exact recursive least squares),
+so training batch after batch approximates one fit on all of them instead of
+forgetting the earlier batches. The state is plain JSON
 (:meth:`LearnedStop.to_json`), stored next to the heads in snapshots.
+
+:func:`stop_context` is the context every part of the package builds from a
+request's feature dict (the Selector, the gateway, ``replay train``), so a rule
+trained on one is read the same way by the others.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -52,6 +61,39 @@ PROBE_FEATURES: tuple[str, ...] = (
     "confidence_x_streak", "confidence_x_progress",
 )
 _FORMAT = 1
+MAX_CONTEXT = 1024
+"""Most context columns a rule may read (a stored rule is refused beyond it: its matrices grow as the square)."""
+CONTEXT_DOMAIN_BUCKETS = 8
+CONTEXT_FEATURES: tuple[str, ...] = tuple(f"domain#{i}" for i in range(CONTEXT_DOMAIN_BUCKETS)) + (
+    "diff", "len", "prior")
+"""Columns of :func:`stop_context`: the domain hashed into 8 one-hot buckets, the difficulty estimate,
+the log prompt length / 8 and the domain's miss-rate prior (0.5 when absent)."""
+
+
+def _bucket(domain: str) -> int:
+    return int.from_bytes(hashlib.sha1(domain.encode("utf-8")).digest()[:4], "big") % CONTEXT_DOMAIN_BUCKETS
+
+
+def stop_context(features: Mapping[str, object] | None) -> np.ndarray:
+    """The learned rule's context row (``len(CONTEXT_FEATURES)`` floats) of a request's feature dict.
+
+    The domain goes through a stable hash (sha1), so a row means the same in every process and
+    after a restart; a missing or non-numeric feature reads as its neutral value.
+    """
+    row = np.zeros(len(CONTEXT_FEATURES))
+    feats = features if isinstance(features, Mapping) else {}
+    dom = feats.get("domain")
+    if isinstance(dom, str) and dom:
+        row[_bucket(dom)] = 1.0
+
+    def num(name: str, default: float) -> float:
+        v = feats.get(name)
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else default
+
+    row[CONTEXT_DOMAIN_BUCKETS] = num("diff", 0.0)
+    row[CONTEXT_DOMAIN_BUCKETS + 1] = num("len", 0.0) / 8.0
+    row[CONTEXT_DOMAIN_BUCKETS + 2] = num("prior", 0.5)
+    return row
 
 
 def probe_features(offset: np.ndarray, confidence: np.ndarray, tokens: np.ndarray, streak: np.ndarray,
@@ -88,23 +130,25 @@ def probe_features(offset: np.ndarray, confidence: np.ndarray, tokens: np.ndarra
     return np.column_stack(cols + [ctx]) if ctx.size else np.column_stack(cols) if n else np.zeros((0, len(cols)))
 
 
-def _newton_logistic(x: np.ndarray, y: np.ndarray, prior: np.ndarray, l2: float, steps: int = 12) -> np.ndarray:
+def _newton_logistic(x: np.ndarray, y: np.ndarray, prior: np.ndarray, precision: np.ndarray,
+                     steps: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    """MAP weights under a Gaussian prior (mean ``prior``, ``precision``) and the posterior precision there."""
     w = prior.copy()
-    eye = l2 * np.eye(x.shape[1])
     for _ in range(steps):
         p = 1.0 / (1.0 + np.exp(-np.clip(x @ w, -30, 30)))
-        grad = x.T @ (p - y) + l2 * (w - prior)
-        hess = (x * (p * (1 - p))[:, None]).T @ x + eye
+        grad = x.T @ (p - y) + precision @ (w - prior)
+        hess = (x * (p * (1 - p))[:, None]).T @ x + precision
         step = np.linalg.solve(hess, grad)
         w -= step
         if float(np.abs(step).max()) < 1e-6:
             break
-    return w
+    p = 1.0 / (1.0 + np.exp(-np.clip(x @ w, -30, 30)))
+    return w, (x * (p * (1 - p))[:, None]).T @ x + precision
 
 
-def _ridge(x: np.ndarray, y: np.ndarray, prior: np.ndarray, l2: float) -> np.ndarray:
-    a = x.T @ x + l2 * np.eye(x.shape[1])
-    return np.linalg.solve(a, x.T @ y + l2 * prior)
+def _ridge(x: np.ndarray, y: np.ndarray, prior: np.ndarray, precision: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    a = x.T @ x + precision
+    return np.linalg.solve(a, x.T @ y + precision @ prior), a
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,9 +165,10 @@ class LearnedStop:
     """The three models of the rule (see the module docstring); ``context_size`` = columns of the context."""
 
     def __init__(self, context_size: int, label: str = "graded", l2: float = 1.0,
-                 weights: Mapping[str, Sequence[float]] | None = None, rows: int = 0) -> None:
-        if isinstance(context_size, bool) or not isinstance(context_size, int) or context_size < 0:
-            raise InputError(f"learned stop: context_size must be an integer >= 0, got {context_size!r}")
+                 weights: Mapping[str, Sequence[float]] | None = None, rows: int = 0,
+                 precision: Mapping[str, Sequence[Sequence[float]]] | None = None) -> None:
+        if isinstance(context_size, bool) or not isinstance(context_size, int) or not 0 <= context_size <= MAX_CONTEXT:
+            raise InputError(f"learned stop: context_size must be an integer in [0, {MAX_CONTEXT}], got {context_size!r}")
         if label not in LABELS:
             raise InputError(f"learned stop: label must be one of {list(LABELS)}, got {label!r}")
         if not (isinstance(l2, (int, float)) and math.isfinite(l2) and l2 > 0):
@@ -140,6 +185,22 @@ class LearnedStop:
                     raise InputError(f"learned stop: weights[{k!r}] must be {width} finite numbers, got shape {v.shape}")
                 w[k] = v
         self.w = w
+        prec = {k: self.l2 * np.eye(width) for k in w}
+        if precision is not None:
+            for k in prec:
+                m = np.asarray(precision.get(k, ()), dtype=np.float64)
+                if m.shape != (width, width) or not np.isfinite(m).all():
+                    raise InputError(f"learned stop: precision[{k!r}] must be a {width}x{width} matrix of finite "
+                                     f"numbers, got shape {m.shape}")
+                prec[k] = m
+        self.precision = prec
+
+    def copy(self) -> LearnedStop:
+        """An independent copy (a serving rule is replaced by an updated copy, never changed in place)."""
+        out = LearnedStop(self.context_size, self.label, self.l2, None, self.rows)
+        out.w = {k: v.copy() for k, v in self.w.items()}
+        out.precision = {k: v.copy() for k, v in self.precision.items()}
+        return out
 
     @property
     def width(self) -> int:
@@ -160,32 +221,39 @@ class LearnedStop:
         return p_now, p_end, rest
 
     def fires(self, features: np.ndarray, levels: np.ndarray, lam: float, token_scale: float) -> np.ndarray:
-        """Whether each probe stops each level: bool ``(P, len(levels))``; a level 0 never fires."""
+        """Whether each probe stops each level: bool ``(P, len(levels))``; a level 0 never fires.
+
+        An untrained rule (no rows yet) never fires: until traces have taught it, a learned arm
+        stops on its other conditions only, instead of on the guesses of blank weights.
+        """
         levels = np.asarray(levels, dtype=np.float64)
-        if features.shape[0] == 0:
-            return np.zeros((0, levels.size), dtype=bool)
+        if features.shape[0] == 0 or not self.trained:
+            return np.zeros((features.shape[0], levels.size), dtype=bool)
         p_now, p_end, rest = self.estimates(features)
         gain = (p_end - p_now)[:, None]
         cost = (lam * rest / token_scale)[:, None] * levels[None, :]
         return (gain <= cost) & (levels[None, :] > 0)
 
     def fit(self, data: StopData) -> LearnedStop:
-        """Fit on ``data`` from the current weights as the prior mean (online: one call per traced batch)."""
+        """Fit on ``data`` with the current weights and precision as the prior (online: one call per batch)."""
         x = np.asarray(data.features, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.width:
             raise InputError(f"learned stop: features must have {self.width} columns, got shape {x.shape}")
         if x.shape[0] == 0:
             return self
-        self.w["now"] = _newton_logistic(x, np.asarray(data.correct_now, float), self.w["now"], self.l2)
+        w, p = self.w, self.precision
+        w["now"], p["now"] = _newton_logistic(x, np.asarray(data.correct_now, float), w["now"], p["now"])
         if self.label == "graded":
-            self.w["end"] = _newton_logistic(x, np.asarray(data.correct_end, float), self.w["end"], self.l2)
-        self.w["rest"] = _ridge(x, np.log1p(np.maximum(np.asarray(data.rest, float), 0.0)), self.w["rest"], self.l2)
+            w["end"], p["end"] = _newton_logistic(x, np.asarray(data.correct_end, float), w["end"], p["end"])
+        w["rest"], p["rest"] = _ridge(x, np.log1p(np.maximum(np.asarray(data.rest, float), 0.0)), w["rest"],
+                                      p["rest"])
         self.rows += int(x.shape[0])
         return self
 
     def to_json(self) -> dict[str, Any]:
         return {"format": _FORMAT, "context_size": self.context_size, "label": self.label, "l2": self.l2,
-                "rows": self.rows, "weights": {k: [float(v) for v in w] for k, w in self.w.items()}}
+                "rows": self.rows, "weights": {k: [float(v) for v in w] for k, w in self.w.items()},
+                "precision": {k: [[float(v) for v in row] for row in m] for k, m in self.precision.items()}}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> LearnedStop:
@@ -193,7 +261,7 @@ class LearnedStop:
             raise InputError(f"learned stop: expected a table with format {_FORMAT}, got {data!r:.120}")
         try:
             return cls(int(data["context_size"]), str(data["label"]), float(data["l2"]), data["weights"],
-                       int(data["rows"]))
+                       int(data["rows"]), data.get("precision"))
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"learned stop: malformed state: {exc!r}") from exc
 
@@ -222,4 +290,5 @@ class LearnedInputs:
         object.__setattr__(self, "context", ctx)
 
 
-__all__ = ["LABELS", "PROBE_FEATURES", "LearnedInputs", "LearnedStop", "StopData", "probe_features"]
+__all__ = ["CONTEXT_FEATURES", "LABELS", "PROBE_FEATURES", "LearnedInputs", "LearnedStop", "StopData",
+           "probe_features", "stop_context"]

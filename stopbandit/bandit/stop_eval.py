@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from stopbandit.bandit.arms import Arm
-from stopbandit.bandit.learned_stop import LABELS, LearnedInputs, StopData, probe_features
+from stopbandit.bandit.learned_stop import LABELS, PROBE_FEATURES, LearnedInputs, StopData, probe_features
 from stopbandit.bandit.stoprule import ProbeBatch, stops
 from stopbandit.bandit.trace import ProbeTrace, answer_key
 from stopbandit.errors import InputError
@@ -109,4 +109,38 @@ def stop_data(traces: Sequence[ProbeTrace], references: Sequence[str | None], co
     return StopData(feats, np.array(now), np.array(end), np.array(rest, dtype=np.float64))
 
 
-__all__ = ["ExactOutcomes", "evaluate", "stop_data"]
+STOP_LABELS: tuple[str, ...] = ("auto", "graded", "agreement")
+"""How training traces are labelled: ``auto`` -- graded where the trace has a reference, agreement
+elsewhere; ``graded`` -- only traces with a reference; ``agreement`` -- every trace against its own end."""
+
+
+def labelled_stop_data(traces: Sequence[ProbeTrace], references: Sequence[str | None], context: np.ndarray,
+                       label: str = "auto") -> tuple[StopData, dict[str, int]]:
+    """:func:`stop_data` with the labels of ``label`` (see :data:`STOP_LABELS`) and how many traces got each.
+
+    Returns the rows and ``{"graded": traces labelled against their reference, "agreement": traces
+    labelled against their own final answer}``; traces that did not reach the end are counted in neither.
+    """
+    if label not in STOP_LABELS:
+        raise InputError(f"stop label must be one of {list(STOP_LABELS)}, got {label!r}")
+    traces = list(traces)
+    if len(references) != len(traces):
+        raise InputError(f"references: need one per trace ({len(traces)}), got {len(references)}")
+    ctx = np.asarray(context, dtype=np.float64)
+    ctx = ctx.reshape(len(traces), ctx.shape[-1] if ctx.ndim else 0)
+    ended = [i for i, t in enumerate(traces) if t.stop_reason == "end"]
+    graded = [i for i in ended if references[i] is not None] if label != "agreement" else []
+    agree = [i for i in ended if references[i] is None] if label == "auto" else ended if label == "agreement" else []
+    parts = []
+    for idx, kind in ((graded, "graded"), (agree, "agreement")):
+        if idx:
+            parts.append(stop_data([traces[i] for i in idx], [references[i] for i in idx], ctx[idx], kind))
+    counts = {"graded": len(graded), "agreement": len(agree)}
+    if not parts:
+        width = len(PROBE_FEATURES) + ctx.shape[1]
+        return StopData(np.zeros((0, width)), np.zeros(0), np.zeros(0), np.zeros(0)), counts
+    return StopData(np.concatenate([d.features for d in parts]), np.concatenate([d.correct_now for d in parts]),
+                    np.concatenate([d.correct_end for d in parts]), np.concatenate([d.rest for d in parts])), counts
+
+
+__all__ = ["STOP_LABELS", "ExactOutcomes", "evaluate", "labelled_stop_data", "stop_data"]

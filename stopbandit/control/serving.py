@@ -79,6 +79,7 @@ class _Meta:
     challenger: bool  # decided (and rewarded) by the challenger Selector
     shadow: list[float] | None = None  # the champion's probabilities on a full-arm request (paired guardrail test)
     done: tuple[float, int] | None = None
+    learned: Any = None  # the learned stop rule's inputs the shadow's learned arms are read off the trace with
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,13 +316,14 @@ class ControlledSelector:
         else:
             d = target.choose_forced(prompt, domain=domain, request_id=key, features=features, arm=self._full_arm,
                                      experiment=group, tag=HOLDOUT_TAG if route == "holdout" else GUARDRAIL_TAG)
-        shadow = None
+        shadow = learned = None
         if route in ("holdout", "fallback"):  # the champion's own choice on this request, for the paired test
             shadow, _ = sel.policy.decide(shared_line(d.features), d.lam)
+            learned = sel.stop_inputs(d)
         elif route == "policy" and self._contexts is not None:
             self._contexts.add(d.decision_id, d.features, [d.probabilities[n] for n in self.arms.names])
         dom: str | None = d.features.get("domain")  # type: ignore[assignment]
-        self._remember(d.decision_id, _Meta(route, group, dom, d.arm_index, by_challenger, shadow))
+        self._remember(d.decision_id, _Meta(route, group, dom, d.arm_index, by_challenger, shadow, learned=learned))
         self.metrics.on_decision(group, route, d.arm.name, dom)
         return d
 
@@ -350,7 +352,7 @@ class ControlledSelector:
             self._contexts.outcome(decision_id, em, tokens)
         revealed = None
         if meta.shadow is not None and trace is not None and reference is not None:
-            revealed = revealed_outcomes(trace, self.arms.arms, reference)
+            revealed = revealed_outcomes(trace, self.arms.arms, reference, meta.learned)
         self._account(meta, float(em), int(tokens), revealed)
 
     def _shadow_em(self, meta: _Meta, em: float, revealed: dict[int, tuple[float | None, int]] | None) -> float | None:

@@ -150,6 +150,48 @@ def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+def _stop_rule(meta: dict[str, Any] | None) -> Any:
+    from stopbandit.bandit.snapshot import stop_rule_of
+
+    rule = stop_rule_of(meta) if meta is not None else None
+    return rule if rule is not None and rule.trained else None
+
+
+def _exact(s: _Setup, options: ReplayOptions, lams: Sequence[float]) -> list[dict[str, Any]]:
+    """The exact trace evaluation of every stop rule (the arms, the snapshot's learned rule) at each λ."""
+    from stopbandit.replay.stop_rules import exact_stop_rules, stop_rule_arms, traced_events
+
+    events = traced_events(s.store, options)
+    if events.n == 0:
+        return []
+    rule = _stop_rule(s.meta)
+    arms = stop_rule_arms(s.arms, rule)
+    return [exact_stop_rules(events, arms, lam=lam, token_scale=s.token_scale, rule=rule).to_dict() for lam in lams]
+
+
+def _print_exact(reports: Sequence[dict[str, Any]]) -> None:
+    """One table: per stop rule (learned ones per λ), exact EM / tokens / reward on the common and revealed events."""
+    if not reports:
+        return
+    first = reports[0]
+    rows = []
+    for rep in reports:
+        for r in rep["rules"]:
+            learned = bool(r["arm"].get("learned"))
+            if rep is not first and not learned:
+                continue  # a fixed rule does not depend on λ: shown once
+            c, v = r["common_on"], r["revealed_on"]
+            rows.append([r["rule"], f"{rep['lam']:g}" if learned else "any",
+                         _fmt("em", c["em"]["mean"]), f"[{_fmt('em', c['em']['ci_low'])}, {_fmt('em', c['em']['ci_high'])}]",
+                         _fmt("tokens", c["tokens"]["mean"]), _fmt("reward", c["reward"]["mean"]),
+                         f"{r['revealed']:,}", _fmt("em", v["em"]["mean"]), _fmt("tokens", v["tokens"]["mean"])])
+    console.print(table(f"stop rules, EXACT off the probe traces ({first['graded_events']:,} graded traced events, "
+                        f"{first['common_events']:,} reveal every rule; reward at λ = {first['lam']:g} for fixed rules)",
+                        ["rule", "λ", "EM (common)", "95% CI", "tokens (common)", "reward (common)", "revealed",
+                         "EM (revealed)", "tokens (revealed)"], rows))
+    console.print(first["note"])
+
+
 # --------------------------------------------------------------------------- the group
 
 
@@ -186,10 +228,13 @@ def evaluate_cmd(url, config_path, include_defaulted, include_late, chunk, no_pr
     model = default_model(s.store, s.arms, cand, model_version)
     options = ReplayOptions(include=_include(include_defaulted, include_late), since=since_ts, until=until_ts,
                             alpha=alpha, chunk=chunk, progress=False if no_progress else None, jobs=jobs)
-    ev = evaluate(s.store, s.arms, cand, names, lam=s.lam, token_scale=s.token_scale, model=model, options=options)
+    rule = _stop_rule(s.meta)
+    ev = evaluate(s.store, s.arms, cand, names, lam=s.lam, token_scale=s.token_scale, model=model, options=options,
+                  stop=None if rule is None else (rule, s.lam, s.token_scale))
     ev.notes.update({"arms_from": s.arms_source, "lam_from": s.lam_source})
+    exact = _exact(s, options, [s.lam])
     if as_json:
-        _emit_json(ev.to_dict())
+        _emit_json({**ev.to_dict(), "exact_stop_rules": exact[0] if exact else None})
         return
     p = ev.policy
     desc = p["policy"] if "snapshot" not in p else (
@@ -214,6 +259,7 @@ def evaluate_cmd(url, config_path, include_defaulted, include_late, chunk, no_pr
         title = METRIC_TITLES[metric] + (f" at λ={ev.lam:g}" if metric == "reward" else "")
         console.print(table(title, ["estimator", "value", level, "ESS", "max weight", "unsupported", "no trace"], rows))
     console.print(_counts_table(ev.counts))
+    _print_exact(exact)
     _print_warnings(ev.warnings())
 
 
@@ -231,9 +277,12 @@ def evaluate_cmd(url, config_path, include_defaulted, include_late, chunk, no_pr
 @click.option("--candidate", is_flag=True,
               help="Save as a candidate snapshot: Selectors following the store do not load it; serve it with "
                    "ControlledSelector(challenger=VERSION) and ship it with `stopbandit ab promote`.")
+@click.option("--stop-label", type=click.Choice(["auto", "graded", "agreement"]), default="auto", show_default=True,
+              help="Labels of the learned stop rule: graded (trial answer vs the stored reference), agreement "
+                   "(vs the run's own final answer), auto (graded where the event stores a reference).")
 @_user_errors
 def train_cmd(url, config_path, include_defaulted, include_late, chunk, no_progress, jobs, as_json, since, test_frac,
-              importance_weighting, lam, token_scale, dry_run, candidate) -> None:
+              importance_weighting, lam, token_scale, dry_run, candidate, stop_label) -> None:
     """Fit fresh heads on the older part of the log, evaluate them on the newer part, save a snapshot."""
     from stopbandit.bandit.exploration import exploration_from_config
     from stopbandit.features.extract import FeatureConfig
@@ -252,7 +301,7 @@ def train_cmd(url, config_path, include_defaulted, include_late, chunk, no_progr
         split=split, importance_weighting=importance_weighting, save=not dry_run,
         options=ReplayOptions(include=_include(include_defaulted, include_late), chunk=chunk,
                               progress=False if no_progress else None, jobs=jobs),
-        role="candidate" if candidate else "serving",
+        role="candidate" if candidate else "serving", stop_label=stop_label,
     )
     if as_json:
         _emit_json(report.to_dict())
@@ -274,6 +323,15 @@ def train_cmd(url, config_path, include_defaulted, include_late, chunk, no_progr
                         ["metric", "logging (on-policy)", "95% CI", "new: DR", "95% CI", "new: SNIPS", "95% CI"], rows))
     console.print(f"ESS {dr.ess:,.1f} of {dr.n}, max weight {dr.max_weight:.3g}")
     console.print(_counts_table(report.test_counts, "held-out events"))
+    st = report.stop_training or {}
+    if st.get("rows"):
+        console.print(f"learned stop rule: {st['rows']:,} probe rows from {st['graded']:,} graded and "
+                      f"{st['agreement']:,} agreement-labelled traces that reached the end "
+                      f"({st['unused']:,} traced events stopped early: not used); stored with the snapshot")
+    else:
+        console.print("learned stop rule: no trace of the training part reached the end; none trained")
+    if report.exact and report.exact["traced_events"]:
+        _print_exact([report.exact])
     warn = []
     for by_metric in report.candidate.values():
         label = next(iter(by_metric.values())).estimator
@@ -338,11 +396,20 @@ def sweep_cmd(url, config_path, include_defaulted, include_late, chunk, no_progr
         model = HeadsModel(heads, "trained-for-sweep")
         eval_since = split.cutoff
         trained = {"split": split.to_dict(), "train": stats.to_dict()}
+    if policy is None:  # the sweep trains its heads: it trains the stop rule on the same part
+        from stopbandit.replay.stop_rules import traced_events, train_stop_rule
+
+        trained_rule = train_stop_rule(traced_events(s.store, options.with_(until=split.cutoff)))
+        s.meta = dict(s.meta or {}, stop_rule=trained_rule.rule.to_json())
+        trained["stop_rule"] = trained_rule.to_dict()  # type: ignore[index]
+    rule = _stop_rule(s.meta)
     try:
         res = sweep_log(s.store, s.arms, model, lams, estimator=estimator, token_scale=s.token_scale,
-                        explore=explore, options=options.with_(since=eval_since))
+                        explore=explore, options=options.with_(since=eval_since),
+                        stop=None if rule is None else (rule, lams[0], s.token_scale))
     finally:
         model.close()
+    exact = _exact(s, options.with_(since=eval_since), lams)
     # a mean EM lies in [0, 1]: the report clips its EM intervals there (the estimates are left as they are)
     res = replace(res, points=[replace(p, em=replace(p.em, ci_low=lo, ci_high=hi)) for p in res.points
                                for lo, hi in [clip_interval("em", p.em.ci_low, p.em.ci_high)]],
@@ -356,7 +423,7 @@ def sweep_cmd(url, config_path, include_defaulted, include_late, chunk, no_progr
     if as_json:
         out = res.to_dict()
         out.update({"policy": policy or "trained", "token_scale": s.token_scale, "plot": written,
-                    "trained": trained, "arms": list(s.arms.names)})
+                    "trained": trained, "arms": list(s.arms.names), "exact_stop_rules": exact})
         _emit_json(out)
         return
     if trained:
@@ -393,6 +460,7 @@ def sweep_cmd(url, config_path, include_defaulted, include_late, chunk, no_progr
     console.print(table(f"λ sweep ({res.estimator}, greedy{' + exploration' if explore else ''})",
                         ["λ", "EM", "95% CI", "tokens", "95% CI", "reward", "ESS", "max weight", "warnings"], rows))
     console.print(_counts_table(res.counts))
+    _print_exact(exact)
     # each kind of warning once, with the rows it applies to (the rows carry their own flags)
     _print_warnings(res.counts.warnings() + [
         f"{text} (figures of {where[0]}; flagged rows: {', '.join(where)})" for text, where in legend.values()])

@@ -102,18 +102,20 @@ def evaluate(
     token_scale: float,
     model: HeadsModel | None = None,
     options: ReplayOptions | None = None,
+    stop: tuple[Any, float, float] | None = None,
 ) -> Evaluation:
     """Estimate ``candidate``'s EM, tokens and reward at ``lam`` with each estimator, in one streaming pass.
 
     The logging policy's own (on-policy) value on the same events comes along
-    as the reference row. Memory is bounded by ``options.chunk``.
+    as the reference row. Memory is bounded by ``options.chunk``. ``stop``: (the
+    learned stop rule, λ, token_scale) the traces reveal learned arms with.
     """
     reveals = reveal_matrix(arms)
     ests: dict[str, Estimator] = {name: make_estimator(name, reveals=reveals) for name in estimators}
     metrics = (Metric("em"), Metric("tokens"), Metric("reward", lam, token_scale))
     targets = [Target("candidate", candidate, ests, metrics),
                Target("logging", LoggingCandidate(), {"on-policy": IPS()}, metrics)]
-    reader = LogReader(store, arms, options, traces=any(name.startswith("graph") for name in ests))
+    reader = LogReader(store, arms, options, traces=any(name.startswith("graph") for name in ests), stop=stop)
     result = run_targets(reader, targets, model=model)
     require_events(result.counts)
     return Evaluation(
@@ -154,6 +156,7 @@ def sweep_log(
     token_scale: float,
     explore: bool = False,
     options: ReplayOptions | None = None,
+    stop: tuple[Any, float, float] | None = None,
 ) -> SweepResult:
     """The heads' policy at every λ and every fixed arm, EM and mean tokens with intervals, in one pass.
 
@@ -179,7 +182,7 @@ def sweep_log(
                               (Metric("em"), Metric("tokens"))))
     targets.append(Target("logging", LoggingCandidate(), {"on-policy": IPS()},
                           (Metric("em"), Metric("tokens"))))
-    reader = LogReader(store, arms, options, traces=estimator.startswith("graph"))
+    reader = LogReader(store, arms, options, traces=estimator.startswith("graph"), stop=stop)
     result = run_targets(reader, targets, model=model)
     require_events(result.counts)
     res = result.estimates

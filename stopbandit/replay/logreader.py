@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from stopbandit.bandit.arms import ArmSet
+from stopbandit.bandit.learned_stop import CONTEXT_FEATURES, LearnedInputs, LearnedStop, stop_context
 from stopbandit.errors import ConfigError, InputError
 from stopbandit.replay import jsoncodec
 from stopbandit.replay.ope import LoggedData
@@ -189,7 +190,8 @@ class LogReader:
     """
 
     def __init__(self, store: ReplayStore, arms: ArmSet, options: ReplayOptions | None = None, *,
-                 traces: bool = True, after: int = 0, upto: int | None = None) -> None:
+                 traces: bool = True, after: int = 0, upto: int | None = None,
+                 stop: tuple[LearnedStop, float, float] | None = None) -> None:
         if not isinstance(arms, ArmSet):
             raise ConfigError(f"arms must be an ArmSet, got {type(arms).__name__}")
         if options is None:
@@ -207,6 +209,8 @@ class LogReader:
         self.after = int(after)
         self.upto = upto
         self.counts = LogCounts()
+        # (the learned stop rule, λ, token_scale) a trace reveals learned arms with; None: it reveals none
+        self.stop = stop
         self._names = arms.names
         self._orders: dict[tuple[str, ...], list[int] | None] = {self._names: None}
         self._names_array = np.array(self._names, dtype=object)
@@ -229,12 +233,14 @@ class LogReader:
 
     def part(self, after: int, upto: int) -> LogReader:
         """The same reader over the outcome ids ``after < id <= upto`` only."""
-        return LogReader(self.store, self.arms, self.options, traces=self.traces, after=after, upto=upto)
+        return LogReader(self.store, self.arms, self.options, traces=self.traces, after=after, upto=upto,
+                         stop=self.stop)
 
     def spec(self) -> dict[str, Any]:
         """What a worker process needs to read the same events (the URL keeps its password)."""
         return {"url": self.store.engine.url.render_as_string(hide_password=False), "arms": self.arms.to_list(),
-                "options": self.options, "traces": self.traces}
+                "options": self.options, "traces": self.traces,
+                "stop": None if self.stop is None else [self.stop[0].to_json(), self.stop[1], self.stop[2]]}
 
     # -- reading -------------------------------------------------------------------
     def raw_chunks(self) -> Iterator[Sequence[Any]]:
@@ -299,7 +305,14 @@ class LogReader:
             keep = [j for j, tr in enumerate(decoded) if tr is not None]
             traced = len(keep)
             rows_t = [traced_rows[j] for j in keep]
-            got_em, got_tok, ok = reveal_rows([decoded[j] for j in keep], [ref_col[i] for i in rows_t], self.arms.arms)
+            learned = None
+            if self.stop is not None and any(a.learned for a in arms):
+                rule, stop_lam, stop_scale = self.stop
+                ctx = np.stack([stop_context(f) for f in loads_many([feats[i] for i in rows_t])]) if rows_t else \
+                    np.zeros((0, len(CONTEXT_FEATURES)))
+                learned = LearnedInputs(rule, stop_lam, ctx, stop_scale)
+            got_em, got_tok, ok = reveal_rows([decoded[j] for j in keep], [ref_col[i] for i in rows_t], self.arms.arms,
+                                              learned)
             malformed = int((~ok).sum())
             traced -= malformed
             if ok.any():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from itertools import chain
 from operator import itemgetter
 from typing import Any
@@ -21,7 +22,11 @@ from typing import Any
 import numpy as np
 
 from stopbandit.bandit.arms import Arm
+from stopbandit.bandit.learned_stop import LearnedInputs
+from stopbandit.bandit.stop_eval import evaluate
 from stopbandit.bandit.stoprule import ProbeBatch, stops
+from stopbandit.bandit.trace import ProbeTrace
+from stopbandit.errors import StopbanditError
 
 
 def reveal_row(trace: Mapping[str, Any], reference_key: str, arms: Sequence[Arm]) -> list[tuple[float, int] | None]:
@@ -59,7 +64,44 @@ def reveal_row(trace: Mapping[str, Any], reference_key: str, arms: Sequence[Arm]
 
 
 def reveal_rows(traces: Sequence[Any], reference_keys: Sequence[str], arms: Sequence[Arm],
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                learned: LearnedInputs | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_reveal_rows` of the arms, the learned arms among them read with ``learned`` (the rule, λ, one
+    context row per trace); without ``learned`` a learned arm is revealed by no trace (its columns are NaN)."""
+    arms = tuple(arms)
+    lj = [j for j, a in enumerate(arms) if a.learned]
+    if not lj:
+        return _reveal_rows(traces, reference_keys, arms)
+    plain = [j for j, a in enumerate(arms) if not a.learned]
+    n_ev = len(traces)
+    em = np.full((n_ev, len(arms)), np.nan)
+    tok = np.full((n_ev, len(arms)), np.nan)
+    ok = np.ones(n_ev, dtype=bool)
+    if plain:
+        e1, t1, ok = _reveal_rows(traces, reference_keys, [arms[j] for j in plain])
+        em[:, plain], tok[:, plain] = e1, t1
+    if learned is None or n_ev == 0:
+        return em, tok, ok
+    parsed, rows = [], []
+    for i, tr in enumerate(traces):
+        if not ok[i]:
+            continue
+        try:
+            parsed.append(ProbeTrace.from_json(tr))
+            rows.append(i)
+        except (StopbanditError, TypeError, AttributeError):
+            ok[i] = False
+    if rows:
+        out = evaluate(parsed, [reference_keys[i] for i in rows], [arms[j] for j in lj],
+                       replace(learned, context=learned.context[rows]))
+        got_em = np.where(out.known, out.em, np.nan)
+        got_tok = np.where(out.known, out.tokens.astype(np.float64), np.nan)
+        for c, j in enumerate(lj):
+            em[rows, j], tok[rows, j] = got_em[:, c], got_tok[:, c]
+    return em, tok, ok
+
+
+def _reveal_rows(traces: Sequence[Any], reference_keys: Sequence[str], arms: Sequence[Arm],
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`reveal_row` of many stored traces: (EM (E, K), tokens (E, K), ok (E,)).
 
     NaN where :func:`reveal_row` gives None; ``ok`` is False where it raises

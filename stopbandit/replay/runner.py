@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from stopbandit.bandit.arms import ArmSet
+from stopbandit.bandit.learned_stop import LearnedStop
 from stopbandit.errors import ConfigError, InputError
 from stopbandit.replay.logreader import EventBatch, LogCounts, LogReader, _gc_paused
 from stopbandit.replay.ope import Accumulator, Estimate, Estimator, Metric
@@ -168,8 +169,10 @@ def _worker_init(spec: dict[str, Any], plan: Plan, model: HeadsModel | None) -> 
 def _worker_task(after: int, upto: int) -> tuple[dict[AccKey, Accumulator], LogCounts]:
     w = _WORKER
     spec = w["spec"]
+    stop = spec.get("stop")
     reader = LogReader(w["store"], ArmSet.of(spec["arms"]), spec["options"], traces=spec["traces"],
-                       after=after, upto=upto)
+                       after=after, upto=upto,
+                       stop=None if stop is None else (LearnedStop.from_json(stop[0]), stop[1], stop[2]))
     return _run_range(reader, w["plan"], w["model"])
 
 
@@ -283,7 +286,7 @@ def run_targets(reader: LogReader, targets: Sequence[Target], *, model: HeadsMod
 
             logging.getLogger("stopbandit.replay").warning("worker processes failed (%s); evaluating in one", exc)
             one = LogReader(reader.store, reader.arms, reader.options.with_(jobs=1), traces=reader.traces,
-                            after=reader.after, upto=reader.upto)
+                            after=reader.after, upto=reader.upto, stop=reader.stop)
             result = run_targets(one, targets, model=model, partition_ids=partition_ids)
             reader.counts = one.counts
             return result

@@ -41,6 +41,7 @@ import numpy as np
 from stopbandit.config import snapshot_key
 from stopbandit.bandit.arms import ArmSet
 from stopbandit.bandit.exploration import Exploration
+from stopbandit.bandit.learned_stop import LearnedStop
 from stopbandit.bandit.policy import HeadsPolicy
 from stopbandit.bandit.snapshot import new_version, pack
 from stopbandit.errors import ConfigError, InputError
@@ -122,10 +123,15 @@ def train_heads(
     token_scale: float,
     options: ReplayOptions | None = None,
     importance_weighting: bool = False,
+    stop: tuple[LearnedStop, float, float] | None = None,
 ) -> tuple[HeadsPolicy, TrainStats]:
-    """Fresh heads fitted on the events ``options`` select (decision ts in ``[since, until)``, outcome order)."""
+    """Fresh heads fitted on the events ``options`` select (decision ts in ``[since, until)``, outcome order).
+
+    ``stop``: (the learned stop rule, λ, token_scale) the traces reveal learned arms with (without it a
+    trace reveals no learned arm; the logged arm is learned either way).
+    """
     t0 = time.perf_counter()
-    reader = LogReader(store, arms, options)
+    reader = LogReader(store, arms, options, stop=stop)
     progress = reader.options.progress
     reveals = reveal_matrix(arms).astype(np.float64)
     policy = HeadsPolicy(arms, exploration, token_scale)
@@ -181,6 +187,8 @@ class TrainReport:
     logging: dict[str, Estimate]
     skipped: dict[str, str]
     role: str = "serving"
+    stop_training: dict[str, Any] | None = None
+    exact: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -189,7 +197,7 @@ class TrainReport:
             "token_scale": self.token_scale, "train": self.train.to_dict(), "test_counts": self.test_counts.to_dict(),
             "candidate": {e: {m: est.to_dict() for m, est in ms.items()} for e, ms in self.candidate.items()},
             "logging": {m: est.to_dict() for m, est in self.logging.items()},
-            "skipped": self.skipped,
+            "skipped": self.skipped, "stop_rule": self.stop_training, "exact_stop_rules": self.exact,
         }
 
 
@@ -206,6 +214,7 @@ def train_and_evaluate(
     importance_weighting: bool = False,
     save: bool = True,
     role: str = "serving",
+    stop_label: str = "auto",
 ) -> TrainReport:
     """Train on the part before ``split.cutoff``, evaluate on the rest, save the heads (unless ``save=False``).
 
@@ -213,12 +222,22 @@ def train_and_evaluate(
     both passes (the split decides their time windows). ``role="candidate"``
     stores the heads without making them what following Selectors hot-swap
     to: they are served only as a challenger until promoted.
+
+    The learned stop rule is trained on the training part's traces that reached
+    the end (:func:`stopbandit.replay.stop_rules.train_stop_rule`, ``stop_label``),
+    reveals the learned arms to the heads' training, is evaluated exactly on the
+    held-out traces next to every other stop rule, and is stored in the snapshot.
     """
+    from stopbandit.replay.stop_rules import exact_stop_rules, stop_rule_arms, traced_events, train_stop_rule
+
     check_role(role)
     options = options if options is not None else ReplayOptions()
+    train_opts = options.with_(since=None, until=split.cutoff)
+    stop_training = train_stop_rule(traced_events(store, train_opts), label=stop_label)
+    rule = stop_training.rule if stop_training.rule.trained else None
     policy, stats = train_heads(store, arms, exploration=exploration, token_scale=token_scale,
-                                options=options.with_(since=None, until=split.cutoff),
-                                importance_weighting=importance_weighting)
+                                options=train_opts, importance_weighting=importance_weighting,
+                                stop=None if rule is None else (rule, lam, token_scale))
     if stats.learned == 0:
         policy.close()
         require_events(stats.counts, f"the training part (decision time before {iso_time(split.cutoff)})")
@@ -234,11 +253,13 @@ def train_and_evaluate(
         ]
         result = run_targets(reader, targets, model=model)
         require_events(result.counts, f"the held-out part (decision time from {iso_time(split.cutoff)})")
+        held = traced_events(store, options.with_(since=split.cutoff, until=None))
+        exact = exact_stop_rules(held, stop_rule_arms(arms, rule), lam=lam, token_scale=token_scale, rule=rule)
         if save:
             packed = pack(policy, lam=lam, feature_config=feature_config, version=version, extra={
                 "trained_by": "stopbandit replay train", "train_events": stats.learned,
                 "train_until": split.cutoff, "importance_weighting": importance_weighting,
-            }, key=snapshot_key())
+            }, key=snapshot_key(), stop_rule=rule)
             store.save_snapshot(packed.version, packed.model, packed.meta, packed.checksum, role=role)
     finally:
         policy.close()
@@ -246,7 +267,7 @@ def train_and_evaluate(
         version=version, saved=save, split=split, lam=lam, token_scale=token_scale, train=stats,
         test_counts=result.counts, candidate=result.estimates.get("candidate", {}),
         logging=result.estimates.get("logging", {}).get("on-policy", {}), skipped=result.skipped,
-        role=role,
+        role=role, stop_training=stop_training.to_dict(), exact=exact.to_dict(),
     )
 
 

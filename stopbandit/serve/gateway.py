@@ -137,9 +137,9 @@ class Gateway:
         self.arms: tuple[Arm, ...] = tuple(selector.arms)
         self.arm_names = tuple(a.name for a in self.arms)
         learned = [a.name for a in self.arms if a.learned > 0]
-        if learned:  # the probe driver has no learned stop rule to consult yet
-            raise ConfigError(f"the gateway cannot run learned stop arms {learned} yet; serve threshold, "
-                              f"agreement and budget arms (drop 'learned' from those [[arms]])")
+        if learned and getattr(selector, "stop_inputs", None) is None:  # the probe driver consults its rule
+            raise ConfigError(f"learned stop arms {learned} need a selector with a learned stop rule "
+                              f"(Selector.stop_inputs); {type(selector).__name__} has none")
         self.upstream = Upstream(config, transport=transport)
         self.engine: engines.Engine | None = engines.engine(config.engine) if config.engine != "auto" else None
         self.driver: ProbeDriver | None = (ProbeDriver(self.upstream, self.engine, config, self.arms)
@@ -206,7 +206,7 @@ class Gateway:
 
     def mode(self, arm: Arm, engine: engines.Engine, *, shadowed: bool) -> str:
         """How ``arm`` runs on this engine (see :data:`MODES`)."""
-        if arm.stops_on_confidence or arm.agreement > 0 or shadowed or self.config.probe_all:
+        if arm.stops_on_confidence or arm.agreement > 0 or arm.learned > 0 or shadowed or self.config.probe_all:
             return "probe"
         if arm.max_think_tokens > 0:
             return "budget" if engine.native_budget and self.config.budget == "native" else "fallback"
@@ -249,6 +249,9 @@ class Gateway:
         }
         if shadowed:
             out_headers["x-stopbandit-policy-arm"] = chosen.name
+        # the learned rule as it is now, with this decision's λ and context: the run consults it at every probe
+        # (and a shadowed policy's learned arm is read off the baseline's trace with the same inputs)
+        stop_in = self.selector.stop_inputs(decision) if served.learned or chosen.learned else None
         mode = "pass"
         try:
             engine = await self.ensure_engine()
@@ -272,11 +275,12 @@ class Gateway:
                 prompt = (await driver.render_chat(req.messages or [], model) if chat
                           else (req.prompt or "") + self.config.think_start)
                 result = await driver.run(prompt, served, model=model, probes=mode == "probe",
-                                          max_think=self.max_think(req.max_tokens))
+                                          max_think=self.max_think(req.max_tokens),
+                                          learned=stop_in if served.learned else None)
         except UpstreamError as exc:
             return self._failed(exc, decision, chosen, served, mode, started, out_headers)
         latency = (time.perf_counter() - started) * 1000
-        self._record(decision.decision_id, chosen, served, result, latency, mode)
+        self._record(decision.decision_id, chosen, served, result, latency, mode, stop_in)
         ours = self._ours(decision, chosen, served, result, mode)
         if result.raw is not None:
             payload = dict(result.raw)
@@ -304,11 +308,12 @@ class Gateway:
         return ours
 
     def _record(self, decision_id: str, chosen: Arm, served: Arm, result: RunResult, latency_ms: float,
-                mode: str) -> None:
+                mode: str, learned: Any = None) -> None:
         trace = result.trace
         if trace is None and result.raw is not None:
             trace = _engine_trace(result.raw)
-        self.ledger.put(decision_id, Served(served, chosen, result.completion_tokens, result.answer, trace, latency_ms))
+        self.ledger.put(decision_id, Served(served, chosen, result.completion_tokens, result.answer, trace, latency_ms,
+                                            learned=learned))
         self.metrics.requests.labels(served.name, mode, "200").inc()
         self.metrics.count_tokens(result.think_tokens, result.probe_tokens, result.answer_tokens,
                                   result.completion_tokens)
@@ -392,7 +397,7 @@ class Gateway:
         learned_em, learned_tokens = float(em), tokens
         if self.shadow is not None and served is not None and served.chosen.name != served.served.name:
             outcome = self.shadow.outcome(trace, served.chosen, served_em=float(em), served_answer=served.answer,
-                                          served_tokens=tokens, reference=reference)
+                                          served_tokens=tokens, reference=reference, learned=served.learned)
             if outcome is None:
                 self.metrics.rewards.labels("unrevealed").inc()
                 return {"decision_id": decision_id, "status": "unrevealed",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 from stopbandit.bandit.arms import Arm
 from stopbandit.bandit.trace import ProbeTrace
@@ -27,6 +28,7 @@ class Served:
     trace: ProbeTrace | None
     latency_ms: float
     error: str | None = None
+    learned: Any = None  # the learned stop rule's inputs the run used (LearnedInputs), when an arm reads it
 
 
 class Ledger:

@@ -8,8 +8,9 @@ confidence is the mean max-probability of its tokens (arithmetic, or geometric
 rule of the package, :func:`stopbandit.bandit.stoprule.stop_reason` (also
 behind traces, the simulator, the replay log and the decoder), decides whether
 thinking stops there: on confidence, on the agreement of the last k trial
-answers (Dynasor, arXiv 2412.20993), or at the budget. The answer is then the
-last trial answer (a confidence or agreement stop, as in DEER) or one more call
+answers (Dynasor, arXiv 2412.20993), on the learned stop rule (the Selector's
+rule at the decision's λ, read with the probes so far), or at the budget. The answer is then the
+last trial answer (a confidence, agreement or learned stop, as in DEER) or one more call
 that is the same request as a probe there (a budget stop, or the model closed
 its thinking), so a trace's trial answers are exactly what arms stopping at
 their offsets answer.
@@ -42,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stopbandit.bandit.arms import Arm
+from stopbandit.bandit.learned_stop import LearnedInputs
 from stopbandit.bandit.stoprule import stop_reason
 from stopbandit.bandit.trace import Probe, ProbeTrace
 from stopbandit.serve.config import GatewayConfig
@@ -51,6 +53,7 @@ from stopbandit.serve.result import RunResult, int_or_none, usage_counts
 from stopbandit.serve.upstream import Upstream, UpstreamError
 
 log = logging.getLogger("stopbandit.serve")
+_AT_PROBE = ("confidence", "agreement", "learned")  # stops at a probe: its trial answer is the answer
 
 
 def confidence(logprobs: Any, mean: str = "arithmetic") -> float:
@@ -143,11 +146,15 @@ class ProbeDriver:
         return joined(messages) + self.config.think_start
 
     # -- one request -------------------------------------------------------------------------
-    async def run(self, prompt: str, arm: Arm, *, model: str, probes: bool, max_think: int) -> RunResult:
+    async def run(self, prompt: str, arm: Arm, *, model: str, probes: bool, max_think: int,
+                  learned: LearnedInputs | None = None) -> RunResult:
         """Run ``arm`` on ``prompt`` (the raw completions prompt, ``think_start`` included).
 
         ``probes``: probe after each chunk (off: a budget arm's two-call fallback).
         ``max_think``: thinking limit of this request (the arm's budget applies too).
+        ``learned``: the learned stop rule, λ and this request's context (``Selector.stop_inputs``), needed
+        when ``arm`` stops on the learned rule; it is consulted after every probe, through the same
+        :func:`~stopbandit.bandit.stoprule.stop_reason` as every other rule.
         """
         state = _Run(text=prompt, ids=None)
         if self.token_chunking:
@@ -175,10 +182,10 @@ class ProbeDriver:
                 break
             if probes and state.think_tokens < limit:
                 await self._probe(state, model)
-            reason = stop_reason(arm, state.probes, state.think_tokens)
+            reason = stop_reason(arm, state.probes, state.think_tokens, learned if arm.learned else None)
             if reason is None and state.think_tokens >= limit:
                 reason = "budget"
-        if reason in ("confidence", "agreement"):
+        if reason in _AT_PROBE:
             last = state.probes[-1]
             answer, answer_tokens, finish = last.answer, last.tokens, "stop"
         else:
@@ -187,7 +194,7 @@ class ProbeDriver:
         return RunResult(
             answer=answer, reasoning=state.think, prompt_tokens=state.prompt_tokens,
             completion_tokens=state.spent, think_tokens=state.think_tokens,
-            probe_tokens=state.probe_tokens - (answer_tokens if reason in ("confidence", "agreement") else 0),
+            probe_tokens=state.probe_tokens - (answer_tokens if reason in _AT_PROBE else 0),
             answer_tokens=answer_tokens, finish_reason=finish, stop_reason=reason, trace=trace, calls=state.calls,
             chunking="tokens" if state.ids is not None else "text",
         )

@@ -18,6 +18,7 @@ unrewarded (counted as ``unrevealed``).
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from stopbandit.bandit.arms import Arm
 from stopbandit.bandit.trace import ProbeTrace, counterfactual, em_of
@@ -42,11 +43,17 @@ class Shadow:
             return self.agreed / self.requests if self.requests else None
 
     def outcome(self, trace: ProbeTrace | None, chosen: Arm, *, served_em: float, served_answer: str,
-                served_tokens: int, reference: str | None) -> tuple[float, int] | None:
-        """(EM, tokens) of the policy's arm on this request, or None when the trace does not tell."""
+                served_tokens: int, reference: str | None, learned: Any = None) -> tuple[float, int] | None:
+        """(EM, tokens) of the policy's arm on this request, or None when the trace does not tell.
+
+        ``learned``: the learned stop rule's inputs of this decision, when the policy's arm reads it.
+        """
         if chosen.name == self.baseline.name:
             return served_em, served_tokens
-        cf = counterfactual(trace, chosen) if trace is not None else None
+        if chosen.learned and learned is None:
+            self._miss()
+            return None
+        cf = counterfactual(trace, chosen, learned if chosen.learned else None) if trace is not None else None
         if cf is None:
             self._miss()
             return None

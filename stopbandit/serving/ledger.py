@@ -48,6 +48,7 @@ class Pending:
     deadline: float = math.inf  # time.monotonic() at which the reward window closes
     agg: Aggregate | None = None  # rewards so far (reward_aggregation = "sum")
     probs: Sequence[float] | None = None  # the whole probability vector (arm order) that drew ``arm``
+    context: Any = None  # the learned stop rule's context row of the request (when the Selector trains one)
 
 
 @dataclass(frozen=True, slots=True)

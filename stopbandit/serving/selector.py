@@ -60,13 +60,13 @@ from typing import Any
 import numpy as np
 
 from stopbandit import validation
-from stopbandit.bandit.arms import ArmSet
+from stopbandit.bandit.arms import ArmSet, arms_from_config
 from stopbandit.bandit.conservative import BudgetState, ConservativeBudget
 from stopbandit.bandit.delayed import MAX_TOKENS, RewardWindow
 from stopbandit.bandit.exploration import TraceShare
 from stopbandit.bandit.policy import FrozenPolicy, Policy, make_policy, observation_weights
 from stopbandit.bandit.reward import check_lambda
-from stopbandit.bandit.snapshot import check_snapshot_meta, pack, unpack
+from stopbandit.bandit.snapshot import check_snapshot_meta, pack, stop_rule_of, unpack
 from stopbandit.bandit.trace import ProbeTrace, answer_key, revealed_outcomes
 from stopbandit.bandit.vw import shared_line
 from stopbandit.config import SelectorConfig, load_config, snapshot_key
@@ -86,6 +86,7 @@ from stopbandit.serving.follower import StoreFollower, prepare_store
 from stopbandit.serving.lambdas import LambdaWriter
 from stopbandit.serving.ledger import Held, Late, Learn, LookUp, Pending, Repeat, RewardLedger, Settle
 from stopbandit.serving.slot import PolicySlot
+from stopbandit.serving.stop_learning import StopLearner
 
 log = logging.getLogger("stopbandit.selector")
 
@@ -135,6 +136,8 @@ class Selector:
         # the exploration rule's record of traced rewards belongs to this Selector, never to its config,
         # and carries over from one policy it serves to the next
         self._trace_share = TraceShare()
+        # the learned stop rule and its online training from traced rewards (None: no arm uses it, not trained)
+        self.stop_learner = StopLearner.for_selector(self.arms, config.learning, config.token_scale)
         # conservative exploration's running lower bound: state of this Selector, never of its config
         self._budget: ConservativeBudget | None = (
             ConservativeBudget(config.conservative, self._arm_names, self._reveals)
@@ -221,7 +224,7 @@ class Selector:
         cfg = config if isinstance(config, SelectorConfig) else (load_config(config) if config else SelectorConfig())
         arms = overrides.get("arms")
         if arms is not None and not isinstance(arms, ArmSet):
-            overrides["arms"] = ArmSet.of(arms)
+            overrides["arms"] = arms_from_config(arms) if isinstance(arms, str) else ArmSet.of(arms)
         cfg = cfg.with_(**overrides)
         if durable is not None:
             cfg = replace(cfg, store=replace(cfg.store, durable=durable))
@@ -350,7 +353,8 @@ class Selector:
         prob_map = dict(zip(names, probs))
         window = self._window
         pending = Pending(shared, idx, probs[idx], lam, feats.get("domain"),  # type: ignore[arg-type]
-                          time.monotonic() + window.seconds if window is not None else math.inf, probs=probs)
+                          time.monotonic() + window.seconds if window is not None else math.inf, probs=probs,
+                          context=None if self.stop_learner is None else self.stop_learner.context(feats))
         if self._ledger.add(key, pending):
             self._wake.set()  # the reaper closes the evicted window (off the request path)
         row = {
@@ -431,8 +435,10 @@ class Selector:
             if policy.exploration.watches_traces:
                 self._trace_share.observe(trace is not None and reference is not None)
             if trace is not None and reference is not None:
+                stop = self.stop_learner
+                learned = None if stop is None or pending.context is None else stop.inputs(pending.context, pending.lam)
                 revealed = {k: (em, tok) for k, (em, tok) in
-                            revealed_outcomes(trace, self.arms.arms, reference).items() if em is not None}
+                            revealed_outcomes(trace, self.arms.arms, reference, learned).items() if em is not None}
                 revealed[pending.arm] = (row["em"], row["tokens"])
                 weights = None
                 learning = self.config.learning
@@ -445,6 +451,8 @@ class Selector:
                 policy.learn(pending.shared, pending.arm, row["em"], row["tokens"], pending.prob, pending.lam)
         finally:
             self._slot.release(live)
+        if self.stop_learner is not None and self._learns:
+            self.stop_learner.observe(trace, reference, pending.context)
         if self._budget is not None and key is not None:
             self._settle_budget(key, pending, row, revealed)
         self.extractor.observe(pending.domain, row["em"])
@@ -499,7 +507,8 @@ class Selector:
                                        f"reach the store within store.decision_wait = {self._decision_wait():g} s)")
         logged = d.get("probabilities") or {}
         pending = Pending(shared_line(d["features"]), d["arm_index"], d["propensity"], d["lam"], d["domain"],
-                          probs=[float(logged.get(name, 0.0)) for name in self._arm_names])
+                          probs=[float(logged.get(name, 0.0)) for name in self._arm_names],
+                          context=None if self.stop_learner is None else self.stop_learner.context(d["features"]))
         window = self._window
         if window is None:
             return pending
@@ -611,7 +620,8 @@ class Selector:
         live = self._slot.acquire()
         try:
             packed = pack(live.policy, lam=self._lam, feature_config=self.config.features.to_dict(),
-                          extra={"prior": self.extractor.prior.state()}, key=self._snapshot_key)
+                          extra={"prior": self.extractor.prior.state()}, key=self._snapshot_key,
+                          stop_rule=self.stop_learner.rule if self.stop_learner is not None else None)
         finally:
             self._slot.release(live)
         self.store.save_snapshot(packed.version, packed.model, packed.meta, packed.checksum, role=role)
@@ -641,7 +651,8 @@ class Selector:
                               extra={"prior": self.extractor.prior.state(),
                                      "checkpoint": {"outcomes": outcomes, "of": live.version}},
                               version=f"{CHECKPOINT_PREFIX}{uuid.uuid4().hex[:8]}-{live.policy.t}",
-                              key=self._snapshot_key)
+                              key=self._snapshot_key,
+                              stop_rule=self.stop_learner.rule if self.stop_learner is not None else None)
             finally:
                 self._slot.release(live)
             try:
@@ -694,6 +705,13 @@ class Selector:
                 policy = unpack(stored.model, stored.meta, stored.checksum, arms=self.arms,
                                 feature_config=self.config.features.to_dict(), exploration=self.config.exploration,
                                 key=self._snapshot_key)
+                try:
+                    stop_rule = stop_rule_of(stored.meta)
+                    if stop_rule is not None and self.stop_learner is not None:
+                        self.stop_learner.check(stop_rule, stored.version)
+                except SnapshotError:
+                    policy.close()
+                    raise
             except (SnapshotError, InputError, StoreError):
                 raise
             except Exception as exc:  # noqa: BLE001 - whatever a stored snapshot holds, it is refused, not raised
@@ -709,10 +727,19 @@ class Selector:
             policy.trace_share = self._trace_share
             if not self._learns:
                 policy = FrozenPolicy(policy)
+            if stop_rule is not None and self.stop_learner is not None:
+                self.stop_learner.load(stop_rule, stored.version)
             self._slot.swap(policy, stored.version)
             self._follower.known.add(stored.version)
             self._follower.snapshot_error = None
         return True
+
+    def stop_inputs(self, decision: Decision) -> Any:
+        """What a decoder or gateway passes to the stop-rule kernel for ``decision`` when its arm stops on the
+        learned rule: :class:`~stopbandit.bandit.learned_stop.LearnedInputs` (the rule now, the decision's λ,
+        its context row); None when this Selector has no learned rule."""
+        stop = self.stop_learner
+        return None if stop is None else stop.inputs(stop.context(decision.features), decision.lam)
 
     # -- faults ---------------------------------------------------------------------------
     def record_fault(self, exc: BaseException) -> None:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from stopbandit.bandit.arms import Arm, ArmSet
+from stopbandit.bandit.learned_stop import LearnedInputs
 from stopbandit.bandit.stoprule import REASON_NAMES, ProbeBatch, Stops, stops
 from stopbandit.bandit.trace import ProbeTrace, em_of
 from stopbandit.errors import InputError
@@ -120,8 +121,8 @@ def _grid(request: SimRequest) -> ProbeBatch:
     return batch
 
 
-def _stops_of(request: SimRequest, arms: Sequence[Arm]) -> Stops:
-    return stops(_grid(request), arms, [request.think_len], [True], [request.answer_tokens])
+def _stops_of(request: SimRequest, arms: Sequence[Arm], learned: LearnedInputs | None = None) -> Stops:
+    return stops(_grid(request), arms, [request.think_len], [True], [request.answer_tokens], learned=learned)
 
 
 def stop_of(request: SimRequest, arm: Arm) -> tuple[int, str]:
@@ -130,12 +131,15 @@ def stop_of(request: SimRequest, arm: Arm) -> tuple[int, str]:
     return int(found.offset[0, 0]), REASON_NAMES[int(found.reason[0, 0])]
 
 
-def run(request: SimRequest, arm: Arm) -> SimOutcome:
-    """Run ``arm`` on ``request``: the outcome and the probe trace a decoder would log."""
+def run(request: SimRequest, arm: Arm, learned: LearnedInputs | None = None) -> SimOutcome:
+    """Run ``arm`` on ``request``: the outcome and the probe trace a decoder would log.
+
+    ``learned`` (the learned stop rule, λ and the request's context row) is needed when ``arm`` stops on it.
+    """
     _check_request(request)
     if not isinstance(arm, Arm):
         raise InputError(f"arm must be an Arm, got {type(arm).__name__}")
-    found = _stops_of(request, (arm,))
+    found = _stops_of(request, (arm,), learned)
     stop, reason, tokens = int(found.offset[0, 0]), REASON_NAMES[int(found.reason[0, 0])], int(found.tokens[0, 0])
     n_ans = request.answer_tokens
     answer = request.answer_at(stop)

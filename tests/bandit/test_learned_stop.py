@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from stopbandit.bandit.arms import Arm, ArmSet
-from stopbandit.bandit.learned_stop import LearnedInputs, LearnedStop
+from stopbandit.bandit.learned_stop import LearnedInputs, LearnedStop, StopData
 from stopbandit.bandit.snapshot import pack, stop_rule_of
 from stopbandit.bandit.stop_eval import evaluate, stop_data
 from stopbandit.bandit.stoprule import ProbeBatch, stop_reason, stops
@@ -119,3 +119,28 @@ def test_rule_is_json_in_snapshots_and_refuses_bad_state():
         LearnedStop(2, "vibes")
     with pytest.raises(InputError, match="context"):
         LearnedInputs(rule, 0.3, np.zeros((1, 9)))
+
+
+def test_stored_state_is_bounded_and_the_precision_round_trips():
+    _, traces, refs, ctx, rule = _setup(n=80)
+    back = LearnedStop.from_json(json.loads(json.dumps(rule.to_json())))
+    for k in ("now", "end", "rest"):
+        assert (back.precision[k] == rule.precision[k]).all() and (back.w[k] == rule.w[k]).all()
+    with pytest.raises(InputError, match="context_size"):  # a hostile size never reaches an allocation
+        LearnedStop.from_json(dict(rule.to_json(), context_size=10**7))
+    bad = rule.to_json()
+    bad["precision"] = dict(bad["precision"], now=[[1.0]])
+    with pytest.raises(InputError, match="precision"):
+        LearnedStop.from_json(bad)
+    # a second batch updates from the first one's precision: two batches land near the one fit on both
+    data = stop_data(traces, refs, ctx)
+    half = len(data.rest) // 2
+    def part(sl):
+        return StopData(data.features[sl], data.correct_now[sl], data.correct_end[sl], data.rest[sl])
+
+    both = LearnedStop(ctx.shape[1]).fit(data)
+    seq = LearnedStop(ctx.shape[1]).fit(part(slice(0, half))).fit(part(slice(half, None)))
+    np.testing.assert_allclose(seq.w["rest"], both.w["rest"], rtol=1e-8, atol=1e-10)  # exact recursive least squares
+    gap = np.abs(seq.w["now"] - both.w["now"]).max()
+    forget = LearnedStop(ctx.shape[1]).fit(part(slice(half, None)))  # the second batch alone
+    assert gap < 0.5 * np.abs(forget.w["now"] - both.w["now"]).max()

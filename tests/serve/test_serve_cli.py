@@ -57,8 +57,6 @@ def test_config_file_holds_the_selector_and_the_gateway_settings(tmp_path):
     (["--shadow", "nope"], None, "unknown arm 'nope'"),
     ([], "[gateway]\nprobe_every = 0\n", "gateway.probe_every must be a positive integer"),
     (["--engine", "tgi"], None, "Invalid value for '--engine'"),
-    ([], '[[arms]]\nname = "full"\nthreshold = 1.01\n\n[[arms]]\nname = "smart"\nthreshold = 1.01\nlearned = 1.0\n',
-     "cannot run learned stop arms ['smart'] yet"),
 ])
 def test_user_errors_are_one_line_and_exit_2(tmp_path, args, config, needle):
     extra = []
