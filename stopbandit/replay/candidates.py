@@ -281,10 +281,14 @@ def snapshot_meta(store: ReplayStore, spec: str | None) -> dict[str, Any] | None
     return dict(stored.meta) if stored is not None else None
 
 
-def resolve_arms(config_arms: ArmSet | None, meta: Mapping[str, Any] | None) -> tuple[ArmSet, str]:
-    """The evaluation's arms and where they came from: the config, else the snapshot, else the defaults."""
+def resolve_arms(config_arms: ArmSet | None, meta: Mapping[str, Any] | None,
+                 store_arms: ArmSet | None = None) -> tuple[ArmSet, str]:
+    """The evaluation's arms and where they came from: the config, else the store's, else the snapshot's, else
+    the defaults."""
     if config_arms is not None:
         return config_arms, "config"
+    if store_arms is not None:
+        return store_arms, "store"
     if meta is not None and meta.get("arms"):
         try:
             return ArmSet.of(meta["arms"]), f"snapshot {meta.get('version')}"

@@ -8,8 +8,9 @@ options, call them and print.
 
 Resolution of what a command evaluates with:
 
-* arms: ``--config``'s ``[[arms]]``, else the snapshot's (the named one, else
-  the newest), else the default arms; the log must match them by name;
+* arms: ``--config``'s ``[[arms]]``, else the store's own arm set (recorded
+  when a log is imported), else the snapshot's (the named one, else the
+  newest), else the default arms; the log must match them by name;
 * λ: ``--lam``, else the λ in force in the store, else the snapshot's, else the config's;
 * token_scale: ``--token-scale``, else the config's, else the snapshot's, else 1000.
 """
@@ -73,7 +74,7 @@ def _setup(url: str | None, config_path: str | None, policy: str | None, lam: fl
     cfg = load_config(config_path) if config_path else None
     store = ReplayStore(url)
     meta = snapshot_meta(store, policy)
-    arms, arms_source = resolve_arms(cfg.arms if cfg is not None else None, meta)
+    arms, arms_source = resolve_arms(cfg.arms if cfg is not None else None, meta, store.arms())
     lam_v, lam_source = resolve_lambda(lam, store, meta, cfg.lam if cfg is not None else 0.2)
     if lam_v < 0 or lam_v != lam_v:
         raise ConfigError(f"--lam must be a number >= 0, got {lam_v!r}")
@@ -488,7 +489,7 @@ def import_cmd(path, url, config_path, fmt, on_error, as_json) -> None:
     else:
         def parse():
             return read_dsjson(path, s.arms, token_scale=scale)
-    report = import_events(s.store, parse, path=path, fmt=fmt, on_error=on_error)
+    report = import_events(s.store, parse, path=path, fmt=fmt, on_error=on_error, arms=s.arms)
     failed = on_error == "fail" and report.error_count > 0
     nothing = not failed and report.error_count > 0 and report.valid == 0
     partial = not failed and report.error_count > 0 and report.valid > 0

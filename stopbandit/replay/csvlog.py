@@ -17,6 +17,10 @@ Optional columns (our exports write all of them, so the round trip is exact):
     policy_version, experiment default "csv" and "champion"
     latency_ms, outcome_ts, trace (JSON), reference_key, status
 
+``arm`` holds the arm's name, or a numeric action id ``N`` of a foreign log,
+which maps to the plain arm ``action_N`` (``[[arms]] name = "action_N",
+plain = true``; arm names start with a letter, so ``0`` cannot be one).
+
 Empty cells are absent values. Numbers are written with ``repr`` so floats
 survive the round trip bit for bit. Text cells that begin with ``= + - @``, a
 tab, a carriage return or ``'`` are written with one leading ``'``, so a
@@ -144,6 +148,15 @@ def _text(row: dict[str, str], name: str, default: str | None = None) -> str | N
     return default if text is None or text == "" else text
 
 
+def numeric_aliases(arms: ArmSet) -> dict[str, str]:
+    """Numeric action ids → arm names: id ``7`` is the arm named ``action_7`` (:func:`action_arm_name`), if any."""
+    out = {}
+    for name in arms.names:
+        if name.startswith("action_") and name[7:].isdigit() and name[7:] == str(int(name[7:])):
+            out[name[7:]] = name
+    return out
+
+
 def _run_time(pr: Problems, text: str, field: str) -> Any:
     try:
         return parse_time(text, field=field)
@@ -161,6 +174,7 @@ def parse_row(row: dict[str, str], line: int, arms: ArmSet, *, token_scale: floa
     pr = Problems()
     arm = _text(row, "arm")
     names = arms.names
+    arm = numeric_aliases(arms).get(arm, arm)  # type: ignore[arg-type]
     propensity = pr.run(_number, row, "propensity")
     if propensity is not BAD and not 0.0 < propensity <= 1.0:
         propensity = pr.add(f"column 'propensity' must be in (0, 1], got {row['propensity']!r}")
@@ -211,6 +225,7 @@ class _Columns:
         self.col = {name: i for i, name in enumerate(header)}
         self.arms, self.names = arms, arms.names
         self.arm_index = {name: i for i, name in enumerate(arms.names)}
+        self.arm_index.update({k: self.arm_index[v] for k, v in numeric_aliases(arms).items()})
         self.name_set = set(arms.names)
         self.token_scale, self.now = token_scale, now
         self.slow_only = [self.col[c] for c in self.SLOW_ONLY if c in self.col]
@@ -305,6 +320,7 @@ class _Columns:
         idx = arm_index.get(arm)
         if idx is None or not key or len(key) > MAX_KEY or "\x00" in key:
             return None
+        arm = names[idx]  # a numeric action id becomes its arm's name
         domain = r[i_dom]
         if domain[:1] == "'":
             domain = domain[1:]

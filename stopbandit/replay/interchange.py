@@ -32,7 +32,9 @@ IMPORT_BATCH = 10000
 EXPERIMENTS_MAX = 32
 MAX_REPORTED_ERRORS = 1000
 # what an error about a log whose actions are not the configured arms tells the user to do
-ARMS_HINT = " (if the log's actions are other arms, pass --config with an [[arms]] table naming them)"
+ARMS_HINT = (" (if the log's actions are other arms, pass --config with an [[arms]] table naming them; actions "
+             "that are not stopping rules are plain arms, name = \"item\", plain = true, and a numeric action id N "
+             "is the plain arm action_N)")
 # what an error about probabilities that do not sum to 1 suggests (a ranking log's per-item propensities)
 SUM_HINT = (" (a ranking or slate log that keeps each item's own propensity per position does not carry one "
             "distribution per decision: import one decision per slot with that slot's distribution)")
@@ -285,8 +287,13 @@ def outcome_of(key: str, *, em: Any, tokens: Any, ts: Any, latency_ms: Any = Non
 
 
 def import_events(store: ReplayStore, parse: Callable[[], Iterator[ParsedEvent | LineError]], *, path: str,
-                  fmt: str, on_error: str = "skip", batch: int = IMPORT_BATCH) -> ImportReport:
+                  fmt: str, on_error: str = "skip", batch: int = IMPORT_BATCH,
+                  arms: ArmSet | None = None) -> ImportReport:
     """Validate and write the lines of ``parse()`` in one pass (see the module docstring).
+
+    ``arms``: the arm set the lines are mapped to; recorded as the store's
+    (``store_arms``) before anything is written, and an import into a store
+    that has another arm set is refused (InputError).
 
     Memory is bounded by ``batch``: each batch's keys are looked up in the
     store (which by then holds the file's earlier batches), and only within
@@ -337,6 +344,8 @@ def import_events(store: ReplayStore, parse: Callable[[], Iterator[ParsedEvent |
         return len(decisions)
 
     with store.importing(atomic=atomic) as session:
+        if arms is not None:
+            session.record_arms(arms)
         pending: list[ParsedEvent] = []
         for item in parse():
             report.lines += 1

@@ -140,6 +140,10 @@ class Gateway:
         if learned:  # the probe driver has no learned stop rule to consult yet
             raise ConfigError(f"the gateway cannot run learned stop arms {learned} yet; serve threshold, "
                               f"agreement and budget arms (drop 'learned' from those [[arms]])")
+        plain = [a.name for a in self.arms if a.plain]
+        if plain:  # an imported log's actions: no stopping rule to run
+            raise ConfigError(f"the gateway cannot serve plain arms {plain} (they have no stopping rule; they name "
+                              "the actions of an imported log)")
         self.upstream = Upstream(config, transport=transport)
         self.engine: engines.Engine | None = engines.engine(config.engine) if config.engine != "auto" else None
         self.driver: ProbeDriver | None = (ProbeDriver(self.upstream, self.engine, config, self.arms)
