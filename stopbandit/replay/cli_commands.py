@@ -123,6 +123,21 @@ FEW_ESS = 30.0
 """A sweep row with fewer effective events than this is flagged even when they are a large share of the log."""
 
 
+def _print_calibration(calibration: dict[str, Any] | None, title: str) -> None:
+    """Brier score and reliability table of a model's P(EM) (``raw``: before its recalibration)."""
+    from stopbandit.replay.calibration import reliability_rows
+
+    if not calibration:
+        return
+    for which, label in (("raw", "heads, uncalibrated"), ("model", "calibrated" if "raw" in calibration else "heads")):
+        rep = calibration.get(which)
+        if rep is None or not rep["events"]:
+            continue
+        console.print(table(f"{title} ({label}): Brier {rep['brier']:.5f}, mean P {rep['mean_prediction']:.4f} vs "
+                            f"mean EM {rep['mean_em']:.4f}", ["P bin", "events", "mean P", "mean EM"],
+                            reliability_rows(rep)))
+
+
 def _print_warnings(lines: Sequence[str]) -> None:
     from rich.markup import escape
 
@@ -215,6 +230,7 @@ def evaluate_cmd(url, config_path, include_defaulted, include_late, chunk, no_pr
         title = METRIC_TITLES[metric] + (f" at λ={ev.lam:g}" if metric == "reward" else "")
         console.print(table(title, ["estimator", "value", level, "ESS", "max weight", "unsupported", "no trace"], rows))
     console.print(_counts_table(ev.counts))
+    _print_calibration(ev.calibration, f"DM/DR model {ev.model}: P(EM) of the logged arm against the log")
     _print_warnings(ev.warnings())
 
 
@@ -275,6 +291,11 @@ def train_cmd(url, config_path, include_defaulted, include_late, chunk, no_progr
                         ["metric", "logging (on-policy)", "95% CI", "new: DR", "95% CI", "new: SNIPS", "95% CI"], rows))
     console.print(f"ESS {dr.ess:,.1f} of {dr.n}, max weight {dr.max_weight:.3g}")
     console.print(_counts_table(report.test_counts, "held-out events"))
+    cal = report.calibration or {}
+    if cal.get("fit"):
+        console.print(f"EM recalibration (Platt, fitted on {cal['fit']['n']:,} training events): "
+                      f"P = sigmoid({cal['fit']['a']:.4g}·logit(P_heads) + {cal['fit']['b']:.4g})")
+    _print_calibration(cal.get("held_out"), "held-out part: new heads' P(EM) of the logged arm")
     warn = []
     for by_metric in report.candidate.values():
         label = next(iter(by_metric.values())).estimator

@@ -42,6 +42,9 @@ class Evaluation:
     seconds: float
     jobs: int = 1
     notes: dict[str, str] = field(default_factory=dict)
+    # DM/DR's P(EM) against the log on the logged arms: Brier score and reliability table
+    # (calibration.CalibrationAcc.report; "raw" too when the model is recalibrated); None without a model
+    calibration: dict[str, Any] | None = None
 
     def warnings(self) -> list[str]:
         out = list(self.counts.warnings())
@@ -64,7 +67,7 @@ class Evaluation:
             "estimates": {e: {m: est.to_dict() for m, est in ms.items()} for e, ms in self.estimates.items()},
             "logging": {m: est.to_dict() for m, est in self.logging.items()},
             "skipped": self.skipped, "warnings": self.warnings(), "seconds": round(self.seconds, 3),
-            "jobs": self.jobs,
+            "jobs": self.jobs, "calibration": self.calibration,
             **({"notes": self.notes} if self.notes else {}),
         }
 
@@ -120,7 +123,7 @@ def evaluate(
         policy=candidate.describe(), lam=lam, token_scale=token_scale, arms=arms.names,
         estimates=result.estimates.get("candidate", {}), logging=result.estimates["logging"]["on-policy"],
         counts=result.counts, skipped=result.skipped, model=model.version if model is not None else None,
-        seconds=result.seconds, jobs=result.jobs,
+        seconds=result.seconds, jobs=result.jobs, calibration=result.calibration,
     )
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from stopbandit.bandit.arms import ArmSet
 from stopbandit.errors import ConfigError, InputError
+from stopbandit.replay.calibration import CalibrationAcc
 from stopbandit.replay.logreader import EventBatch, LogCounts, LogReader, _gc_paused
 from stopbandit.replay.ope import Accumulator, Estimate, Estimator, Metric
 from stopbandit.replay.store import ReplayStore
@@ -64,6 +65,9 @@ class StreamResult:
     seconds: float
     skipped: dict[str, str]
     jobs: int = 1
+    # the model's P(EM) against the log on the logged arms (calibration.CalibrationAcc.report): "model" is what
+    # DM/DR used, "raw" the heads before their recalibration (only when the model has one)
+    calibration: dict[str, dict[str, Any]] | None = None
 
 
 class _Progress:
@@ -129,6 +133,13 @@ def _accumulate_chunk(batch: EventBatch, plan: Plan, model: HeadsModel | None,
         return got
 
     rhat = heads_of(model)
+    if rhat is not None and model is not None and batch.n:
+        # how well DM/DR's P(EM) matches the log, on each event's logged arm (raw too when recalibrated)
+        logged = np.arange(batch.n), batch.actions
+        if model.calibration is not None:
+            _add_calibration(accs, "raw", rhat[0][logged], batch.em)
+        rhat = model.calibrated(rhat)
+        _add_calibration(accs, "model", rhat[0][logged], batch.em)
     base = batch.logged_data(None, *(rhat if rhat is not None else (None, None)))
     for target, ests in plan:
         if not ests:
@@ -144,6 +155,16 @@ def _accumulate_chunk(batch: EventBatch, plan: Plan, model: HeadsModel | None,
                 key = (target.label, ename, metric.kind)
                 prev = accs.get(key)
                 accs[key] = acc if prev is None else prev.merge(acc)
+
+
+CALIBRATION = "__calibration__"
+
+
+def _add_calibration(accs: dict[AccKey, Any], which: str, p: np.ndarray, y: np.ndarray) -> None:
+    key = (CALIBRATION, which, "em")
+    acc = CalibrationAcc.of(p, y)
+    prev = accs.get(key)
+    accs[key] = acc if prev is None else prev.merge(acc)
 
 
 def _merge_into(accs: dict[AccKey, Accumulator], part: Mapping[AccKey, Accumulator]) -> None:
@@ -294,9 +315,11 @@ def run_targets(reader: LogReader, targets: Sequence[Target], *, model: HeadsMod
         counts = counts.merge(part_counts)
     reader.counts = counts
     estimates: dict[str, dict[str, dict[str, Estimate]]] = {}
+    calibration = {which: accs.pop((CALIBRATION, which, "em")).report()
+                   for which in ("model", "raw") if (CALIBRATION, which, "em") in accs}
     for (label, ename, kind), acc in accs.items():
         estimates.setdefault(label, {}).setdefault(ename, {})[kind] = acc.finalize(alpha)
-    return StreamResult(estimates, counts, time.perf_counter() - t0, skipped, jobs)
+    return StreamResult(estimates, counts, time.perf_counter() - t0, skipped, jobs, calibration or None)
 
 
 def _run_parallel(reader: LogReader, plan: Plan, model: HeadsModel | None, ranges: Sequence[tuple[int, int]],
