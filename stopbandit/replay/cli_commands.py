@@ -234,6 +234,55 @@ def evaluate_cmd(url, config_path, include_defaulted, include_late, chunk, no_pr
     _print_warnings(ev.warnings())
 
 
+@replay.command("evaluate-parquet")
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.option("--db", "url", envvar="STOPBANDIT_DB", help=DB_HELP + " (only for a snapshot policy or model).")
+@click.option("--policy", default="uniform", show_default=True,
+              help="arm:NAME | uniform | logging, or with --db: latest | <snapshot version>.")
+@click.option("--estimators", default="ips,snips", show_default=True, help="Comma list (as for evaluate).")
+@click.option("--lam", type=float, default=0.2, show_default=True, help="λ of the reward.")
+@click.option("--token-scale", type=float, default=1000.0, show_default=True, help="token_scale of the reward.")
+@click.option("--model", "model_version", default=None, help="With --db: snapshot whose heads DM/DR use.")
+@click.option("--engine", type=click.Choice(["ray", "local"]), default="ray", show_default=True,
+              help="ray: one task per partition on a Ray cluster (RAY_ADDRESS, else a local one); local: here.")
+@click.option("--workers", type=click.IntRange(1, 1024), default=2, show_default=True,
+              help="CPUs of the local Ray cluster started when none is running.")
+@click.option("--include-defaulted", is_flag=True, help="Count defaulted rewards.")
+@click.option("--include-late", is_flag=True, help="Count late rewards.")
+@click.option("--chunk", type=int, default=DEFAULT_CHUNK, show_default=True, help="Events per batch.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_user_errors
+def evaluate_parquet_cmd(path, url, policy, estimators, lam, token_scale, model_version, engine, workers,
+                         include_defaulted, include_late, chunk, as_json) -> None:
+    """Off-policy estimates over a Parquet export, its partitions mapped on Ray (the store's floats)."""
+    from stopbandit.replay.evaluation import evaluate_parquet
+    from stopbandit.replay.parquet import parquet_arms, partitions
+
+    arms = parquet_arms(partitions(path)[0])
+    store = ReplayStore(url) if url else None
+    needs_store = not (policy in ("uniform", "logging") or policy.startswith("arm:"))
+    if store is None and (needs_store or model_version):
+        raise ConfigError(f"--policy {policy!r} / --model need --db (the store that holds the snapshot)")
+    cand = make_candidate(policy, CandidateContext(store, arms, lam, False))  # type: ignore[arg-type]
+    model = default_model(store, arms, cand, model_version) if store is not None else None
+    names = parse_estimators(estimators, traced=True)
+    options = ReplayOptions(include=_include(include_defaulted, include_late), chunk=chunk, progress=False)
+    ev = evaluate_parquet(path, arms, cand, names, lam=lam, token_scale=token_scale, model=model, options=options,
+                          engine=engine, workers=workers)
+    if as_json:
+        _emit_json(ev.to_dict())
+        return
+    console.print(f"{ev.counts.used:,} events from {ev.notes['partitions']} partitions on {engine} in "
+                  f"{ev.seconds:.1f} s")
+    for metric in ("em", "tokens", "reward"):
+        rows = [["logging policy (on-policy)", _fmt(metric, ev.logging[metric].value), _ci(metric, ev.logging[metric])]]
+        for name in names:
+            e = ev.estimates.get(name, {}).get(metric)
+            rows.append([name, "skipped", ""] if e is None else [e.estimator, _fmt(metric, e.value), _ci(metric, e)])
+        console.print(table(METRIC_TITLES[metric], ["estimator", "value", "95% CI"], rows))
+    _print_warnings(ev.warnings())
+
+
 @replay.command("train")
 @_common
 @click.option("--since", default=None, help="The held-out part starts at this decision time (ISO 8601 or epoch s).")
@@ -423,24 +472,41 @@ def sweep_cmd(url, config_path, include_defaulted, include_late, chunk, no_progr
 
 
 FORMATS = ("dsjson", "csv")
+EXPORT_FORMATS = (*FORMATS, "parquet")
 
 
 @replay.command("export")
 @click.option("--db", "url", envvar="STOPBANDIT_DB", help=DB_HELP)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Selector TOML config ([[arms]]).")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="dsjson", show_default=True)
-@click.option("--out", "out_path", required=True, help="Output file ('-' = stdout).")
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="dsjson", show_default=True,
+              help="parquet: a directory of partitions, one per range of outcome ids (needs pyarrow).")
+@click.option("--out", "out_path", required=True, help="Output file ('-' = stdout; a new directory for parquet).")
 @click.option("--since", default=None, help="Only events decided at or after this time.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary (on stderr when --out -).")
 @_user_errors
 def export_cmd(url, config_path, fmt, out_path, since, as_json) -> None:
-    """Write every event (decision + outcome, every status) as DSJSON lines or CSV."""
+    """Write every event (decision + outcome, every status) as DSJSON lines, CSV or partitioned Parquet."""
     from stopbandit.replay.csvlog import CsvWriter
     from stopbandit.replay.dsjson import write_dsjson
 
     s = _setup(url, config_path, "latest", None, None)
     since_ts = parse_time(since, field="--since")
     t0 = time.perf_counter()
+    if fmt == "parquet":
+        from stopbandit.replay.parquet import export_parquet
+
+        if since_ts is not None:
+            raise ConfigError("--since does not apply to --format parquet (partitions hold the whole log; "
+                              "evaluate-parquet takes --since/--until)")
+        if out_path == "-":
+            raise ConfigError("--format parquet writes a directory: give --out DIR")
+        summary = export_parquet(s.store, out_path, s.arms)
+        summary.update({"format": fmt, "arms": list(s.arms.names), "seconds": round(time.perf_counter() - t0, 3)})
+        if as_json:
+            _emit_json(summary)
+        else:
+            click.echo(f"wrote {summary['events']} events to {out_path} ({len(summary['files'])} Parquet partitions)")
+        return
     to_stdout = out_path == "-"
     tmp = f"{out_path}.partial"
     try:

@@ -245,6 +245,34 @@ def choose_jobs(first_range_s: float, ranges_left: int, *, cores: int | None = N
     return jobs
 
 
+def make_plan(targets: Sequence[Target], model: HeadsModel | None) -> tuple[Plan, dict[str, str]]:
+    """Each target with the estimators that can run (a model-based one needs ``model``), and why others cannot."""
+    skipped: dict[str, str] = {}
+    plan: Plan = []
+    for t in targets:
+        usable = {}
+        for name, est in t.estimators.items():
+            if est.needs_model and (model is None or not model.has_heads):
+                skipped[name] = (f"{est.name} needs per-arm EM/token predictions: no snapshot with heads to use "
+                                 "as the model (run `stopbandit replay train`, or pass --model VERSION)")
+                continue
+            usable[name] = est
+        plan.append((t, usable))
+    return plan, skipped
+
+
+def finalize_accumulators(accs: dict[AccKey, Any], alpha: float) -> tuple[dict[str, dict[str, dict[str, Estimate]]],
+                                                                           dict[str, dict[str, Any]] | None]:
+    """The merged accumulators as ``estimates[target][estimator][metric]``, and the model's calibration report."""
+    accs = dict(accs)
+    calibration = {which: accs.pop((CALIBRATION, which, "em")).report()
+                   for which in ("model", "raw") if (CALIBRATION, which, "em") in accs}
+    estimates: dict[str, dict[str, dict[str, Estimate]]] = {}
+    for (label, ename, kind), acc in accs.items():
+        estimates.setdefault(label, {}).setdefault(ename, {})[kind] = acc.finalize(alpha)
+    return estimates, calibration or None
+
+
 def run_targets(reader: LogReader, targets: Sequence[Target], *, model: HeadsModel | None = None,
                 partition_ids: int = PARTITION_IDS) -> StreamResult:
     """Stream the log once; evaluate every target with every estimator on every metric.
@@ -264,17 +292,7 @@ def run_targets(reader: LogReader, targets: Sequence[Target], *, model: HeadsMod
     """
     alpha, progress, jobs = reader.options.alpha, reader.options.progress, reader.options.jobs
     t0 = time.perf_counter()
-    skipped: dict[str, str] = {}
-    plan: Plan = []
-    for t in targets:
-        usable = {}
-        for name, est in t.estimators.items():
-            if est.needs_model and (model is None or not model.has_heads):
-                skipped[name] = (f"{est.name} needs per-arm EM/token predictions: no snapshot with heads to use "
-                                 "as the model (run `stopbandit replay train`, or pass --model VERSION)")
-                continue
-            usable[name] = est
-        plan.append((t, usable))
+    plan, skipped = make_plan(targets, model)
     total = reader.count_total() if progress is not False else None
     private = reader.store.engine.url.get_backend_name() == "sqlite" and \
         reader.store.engine.url.database in (None, "", ":memory:")  # an in-memory database: this process's only
@@ -314,12 +332,8 @@ def run_targets(reader: LogReader, targets: Sequence[Target], *, model: HeadsMod
         _merge_into(accs, part_accs)
         counts = counts.merge(part_counts)
     reader.counts = counts
-    estimates: dict[str, dict[str, dict[str, Estimate]]] = {}
-    calibration = {which: accs.pop((CALIBRATION, which, "em")).report()
-                   for which in ("model", "raw") if (CALIBRATION, which, "em") in accs}
-    for (label, ename, kind), acc in accs.items():
-        estimates.setdefault(label, {}).setdefault(ename, {})[kind] = acc.finalize(alpha)
-    return StreamResult(estimates, counts, time.perf_counter() - t0, skipped, jobs, calibration or None)
+    estimates, calibration = finalize_accumulators(accs, alpha)
+    return StreamResult(estimates, counts, time.perf_counter() - t0, skipped, jobs, calibration)
 
 
 def _run_parallel(reader: LogReader, plan: Plan, model: HeadsModel | None, ranges: Sequence[tuple[int, int]],
@@ -354,4 +368,5 @@ def _run_parallel(reader: LogReader, plan: Plan, model: HeadsModel | None, range
     return [results[i] for i in range(len(ranges))]
 
 
-__all__ = ["PARTITION_IDS", "StreamResult", "Target", "choose_jobs", "partition", "run_targets"]
+__all__ = ["PARTITION_IDS", "StreamResult", "Target", "choose_jobs", "finalize_accumulators", "make_plan", "partition",
+           "run_targets"]
