@@ -310,36 +310,44 @@ def import_events(store: ReplayStore, parse: Callable[[], Iterator[ParsedEvent |
         seen: dict[str, tuple] = {}
         decisions: list[dict[str, Any]] = []
         outcomes: list[dict[str, Any]] = []
+        valid = from_cost = clipped = decisions_only = duplicates = 0
         for p in items:
-            key = p.decision["request_key"]
-            mine = (p.decision["arm_index"], p.decision["propensity"])
-            outcome = None if p.outcome is None else (p.outcome["em"], p.outcome["tokens"])
+            d, o = p.decision, p.outcome
+            key = d["request_key"]
+            mine = (d["arm_index"], d["propensity"])
+            outcome = None if o is None else (o["em"], o["tokens"])
             problem = None
-            if key in seen:
-                first_line, first = seen[key]
-                if first != (mine, outcome):
-                    problem = f"request_id {key!r} also on line {first_line} with a different decision or outcome"
-            elif key in dec and (dec[key][0] != mine[0] or abs(dec[key][1] - mine[1]) > PROB_TOL):
-                problem = (f"request_id {key!r} is already stored with arm_index {dec[key][0]} and propensity "
-                           f"{dec[key][1]!r}; this line has {mine[0]} and {mine[1]!r}")
-            elif key in out and outcome is not None and tuple(out[key]) != outcome:
+            first = seen.get(key)
+            stored = dec.get(key) if dec else None
+            if first is not None:
+                if first[1] != (mine, outcome):
+                    problem = f"request_id {key!r} also on line {first[0]} with a different decision or outcome"
+            elif stored is not None and (stored[0] != mine[0] or abs(stored[1] - mine[1]) > PROB_TOL):
+                problem = (f"request_id {key!r} is already stored with arm_index {stored[0]} and propensity "
+                           f"{stored[1]!r}; this line has {mine[0]} and {mine[1]!r}")
+            elif outcome is not None and out and key in out and tuple(out[key]) != outcome:
                 problem = (f"request_id {key!r} already has an outcome (em {out[key][0]!r}, tokens {out[key][1]!r}); "
                            f"this line has em {outcome[0]!r}, tokens {outcome[1]!r} (outcomes are write-once)")
             if problem is not None:
                 report.add_error(LineError(p.line, f"conflict: {problem}"))
                 continue
-            report.valid += 1
-            report.from_cost += p.mapped_from_cost
-            report.clipped += p.clipped
-            if p.outcome is None:
-                report.decisions_only += 1
-            if key in seen or (key in dec and (outcome is None or key in out)):
-                report.duplicates += 1
+            valid += 1
+            from_cost += p.mapped_from_cost
+            clipped += p.clipped
+            if o is None:
+                decisions_only += 1
+            if first is not None or (stored is not None and (outcome is None or key in out)):
+                duplicates += 1
                 continue
             seen[key] = (p.line, (mine, outcome))
-            decisions.append(p.decision)
-            if p.outcome is not None:
-                outcomes.append(p.outcome)
+            decisions.append(d)
+            if o is not None:
+                outcomes.append(o)
+        report.valid += valid
+        report.from_cost += from_cost
+        report.clipped += clipped
+        report.decisions_only += decisions_only
+        report.duplicates += duplicates
         session.write(decisions, outcomes)
         return len(decisions)
 

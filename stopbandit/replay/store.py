@@ -251,6 +251,13 @@ class _BulkInsert:
         return inserted
 
 
+# an import's key lookups: one statement each, compiled once (the keys are one expanding bound parameter)
+_LOOKUP_DECISIONS = select(DECISIONS.c.request_key, DECISIONS.c.arm_index, DECISIONS.c.propensity).where(
+    DECISIONS.c.request_key.in_(bindparam("keys", expanding=True)))
+_LOOKUP_OUTCOMES = select(OUTCOMES.c.decision_key, OUTCOMES.c.em, OUTCOMES.c.tokens).where(
+    OUTCOMES.c.decision_key.in_(bindparam("keys", expanding=True)))
+
+
 class ImportSession:
     """The writes of one import, on one connection (:meth:`ReplayStore.importing`).
 
@@ -281,13 +288,9 @@ class ImportSession:
         outcomes: dict[str, tuple] = {}
         with self._store._call("import lookup"):
             for i in range(0, len(keys), KEYS_PER_SELECT):
-                part = list(keys[i:i + KEYS_PER_SELECT])
-                q = select(DECISIONS.c.request_key, DECISIONS.c.arm_index, DECISIONS.c.propensity).where(
-                    DECISIONS.c.request_key.in_(part))
-                decisions.update({k: (a, p) for k, a, p in self._conn.execute(q).all()})
-                q = select(OUTCOMES.c.decision_key, OUTCOMES.c.em, OUTCOMES.c.tokens).where(
-                    OUTCOMES.c.decision_key.in_(part))
-                outcomes.update({k: (e, t) for k, e, t in self._conn.execute(q).all()})
+                part = {"keys": list(keys[i:i + KEYS_PER_SELECT])}
+                decisions.update({k: (a, p) for k, a, p in self._conn.execute(_LOOKUP_DECISIONS, part).all()})
+                outcomes.update({k: (e, t) for k, e, t in self._conn.execute(_LOOKUP_OUTCOMES, part).all()})
         return decisions, outcomes
 
     def write(self, decisions: Sequence[Mapping[str, Any]], outcomes: Sequence[Mapping[str, Any]]) -> None:
