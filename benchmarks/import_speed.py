@@ -16,7 +16,14 @@ Timed, in one run on the same file:
   the imported store (:func:`stopbandit.replay.evaluation.evaluate`);
 * ``numpy floor``: the same two estimates computed by reading the CSV with
   the ``csv`` module into numpy arrays (no validation, no database): the
-  least work any tool that reads the file must do.
+  least work any tool that reads the file must do;
+* ``parse``: :func:`read_csv` alone (every line validated into rows, nothing
+  written), the part of the import that is ours;
+* ``SQLite insert floor`` (SQLite only): the same rows, already built as
+  tuples, inserted with the driver's ``executemany`` into a fresh migrated
+  store in 10,000-row transactions: what the database itself costs per row
+  with this schema (its unique keys, indexes, foreign key and checks), the
+  bound no import into it can pass.
 
 On a shared machine wall time is CPU time stretched by the load, so the
 import is also reported per CPU second of this process (the database work
@@ -96,6 +103,37 @@ def numpy_floor(path: str, arm: str) -> tuple[float, float, float]:
     return time.perf_counter() - t0, ips, snips
 
 
+def sqlite_insert_floor(db: str, path: str, arms) -> float:
+    """CPU seconds to insert the CSV's rows, pre-built as driver tuples, into a fresh migrated SQLite store."""
+    import sqlite3
+
+    from stopbandit.replay import migrate
+    from stopbandit.replay.csvlog import read_csv
+
+    migrate.upgrade(f"sqlite:///{db}")
+    dec, out = [], []
+    for item in read_csv(path, arms, token_scale=1000.0):
+        d, o = item.decision, item.outcome
+        dec.append((d["request_key"], d["ts"], d["domain"], json.dumps(d["features"]), d["arm"], d["arm_index"],
+                    json.dumps(d["probabilities"]), d["propensity"], d["lam"], d["token_scale"],
+                    d["policy_version"], d["experiment"]))
+        out.append((o["decision_key"], o["ts"], o["em"], o["tokens"], None, None, None, o["status"]))
+    con = sqlite3.connect(db)
+    for pragma in ("journal_mode=WAL", "foreign_keys=ON", "synchronous=NORMAL"):
+        con.execute(f"PRAGMA {pragma}")
+    c0 = time.process_time()
+    for i in range(0, len(dec), 10_000):
+        con.executemany("INSERT INTO decisions (request_key, ts, domain, features, arm, arm_index, probabilities, "
+                        "propensity, lam, token_scale, policy_version, experiment) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", dec[i:i + 10_000])
+        con.executemany("INSERT INTO outcomes (decision_key, ts, em, tokens, latency_ms, trace, reference_key, "
+                        "status) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", out[i:i + 10_000])
+        con.commit()
+    spent = time.process_time() - c0
+    con.close()
+    return spent
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=200_000)
@@ -135,12 +173,22 @@ def main() -> None:
         t_floor, ips, snips = numpy_floor(path, arms.names[0])
         store.dispose()
 
+        c0 = time.process_time()
+        parsed = sum(1 for _ in read_csv(path, arms, token_scale=1000.0))
+        c_parse = time.process_time() - c0
+        c_insert = None
+        if url.startswith("sqlite"):
+            c_insert = sqlite_insert_floor(os.path.join(tmp, "floor.db"), path, arms)
+
     ours = (ev.estimates["ips"]["em"].value, ev.estimates["snips"]["em"].value)
     agree = abs(ours[0] - ips) <= 1e-9 * max(1.0, abs(ips)) and abs(ours[1] - snips) <= 1e-9 * max(1.0, abs(snips))
     out = {
         "rows": args.rows, "store": url.split(":", 1)[0], "machine": f"{os.cpu_count()} cores, {platform.machine()}",
         "import_s": round(t_import, 2), "import_rows_per_s": round(args.rows / t_import),
         "import_rows_per_cpu_s": round(args.rows / c_import), "load_avg_1min": round(os.getloadavg()[0], 1),
+        "parse_rows_per_cpu_s": round(parsed / c_parse),
+        "sqlite_insert_floor_rows_per_cpu_s": None if c_insert is None else round(args.rows / c_insert),
+        "import_over_insert_floor": None if c_insert is None else round(c_import / c_insert, 2),
         "evaluate_s": round(t_eval, 2), "numpy_floor_s": round(t_floor, 2),
         "import_plus_evaluate_over_floor": round((t_import + t_eval) / t_floor, 1),
         "ips": [ours[0], ips], "snips": [ours[1], snips], "agree": agree,

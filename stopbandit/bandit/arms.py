@@ -38,6 +38,11 @@ class Arm:
     ``max_think_tokens``: thinking budget in tokens, 0 = unlimited.
     ``agreement``: stop once this many consecutive probes give the same
     trial answer (at least 2), 0 = off.
+    ``plain``: an arm that is only a name (an imported log's action, e.g. an
+    item of a recommender): it has no stopping rule, its threshold is
+    meaningless, and it reveals no other arm nor is revealed by one, so the
+    graph estimators treat it like a plain contextual-bandit action. Built from
+    a table ``{name = "...", plain = true}``; a gateway refuses to serve it.
     ``learned``: aggressiveness of the learned stop rule
     (:mod:`stopbandit.bandit.learned_stop`), > 0; 0 = off. The rule stops once
     the estimated gain of thinking on is at most ``learned · λ · (expected
@@ -49,6 +54,7 @@ class Arm:
     max_think_tokens: int = 0
     agreement: int = 0
     learned: float = 0.0
+    plain: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -78,6 +84,11 @@ class Arm:
         if isinstance(self.learned, bool) or not isinstance(self.learned, (int, float)) \
                 or not math.isfinite(self.learned) or self.learned < 0:
             raise ConfigError(f"arm {self.name!r}: learned must be a finite number >= 0 (0 = off), got {self.learned!r}")
+        if not isinstance(self.plain, bool):
+            raise ConfigError(f"arm {self.name!r}: plain must be true or false, got {self.plain!r}")
+        if self.plain and (self.max_think_tokens or self.agreement or self.learned):
+            raise ConfigError(f"arm {self.name!r}: a plain arm has no stopping rule; drop max_think_tokens, "
+                              "agreement and learned (or plain)")
         object.__setattr__(self, "threshold", float(self.threshold))
         object.__setattr__(self, "learned", float(self.learned))
 
@@ -102,7 +113,9 @@ class Arm:
         return 1.0 / self.learned if self.learned > 0 else math.inf
 
     def at_most_as_lenient_as(self, other: Arm) -> bool:
-        """True when this arm stops at or before ``other`` on every request."""
+        """True when this arm stops at or before ``other`` on every request (never between plain arms)."""
+        if self.plain or other.plain:
+            return self is other or self == other
         return (self.threshold <= other.threshold and self.cap <= other.cap and self.window <= other.window
                 and self.patience <= other.patience)
 
@@ -112,6 +125,8 @@ class Arm:
 
     def to_dict(self) -> dict[str, Any]:
         """The arm as a table; ``agreement`` only when on, so arm sets without it store as before."""
+        if self.plain:
+            return {"name": self.name, "plain": True}
         out: dict[str, Any] = {"name": self.name, "threshold": self.threshold, "max_think_tokens": self.max_think_tokens}
         if self.agreement:
             out["agreement"] = self.agreement
@@ -123,13 +138,35 @@ class Arm:
     def from_dict(cls, data: Mapping[str, Any]) -> Arm:
         if not isinstance(data, Mapping):
             raise ConfigError(f"an arm must be a table with name/threshold/max_think_tokens, got {data!r}")
-        unknown = set(data) - {"name", "threshold", "max_think_tokens", "agreement", "learned"}
+        unknown = set(data) - {"name", "threshold", "max_think_tokens", "agreement", "learned", "plain"}
         if unknown:
             raise ConfigError(f"arm {data.get('name')!r}: unknown field(s) {sorted(unknown)}")
+        if data.get("plain") is True:
+            if "name" not in data:
+                raise ConfigError(f"a plain arm needs 'name', got {dict(data)!r}")
+            return plain_arm(data["name"], **{k: v for k, v in data.items() if k not in ("name", "plain")})
         if "name" not in data or "threshold" not in data:
             raise ConfigError(f"an arm needs 'name' and 'threshold', got {dict(data)!r}")
         return cls(data["name"], data["threshold"], data.get("max_think_tokens", 0), data.get("agreement", 0),
                    data.get("learned", 0.0))
+
+
+def plain_arm(name: str, **rest: Any) -> Arm:
+    """An arm that is only a name (see :class:`Arm`'s ``plain``); its threshold is the never-reached maximum."""
+    if "threshold" in rest and rest["threshold"] != MAX_THRESHOLD:
+        raise ConfigError(f"arm {name!r}: a plain arm has no threshold; drop threshold (or plain)")
+    extra = {k: v for k, v in rest.items() if k != "threshold"}
+    return Arm(name, MAX_THRESHOLD, plain=True, **extra)
+
+
+def action_arm_name(action: int | str) -> str:
+    """The name of the plain arm of a numeric action id: ``7`` is ``action_7`` (arm names start with a letter)."""
+    return f"action_{action}"
+
+
+def plain_arms(names: Iterable[str]) -> ArmSet:
+    """An arm set of plain arms (an imported log's actions), in the given order."""
+    return ArmSet(tuple(plain_arm(n) for n in names))
 
 
 DEFAULT_ARMS: tuple[Arm, ...] = (
@@ -192,6 +229,8 @@ class ArmSet:
     def revealed_by(self, logged: int) -> list[int]:
         """Indices of arms whose outcome a trace of arm ``logged`` reveals (itself included)."""
         lead = self.arms[logged]
+        if lead.plain:
+            return [logged]
         return [i for i, a in enumerate(self.arms) if a.at_most_as_lenient_as(lead)]
 
     def reveals(self) -> tuple[tuple[int, ...], ...]:

@@ -33,7 +33,8 @@ from stopbandit.bandit.arms import ArmSet, arms_from_config
 from stopbandit.bandit.policy import HeadsPolicy, Policy
 from stopbandit.bandit.snapshot import unpack
 from stopbandit.bandit.vw import shared_lines
-from stopbandit.errors import ConfigError, SnapshotError
+from stopbandit.replay import calibration as em_calibration
+from stopbandit.errors import ConfigError, InputError, SnapshotError
 from stopbandit.replay.logreader import EventBatch
 from stopbandit.replay.store import ReplayStore
 from stopbandit.replay.sweep import greedy_probs, lenience_rank, policy_scores
@@ -61,6 +62,24 @@ class HeadsModel:
         self.has_heads = isinstance(policy, HeadsPolicy)
         self.token_scale = float(policy.token_scale)
         self.arms = policy.arms
+        extra = self.meta.get("extra")
+        try:
+            self.calibration = em_calibration.check(extra.get("em_calibration") if isinstance(extra, Mapping)
+                                                    else None)
+        except InputError as exc:
+            raise SnapshotError(f"snapshot {version!r}: {exc}") from None
+
+    def with_calibration(self, calibration: Mapping[str, Any] | None) -> HeadsModel:
+        """This model with ``calibration`` (:mod:`stopbandit.replay.calibration`) applied to DM/DR's P(EM)."""
+        extra = dict(self.meta.get("extra") or {})
+        extra["em_calibration"] = calibration
+        return HeadsModel(self.policy, self.version, {**self.meta, "extra": extra})
+
+    def calibrated(self, heads: Heads) -> Heads:
+        """``heads`` with P(EM) recalibrated (what DM and DR use); candidates decide on the raw heads."""
+        if self.calibration is None:
+            return heads
+        return em_calibration.apply(heads[0], self.calibration), heads[1]
 
     @classmethod
     def load(cls, store: ReplayStore, version: str, arms: ArmSet | None = None) -> HeadsModel:
@@ -281,10 +300,14 @@ def snapshot_meta(store: ReplayStore, spec: str | None) -> dict[str, Any] | None
     return dict(stored.meta) if stored is not None else None
 
 
-def resolve_arms(config_arms: ArmSet | None, meta: Mapping[str, Any] | None) -> tuple[ArmSet, str]:
-    """The evaluation's arms and where they came from: the config, else the snapshot, else the defaults."""
+def resolve_arms(config_arms: ArmSet | None, meta: Mapping[str, Any] | None,
+                 store_arms: ArmSet | None = None) -> tuple[ArmSet, str]:
+    """The evaluation's arms and where they came from: the config, else the store's, else the snapshot's, else
+    the defaults."""
     if config_arms is not None:
         return config_arms, "config"
+    if store_arms is not None:
+        return store_arms, "store"
     if meta is not None and meta.get("arms"):
         try:
             return ArmSet.of(meta["arms"]), f"snapshot {meta.get('version')}"

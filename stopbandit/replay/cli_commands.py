@@ -8,8 +8,9 @@ options, call them and print.
 
 Resolution of what a command evaluates with:
 
-* arms: ``--config``'s ``[[arms]]``, else the snapshot's (the named one, else
-  the newest), else the default arms; the log must match them by name;
+* arms: ``--config``'s ``[[arms]]``, else the store's own arm set (recorded
+  when a log is imported), else the snapshot's (the named one, else the
+  newest), else the default arms; the log must match them by name;
 * λ: ``--lam``, else the λ in force in the store, else the snapshot's, else the config's;
 * token_scale: ``--token-scale``, else the config's, else the snapshot's, else 1000.
 """
@@ -73,7 +74,7 @@ def _setup(url: str | None, config_path: str | None, policy: str | None, lam: fl
     cfg = load_config(config_path) if config_path else None
     store = ReplayStore(url)
     meta = snapshot_meta(store, policy)
-    arms, arms_source = resolve_arms(cfg.arms if cfg is not None else None, meta)
+    arms, arms_source = resolve_arms(cfg.arms if cfg is not None else None, meta, store.arms())
     lam_v, lam_source = resolve_lambda(lam, store, meta, cfg.lam if cfg is not None else 0.2)
     if lam_v < 0 or lam_v != lam_v:
         raise ConfigError(f"--lam must be a number >= 0, got {lam_v!r}")
@@ -120,6 +121,21 @@ HEAVY_WEIGHT = 100.0
 """A sweep row whose largest importance weight reaches this is flagged: a handful of events decide it."""
 FEW_ESS = 30.0
 """A sweep row with fewer effective events than this is flagged even when they are a large share of the log."""
+
+
+def _print_calibration(calibration: dict[str, Any] | None, title: str) -> None:
+    """Brier score and reliability table of a model's P(EM) (``raw``: before its recalibration)."""
+    from stopbandit.replay.calibration import reliability_rows
+
+    if not calibration:
+        return
+    for which, label in (("raw", "heads, uncalibrated"), ("model", "calibrated" if "raw" in calibration else "heads")):
+        rep = calibration.get(which)
+        if rep is None or not rep["events"]:
+            continue
+        console.print(table(f"{title} ({label}): Brier {rep['brier']:.5f}, mean P {rep['mean_prediction']:.4f} vs "
+                            f"mean EM {rep['mean_em']:.4f}", ["P bin", "events", "mean P", "mean EM"],
+                            reliability_rows(rep)))
 
 
 def _print_warnings(lines: Sequence[str]) -> None:
@@ -260,6 +276,56 @@ def evaluate_cmd(url, config_path, include_defaulted, include_late, chunk, no_pr
         console.print(table(title, ["estimator", "value", level, "ESS", "max weight", "unsupported", "no trace"], rows))
     console.print(_counts_table(ev.counts))
     _print_exact(exact)
+    _print_calibration(ev.calibration, f"DM/DR model {ev.model}: P(EM) of the logged arm against the log")
+    _print_warnings(ev.warnings())
+
+
+@replay.command("evaluate-parquet")
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.option("--db", "url", envvar="STOPBANDIT_DB", help=DB_HELP + " (only for a snapshot policy or model).")
+@click.option("--policy", default="uniform", show_default=True,
+              help="arm:NAME | uniform | logging, or with --db: latest | <snapshot version>.")
+@click.option("--estimators", default="ips,snips", show_default=True, help="Comma list (as for evaluate).")
+@click.option("--lam", type=float, default=0.2, show_default=True, help="λ of the reward.")
+@click.option("--token-scale", type=float, default=1000.0, show_default=True, help="token_scale of the reward.")
+@click.option("--model", "model_version", default=None, help="With --db: snapshot whose heads DM/DR use.")
+@click.option("--engine", type=click.Choice(["ray", "local"]), default="ray", show_default=True,
+              help="ray: one task per partition on a Ray cluster (RAY_ADDRESS, else a local one); local: here.")
+@click.option("--workers", type=click.IntRange(1, 1024), default=2, show_default=True,
+              help="CPUs of the local Ray cluster started when none is running.")
+@click.option("--include-defaulted", is_flag=True, help="Count defaulted rewards.")
+@click.option("--include-late", is_flag=True, help="Count late rewards.")
+@click.option("--chunk", type=int, default=DEFAULT_CHUNK, show_default=True, help="Events per batch.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_user_errors
+def evaluate_parquet_cmd(path, url, policy, estimators, lam, token_scale, model_version, engine, workers,
+                         include_defaulted, include_late, chunk, as_json) -> None:
+    """Off-policy estimates over a Parquet export, its partitions mapped on Ray (the store's floats)."""
+    from stopbandit.replay.evaluation import evaluate_parquet
+    from stopbandit.replay.parquet import parquet_arms, partitions
+
+    arms = parquet_arms(partitions(path)[0])
+    store = ReplayStore(url) if url else None
+    needs_store = not (policy in ("uniform", "logging") or policy.startswith("arm:"))
+    if store is None and (needs_store or model_version):
+        raise ConfigError(f"--policy {policy!r} / --model need --db (the store that holds the snapshot)")
+    cand = make_candidate(policy, CandidateContext(store, arms, lam, False))  # type: ignore[arg-type]
+    model = default_model(store, arms, cand, model_version) if store is not None else None
+    names = parse_estimators(estimators, traced=True)
+    options = ReplayOptions(include=_include(include_defaulted, include_late), chunk=chunk, progress=False)
+    ev = evaluate_parquet(path, arms, cand, names, lam=lam, token_scale=token_scale, model=model, options=options,
+                          engine=engine, workers=workers)
+    if as_json:
+        _emit_json(ev.to_dict())
+        return
+    console.print(f"{ev.counts.used:,} events from {ev.notes['partitions']} partitions on {engine} in "
+                  f"{ev.seconds:.1f} s")
+    for metric in ("em", "tokens", "reward"):
+        rows = [["logging policy (on-policy)", _fmt(metric, ev.logging[metric].value), _ci(metric, ev.logging[metric])]]
+        for name in names:
+            e = ev.estimates.get(name, {}).get(metric)
+            rows.append([name, "skipped", ""] if e is None else [e.estimator, _fmt(metric, e.value), _ci(metric, e)])
+        console.print(table(METRIC_TITLES[metric], ["estimator", "value", "95% CI"], rows))
     _print_warnings(ev.warnings())
 
 
@@ -332,6 +398,11 @@ def train_cmd(url, config_path, include_defaulted, include_late, chunk, no_progr
         console.print("learned stop rule: no trace of the training part reached the end; none trained")
     if report.exact and report.exact["traced_events"]:
         _print_exact([report.exact])
+    cal = report.calibration or {}
+    if cal.get("fit"):
+        console.print(f"EM recalibration (Platt, fitted on {cal['fit']['n']:,} training events): "
+                      f"P = sigmoid({cal['fit']['a']:.4g}·logit(P_heads) + {cal['fit']['b']:.4g})")
+    _print_calibration(cal.get("held_out"), "held-out part: new heads' P(EM) of the logged arm")
     warn = []
     for by_metric in report.candidate.values():
         label = next(iter(by_metric.values())).estimator
@@ -469,24 +540,41 @@ def sweep_cmd(url, config_path, include_defaulted, include_late, chunk, no_progr
 
 
 FORMATS = ("dsjson", "csv")
+EXPORT_FORMATS = (*FORMATS, "parquet")
 
 
 @replay.command("export")
 @click.option("--db", "url", envvar="STOPBANDIT_DB", help=DB_HELP)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Selector TOML config ([[arms]]).")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="dsjson", show_default=True)
-@click.option("--out", "out_path", required=True, help="Output file ('-' = stdout).")
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="dsjson", show_default=True,
+              help="parquet: a directory of partitions, one per range of outcome ids (needs pyarrow).")
+@click.option("--out", "out_path", required=True, help="Output file ('-' = stdout; a new directory for parquet).")
 @click.option("--since", default=None, help="Only events decided at or after this time.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary (on stderr when --out -).")
 @_user_errors
 def export_cmd(url, config_path, fmt, out_path, since, as_json) -> None:
-    """Write every event (decision + outcome, every status) as DSJSON lines or CSV."""
+    """Write every event (decision + outcome, every status) as DSJSON lines, CSV or partitioned Parquet."""
     from stopbandit.replay.csvlog import CsvWriter
     from stopbandit.replay.dsjson import write_dsjson
 
     s = _setup(url, config_path, "latest", None, None)
     since_ts = parse_time(since, field="--since")
     t0 = time.perf_counter()
+    if fmt == "parquet":
+        from stopbandit.replay.parquet import export_parquet
+
+        if since_ts is not None:
+            raise ConfigError("--since does not apply to --format parquet (partitions hold the whole log; "
+                              "evaluate-parquet takes --since/--until)")
+        if out_path == "-":
+            raise ConfigError("--format parquet writes a directory: give --out DIR")
+        summary = export_parquet(s.store, out_path, s.arms)
+        summary.update({"format": fmt, "arms": list(s.arms.names), "seconds": round(time.perf_counter() - t0, 3)})
+        if as_json:
+            _emit_json(summary)
+        else:
+            click.echo(f"wrote {summary['events']} events to {out_path} ({len(summary['files'])} Parquet partitions)")
+        return
     to_stdout = out_path == "-"
     tmp = f"{out_path}.partial"
     try:
@@ -556,7 +644,7 @@ def import_cmd(path, url, config_path, fmt, on_error, as_json) -> None:
     else:
         def parse():
             return read_dsjson(path, s.arms, token_scale=scale)
-    report = import_events(s.store, parse, path=path, fmt=fmt, on_error=on_error)
+    report = import_events(s.store, parse, path=path, fmt=fmt, on_error=on_error, arms=s.arms)
     failed = on_error == "fail" and report.error_count > 0
     nothing = not failed and report.error_count > 0 and report.valid == 0
     partial = not failed and report.error_count > 0 and report.valid > 0

@@ -58,7 +58,9 @@ from typing import IO, Any
 
 from stopbandit.bandit.arms import ArmSet
 from stopbandit.errors import InputError, StopbanditError
-from stopbandit.replay.interchange import ARMS_HINT, LineError, ParsedEvent, decision_row, outcome_of
+from stopbandit.replay.interchange import (
+    ARMS_HINT, BAD, LineError, ParsedEvent, Problems, decision_row, outcome_of,
+)
 from stopbandit.replay.times import iso_time, parse_time
 from stopbandit.replay.store import Event
 
@@ -164,64 +166,75 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
 
 
 def parse_dsjson(obj: Any, line: int, arms: ArmSet, *, token_scale: float, text: str | None = None) -> ParsedEvent:
-    """Validate and map one DSJSON object; raises InputError naming the field and the bad value.
+    """Validate and map one DSJSON object; raises InputError naming every bad field and value.
 
     ``text``: the line as read, from which a foreign line without ``EventId`` gets its key.
+    A problem that leaves later fields without meaning (no ``a``, no ``c``)
+    stops there; every other problem of the line is reported with it.
     """
     if not isinstance(obj, dict):
         raise InputError(f"a DSJSON line must be a JSON object, got {type(obj).__name__}")
     why = _unsupported(obj)
     if why is not None:
         raise InputError(why)
+    pr = Problems()
     if "EventId" in obj or CUSTOM in obj or text is None:
-        key = _field(obj, "EventId")
+        key = pr.run(_field, obj, "EventId")
     else:
         key = _derived_key(text, line)
-    actions = _field(obj, "a")
-    probs = _field(obj, "p")
-    context = _field(obj, "c")
-    if not isinstance(context, dict):
-        raise InputError(f"field 'c' must be an object, got {type(context).__name__}")
-    if not isinstance(actions, list) or not actions or not all(
-            isinstance(x, int) and not isinstance(x, bool) for x in actions):
-        raise InputError(f"field 'a' must be a list of 1-based action ids, got {actions!r}")
-    if not isinstance(probs, list) or len(probs) != len(actions):
-        raise InputError(f"field 'p' must be a list of {len(actions)} probabilities (one per entry of 'a'), "
-                         f"got {probs!r}")
+    actions = pr.run(_field, obj, "a")
+    probs = pr.run(_field, obj, "p")
+    context = pr.run(_field, obj, "c")
+    if context is not BAD and not isinstance(context, dict):
+        context = pr.add(f"field 'c' must be an object, got {type(context).__name__}")
+    if actions is not BAD and (not isinstance(actions, list) or not actions or not all(
+            isinstance(x, int) and not isinstance(x, bool) for x in actions)):
+        actions = pr.add(f"field 'a' must be a list of 1-based action ids, got {actions!r}")
+    if actions is not BAD and probs is not BAD and (not isinstance(probs, list) or len(probs) != len(actions)):
+        probs = pr.add(f"field 'p' must be a list of {len(actions)} probabilities (one per entry of 'a'), "
+                       f"got {probs!r}")
+    if actions is BAD or context is BAD:
+        pr.raise_any()
     multi = context.get("_multi")
     n_actions = len(multi) if isinstance(multi, list) else len(actions)
     if sorted(actions) != list(range(1, n_actions + 1)):
-        raise InputError(f"field 'a' must list every action id 1..{n_actions} once, got {actions!r}")
+        pr.add(f"field 'a' must list every action id 1..{n_actions} once, got {actions!r}")
+        pr.raise_any()
     names = [_arm_name(x) for x in multi] if isinstance(multi, list) else [None] * n_actions
+    arm_of: list[Any] | None = None
     if all(n is not None for n in names):
         unknown = [n for n in names if n not in arms.names]
         if unknown:
-            raise InputError(f"unknown arm {unknown[0]!r} in c._multi; known arms: {list(arms.names)}{ARMS_HINT}")
-        if sorted(names) != sorted(arms.names):  # type: ignore[type-var]
-            raise InputError(f"c._multi names arms {names}, expected each of {list(arms.names)} once{ARMS_HINT}")
-        arm_of = list(names)
+            pr.add(f"unknown arm {unknown[0]!r} in c._multi; known arms: {list(arms.names)}{ARMS_HINT}")
+        elif sorted(names) != sorted(arms.names):  # type: ignore[type-var]
+            pr.add(f"c._multi names arms {names}, expected each of {list(arms.names)} once{ARMS_HINT}")
+        else:
+            arm_of = list(names)
+    elif n_actions != len(arms):
+        pr.add(f"the line has {n_actions} actions without arm names; mapping by index needs exactly "
+               f"the {len(arms)} configured arms {list(arms.names)}{ARMS_HINT}")
     else:
-        if n_actions != len(arms):
-            raise InputError(f"the line has {n_actions} actions without arm names; mapping by index needs exactly "
-                             f"the {len(arms)} configured arms {list(arms.names)}{ARMS_HINT}")
         arm_of = list(arms.names)
-    prob_of: dict[str, Any] = {}
-    for aid, p in zip(actions, probs):
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= float(p) <= 1.0:
-            raise InputError(f"probability {p!r} of action {aid} is not a number in [0, 1]")
-        prob_of[arm_of[aid - 1]] = p  # type: ignore[index]
-    chosen = _field(obj, "_label_Action") if "_label_Action" in obj else None
+    prob_of: Any = {} if arm_of is not None and probs is not BAD else BAD
+    if probs is not BAD:
+        for aid, p in zip(actions, probs):
+            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= float(p) <= 1.0:
+                prob_of = pr.add(f"probability {p!r} of action {aid} is not a number in [0, 1]")
+            elif prob_of is not BAD:
+                prob_of[arm_of[aid - 1]] = p  # type: ignore[index]
+    chosen = obj["_label_Action"] if "_label_Action" in obj else None
     index = obj.get("_labelIndex")
     if chosen is None:
         if index is None:
-            raise InputError("missing field '_label_Action' (or '_labelIndex')")
-        chosen = index + 1 if isinstance(index, int) and not isinstance(index, bool) else index
-    if isinstance(chosen, bool) or not isinstance(chosen, int) or not 1 <= chosen <= n_actions:
-        raise InputError(f"_label_Action must be an action id in 1..{n_actions}, got {chosen!r}")
-    if index is not None and index != chosen - 1:
-        raise InputError(f"_labelIndex {index!r} disagrees with _label_Action {chosen} (expected {chosen - 1})")
-    arm = arm_of[chosen - 1]
-    propensity = _field(obj, "_label_probability")
+            chosen = pr.add("missing field '_label_Action' (or '_labelIndex')")
+        else:
+            chosen = index + 1 if isinstance(index, int) and not isinstance(index, bool) else index
+    if chosen is not BAD and (isinstance(chosen, bool) or not isinstance(chosen, int) or not 1 <= chosen <= n_actions):
+        chosen = pr.add(f"_label_Action must be an action id in 1..{n_actions}, got {chosen!r}")
+    if chosen is not BAD and index is not None and index != chosen - 1:
+        pr.add(f"_labelIndex {index!r} disagrees with _label_Action {chosen} (expected {chosen - 1})")
+    arm = BAD if chosen is BAD or arm_of is None else arm_of[chosen - 1]
+    propensity = pr.run(_field, obj, "_label_probability")
     custom = obj.get(CUSTOM)
     state = obj.get("VWState")
     version = state.get("m") if isinstance(state, Mapping) and isinstance(state.get("m"), str) else "dsjson"
@@ -232,14 +245,15 @@ def parse_dsjson(obj: Any, line: int, arms: ArmSet, *, token_scale: float, text:
             arms, key=key, ts=ts, domain=custom.get("domain"), features=context.get("x", {}), arm=arm,
             probabilities=prob_of, propensity=propensity, lam=custom.get("lam"),
             token_scale=custom.get("token_scale"), policy_version=version,
-            experiment=custom.get("experiment", "champion"),
+            experiment=custom.get("experiment", "champion"), problems=pr,
         )
         outcome = None
         if has_label:
             outcome = outcome_of(decision["request_key"], em=custom.get("em"), tokens=custom.get("tokens"),
                                  ts=custom.get("outcome_ts", ts), latency_ms=custom.get("latency_ms"),
                                  trace=custom.get("trace"), reference_key=custom.get("reference_key"),
-                                 status=custom.get("status", "ok"))
+                                 status=custom.get("status", "ok"), problems=pr)
+        pr.raise_any()
         return ParsedEvent(line, decision, outcome)
     # a foreign line
     if "Timestamp" not in obj:
@@ -247,25 +261,29 @@ def parse_dsjson(obj: Any, line: int, arms: ArmSet, *, token_scale: float, text:
     else:
         stamp = obj["Timestamp"]
         if not isinstance(stamp, str):
-            raise InputError(f"Timestamp must be an ISO 8601 string, got {stamp!r}")
-        try:
-            ts = parse_time(stamp, field="Timestamp")
-        except StopbanditError as exc:
-            raise InputError(str(exc)) from None
+            ts = pr.add(f"Timestamp must be an ISO 8601 string, got {stamp!r}")
+        else:
+            try:
+                ts = parse_time(stamp, field="Timestamp")
+            except StopbanditError as exc:
+                ts = pr.add(str(exc))
     features: dict[str, Any] = {}
     _flatten("", {k: v for k, v in context.items() if k != "_multi"}, features)
     domain = context.get("domain") if isinstance(context.get("domain"), str) else None
     decision = decision_row(arms, key=key, ts=ts, domain=domain, features=features, arm=arm,
                             probabilities=prob_of, propensity=propensity, lam=0.0, token_scale=token_scale,
-                            policy_version=version[:64] or "dsjson")
+                            policy_version=version[:64] or "dsjson", problems=pr)
     if not has_label:
+        pr.raise_any()
         return ParsedEvent(line, decision, None)
     cost = obj["_label_cost"]
     if isinstance(cost, bool) or not isinstance(cost, (int, float)) or cost != cost or cost in (float("inf"),
                                                                                                  float("-inf")):
-        raise InputError(f"_label_cost must be a finite number, got {cost!r}")
+        pr.add(f"_label_cost must be a finite number, got {cost!r}")
+        pr.raise_any()
     em = min(1.0, max(0.0, -float(cost)))
-    outcome = outcome_of(decision["request_key"], em=em, tokens=0, ts=ts)
+    outcome = outcome_of(decision["request_key"], em=em, tokens=0, ts=ts, problems=pr)
+    pr.raise_any()
     return ParsedEvent(line, decision, outcome, mapped_from_cost=True, clipped=em != -float(cost))
 
 

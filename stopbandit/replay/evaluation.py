@@ -19,7 +19,7 @@ from stopbandit.replay.candidates import Candidate, FixedArm, HeadsCandidate, He
 from stopbandit.replay.logreader import LogCounts, LogReader, require_events
 from stopbandit.replay.ope import ESTIMATORS, IPS, Estimate, Estimator, Metric, make_estimator, reveal_matrix
 from stopbandit.replay.options import ReplayOptions
-from stopbandit.replay.runner import Target, run_targets
+from stopbandit.replay.runner import PARTITION_IDS, Target, make_plan, run_targets
 from stopbandit.replay.store import ReplayStore
 
 DEFAULT_ESTIMATORS = ("ips", "snips", "dr", "dm")
@@ -42,6 +42,9 @@ class Evaluation:
     seconds: float
     jobs: int = 1
     notes: dict[str, str] = field(default_factory=dict)
+    # DM/DR's P(EM) against the log on the logged arms: Brier score and reliability table
+    # (calibration.CalibrationAcc.report; "raw" too when the model is recalibrated); None without a model
+    calibration: dict[str, Any] | None = None
 
     def warnings(self) -> list[str]:
         out = list(self.counts.warnings())
@@ -64,7 +67,7 @@ class Evaluation:
             "estimates": {e: {m: est.to_dict() for m, est in ms.items()} for e, ms in self.estimates.items()},
             "logging": {m: est.to_dict() for m, est in self.logging.items()},
             "skipped": self.skipped, "warnings": self.warnings(), "seconds": round(self.seconds, 3),
-            "jobs": self.jobs,
+            "jobs": self.jobs, "calibration": self.calibration,
             **({"notes": self.notes} if self.notes else {}),
         }
 
@@ -103,12 +106,14 @@ def evaluate(
     model: HeadsModel | None = None,
     options: ReplayOptions | None = None,
     stop: tuple[Any, float, float] | None = None,
+    partition_ids: int = PARTITION_IDS,
 ) -> Evaluation:
     """Estimate ``candidate``'s EM, tokens and reward at ``lam`` with each estimator, in one streaming pass.
 
     The logging policy's own (on-policy) value on the same events comes along
     as the reference row. Memory is bounded by ``options.chunk``. ``stop``: (the
     learned stop rule, λ, token_scale) the traces reveal learned arms with.
+    ``partition_ids``: outcome ids per range of the pass (:func:`~stopbandit.replay.runner.partition`).
     """
     reveals = reveal_matrix(arms)
     ests: dict[str, Estimator] = {name: make_estimator(name, reveals=reveals) for name in estimators}
@@ -116,13 +121,56 @@ def evaluate(
     targets = [Target("candidate", candidate, ests, metrics),
                Target("logging", LoggingCandidate(), {"on-policy": IPS()}, metrics)]
     reader = LogReader(store, arms, options, traces=any(name.startswith("graph") for name in ests), stop=stop)
-    result = run_targets(reader, targets, model=model)
+    result = run_targets(reader, targets, model=model, partition_ids=partition_ids)
     require_events(result.counts)
     return Evaluation(
         policy=candidate.describe(), lam=lam, token_scale=token_scale, arms=arms.names,
         estimates=result.estimates.get("candidate", {}), logging=result.estimates["logging"]["on-policy"],
         counts=result.counts, skipped=result.skipped, model=model.version if model is not None else None,
-        seconds=result.seconds, jobs=result.jobs,
+        seconds=result.seconds, jobs=result.jobs, calibration=result.calibration,
+    )
+
+
+def evaluate_parquet(
+    path: str,
+    arms: ArmSet | None,
+    candidate: Candidate,
+    estimators: Sequence[str],
+    *,
+    lam: float,
+    token_scale: float,
+    model: HeadsModel | None = None,
+    options: ReplayOptions | None = None,
+    engine: str = "ray",
+    workers: int = 2,
+) -> Evaluation:
+    """:func:`evaluate` over a Parquet export (:mod:`stopbandit.replay.parquet`): partitions mapped on ``engine``.
+
+    ``arms``: None takes the export's own (its schema metadata).
+    """
+    import time
+
+    from stopbandit.replay.parquet import parquet_arms, partitions, run_parquet
+
+    t0 = time.perf_counter()
+    files = partitions(path)
+    arms = parquet_arms(files[0]) if arms is None else arms
+    options = options if options is not None else ReplayOptions()
+    reveals = reveal_matrix(arms)
+    ests: dict[str, Estimator] = {name: make_estimator(name, reveals=reveals) for name in estimators}
+    metrics = (Metric("em"), Metric("tokens"), Metric("reward", lam, token_scale))
+    targets = [Target("candidate", candidate, ests, metrics),
+               Target("logging", LoggingCandidate(), {"on-policy": IPS()}, metrics)]
+    plan, skipped = make_plan(targets, model)
+    run = run_parquet(files, arms, plan, model, options, traces=any(n.startswith("graph") for n in ests),
+                      engine=engine, workers=workers)
+    require_events(run.counts)
+    return Evaluation(
+        policy=candidate.describe(), lam=lam, token_scale=token_scale, arms=arms.names,
+        estimates=run.estimates.get("candidate", {}), logging=run.estimates["logging"]["on-policy"],
+        counts=run.counts, skipped=skipped, model=model.version if model is not None else None,
+        seconds=time.perf_counter() - t0, jobs=workers if engine == "ray" else 1, calibration=run.calibration,
+        notes={"engine": engine, "partitions": str(run.partitions)},
     )
 
 
@@ -196,5 +244,6 @@ def sweep_log(
     return SweepResult(points, fixed, res["logging"]["on-policy"], result.counts, est.name, result.seconds)
 
 
-__all__ = ["DEFAULT_ESTIMATORS", "GRAPH_ESTIMATORS", "Evaluation", "SweepResult", "evaluate", "has_traces",
+__all__ = ["DEFAULT_ESTIMATORS", "GRAPH_ESTIMATORS", "Evaluation", "SweepResult", "evaluate", "evaluate_parquet",
+           "has_traces",
            "parse_estimators", "sweep_log"]

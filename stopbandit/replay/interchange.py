@@ -22,7 +22,7 @@ from typing import Any
 
 
 from stopbandit.bandit.arms import ArmSet
-from stopbandit.errors import ConfigError, InputError
+from stopbandit.errors import ConfigError, InputError, StopbanditError
 from stopbandit import validation
 from stopbandit.replay.options import DEFAULT_CHUNK, PROB_TOL
 from stopbandit.replay.store import ReplayStore
@@ -32,7 +32,12 @@ IMPORT_BATCH = 10000
 EXPERIMENTS_MAX = 32
 MAX_REPORTED_ERRORS = 1000
 # what an error about a log whose actions are not the configured arms tells the user to do
-ARMS_HINT = "; if the log's actions are other arms, pass --config with an [[arms]] table naming them"
+ARMS_HINT = (" (if the log's actions are other arms, pass --config with an [[arms]] table naming them; actions "
+             "that are not stopping rules are plain arms, name = \"item\", plain = true, and a numeric action id N "
+             "is the plain arm action_N)")
+# what an error about probabilities that do not sum to 1 suggests (a ranking log's per-item propensities)
+SUM_HINT = (" (a ranking or slate log that keeps each item's own propensity per position does not carry one "
+            "distribution per decision: import one decision per slot with that slot's distribution)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,75 +136,164 @@ def check_features(value: Any, field_: str = "features") -> dict[str, Any]:
     return out
 
 
+class _Bad:
+    """A value whose problem is already reported (the checks that need it are skipped, the others still run)."""
+
+    def __repr__(self) -> str:
+        return "BAD"
+
+
+BAD: Any = _Bad()
+
+
+class Problems:
+    """Every problem of one line, so that fixing one does not reveal the next (joined with ``"; "``)."""
+
+    __slots__ = ("messages",)
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def add(self, message: str) -> Any:
+        if message not in self.messages:
+            self.messages.append(message)
+        return BAD
+
+    def run(self, check: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``check(*args, **kwargs)``, or :data:`BAD` after recording its error."""
+        try:
+            return check(*args, **kwargs)
+        except StopbanditError as exc:
+            return self.add(str(exc))
+
+    def raise_any(self) -> None:
+        if self.messages:
+            raise InputError("; ".join(self.messages))
+
+
+
 def decision_row(arms: ArmSet, *, key: Any, ts: Any, domain: Any, features: Any, arm: Any,
                  probabilities: Mapping[str, Any], propensity: Any, lam: Any, token_scale: Any,
-                 policy_version: Any, experiment: Any = "champion") -> dict[str, Any]:
-    """A validated decision row (the shape ``ReplayStore.write_batch`` takes); errors name the field."""
+                 policy_version: Any, experiment: Any = "champion", problems: Problems | None = None) -> dict[str, Any]:
+    """A validated decision row (the shape ``ReplayStore.write_batch`` takes); errors name the field.
 
-    key = validation.identifier(key, "request_id")
+    Every problem of the row is reported in one InputError (joined with
+    ``"; "``); an argument that is :data:`BAD` was reported by the caller
+    (``problems``) and only the checks that need it are skipped.
+    """
+    own = problems is None
+    pr = Problems() if own else problems
+    if key is not BAD:
+        key = pr.run(validation.identifier, key, "request_id")
     names = arms.names
-    if not isinstance(arm, str) or arm not in names:
-        raise InputError(f"unknown arm {arm!r}; known arms: {list(names)}{ARMS_HINT}")
-    idx = names.index(arm)
-    if len(probabilities) != len(names) or sorted(probabilities) != sorted(names):
-        raise InputError(f"probabilities must name every arm {list(names)}, got {list(probabilities)}")
-    probs = {}
-    for name in names:
-        p = probabilities[name]
-        probs[name] = p if type(p) is float and 0.0 <= p <= 1.0 else _finite(
-            p, f"probability of arm {name!r}", low=0.0, high=1.0)
-    total = math.fsum(probs.values())
-    if abs(total - 1.0) > PROB_TOL:
-        raise InputError(f"probabilities must sum to 1, they sum to {total!r}")
-    prop = _finite(propensity, "propensity", low=0.0, high=1.0, low_open=True)
-    if abs(prop - probs[arm]) > PROB_TOL:
-        raise InputError(f"propensity {prop!r} differs from the probability of the logged arm {arm!r}: {probs[arm]!r}")
-    if domain is not None and (not isinstance(domain, str) or not domain or len(domain) > 64):
-        raise InputError(f"domain must be a string of 1-64 characters or absent, got {domain!r}")
-    if domain is not None:
-        validation.text(domain, "domain")
-    if not isinstance(policy_version, str) or not policy_version or len(policy_version) > 64:
-        raise InputError(f"policy_version must be a string of 1-64 characters, got {policy_version!r}")
-    if not isinstance(experiment, str) or not experiment or len(experiment) > EXPERIMENTS_MAX:
-        raise InputError(f"experiment must be a string of 1-{EXPERIMENTS_MAX} characters, got {experiment!r}")
-    validation.text(policy_version, "policy_version")
-    validation.text(experiment, "experiment")
-    return {
-        "request_key": key, "ts": _finite(ts, "ts"), "domain": domain, "features": check_features(features),
+    idx = -1
+    if arm is not BAD:
+        if not isinstance(arm, str) or arm not in names:
+            arm = pr.add(f"unknown arm {arm!r}; known arms: {list(names)}{ARMS_HINT}")
+        else:
+            idx = names.index(arm)
+    probs: Any = BAD
+    if probabilities is not BAD:
+        if len(probabilities) != len(names) or sorted(probabilities) != sorted(names):
+            pr.add(f"probabilities must name every arm {list(names)}, got {list(probabilities)}")
+        else:
+            probs = {}
+            for name in names:
+                p = probabilities[name]
+                probs[name] = p if type(p) is float and 0.0 <= p <= 1.0 else pr.run(
+                    _finite, p, f"probability of arm {name!r}", low=0.0, high=1.0)
+            if any(v is BAD for v in probs.values()):
+                probs = BAD
+            else:
+                total = math.fsum(probs.values())
+                if abs(total - 1.0) > PROB_TOL:
+                    probs = pr.add(f"probabilities must sum to 1, they sum to {total!r}{SUM_HINT}")
+    prop = BAD if propensity is BAD else pr.run(_finite, propensity, "propensity", low=0.0, high=1.0, low_open=True)
+    if prop is not BAD and probs is not BAD and arm is not BAD and abs(prop - probs[arm]) > PROB_TOL:
+        pr.add(f"propensity {prop!r} differs from the probability of the logged arm {arm!r}: {probs[arm]!r}")
+    if domain is not None and domain is not BAD:
+        if not isinstance(domain, str) or not domain or len(domain) > 64:
+            pr.add(f"domain must be a string of 1-64 characters or absent, got {domain!r}")
+        else:
+            pr.run(validation.text, domain, "domain")
+    if policy_version is not BAD:
+        if not isinstance(policy_version, str) or not policy_version or len(policy_version) > 64:
+            pr.add(f"policy_version must be a string of 1-64 characters, got {policy_version!r}")
+        else:
+            pr.run(validation.text, policy_version, "policy_version")
+    if experiment is not BAD:
+        if not isinstance(experiment, str) or not experiment or len(experiment) > EXPERIMENTS_MAX:
+            pr.add(f"experiment must be a string of 1-{EXPERIMENTS_MAX} characters, got {experiment!r}")
+        else:
+            pr.run(validation.text, experiment, "experiment")
+    row = {
+        "request_key": key, "ts": BAD if ts is BAD else pr.run(_finite, ts, "ts"), "domain": domain,
+        "features": BAD if features is BAD else pr.run(check_features, features),
         "arm": arm, "arm_index": idx, "probabilities": probs, "propensity": prop,
-        "lam": _finite(lam, "lam", low=0.0), "token_scale": _finite(token_scale, "token_scale", low=0.0, low_open=True),
+        "lam": BAD if lam is BAD else pr.run(_finite, lam, "lam", low=0.0),
+        "token_scale": BAD if token_scale is BAD else pr.run(_finite, token_scale, "token_scale", low=0.0,
+                                                               low_open=True),
         "policy_version": policy_version, "experiment": experiment,
     }
+    if own:
+        pr.raise_any()
+    return row
 
 
 def outcome_of(key: str, *, em: Any, tokens: Any, ts: Any, latency_ms: Any = None, trace: Any = None,
-               reference_key: Any = None, status: Any = "ok") -> dict[str, Any]:
-    """A validated outcome row; a trace must parse as a ProbeTrace and is stored in canonical form."""
+               reference_key: Any = None, status: Any = "ok", problems: Problems | None = None) -> dict[str, Any]:
+    """A validated outcome row; a trace must parse as a ProbeTrace and is stored in canonical form.
+
+    Like :func:`decision_row`, every problem is reported and :data:`BAD` arguments are skipped.
+    """
     from stopbandit.bandit.trace import ProbeTrace
     from stopbandit.replay.store import outcome_row
 
-    if trace is not None:
+    own = problems is None
+    pr = Problems() if own else problems
+    if trace is not None and trace is not BAD:
         if not isinstance(trace, dict):
-            raise InputError(f"trace must be a JSON object (a hashed ProbeTrace), got {type(trace).__name__}")
-        trace = ProbeTrace.from_json(trace).to_json()
-    if reference_key is not None and (not isinstance(reference_key, str) or not reference_key
-                                      or len(reference_key) > 32):
-        raise InputError(f"reference_key must be a string of 1-32 characters, got {reference_key!r}")
-    if reference_key is not None:
-        validation.text(reference_key, "reference_key")
-    if not isinstance(status, str):
-        raise InputError(f"status must be a string, got {status!r}")
-    validation.text(status, "status")
+            trace = pr.add(f"trace must be a JSON object (a hashed ProbeTrace), got {type(trace).__name__}")
+        else:
+            parsed = pr.run(ProbeTrace.from_json, trace)
+            trace = BAD if parsed is BAD else parsed.to_json()
+    if reference_key is not None and reference_key is not BAD:
+        if not isinstance(reference_key, str) or not reference_key or len(reference_key) > 32:
+            reference_key = pr.add(f"reference_key must be a string of 1-32 characters, got {reference_key!r}")
+        else:
+            reference_key = pr.run(validation.text, reference_key, "reference_key")
+    if status is not BAD:
+        if not isinstance(status, str):
+            status = pr.add(f"status must be a string, got {status!r}")
+        else:
+            status = pr.run(validation.text, status, "status")
     if isinstance(em, bool) or isinstance(tokens, bool):
-        raise InputError(f"em and tokens must be numbers, got em={em!r}, tokens={tokens!r}")
-    tokens = validation.stored_tokens(tokens)
-    return outcome_row(key, em, tokens, latency_ms, _finite(ts, "outcome ts"), trace=trace,
-                       reference_key=reference_key, status=status)
+        em = tokens = pr.add(f"em and tokens must be numbers, got em={em!r}, tokens={tokens!r}")
+    if tokens is not BAD:
+        tokens = pr.run(validation.stored_tokens, tokens)
+    if ts is not BAD:
+        ts = pr.run(_finite, ts, "outcome ts")
+    if em is not BAD:
+        em = pr.run(validation.em, em)
+    if latency_ms is not BAD:
+        latency_ms = pr.run(validation.latency, latency_ms)
+    out: dict[str, Any] = {}
+    if key is not BAD and not any(v is BAD for v in (em, tokens, latency_ms, ts, trace, reference_key, status)):
+        out = pr.run(outcome_row, key, em, tokens, latency_ms, ts, trace=trace, reference_key=reference_key,
+                     status=status)
+    if own:
+        pr.raise_any()
+    return out
 
 
 def import_events(store: ReplayStore, parse: Callable[[], Iterator[ParsedEvent | LineError]], *, path: str,
-                  fmt: str, on_error: str = "skip", batch: int = IMPORT_BATCH) -> ImportReport:
+                  fmt: str, on_error: str = "skip", batch: int = IMPORT_BATCH,
+                  arms: ArmSet | None = None) -> ImportReport:
     """Validate and write the lines of ``parse()`` in one pass (see the module docstring).
+
+    ``arms``: the arm set the lines are mapped to; recorded as the store's
+    (``store_arms``) before anything is written, and an import into a store
+    that has another arm set is refused (InputError).
 
     Memory is bounded by ``batch``: each batch's keys are looked up in the
     store (which by then holds the file's earlier batches), and only within
@@ -216,40 +310,50 @@ def import_events(store: ReplayStore, parse: Callable[[], Iterator[ParsedEvent |
         seen: dict[str, tuple] = {}
         decisions: list[dict[str, Any]] = []
         outcomes: list[dict[str, Any]] = []
+        valid = from_cost = clipped = decisions_only = duplicates = 0
         for p in items:
-            key = p.decision["request_key"]
-            mine = (p.decision["arm_index"], p.decision["propensity"])
-            outcome = None if p.outcome is None else (p.outcome["em"], p.outcome["tokens"])
+            d, o = p.decision, p.outcome
+            key = d["request_key"]
+            mine = (d["arm_index"], d["propensity"])
+            outcome = None if o is None else (o["em"], o["tokens"])
             problem = None
-            if key in seen:
-                first_line, first = seen[key]
-                if first != (mine, outcome):
-                    problem = f"request_id {key!r} also on line {first_line} with a different decision or outcome"
-            elif key in dec and (dec[key][0] != mine[0] or abs(dec[key][1] - mine[1]) > PROB_TOL):
-                problem = (f"request_id {key!r} is already stored with arm_index {dec[key][0]} and propensity "
-                           f"{dec[key][1]!r}; this line has {mine[0]} and {mine[1]!r}")
-            elif key in out and outcome is not None and tuple(out[key]) != outcome:
+            first = seen.get(key)
+            stored = dec.get(key) if dec else None
+            if first is not None:
+                if first[1] != (mine, outcome):
+                    problem = f"request_id {key!r} also on line {first[0]} with a different decision or outcome"
+            elif stored is not None and (stored[0] != mine[0] or abs(stored[1] - mine[1]) > PROB_TOL):
+                problem = (f"request_id {key!r} is already stored with arm_index {stored[0]} and propensity "
+                           f"{stored[1]!r}; this line has {mine[0]} and {mine[1]!r}")
+            elif outcome is not None and out and key in out and tuple(out[key]) != outcome:
                 problem = (f"request_id {key!r} already has an outcome (em {out[key][0]!r}, tokens {out[key][1]!r}); "
                            f"this line has em {outcome[0]!r}, tokens {outcome[1]!r} (outcomes are write-once)")
             if problem is not None:
                 report.add_error(LineError(p.line, f"conflict: {problem}"))
                 continue
-            report.valid += 1
-            report.from_cost += p.mapped_from_cost
-            report.clipped += p.clipped
-            if p.outcome is None:
-                report.decisions_only += 1
-            if key in seen or (key in dec and (outcome is None or key in out)):
-                report.duplicates += 1
+            valid += 1
+            from_cost += p.mapped_from_cost
+            clipped += p.clipped
+            if o is None:
+                decisions_only += 1
+            if first is not None or (stored is not None and (outcome is None or key in out)):
+                duplicates += 1
                 continue
             seen[key] = (p.line, (mine, outcome))
-            decisions.append(p.decision)
-            if p.outcome is not None:
-                outcomes.append(p.outcome)
+            decisions.append(d)
+            if o is not None:
+                outcomes.append(o)
+        report.valid += valid
+        report.from_cost += from_cost
+        report.clipped += clipped
+        report.decisions_only += decisions_only
+        report.duplicates += duplicates
         session.write(decisions, outcomes)
         return len(decisions)
 
     with store.importing(atomic=atomic) as session:
+        if arms is not None:
+            session.record_arms(arms)
         pending: list[ParsedEvent] = []
         for item in parse():
             report.lines += 1

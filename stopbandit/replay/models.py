@@ -118,6 +118,22 @@ class StoreIdentityRow(Base):
     created: Mapped[float] = mapped_column(Float)
 
 
+class StoreArmRow(Base):
+    """One arm of the store's arm set (migration 0007): ``position`` is the ``arm_index`` decisions log.
+
+    ``spec`` is the arm as a table (:meth:`stopbandit.bandit.arms.Arm.to_dict`);
+    an imported log's arms are recorded here so that reading the log back needs
+    no ``--config``.
+    """
+
+    __tablename__ = "store_arms"
+    __table_args__ = (CheckConstraint("position >= 0", name="ck_store_arms_position"),)
+
+    position: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
 class LambdaChangeRow(Base):
     """Every change of λ, with why and by whom; the newest row is the live value."""
 
@@ -130,4 +146,5 @@ class LambdaChangeRow(Base):
     who: Mapped[str] = mapped_column(String(128))
 
 
-__all__ = ["SNAPSHOT_ROLES", "Base", "DecisionRow", "LambdaChangeRow", "OutcomeRow", "SnapshotRow", "StoreIdentityRow"]
+__all__ = ["SNAPSHOT_ROLES", "Base", "DecisionRow", "LambdaChangeRow", "OutcomeRow", "SnapshotRow", "StoreArmRow",
+           "StoreIdentityRow"]

@@ -24,6 +24,7 @@ import numpy as np
 from stopbandit.bandit.arms import ArmSet
 from stopbandit.bandit.learned_stop import LearnedStop
 from stopbandit.errors import ConfigError, InputError
+from stopbandit.replay.calibration import CalibrationAcc
 from stopbandit.replay.logreader import EventBatch, LogCounts, LogReader, _gc_paused
 from stopbandit.replay.ope import Accumulator, Estimate, Estimator, Metric
 from stopbandit.replay.store import ReplayStore
@@ -65,6 +66,9 @@ class StreamResult:
     seconds: float
     skipped: dict[str, str]
     jobs: int = 1
+    # the model's P(EM) against the log on the logged arms (calibration.CalibrationAcc.report): "model" is what
+    # DM/DR used, "raw" the heads before their recalibration (only when the model has one)
+    calibration: dict[str, dict[str, Any]] | None = None
 
 
 class _Progress:
@@ -130,6 +134,13 @@ def _accumulate_chunk(batch: EventBatch, plan: Plan, model: HeadsModel | None,
         return got
 
     rhat = heads_of(model)
+    if rhat is not None and model is not None and batch.n:
+        # how well DM/DR's P(EM) matches the log, on each event's logged arm (raw too when recalibrated)
+        logged = np.arange(batch.n), batch.actions
+        if model.calibration is not None:
+            _add_calibration(accs, "raw", rhat[0][logged], batch.em)
+        rhat = model.calibrated(rhat)
+        _add_calibration(accs, "model", rhat[0][logged], batch.em)
     base = batch.logged_data(None, *(rhat if rhat is not None else (None, None)))
     for target, ests in plan:
         if not ests:
@@ -145,6 +156,16 @@ def _accumulate_chunk(batch: EventBatch, plan: Plan, model: HeadsModel | None,
                 key = (target.label, ename, metric.kind)
                 prev = accs.get(key)
                 accs[key] = acc if prev is None else prev.merge(acc)
+
+
+CALIBRATION = "__calibration__"
+
+
+def _add_calibration(accs: dict[AccKey, Any], which: str, p: np.ndarray, y: np.ndarray) -> None:
+    key = (CALIBRATION, which, "em")
+    acc = CalibrationAcc.of(p, y)
+    prev = accs.get(key)
+    accs[key] = acc if prev is None else prev.merge(acc)
 
 
 def _merge_into(accs: dict[AccKey, Accumulator], part: Mapping[AccKey, Accumulator]) -> None:
@@ -227,6 +248,34 @@ def choose_jobs(first_range_s: float, ranges_left: int, *, cores: int | None = N
     return jobs
 
 
+def make_plan(targets: Sequence[Target], model: HeadsModel | None) -> tuple[Plan, dict[str, str]]:
+    """Each target with the estimators that can run (a model-based one needs ``model``), and why others cannot."""
+    skipped: dict[str, str] = {}
+    plan: Plan = []
+    for t in targets:
+        usable = {}
+        for name, est in t.estimators.items():
+            if est.needs_model and (model is None or not model.has_heads):
+                skipped[name] = (f"{est.name} needs per-arm EM/token predictions: no snapshot with heads to use "
+                                 "as the model (run `stopbandit replay train`, or pass --model VERSION)")
+                continue
+            usable[name] = est
+        plan.append((t, usable))
+    return plan, skipped
+
+
+def finalize_accumulators(accs: dict[AccKey, Any], alpha: float) -> tuple[dict[str, dict[str, dict[str, Estimate]]],
+                                                                           dict[str, dict[str, Any]] | None]:
+    """The merged accumulators as ``estimates[target][estimator][metric]``, and the model's calibration report."""
+    accs = dict(accs)
+    calibration = {which: accs.pop((CALIBRATION, which, "em")).report()
+                   for which in ("model", "raw") if (CALIBRATION, which, "em") in accs}
+    estimates: dict[str, dict[str, dict[str, Estimate]]] = {}
+    for (label, ename, kind), acc in accs.items():
+        estimates.setdefault(label, {}).setdefault(ename, {})[kind] = acc.finalize(alpha)
+    return estimates, calibration or None
+
+
 def run_targets(reader: LogReader, targets: Sequence[Target], *, model: HeadsModel | None = None,
                 partition_ids: int = PARTITION_IDS) -> StreamResult:
     """Stream the log once; evaluate every target with every estimator on every metric.
@@ -246,17 +295,7 @@ def run_targets(reader: LogReader, targets: Sequence[Target], *, model: HeadsMod
     """
     alpha, progress, jobs = reader.options.alpha, reader.options.progress, reader.options.jobs
     t0 = time.perf_counter()
-    skipped: dict[str, str] = {}
-    plan: Plan = []
-    for t in targets:
-        usable = {}
-        for name, est in t.estimators.items():
-            if est.needs_model and (model is None or not model.has_heads):
-                skipped[name] = (f"{est.name} needs per-arm EM/token predictions: no snapshot with heads to use "
-                                 "as the model (run `stopbandit replay train`, or pass --model VERSION)")
-                continue
-            usable[name] = est
-        plan.append((t, usable))
+    plan, skipped = make_plan(targets, model)
     total = reader.count_total() if progress is not False else None
     private = reader.store.engine.url.get_backend_name() == "sqlite" and \
         reader.store.engine.url.database in (None, "", ":memory:")  # an in-memory database: this process's only
@@ -296,10 +335,8 @@ def run_targets(reader: LogReader, targets: Sequence[Target], *, model: HeadsMod
         _merge_into(accs, part_accs)
         counts = counts.merge(part_counts)
     reader.counts = counts
-    estimates: dict[str, dict[str, dict[str, Estimate]]] = {}
-    for (label, ename, kind), acc in accs.items():
-        estimates.setdefault(label, {}).setdefault(ename, {})[kind] = acc.finalize(alpha)
-    return StreamResult(estimates, counts, time.perf_counter() - t0, skipped, jobs)
+    estimates, calibration = finalize_accumulators(accs, alpha)
+    return StreamResult(estimates, counts, time.perf_counter() - t0, skipped, jobs, calibration)
 
 
 def _run_parallel(reader: LogReader, plan: Plan, model: HeadsModel | None, ranges: Sequence[tuple[int, int]],
@@ -334,4 +371,5 @@ def _run_parallel(reader: LogReader, plan: Plan, model: HeadsModel | None, range
     return [results[i] for i in range(len(ranges))]
 
 
-__all__ = ["PARTITION_IDS", "StreamResult", "Target", "choose_jobs", "partition", "run_targets"]
+__all__ = ["PARTITION_IDS", "StreamResult", "Target", "choose_jobs", "finalize_accumulators", "make_plan", "partition",
+           "run_targets"]

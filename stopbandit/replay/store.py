@@ -30,7 +30,8 @@ from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, or_, s
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from stopbandit.errors import ConflictError, InputError, StoreError, UnknownDecisionError
+from stopbandit.bandit.arms import ArmSet
+from stopbandit.errors import ConflictError, InputError, StopbanditError, StoreError, UnknownDecisionError
 from stopbandit.replay import jsoncodec, migrate
 from stopbandit.replay.deadline import Deadlines
 from stopbandit.replay.engine import guard as _guard
@@ -42,6 +43,7 @@ from stopbandit.replay.models import (
     LambdaChangeRow,
     OutcomeRow,
     SnapshotRow,
+    StoreArmRow,
     StoreIdentityRow,
 )
 from stopbandit.replay.validate import check_em, check_key, check_latency, check_tokens
@@ -51,6 +53,7 @@ OUTCOMES = OutcomeRow.__table__
 SNAPSHOTS = SnapshotRow.__table__
 LAMBDAS = LambdaChangeRow.__table__
 IDENTITY = StoreIdentityRow.__table__
+STORE_ARMS = StoreArmRow.__table__
 
 DECISION_FIELDS = (
     "request_key", "ts", "domain", "features", "arm", "arm_index",
@@ -262,6 +265,13 @@ class _BulkInsert:
         return inserted
 
 
+# an import's key lookups: one statement each, compiled once (the keys are one expanding bound parameter)
+_LOOKUP_DECISIONS = select(DECISIONS.c.request_key, DECISIONS.c.arm_index, DECISIONS.c.propensity).where(
+    DECISIONS.c.request_key.in_(bindparam("keys", expanding=True)))
+_LOOKUP_OUTCOMES = select(OUTCOMES.c.decision_key, OUTCOMES.c.em, OUTCOMES.c.tokens).where(
+    OUTCOMES.c.decision_key.in_(bindparam("keys", expanding=True)))
+
+
 class ImportSession:
     """The writes of one import, on one connection (:meth:`ReplayStore.importing`).
 
@@ -292,13 +302,9 @@ class ImportSession:
         outcomes: dict[str, tuple] = {}
         with self._store._call("import lookup"):
             for i in range(0, len(keys), KEYS_PER_SELECT):
-                part = list(keys[i:i + KEYS_PER_SELECT])
-                q = select(DECISIONS.c.request_key, DECISIONS.c.arm_index, DECISIONS.c.propensity).where(
-                    DECISIONS.c.request_key.in_(part))
-                decisions.update({k: (a, p) for k, a, p in self._conn.execute(q).all()})
-                q = select(OUTCOMES.c.decision_key, OUTCOMES.c.em, OUTCOMES.c.tokens).where(
-                    OUTCOMES.c.decision_key.in_(part))
-                outcomes.update({k: (e, t) for k, e, t in self._conn.execute(q).all()})
+                part = {"keys": list(keys[i:i + KEYS_PER_SELECT])}
+                decisions.update({k: (a, p) for k, a, p in self._conn.execute(_LOOKUP_DECISIONS, part).all()})
+                outcomes.update({k: (e, t) for k, e, t in self._conn.execute(_LOOKUP_OUTCOMES, part).all()})
         return decisions, outcomes
 
     def write(self, decisions: Sequence[Mapping[str, Any]], outcomes: Sequence[Mapping[str, Any]]) -> None:
@@ -334,6 +340,13 @@ class ImportSession:
             cur.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM {temp} "
                         f"ON CONFLICT ({q.quote(key)}) DO NOTHING")
             cur.execute(f"TRUNCATE {temp}")
+
+    def record_arms(self, arms: ArmSet) -> None:
+        """Record ``arms`` as the store's arm set, or check that they are the one it has (InputError if not)."""
+        with self._store._call("import arms"):
+            record_arms(self._conn, arms)
+            if not self._atomic:
+                self._conn.commit()
 
     def commit(self) -> None:
         with self._store._call("import commit"):
@@ -619,6 +632,17 @@ class ReplayStore(EventLogQueries):
         with self.engine.connect() as conn:
             return conn.execute(select(func.coalesce(func.max(OUTCOMES.c.id), 0))).scalar_one()
 
+    # -- arms -----------------------------------------------------------------
+    def arms(self) -> ArmSet | None:
+        """The store's arm set (what ``arm_index`` means), or None when none was recorded."""
+        with self._call("arms"), self.engine.connect() as conn:
+            return stored_arms(conn)
+
+    def record_arms(self, arms: ArmSet) -> None:
+        """Record the store's arm set; InputError when it already has another one."""
+        with self._call("record_arms"), self.engine.begin() as conn:
+            record_arms(conn, arms)
+
     # -- λ --------------------------------------------------------------------
     def add_lambda(self, value: float, reason: str, who: str = "api", ts: float | None = None) -> LambdaChange:
         ts = time.time() if ts is None else ts
@@ -703,6 +727,31 @@ def _file_id(path: str) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return st.st_dev, st.st_ino
+
+
+def stored_arms(conn: Connection) -> ArmSet | None:
+    """The arm set recorded in ``store_arms`` (None when empty); a malformed one is a StoreError."""
+    rows = conn.execute(select(STORE_ARMS.c.position, STORE_ARMS.c.spec).order_by(STORE_ARMS.c.position)).all()
+    if not rows:
+        return None
+    if [r[0] for r in rows] != list(range(len(rows))):
+        raise StoreError(f"the store's arm set has gaps in its positions {[r[0] for r in rows]}")
+    try:
+        return ArmSet.of([r[1] for r in rows])
+    except StopbanditError as exc:
+        raise StoreError(f"the store's arm set is malformed: {exc}") from exc
+
+
+def record_arms(conn: Connection, arms: ArmSet) -> None:
+    """Write ``arms`` as the store's arm set when it has none; refuse (InputError) another set than the recorded one."""
+    have = stored_arms(conn)
+    if have is None:
+        conn.execute(insert(STORE_ARMS), [{"position": i, "name": a.name, "spec": a.to_dict()}
+                                          for i, a in enumerate(arms)])
+    elif have.to_list() != arms.to_list():
+        raise InputError(f"the store's decisions were logged with the arms {list(have.names)} {have.to_list()}; "
+                         f"this import maps to {list(arms.names)} {arms.to_list()}: import into another store, "
+                         "or pass --config with the store's arms")
 
 
 def check_role(role: object) -> str:

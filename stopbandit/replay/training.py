@@ -8,6 +8,9 @@ part in outcome order, the order the online learner saw them: a traced event
 (probe trace + reference) updates every arm its trace reveals
 (``HeadsPolicy.learn_revealed``, the nested feedback of the design), an
 untraced one its logged arm only (the same call with that one outcome).
+:func:`fit_calibration` fits the EM head's logistic recalibration on the
+training part (:mod:`stopbandit.replay.calibration`: DM/DR read P(EM) as a
+probability, and an online fit on sparse binary rewards is off in level).
 :func:`train_and_evaluate` then scores the new heads on the held-out part
 off-policy (DR and SNIPS, with intervals; the new heads are DR's model, never
 fitted on those events) next to the logging policy's on-policy value on the
@@ -46,6 +49,7 @@ from stopbandit.bandit.policy import HeadsPolicy
 from stopbandit.bandit.snapshot import new_version, pack
 from stopbandit.errors import ConfigError, InputError
 from stopbandit.replay.candidates import HeadsCandidate, HeadsModel, LoggingCandidate, batch_shared_lines
+from stopbandit.replay.calibration import fit_platt
 from stopbandit.replay.logreader import LogCounts, LogReader, require_events
 from stopbandit.replay.options import ReplayOptions
 from stopbandit.replay.runner import Target, _Progress, run_targets
@@ -189,6 +193,9 @@ class TrainReport:
     role: str = "serving"
     stop_training: dict[str, Any] | None = None
     exact: dict[str, Any] | None = None
+    # the EM recalibration fitted on the training part and the held-out Brier score / reliability table of the
+    # heads before ("raw") and after it ("model"): calibration.fit_platt, CalibrationAcc.report
+    calibration: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -198,6 +205,7 @@ class TrainReport:
             "candidate": {e: {m: est.to_dict() for m, est in ms.items()} for e, ms in self.candidate.items()},
             "logging": {m: est.to_dict() for m, est in self.logging.items()},
             "skipped": self.skipped, "stop_rule": self.stop_training, "exact_stop_rules": self.exact,
+            "calibration": self.calibration,
         }
 
 
@@ -244,6 +252,8 @@ def train_and_evaluate(
     version = new_version("r")
     model = HeadsModel(policy, version)
     try:
+        fit = fit_calibration(store, arms, model, options.with_(since=None, until=split.cutoff))
+        model = model.with_calibration(fit)
         metrics = (Metric("em"), Metric("tokens"), Metric("reward", lam, token_scale))
         reader = LogReader(store, arms, options.with_(since=split.cutoff, until=None), traces=False)
         targets = [
@@ -259,6 +269,7 @@ def train_and_evaluate(
             packed = pack(policy, lam=lam, feature_config=feature_config, version=version, extra={
                 "trained_by": "stopbandit replay train", "train_events": stats.learned,
                 "train_until": split.cutoff, "importance_weighting": importance_weighting,
+                "em_calibration": fit,
             }, key=snapshot_key(), stop_rule=rule)
             store.save_snapshot(packed.version, packed.model, packed.meta, packed.checksum, role=role)
     finally:
@@ -268,7 +279,31 @@ def train_and_evaluate(
         test_counts=result.counts, candidate=result.estimates.get("candidate", {}),
         logging=result.estimates.get("logging", {}).get("on-policy", {}), skipped=result.skipped,
         role=role, stop_training=stop_training.to_dict(), exact=exact.to_dict(),
+        calibration={"fit": fit, "held_out": result.calibration},
     )
 
 
-__all__ = ["IW_CLIP", "Split", "TrainReport", "TrainStats", "time_split", "train_and_evaluate", "train_heads"]
+def fit_calibration(store: ReplayStore, arms: ArmSet, model: HeadsModel,
+                    options: ReplayOptions) -> dict[str, Any] | None:
+    """The Platt recalibration of ``model``'s P(EM) on the logged arms of the events ``options`` select.
+
+    None when those events' EM is all one value (nothing to calibrate against).
+    """
+    preds: list[np.ndarray] = []
+    ems: list[np.ndarray] = []
+    reader = LogReader(store, arms, options.with_(jobs=1), traces=False)
+    for batch in reader.batches():
+        if batch.n:
+            em_hat, _ = model.predict(batch)
+            preds.append(em_hat[np.arange(batch.n), batch.actions])
+            ems.append(np.asarray(batch.em, dtype=np.float64))
+    if not preds:
+        return None
+    p, y = np.concatenate(preds), np.concatenate(ems)
+    if y.min() == y.max():
+        return None
+    return fit_platt(p, y)
+
+
+__all__ = ["IW_CLIP", "Split", "TrainReport", "TrainStats", "fit_calibration", "time_split", "train_and_evaluate",
+           "train_heads"]

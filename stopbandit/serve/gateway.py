@@ -140,6 +140,10 @@ class Gateway:
         if learned and getattr(selector, "stop_inputs", None) is None:  # the probe driver consults its rule
             raise ConfigError(f"learned stop arms {learned} need a selector with a learned stop rule "
                               f"(Selector.stop_inputs); {type(selector).__name__} has none")
+        plain = [a.name for a in self.arms if a.plain]
+        if plain:  # an imported log's actions: no stopping rule to run
+            raise ConfigError(f"the gateway cannot serve plain arms {plain} (they have no stopping rule; they name "
+                              "the actions of an imported log)")
         self.upstream = Upstream(config, transport=transport)
         self.engine: engines.Engine | None = engines.engine(config.engine) if config.engine != "auto" else None
         self.driver: ProbeDriver | None = (ProbeDriver(self.upstream, self.engine, config, self.arms)
