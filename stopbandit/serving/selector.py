@@ -460,7 +460,8 @@ class Selector:
         served = float(row["em"]) - lam * float(row["tokens"]) / scale
         known = None if revealed is None else {
             a: float(em) - lam * float(tok) / scale for a, (em, tok) in revealed.items()}
-        budget.settle(key, pending.arm, served, float(row["em"]), known)
+        known_em = None if revealed is None else {a: float(em) for a, (em, _) in revealed.items()}
+        budget.settle(key, pending.arm, served, float(row["em"]), known, known_em)
 
     def budget(self) -> BudgetState | None:
         """Conservative exploration's budget now (None when ``[exploration] baseline`` is unset)."""
