@@ -95,14 +95,15 @@ def main() -> None:
     ap.add_argument("--lams", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.5, 1.0])
     ap.add_argument("--baseline", default="careful")
     ap.add_argument("--max-loss", type=float, default=0.01)
+    ap.add_argument("--audit", type=float, default=ConservativeConfig.audit)
     ap.add_argument("--every", type=int, default=500)
     ap.add_argument("--calibration", default="conservative")
     ap.add_argument("--runs", nargs="+", default=["plain", "conservative"], choices=["plain", "conservative"])
     args = ap.parse_args()
-    cons = ConservativeConfig(args.baseline, max_loss=args.max_loss)
+    cons = ConservativeConfig(args.baseline, max_loss=args.max_loss, audit=args.audit)
     sim = SimConfig.named(args.calibration)
     print(f"requests={args.requests} seeds={args.seeds} baseline={args.baseline} max_loss={args.max_loss} "
-          f"calibration={args.calibration}")
+          f"audit={args.audit} calibration={args.calibration}")
     print("lam  seed  run           served  baseline  best(arm)           min_win   run-best ± ci      to90   "
           "restricted")
     for lam in args.lams:

@@ -47,9 +47,9 @@ approximation; ``benchmarks/conservative.py`` prints the final bound next to
 the realized sum.
 
 **Audits.** Whenever an arm whose outcome the served trace would not settle
-has positive probability, at least :data:`AUDIT` of the mass is on arms whose
+has positive probability, at least ``audit`` (:data:`AUDIT` by default) of the mass is on arms whose
 trace reveals the baseline (mass moves to the baseline): the comparable
-requests keep coming, at importance weights of at most ``1 / AUDIT``, while
+requests keep coming, at importance weights of at most ``1 / audit``, while
 the policy exploits.
 
 **Charges.** Before its outcome is known, a candidate distribution ``q`` is
@@ -94,10 +94,10 @@ from stopbandit.errors import ConfigError
 MIN_SAMPLES = 30.0
 """Effective comparable samples a stratum (or an arm's charge) needs before estimates replace the worst case."""
 AUDIT = 0.1
-"""Least probability on baseline-revealing arms whenever an arm whose loss is estimated can be served."""
+"""Default least probability on baseline-revealing arms whenever an arm whose loss is estimated can be served."""
 MAX_HELD = 1_000_000
 """Decisions whose charge is held until their reward (the oldest are released beyond it)."""
-CONSERVATIVE_KEYS = ("baseline", "max_loss", "max_loss_fraction", "confidence", "window")
+CONSERVATIVE_KEYS = ("baseline", "max_loss", "max_loss_fraction", "confidence", "window", "audit")
 """Keys of ``[exploration]`` that configure the conservative rule (the rest configure the exploration rule)."""
 
 
@@ -116,7 +116,9 @@ class ConservativeConfig:
     give up against the baseline; ``max_loss_fraction``: a share of the
     baseline's estimated reward; the budget is their sum. ``confidence``: of
     the lower bound (``z`` from it). ``window``: the budget also holds over
-    every run of this many settled requests (0: over the whole run only).
+    every run of this many settled requests (0: over the whole run only). ``audit``: the least probability
+    kept on baseline-revealing arms while an arm whose loss is estimated can be served (its comparable
+    requests).
     """
 
     baseline: str | None = None
@@ -124,6 +126,7 @@ class ConservativeConfig:
     max_loss_fraction: float = 0.0
     confidence: float = 0.95
     window: int = 1000
+    audit: float = AUDIT
 
     def __post_init__(self) -> None:
         if self.baseline is not None and (not isinstance(self.baseline, str) or not self.baseline):
@@ -132,6 +135,7 @@ class ConservativeConfig:
         object.__setattr__(self, "max_loss_fraction",
                            _number(self.max_loss_fraction, "max_loss_fraction", 0.0, 1.0))
         object.__setattr__(self, "confidence", _number(self.confidence, "confidence", 0.5, 0.999999))
+        object.__setattr__(self, "audit", _number(self.audit, "audit", 0.01, 1.0))
         if isinstance(self.window, bool) or not isinstance(self.window, int) or not 0 <= self.window <= 10_000_000:
             raise ConfigError(f"exploration.window must be an integer in [0, 10000000] (0: whole run only), "
                               f"got {self.window!r}")
@@ -154,7 +158,7 @@ class ConservativeConfig:
         if self.baseline is None:
             return {}
         return {"baseline": self.baseline, "max_loss": self.max_loss, "max_loss_fraction": self.max_loss_fraction,
-                "confidence": self.confidence, "window": self.window}
+                "confidence": self.confidence, "window": self.window, "audit": self.audit}
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> ConservativeConfig:
@@ -410,11 +414,12 @@ class ConservativeBudget:
         return [x / total for x in q]
 
     def _audit(self, q: list[float]) -> list[float]:
-        """At least :data:`AUDIT` on baseline-revealing arms whenever an estimated arm has mass (moved to the baseline)."""
+        """At least ``audit`` on baseline-revealing arms whenever an estimated arm has mass (moved to the baseline)."""
         settling = math.fsum(q[c] for c in self._settles)
-        if settling >= AUDIT or settling >= 1.0 - 1e-12:
+        audit = self.config.audit
+        if settling >= audit or settling >= 1.0 - 1e-12:
             return q
-        scale = (1.0 - AUDIT) / (1.0 - settling)  # shrink the other arms' mass, give it to the baseline
+        scale = (1.0 - audit) / (1.0 - settling)  # shrink the other arms' mass, give it to the baseline
         out = [p if a in self._settles else p * scale for a, p in enumerate(q)]
         out[self.baseline] += 1.0 - math.fsum(out)
         return out

@@ -89,6 +89,14 @@ def test_budget_allows_exploration_that_pays():
     assert st.lower_bound > 0.0
 
 
+def test_audit_keeps_baseline_revealing_mass_while_an_estimated_arm_is_served():
+    b = ConservativeBudget(ConservativeConfig("careful", max_loss=1.0, audit=0.2), NAMES, REVEALS)
+    q = b.shape("a", [0.0, 0.02, 0.0, 0.98], [0.4, 0.5, 0.5, 0.9])
+    assert q[0] + q[B] == pytest.approx(0.2) and q[3] == pytest.approx(0.8)
+    # nothing to audit when only baseline-revealing arms are offered
+    assert b.shape("b", [0.3, 0.7, 0.0, 0.0], [0.4, 0.5, 0.5, 0.1]) == [0.3, 0.7, 0.0, 0.0]
+
+
 def test_returned_vector_is_what_was_charged_and_never_invents_arms():
     b = budget(0.0)
     probs = [0.1, 0.2, 0.6, 0.1]
@@ -218,6 +226,7 @@ def test_release_drops_the_charge():
     ({"baseline": 3}, "exploration.baseline"),
     ({"baseline": "careful", "window": -1}, "exploration.window"),
     ({"baseline": "careful", "window": 2.5}, "exploration.window"),
+    ({"baseline": "careful", "audit": 0.0}, "exploration.audit"),
 ])
 def test_config_errors_name_the_field(cfg, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
@@ -230,3 +239,6 @@ def test_config_from_toml_mapping_keeps_the_exploration_rule():
     assert cfg.exploration.gamma_scale == 7.0
     assert cfg.conservative == ConservativeConfig("careful", max_loss=0.02)
     assert config_from_mapping({}).conservative.enabled is False
+    cfg = config_from_mapping({"exploration": {"baseline": "careful", "max_loss": 0.02, "window": 500, "audit": 0.2}})
+    assert (cfg.conservative.window, cfg.conservative.audit) == (500, 0.2)
+    assert cfg.conservative.to_dict()["audit"] == 0.2
