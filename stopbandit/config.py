@@ -18,7 +18,8 @@ Example ``stopbandit.toml``::
     nested = false              # squarecb only: true = graph-aware exploration while rewards carry probe
                                 # traces (do not explore arms the greedy arm's trace reveals); see
                                 # stopbandit.bandit.exploration
-    baseline = "careful"        # conservative exploration (unset: off): the arm served today, and the
+    baseline = "careful"        # conservative exploration (unset: off): the arm served today (or
+                                # "snapshot:VERSION", a stored policy), and the
     max_loss = 0.01             # served reward given up against it, per request on average, and/or
     max_loss_fraction = 0.0     # as a share of the baseline's reward; confidence = 0.95 of the lower
                                 # bound; see stopbandit.bandit.conservative
@@ -182,7 +183,7 @@ class SelectorConfig:
             raise ConfigError(f"learning.revealed_weighting = {self.learning.revealed_weighting!r} needs policy "
                               f"'heads' (per-arm importance weights), got policy {self.policy!r}")
         baseline = self.conservative.baseline
-        if baseline is not None and baseline not in self.arms.names:
+        if baseline is not None and self.conservative.snapshot is None and baseline not in self.arms.names:
             raise ConfigError(f"exploration.baseline must be one of the arms {list(self.arms.names)}, "
                               f"got {baseline!r}")
         # rules that need the arms' reveal structure (graph-aware SquareCB) are bound to these arms here

@@ -95,8 +95,12 @@ MIN_SAMPLES = 30.0
 """Effective comparable samples a stratum (or an arm's charge) needs before estimates replace the worst case."""
 AUDIT = 0.1
 """Default least probability on baseline-revealing arms whenever an arm whose loss is estimated can be served."""
+RESERVE = 1.0
+"""Reward units a window's budget keeps back: the most one request can lose beyond its charge."""
 MAX_HELD = 1_000_000
 """Decisions whose charge is held until their reward (the oldest are released beyond it)."""
+SNAPSHOT_PREFIX = "snapshot:"
+"""``[exploration] baseline = "snapshot:VERSION"``: the baseline is a stored policy, its arm chosen per request."""
 CONSERVATIVE_KEYS = ("baseline", "max_loss", "max_loss_fraction", "confidence", "window", "audit")
 """Keys of ``[exploration]`` that configure the conservative rule (the rest configure the exploration rule)."""
 
@@ -129,8 +133,10 @@ class ConservativeConfig:
     audit: float = AUDIT
 
     def __post_init__(self) -> None:
-        if self.baseline is not None and (not isinstance(self.baseline, str) or not self.baseline):
-            raise ConfigError(f"exploration.baseline must be an arm name, got {self.baseline!r}")
+        if self.baseline is not None and (not isinstance(self.baseline, str) or not self.baseline
+                                          or self.baseline == SNAPSHOT_PREFIX):
+            raise ConfigError(f"exploration.baseline must be an arm name or '{SNAPSHOT_PREFIX}VERSION' (a stored "
+                              f"policy snapshot), got {self.baseline!r}")
         object.__setattr__(self, "max_loss", _number(self.max_loss, "max_loss", 0.0, 10.0))
         object.__setattr__(self, "max_loss_fraction",
                            _number(self.max_loss_fraction, "max_loss_fraction", 0.0, 1.0))
@@ -146,6 +152,12 @@ class ConservativeConfig:
     @property
     def enabled(self) -> bool:
         return self.baseline is not None
+
+    @property
+    def snapshot(self) -> str | None:
+        """The snapshot version of a ``snapshot:VERSION`` baseline (a stored policy), None for an arm."""
+        b = self.baseline
+        return b[len(SNAPSHOT_PREFIX):] if b is not None and b.startswith(SNAPSHOT_PREFIX) else None
 
     @property
     def z(self) -> float:
@@ -220,38 +232,44 @@ class _Weighted:
         return math.sqrt(max(var, 0.0) * (m / (m - 1.0) if m > 1.0 else 1.0))
 
 
+_Held = tuple[float, tuple[float, ...], tuple[float, ...], int, float, int]
+
+
 class ConservativeBudget:
     """The running lower bounds and the shaping of each decision's distribution (thread-safe).
 
     ``reveals[i]``: the arms a probe trace of arm ``i`` reveals (``ArmSet.reveals()``).
-    Strata are numbered ``(2·a + role)·2 + hit``: arm ``a``, ``role`` 1 where ``a`` was the greedy arm of
-    the request (0: explored), ``hit`` 1 where ``a``'s EM was 1.
+    Strata are numbered ``((b·K + a)·2 + role)·2 + hit``: the request's baseline arm ``b`` (fixed unless the
+    baseline is a snapshot), arm ``a``, ``role`` 1 where ``a`` was the greedy arm of the request (0:
+    explored), ``hit`` 1 where ``a``'s EM was 1.
     """
 
     def __init__(self, config: ConservativeConfig, arm_names: Sequence[str],
                  reveals: Sequence[Sequence[int]]) -> None:
         if not config.enabled:
             raise ConfigError("ConservativeBudget needs exploration.baseline")
-        if config.baseline not in arm_names:
+        if config.snapshot is None and config.baseline not in arm_names:
             raise ConfigError(f"exploration.baseline must be one of the arms {list(arm_names)}, "
                               f"got {config.baseline!r}")
         self.config = config
-        self.baseline = b = list(arm_names).index(config.baseline)
+        # the baseline arm; None for a snapshot baseline, whose arm every decision names (``shape(baseline=)``)
+        self.baseline: int | None = None if config.snapshot is not None else list(arm_names).index(config.baseline)
         self._k = k = len(arm_names)
         self._reveals = [frozenset(r) for r in reveals]
-        # arms whose trace settles d exactly (they reveal the baseline), and per arm a the arms revealing a and b
-        self._settles = frozenset(c for c in range(k) if b in self._reveals[c])
-        self._both = [tuple(c for c in range(k) if a in self._reveals[c] and b in self._reveals[c])
-                      for a in range(k)]
-        self._stricter = frozenset(self._reveals[b]) - {b}
+        # per baseline arm b: the arms whose trace settles d exactly (they reveal b), per arm a the arms
+        # revealing a and b, and the arms stricter than b
+        self._settles = [frozenset(c for c in range(k) if b in self._reveals[c]) for b in range(k)]
+        self._both = [[tuple(c for c in range(k) if a in self._reveals[c] and b in self._reveals[c])
+                       for a in range(k)] for b in range(k)]
+        self._stricter = [frozenset(self._reveals[b]) - {b} for b in range(k)]
         self._z = config.z
         self._lock = threading.Lock()
         self._t = 0  # decisions counted into the budget
         self._exact_sum = 0.0  # Σ d over exactly known / deterministically bounded requests
-        n_strata = 4 * k
+        n_strata = 4 * k * k
         self._samples = [_Weighted() for _ in range(n_strata)]  # comparable samples of D_a per stratum
         self._calibrated = [False] * n_strata  # reached MIN_SAMPLES once (the effective size is not monotone)
-        self._pooled = [_Weighted() for _ in range(2 * k)]  # per (arm, role), both outcomes: the charge
+        self._pooled = [_Weighted() for _ in range(2 * k * k)]  # per (baseline, arm, role), both outcomes: the charge
         self._n_est = [0] * n_strata  # estimated served requests per stratum
         self._worst = [0.0] * n_strata  # Σ of their deterministic worst case
         self._baseline_reward = 0.0  # Σ r_baseline (exact where known, else ŝ_baseline)
@@ -259,8 +277,8 @@ class ConservativeBudget:
         # baseline reward)
         self._recent: deque[tuple[float, int, float]] = deque()
         self._win_base = 0.0
-        # key -> (charge, policy's probabilities, probabilities served, greedy arm, ŝ_baseline)
-        self._held: OrderedDict[str, tuple[float, tuple[float, ...], tuple[float, ...], int, float]] = OrderedDict()
+        # key -> (charge, policy's probabilities, probabilities served, greedy arm, ŝ_baseline, baseline arm)
+        self._held: OrderedDict[str, _Held] = OrderedDict()
         self._held_sum = 0.0
         self._settled = self._exact = self._comparable = 0
         self._explored = self._restricted = self._baseline_served = 0
@@ -332,8 +350,10 @@ class ConservativeBudget:
         return c.max_loss * self._t + c.max_loss_fraction * max(self._baseline_reward, 0.0)
 
     def _window_budget(self) -> float:
+        """The window's budget less :data:`RESERVE`: a charge is an expected loss, and the request in flight
+        can still lose up to the reward range below it."""
         c = self.config
-        return c.max_loss * c.window + c.max_loss_fraction * max(self._win_base, 0.0)
+        return c.max_loss * c.window + c.max_loss_fraction * max(self._win_base, 0.0) - RESERVE
 
     def _room(self) -> float:
         room = self._budget() + self._lower_bound()
@@ -341,7 +361,7 @@ class ConservativeBudget:
             room = min(room, self._window_budget() + self._window_lower_bound())
         return room - self._held_sum
 
-    def _units(self, greedy: int) -> list[float]:
+    def _units(self, greedy: int, b: int) -> list[float]:
         """Charge per unit of probability on each arm (its role in this request): the pessimistic expected loss.
 
         0 for the baseline, 1 (the reward range) before the arm has :data:`MIN_SAMPLES` comparable samples.
@@ -349,8 +369,8 @@ class ConservativeBudget:
         z = self._z
         out = []
         for a in range(self._k):
-            s = self._pooled[2 * a + (a == greedy)]
-            if a == self.baseline:
+            s = self._pooled[2 * (b * self._k + a) + (a == greedy)]
+            if a == b:
                 out.append(0.0)
             elif s.m < MIN_SAMPLES:
                 out.append(1.0)
@@ -359,34 +379,41 @@ class ConservativeBudget:
         return out
 
     # -- decisions ---------------------------------------------------------------------------------
-    def shape(self, key: str, probs: Sequence[float], scores: Sequence[float]) -> list[float]:
+    def shape(self, key: str, probs: Sequence[float], scores: Sequence[float],
+              baseline: int | None = None) -> list[float]:
         """The distribution to serve for decision ``key``: ``probs`` if the budget covers it, else cut down.
 
-        ``probs``/``scores`` (K,): the policy's exploration distribution and its reward scores.
-        The returned vector is what must be sampled and logged (exact propensities).
+        ``probs``/``scores`` (K,): the policy's exploration distribution and its reward scores;
+        ``baseline``: the baseline's arm for this request (required for a snapshot baseline, else the
+        configured arm). The returned vector is what must be sampled and logged (exact propensities).
         """
         k = self._k
         if len(probs) != k or len(scores) != k:
             raise ConfigError(f"conservative: expected {k} probabilities and scores, got {len(probs)}/{len(scores)}")
+        b = self.baseline if baseline is None else baseline
+        if b is None or isinstance(b, bool) or not isinstance(b, int) or not 0 <= b < k:
+            raise ConfigError(f"conservative: the baseline arm must be an index in [0, {k}) "
+                              f"({self.config.baseline!r} names none itself), got {baseline!r}")
         greedy = max(range(k), key=lambda a: (scores[a], -a))
         with self._lock:
             self._t += 1
-            units = self._units(greedy)
+            units = self._units(greedy, b)
             room = self._room()
             if math.fsum(p * u for p, u in zip(probs, units)) <= room:
                 q = [float(p) for p in probs]
                 self._explored += 1
             else:
                 self._restricted += 1
-                q = self._restrict(probs, units, room, greedy)
-            q = self._audit(q)
+                q = self._restrict(probs, units, room, greedy, b)
+            q = self._audit(q, b)
             charge = math.fsum(p * u for p, u in zip(q, units))
-            self._hold(key, (charge, tuple(float(p) for p in probs), tuple(q), greedy, float(scores[self.baseline])))
+            self._hold(key, (charge, tuple(float(p) for p in probs), tuple(q), greedy, float(scores[b]), b))
         return q
 
-    def _restrict(self, probs: Sequence[float], units: Sequence[float], room: float, greedy: int) -> list[float]:
+    def _restrict(self, probs: Sequence[float], units: Sequence[float], room: float, greedy: int,
+                  b: int) -> list[float]:
         """Greedy arm if its charge fits, else the baseline; then exploration mass by reveals per unit charge."""
-        k, b = self._k, self.baseline
+        k = self._k
         q = [0.0] * k
         if room <= 0.0:
             q[b] = 1.0
@@ -413,18 +440,19 @@ class ConservativeBudget:
         total = math.fsum(q)
         return [x / total for x in q]
 
-    def _audit(self, q: list[float]) -> list[float]:
+    def _audit(self, q: list[float], b: int) -> list[float]:
         """At least ``audit`` on baseline-revealing arms whenever an estimated arm has mass (moved to the baseline)."""
-        settling = math.fsum(q[c] for c in self._settles)
+        settles = self._settles[b]
+        settling = math.fsum(q[c] for c in settles)
         audit = self.config.audit
         if settling >= audit or settling >= 1.0 - 1e-12:
             return q
         scale = (1.0 - audit) / (1.0 - settling)  # shrink the other arms' mass, give it to the baseline
-        out = [p if a in self._settles else p * scale for a, p in enumerate(q)]
-        out[self.baseline] += 1.0 - math.fsum(out)
+        out = [p if a in settles else p * scale for a, p in enumerate(q)]
+        out[b] += 1.0 - math.fsum(out)
         return out
 
-    def _hold(self, key: str, held: tuple[float, tuple[float, ...], tuple[float, ...], int, float]) -> None:
+    def _hold(self, key: str, held: _Held) -> None:
         old = self._held.pop(key, None)
         if old is not None:
             self._held_sum -= old[0]
@@ -434,10 +462,11 @@ class ConservativeBudget:
             _, dropped = self._held.popitem(last=False)
             self._held_sum -= dropped[0]
 
-    def note_served(self, arm: int) -> None:
-        """Count a decision's served arm (``baseline_served``)."""
-        if arm == self.baseline:
-            with self._lock:
+    def note_served(self, arm: int, key: str | None = None) -> None:
+        """Count a decision's served arm (``baseline_served``); ``key`` finds a snapshot baseline's arm."""
+        with self._lock:
+            held = self._held.get(key) if key is not None else None
+            if arm == (held[5] if held is not None else self.baseline):
                 self._baseline_served += 1
 
     # -- outcomes ----------------------------------------------------------------------------------
@@ -457,7 +486,6 @@ class ConservativeBudget:
         known[arm] = served_reward
         ems = dict(known_em or {})
         ems[arm] = served_em
-        b = self.baseline
         with self._lock:
             held = self._held.pop(key, None)
             if held is not None:
@@ -465,7 +493,8 @@ class ConservativeBudget:
             else:
                 self._t += 1
             self._settled += 1
-            if b in known:
+            b = held[5] if held is not None else self.baseline  # None: a snapshot's arm this budget never saw
+            if b is not None and b in known:
                 rb = known[b]
                 self._exact += 1
                 d = served_reward - rb
@@ -479,19 +508,18 @@ class ConservativeBudget:
             self._baseline_reward += rb_hat
             # deterministic worst case: r_baseline ≤ EM_baseline ≤ 1, and a stricter arm spends at most the
             # baseline's tokens, so d ≥ EM_served − 1 (0 for a hit) or, for any arm, d ≥ r_served − 1
-            worst = (served_em if arm in self._stricter else served_reward) - 1.0
+            worst = (served_em if b is not None and arm in self._stricter[b] else served_reward) - 1.0
             if held is None:
                 self._exact += 1
                 self._exact_sum += worst
                 self._push(worst, -1, rb_hat)
                 return
-            st = (2 * arm + (arm == held[3])) * 2 + (served_em >= 1.0)
+            st = (2 * (b * self._k + arm) + (arm == held[3])) * 2 + (served_em >= 1.0)
             self._n_est[st] += 1
             self._worst[st] += worst
             self._push(worst, st, rb_hat)
 
-    def _comparables(self, held: tuple[float, tuple[float, ...], tuple[float, ...], int, float],
-                     known: Mapping[int, float], ems: Mapping[int, float], rb: float) -> None:
+    def _comparables(self, held: _Held, known: Mapping[int, float], ems: Mapping[int, float], rb: float) -> None:
         """Record D_a = r_a − r_b for every arm ``a`` the request revealed that the policy offered.
 
         Weight ``p_a / q_R``: ``p`` the policy's distribution, ``q_R`` the probability served on the arms
@@ -500,18 +528,18 @@ class ConservativeBudget:
         and the room at the time, not on the request, so within a stratum the served requests of ``a``
         are those the policy chose, thinned.
         """
-        _, p, q, greedy, _ = held
+        _, p, q, greedy, _, b = held
         for a, ra in known.items():
-            if a == self.baseline or a not in ems or p[a] <= 0.0:
+            if a == b or a not in ems or p[a] <= 0.0:
                 continue
-            mass = math.fsum(q[c] for c in self._both[a])
+            mass = math.fsum(q[c] for c in self._both[b][a])
             if mass <= 0.0:
                 continue
             w = p[a] / mass
             d = ra - rb
-            role = 2 * a + (a == greedy)
+            role = 2 * (b * self._k + a) + (a == greedy)
             self._pooled[role].add(d, w)
-            if a not in self._settles:
+            if a not in self._settles[b]:
                 st = role * 2 + (ems[a] >= 1.0)
                 self._samples[st].add(d, w)
                 if self._samples[st].m >= MIN_SAMPLES:
@@ -552,4 +580,4 @@ class ConservativeBudget:
             )
 
 
-__all__ = ["AUDIT", "CONSERVATIVE_KEYS", "MIN_SAMPLES", "BudgetState", "ConservativeBudget", "ConservativeConfig"]
+__all__ = ["AUDIT", "CONSERVATIVE_KEYS", "MIN_SAMPLES", "SNAPSHOT_PREFIX", "BudgetState", "ConservativeBudget", "ConservativeConfig"]
