@@ -1,63 +1,72 @@
 """Conservative exploration: never give up more served reward than the operator allows.
 
-The operator names a **baseline** (the fixed arm served today, e.g.
-``"careful"``) and a **loss budget**: ``max_loss`` reward units per request on
-average, and/or ``max_loss_fraction`` of the baseline's own reward. In the
-manner of conservative contextual bandits (Wu et al. 2016, "Conservative
-bandits"; Kazerouni et al. 2017, "Conservative contextual linear bandits"), the
-rule keeps a **high-confidence lower bound** ``LB`` on
-``Σ (r_served − r_baseline)`` over the settled requests -- every request
-counted, the greedy arm's as much as an explored one's -- and serves a
-distribution only while
+The operator names a **baseline** -- the arm served today (e.g. ``"careful"``)
+or a stored policy snapshot (``"snapshot:VERSION"``, its greedy arm per
+request, :mod:`stopbandit.serving.baseline`) -- and a **loss budget**:
+``max_loss`` reward units per request on average, and/or
+``max_loss_fraction`` of the baseline's own reward. In the manner of
+conservative contextual bandits (Wu et al. 2016, "Conservative bandits";
+Kazerouni et al. 2017, "Conservative contextual linear bandits"), the rule
+keeps a **high-confidence lower bound** ``LB`` on ``Σ (r_served − r_baseline)``
+over the settled requests -- every request counted, the greedy arm's as much
+as an explored one's -- and serves a distribution only while
 
-    LB − (charges of decisions not yet rewarded) − charge(this request) ≥ −budget,
-    budget = max_loss · t + max_loss_fraction · R̂_baseline
+    LB − (charges of decisions not yet rewarded) − charge(this request) ≥ −budget
 
-holds both over the whole run and over the last ``window`` settled requests
-(``budget = max_loss · window + ...`` there). Otherwise the distribution is cut
-down: the greedy arm when its charge alone fits, else the baseline (whose
-charge is 0: it never loses against itself), plus what exploration still fits,
-cheapest first.
+holds both over the whole run (``budget = max_loss · t + max_loss_fraction ·
+R̂_baseline``) and over **every suffix of the last** ``window`` **settled
+requests** (``budget = max_loss · window + ... − RESERVE``). Every suffix,
+not the window as a whole: gains banked early in a window must not pay for
+losses that a window starting after them would hold alone; and
+:data:`RESERVE` keeps back the most one request in flight can lose beyond its
+charge. Otherwise the distribution is cut down: the greedy arm when its charge
+alone fits, else the baseline (whose charge is 0: it never loses against
+itself), plus what exploration still fits, cheapest first; with no room at
+all, the baseline alone.
 
 **The lower bound.** A request's difference ``d = r_served − r_baseline`` is
 known *exactly* when the served arm's probe trace reveals the baseline's
 outcome (the baseline itself, ``d = 0``, or any arm at least as lenient). For a
-served arm ``a`` whose trace does not reveal the baseline (a stricter arm), ``d``
-is estimated from **comparable requests**: every request served by an arm
-whose trace reveals both ``a`` and the baseline yields ``D_a = r_a − r_b``
-exactly, and is weighted by ``q_a / q_R`` (``q`` the probabilities served on
-that request, ``R`` the arms revealing both). That is the importance weight
-that makes those requests stand for the requests where ``a`` is served, under
-whatever chose ``a`` -- the greedy choice included, which picks ``a`` exactly
-where the heads overestimate it (the optimizer's curse), so an estimate from
-the heads' scores would be optimistic there. Samples are kept per
-**stratum** ``(a, a hit or missed)``: ``a``'s own outcome is observed on both
-sides, and a window with more misses than usual then books more loss. Per
-stratum with ``n`` served requests, ``m`` effective samples (Kish), weighted
-mean ``μ̂`` and spread ``σ̂``, the bound books
+served arm ``a`` whose trace does not reveal the baseline (a stricter arm),
+``d`` is estimated from **comparable requests**: every request served by an
+arm whose trace reveals both ``a`` and the baseline yields ``D_a = r_a − r_b``
+exactly. Those samples come from the same selection as the requests they
+stand for -- the policy offered ``a`` there too, in the same role (greedy or
+explored) -- and are weighted ``p_a / q_R`` (``p`` the policy's distribution,
+``q_R`` the probability served on the arms revealing both): the importance
+weight of the policy's choice of ``a``, which the budget only thins, by
+role and by the room at the time, never by request. So the estimate is not
+fooled where the greedy choice picks ``a`` exactly because the heads
+overestimate it (the optimizer's curse), as one from the heads' scores or from
+requests the greedy arm did not pick would be. Samples are kept per
+**stratum** (baseline arm, ``a``, role, ``a`` hit or missed): ``a``'s own
+outcome is observed on both sides, so a run with more misses than usual books
+more loss. Over strata with ``n`` served requests each, ``m`` effective
+samples (Kish), weighted mean ``μ̂`` and spread ``σ̂``, the bound books
 
-    n · μ̂ − z · σ̂ · (√n + n / √m)
+    Σ n·μ̂ − z · (√(Σ σ̂²·n) + Σ n·σ̂/√m)
 
-(noise of the ``n`` outcomes, and uncertainty of the mean), and never less than
-``0`` per request for a stricter arm's hit: it spends at most the baseline's
-tokens and earns at most EM 1. Before a stratum has :data:`MIN_SAMPLES`
-effective samples its requests book the deterministic worst case (``EM − 1``
-for a stricter arm, ``r − 1`` for any other). The Gaussian width is the one
-approximation; ``benchmarks/conservative.py`` prints the final bound next to
-the realized sum.
+(the requests' own noise in quadrature, the means' uncertainty linearly, as
+one comparable request samples several strata), never below the deterministic
+worst case of the same requests: ``EM − 1`` for a stricter arm (0 for a hit:
+it spends at most the baseline's tokens and the baseline earns at most EM 1),
+``r − 1`` for any other. A stratum that has not yet had :data:`MIN_SAMPLES`
+effective samples books that worst case. The Gaussian widths are the
+approximation; ``benchmarks/conservative.py`` prints the final bounds next to
+the realized sums.
 
-**Audits.** Whenever an arm whose outcome the served trace would not settle
-has positive probability, at least ``audit`` (:data:`AUDIT` by default) of the mass is on arms whose
+**Audits.** Whenever an arm whose loss is estimated has positive probability,
+at least ``audit`` (:data:`AUDIT` by default) of the mass is on arms whose
 trace reveals the baseline (mass moves to the baseline): the comparable
-requests keep coming, at importance weights of at most ``1 / audit``, while
-the policy exploits.
+requests keep coming while the policy exploits, at weights of at most
+``1 / audit``. This is what exploitation pays for an honest bound: ``audit``
+times the greedy arm's gain over the baseline.
 
 **Charges.** Before its outcome is known, a candidate distribution ``q`` is
 charged ``Σ_a q_a · u_a``, ``u_a = max(0, −(μ̂_a − z·σ̂_a/√m_a))`` -- the
-pessimistic expected loss of serving ``a`` per request, from all its
-comparable requests -- or 1 before ``a`` has :data:`MIN_SAMPLES` of them. A
-decision's charge is held until its reward settles it. With no room left
-(``≤ 0``) only the baseline is served.
+pessimistic expected loss of serving ``a`` in its role per request, from all
+its comparable requests -- or 1 before ``a`` has :data:`MIN_SAMPLES` of them.
+A decision's charge is held until its reward settles it.
 
 **Cheap exploration first.** When the budget covers only part of the
 exploration the policy asks for, exploration mass is kept on arms in order of
@@ -95,6 +104,8 @@ MIN_SAMPLES = 30.0
 """Effective comparable samples a stratum (or an arm's charge) needs before estimates replace the worst case."""
 AUDIT = 0.1
 """Default least probability on baseline-revealing arms whenever an arm whose loss is estimated can be served."""
+HALF_LIFE = 2000
+"""Settled requests over which a comparable sample's weight halves: the policy's choices drift as it learns."""
 RESERVE = 1.0
 """Reward units a window's budget keeps back: the most one request can lose beyond its charge."""
 MAX_HELD = 1_000_000
@@ -209,6 +220,13 @@ class _Weighted:
     def __init__(self) -> None:
         self.sw = self.sw2 = self.swx = self.swx2 = 0.0
 
+    def rescale(self, f: float) -> None:
+        """Divide every weight by ``f`` (the mean and the effective size do not change)."""
+        self.sw /= f
+        self.sw2 /= f * f
+        self.swx /= f
+        self.swx2 /= f
+
     def add(self, x: float, w: float) -> None:
         self.sw += w
         self.sw2 += w * w
@@ -273,6 +291,8 @@ class ConservativeBudget:
         self._n_est = [0] * n_strata  # estimated served requests per stratum
         self._worst = [0.0] * n_strata  # Σ of their deterministic worst case
         self._baseline_reward = 0.0  # Σ r_baseline (exact where known, else ŝ_baseline)
+        # a new comparable sample weighs ``_growth`` times what it would at the start: older samples fade
+        self._growth, self._growth_step = 1.0, 2.0 ** (1.0 / HALF_LIFE)
         # the last ``window`` settled requests: (exact d, or the worst case of an estimated one; stratum or −1;
         # baseline reward)
         self._recent: deque[tuple[float, int, float]] = deque()
@@ -493,6 +513,7 @@ class ConservativeBudget:
             else:
                 self._t += 1
             self._settled += 1
+            self._grow()
             b = held[5] if held is not None else self.baseline  # None: a snapshot's arm this budget never saw
             if b is not None and b in known:
                 rb = known[b]
@@ -519,6 +540,13 @@ class ConservativeBudget:
             self._worst[st] += worst
             self._push(worst, st, rb_hat)
 
+    def _grow(self) -> None:
+        self._growth *= self._growth_step
+        if self._growth > 1e100:  # keep the sums finite: rescaling changes no mean, spread or effective size
+            for acc in (*self._samples, *self._pooled):
+                acc.rescale(self._growth)
+            self._growth = 1.0
+
     def _comparables(self, held: _Held, known: Mapping[int, float], ems: Mapping[int, float], rb: float) -> None:
         """Record D_a = r_a − r_b for every arm ``a`` the request revealed that the policy offered.
 
@@ -535,7 +563,7 @@ class ConservativeBudget:
             mass = math.fsum(q[c] for c in self._both[b][a])
             if mass <= 0.0:
                 continue
-            w = p[a] / mass
+            w = p[a] / mass * self._growth
             d = ra - rb
             role = 2 * (b * self._k + a) + (a == greedy)
             self._pooled[role].add(d, w)
