@@ -13,15 +13,24 @@ Per λ and seed, two runs on the same stream: ``plain`` (today's SquareCB) and
 
 * ``min_win``: the lowest (served − baseline) mean reward over the
   1,000-request windows after the first (the budget asks for ≥ −max_loss);
-* ``run − best``: served reward over the whole run minus the best static arm's
-  in hindsight (positive: ahead);
+* ``run − best ± ci``: served reward over the whole run minus the best static
+  arm's in hindsight (positive: ahead), with the 95 % half-width of that mean
+  difference from the paired per-request differences;
 * ``restricted``: decisions whose exploration the budget cut down, and the
-  rule's final lower bound on Σ (served − baseline) next to the realized sum;
+  rule's final lower bounds on Σ (served − baseline), over the run and over
+  its last window, next to the realized sums;
+* ``greedy-best(held-out)``: the greedy policy's value at the end of the run
+  minus the best static arm's, both on the held-out requests: what the
+  learned policy itself gains per request once learned;
 * ``to90``: requests until the greedy policy's held-out value (a fixed
   1,000-request held-out set from another seed, scored every ``--every``
   requests) first reaches 90 % of the way from the fresh policy's value to the
   plain run's final value (the reachable gap of that λ and seed); ``-`` if
   never within the run.
+
+``--calibration overthinking`` runs the simulator's overthinking calibration
+(``SimConfig.named``); ``--runs conservative`` skips the plain run (then
+``to90`` is not measured).
 
 Usage: ``python benchmarks/conservative.py --requests 4000 --seeds 0 1 --lams 0.1 0.2 0.3 0.5 1``.
 """
@@ -40,7 +49,7 @@ from stopbandit.bandit.arms import ArmSet
 from stopbandit.bandit.conservative import ConservativeConfig
 from stopbandit.bandit.vw import shared_line
 from stopbandit.serving.selector import Selector
-from stopbandit.sim import Simulator, outcome_table, run
+from stopbandit.sim import SimConfig, Simulator, outcome_table, run
 
 
 @dataclass
@@ -58,12 +67,12 @@ def greedy_value(sel: Selector, heldout, table_rewards: np.ndarray, lam: float) 
 
 
 def one_run(lam: float, seed: int, n: int, conservative: ConservativeConfig | None, heldout, held_rewards,
-            every: int) -> RunResult:
+            every: int, sim: SimConfig) -> RunResult:
     with tempfile.TemporaryDirectory() as d:
         kw = {"conservative": conservative} if conservative is not None else {}
         sel = Selector.open(f"sqlite:///{Path(d) / 'c.db'}", lam=lam, seed=seed, snapshot=None, follow=False, **kw)
         try:
-            reqs = Simulator(seed=seed).take(n)
+            reqs = Simulator(sim, seed=seed).take(n)
             served = np.empty(n)
             curve = [(0, greedy_value(sel, heldout, held_rewards, lam))]
             for i, r in enumerate(reqs):
@@ -89,43 +98,58 @@ def main() -> None:
     ap.add_argument("--lams", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.5, 1.0])
     ap.add_argument("--baseline", default="careful")
     ap.add_argument("--max-loss", type=float, default=0.01)
+    ap.add_argument("--audit", type=float, default=ConservativeConfig.audit)
     ap.add_argument("--every", type=int, default=500)
+    ap.add_argument("--calibration", default="conservative")
+    ap.add_argument("--runs", nargs="+", default=["plain", "conservative"], choices=["plain", "conservative"])
     args = ap.parse_args()
-    cons = ConservativeConfig(args.baseline, max_loss=args.max_loss)
-    print(f"requests={args.requests} seeds={args.seeds} baseline={args.baseline} max_loss={args.max_loss}")
-    print("lam  seed  run           served  baseline  best(arm)           min_win   run-best  to90   restricted")
+    cons = ConservativeConfig(args.baseline, max_loss=args.max_loss, audit=args.audit)
+    sim = SimConfig.named(args.calibration)
+    print(f"requests={args.requests} seeds={args.seeds} baseline={args.baseline} max_loss={args.max_loss} "
+          f"audit={args.audit} calibration={args.calibration}")
+    print("lam  seed  run           served  baseline  best(arm)           min_win   run-best ± ci      to90   "
+          "greedy-best(held-out)  restricted")
     for lam in args.lams:
         for seed in args.seeds:
-            heldout = Simulator(seed=10_000 + seed).take(1000)
+            heldout = Simulator(sim, seed=10_000 + seed).take(1000)
             t0 = time.perf_counter()
             res = {}
             for name, c in (("plain", None), ("conservative", cons)):
-                res[name] = one_run(lam, seed, args.requests, c, heldout,
-                                    _rewards(heldout, lam), args.every)
-            reqs = Simulator(seed=seed).take(args.requests)
+                if name in args.runs:
+                    res[name] = one_run(lam, seed, args.requests, c, heldout,
+                                        _rewards(heldout, lam), args.every, sim)
+            reqs = Simulator(sim, seed=seed).take(args.requests)
             arms = ArmSet.of()
             table = outcome_table(reqs, arms.arms)
             rewards = table.em - lam * table.tokens / 1000.0
             b = arms.index(args.baseline)
             best = int(rewards.mean(axis=0).argmax())
-            v0 = res["plain"].curve[0][1]
-            target = v0 + 0.9 * (res["plain"].curve[-1][1] - v0)
+            ref = res.get("plain")
+            target = None if ref is None else ref.curve[0][1] + 0.9 * (ref.curve[-1][1] - ref.curve[0][1])
             for name, r in res.items():
                 wins = [float(r.served[w:w + 1000].mean() - rewards[w:w + 1000, b].mean())
                         for w in range(1000, args.requests, 1000)]
-                t90 = to_target(r.curve, target)
+                t90 = None if target is None else to_target(r.curve, target)
                 restricted = getattr(r.budget, "restricted", "-")
-                if r.budget is not None:  # the bound the rule used vs the realized Σ (served − baseline)
-                    restricted = (f"{restricted}  LB {r.budget.lower_bound:+.1f} vs realized "
-                                  f"{float((r.served - rewards[:, b]).sum()):+.1f}")
+                if r.budget is not None:  # the bounds the rule used vs the realized Σ (served − baseline)
+                    diff = r.served - rewards[:, b]
+                    w = cons.window or args.requests
+                    restricted = (f"{restricted}  LB {r.budget.lower_bound:+.1f} vs realized {float(diff.sum()):+.1f}"
+                                  f"; last window LB {r.budget.window_lower_bound:+.1f} vs "
+                                  f"{float(diff[-w:].sum()):+.1f}")
+                # the learned greedy policy at the end against the best static arm, on the held-out requests
+                held_best = float(_rewards(heldout, lam).mean(axis=0).max())
+                restricted = f"{r.curve[-1][1] - held_best:+.4f}  {restricted}"
+                paired = r.served - rewards[:, best]
+                ci = 1.96 * float(paired.std(ddof=1)) / np.sqrt(len(paired))
                 print(f"{lam:<4} {seed:<5} {name:<13} {r.served.mean():.4f}  {rewards[:, b].mean():.4f}    "
                       f"{rewards[:, best].mean():.4f} ({arms[best].name:<10}) {min(wins) if wins else float('nan'):+.4f}  "
-                      f"{r.served.mean() - rewards[:, best].mean():+.4f}  {t90 if t90 is not None else '-':<6} "
+                      f"{paired.mean():+.4f} ± {ci:.4f}  {t90 if t90 is not None else '-':<6} "
                       f"{restricted}", flush=True)
             print(f"# λ={lam} seed={seed}: {time.perf_counter() - t0:.0f} s", flush=True)
 
 
-def _rewards(reqs, lam: float) -> np.ndarray:
+def _rewards(reqs, lam: float) -> np.ndarray:  # the calibration is in the requests
     table = outcome_table(reqs, ArmSet.of().arms)
     return table.em - lam * table.tokens / 1000.0
 

@@ -18,10 +18,12 @@ Example ``stopbandit.toml``::
     nested = false              # squarecb only: true = graph-aware exploration while rewards carry probe
                                 # traces (do not explore arms the greedy arm's trace reveals); see
                                 # stopbandit.bandit.exploration
-    baseline = "careful"        # conservative exploration (unset: off): the arm served today, and the
+    baseline = "careful"        # conservative exploration (unset: off): the arm served today, or
+                                # "snapshot:VERSION" (a stored policy); max_loss: the
     max_loss = 0.01             # served reward given up against it, per request on average, and/or
     max_loss_fraction = 0.0     # as a share of the baseline's reward; confidence = 0.95 of the lower
-                                # bound; see stopbandit.bandit.conservative
+    window = 1000               # bound; the budget also holds over every stretch of `window` requests;
+    audit = 0.1                 # least mass on baseline-revealing arms; see stopbandit.bandit.conservative
 
     [learning]
     revealed_weighting = "none" # or "inverse-observation": weight each arm a probe trace reveals by
@@ -208,7 +210,7 @@ class SelectorConfig:
             raise ConfigError(f"learning.revealed_weighting = {self.learning.revealed_weighting!r} needs policy "
                               f"'heads' (per-arm importance weights), got policy {self.policy!r}")
         baseline = self.conservative.baseline
-        if baseline is not None and baseline not in self.arms.names:
+        if baseline is not None and self.conservative.snapshot is None and baseline not in self.arms.names:
             raise ConfigError(f"exploration.baseline must be one of the arms {list(self.arms.names)}, "
                               f"got {baseline!r}")
         # rules that need the arms' reveal structure (graph-aware SquareCB) are bound to these arms here

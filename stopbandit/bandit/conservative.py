@@ -1,65 +1,84 @@
 """Conservative exploration: never give up more served reward than the operator allows.
 
-The operator names a **baseline** (the fixed arm served today, e.g.
-``"careful"``) and a **loss budget**: ``max_loss`` reward units per request on
-average, and/or ``max_loss_fraction`` of the baseline's own cumulative
-reward. In the manner of conservative contextual bandits (Wu et al. 2016,
-"Conservative bandits"; Kazerouni et al. 2017, "Conservative contextual linear
-bandits"), the rule keeps a **high-confidence lower bound** ``LB`` on
-``Σ_t (r_served,t − r_baseline,t)`` over the settled requests and lets a
-request explore only while
+The operator names a **baseline** -- the arm served today (e.g. ``"careful"``)
+or a stored policy snapshot (``"snapshot:VERSION"``, its greedy arm per
+request, :mod:`stopbandit.serving.baseline`) -- and a **loss budget**:
+``max_loss`` reward units per request on average, and/or
+``max_loss_fraction`` of the baseline's own reward. In the manner of
+conservative contextual bandits (Wu et al. 2016, "Conservative bandits";
+Kazerouni et al. 2017, "Conservative contextual linear bandits"), the rule
+keeps a **high-confidence lower bound** ``LB`` on ``Σ (r_served − r_baseline)``
+over the settled requests -- every request counted, the greedy arm's as much
+as an explored one's -- and serves a distribution only while
 
-    LB − (charges of decisions not yet rewarded) − charge(this request) ≥ −budget_t,
-    budget_t = max_loss · t + max_loss_fraction · R̂_baseline,t
+    LB − (charges of decisions not yet rewarded) − charge(this request) ≥ −budget
 
-Otherwise it serves the greedy arm when that alone fits the budget, else the
-baseline (whose charge is 0: the baseline never loses against itself).
+holds both over the whole run (``budget = max_loss · t + max_loss_fraction ·
+R̂_baseline``) and over **every suffix of the last** ``window`` **settled
+requests** (``budget = max_loss · window + ... − RESERVE``). Every suffix,
+not the window as a whole: gains banked early in a window must not pay for
+losses that a window starting after them would hold alone; and
+:data:`RESERVE` keeps back the most one request in flight can lose beyond its
+charge. Otherwise the distribution is cut down: the greedy arm when its charge
+alone fits, else the baseline (whose charge is 0: it never loses against
+itself), plus what exploration still fits, cheapest first; with no room at
+all, the baseline alone.
 
 **The lower bound.** A request's difference ``d = r_served − r_baseline`` is
-known *exactly* when the served arm is the baseline (``d = 0``) or, with probe
-traces, when the served arm is at least as lenient as the baseline: its trace
-reveals the baseline's outcome. When the served arm is stricter and hit
-(EM = 1), ``d ≥ 0`` holds deterministically (the baseline runs at least as many
-tokens and earns at most EM 1), and 0 is booked. Only a stricter arm's miss is
-estimated: ``d̂ = r_served − r̂_baseline(x) − bias``, where ``r̂_baseline(x)`` is
-the policy's score of the baseline at decision time and ``bias`` the mean
-residual ``r_baseline − r̂_baseline`` measured on the requests where the
-baseline was revealed. Those estimated terms carry a confidence width
-``z·(sd·√n_est + n_est·sd/√n_res)`` (noise of the sum, and uncertainty of the
-bias); before :data:`MIN_RESIDUALS` residuals exist, a miss books the
-deterministic worst case ``−EM_baseline ≥ −1``. The residuals transferring from
-revealed to unrevealed requests is the one modelling assumption; everything
-else is exact or a deterministic bound. That assumption fails on the
-simulator: the greedy arm is chosen where the heads overestimate its
-advantage, so the bound comes out optimistic, and the budget then holds over
-the run but not in every 1,000-request window (``benchmarks/conservative.py``
-prints the bound next to the realized sum; docs/benchmarks.md).
+known *exactly* when the served arm's probe trace reveals the baseline's
+outcome (the baseline itself, ``d = 0``, or any arm at least as lenient). For a
+served arm ``a`` whose trace does not reveal the baseline (a stricter arm),
+``d`` is estimated from **comparable requests**: every request served by an
+arm whose trace reveals both ``a`` and the baseline yields ``D_a = r_a − r_b``
+exactly. Those samples come from the same selection as the requests they
+stand for -- the policy offered ``a`` there too, in the same role (greedy or
+explored) -- and are weighted ``p_a / q_R`` (``p`` the policy's distribution,
+``q_R`` the probability served on the arms revealing both): the importance
+weight of the policy's choice of ``a``, which the budget only thins, by
+role and by the room at the time, never by request. So the estimate is not
+fooled where the greedy choice picks ``a`` exactly because the heads
+overestimate it (the optimizer's curse), as one from the heads' scores or from
+requests the greedy arm did not pick would be. Samples are kept per
+**stratum** (baseline arm, ``a``, role, ``a`` hit or missed): ``a``'s own
+outcome is observed on both sides, so a run with more misses than usual books
+more loss. Over strata with ``n`` served requests each, ``m`` effective
+samples (Kish), weighted mean ``μ̂`` and spread ``σ̂``, the bound books
 
-**Charges.** Before the outcome is known, a candidate distribution ``q`` is
-charged ``Σ_a q_a · (max(ŝ_b − ŝ_a, 0) + margin_a)`` over the non-baseline
-arms (``ŝ`` the policy's scores, ``margin_a = z·sd_a`` the spread of arm
-``a``'s residuals, 1 before residuals exist); a
-decision's charge is held until its reward settles it. A realized outcome can
-still fall below its charge: the bound then absorbs it, and exploration stops
-until the budget has grown back, so the bound overshoots ``−budget`` by at
-most the losses of the decisions in flight (one request's worth, at most 1
-reward unit each, when rewards arrive before the next decision).
+    Σ n·μ̂ − z · (√(Σ σ̂²·n) + Σ n·σ̂/√m)
+
+(the requests' own noise in quadrature, the means' uncertainty linearly, as
+one comparable request samples several strata), never below the deterministic
+worst case of the same requests: ``EM − 1`` for a stricter arm (0 for a hit:
+it spends at most the baseline's tokens and the baseline earns at most EM 1),
+``r − 1`` for any other. A stratum that has not yet had :data:`MIN_SAMPLES`
+effective samples books that worst case. The Gaussian widths are the
+approximation; ``benchmarks/conservative.py`` prints the final bounds next to
+the realized sums.
+
+**Audits.** Whenever an arm whose loss is estimated has positive probability,
+at least ``audit`` (:data:`AUDIT` by default) of the mass is on arms whose
+trace reveals the baseline (mass moves to the baseline): the comparable
+requests keep coming while the policy exploits, at weights of at most
+``1 / audit``. This is what exploitation pays for an honest bound: ``audit``
+times the greedy arm's gain over the baseline.
+
+**Charges.** Before its outcome is known, a candidate distribution ``q`` is
+charged ``Σ_a q_a · u_a``, ``u_a = max(0, −(μ̂_a − z·σ̂_a/√m_a))`` -- the
+pessimistic expected loss of serving ``a`` in its role per request, from all
+its comparable requests -- or 1 before ``a`` has :data:`MIN_SAMPLES` of them.
+A decision's charge is held until its reward settles it.
 
 **Cheap exploration first.** When the budget covers only part of the
 exploration the policy asks for, exploration mass is kept on arms in order of
 *revealed outcomes per unit of charge*: with probe traces a run of arm ``a``
 reveals ``|revealed_by(a)|`` arms, so exploring upwards (more lenient arms)
 buys information about every stricter arm at once, and an arm at least as
-lenient as the baseline also settles its own cost exactly. The remaining mass
-goes to the greedy arm if it fits, else to the baseline.
+lenient as the baseline also settles its own cost exactly.
 
 **Shadow mode** is the zero-budget end of this dial: with ``max_loss = 0``
-and ``max_loss_fraction = 0`` nothing can ever be earned against the baseline
-(every other arm carries a positive charge), so the baseline is served on
-every request, exactly as in shadow mode, while the policy still learns from
-every outcome the baseline's probe trace reveals (every stricter arm). Raising
-the budget buys exploration, cheapest first; an unset baseline is today's
-unconstrained exploration.
+and ``max_loss_fraction = 0`` nothing is ever earned against the baseline, so
+the baseline is served on every request, as in shadow mode, while the policy
+learns every outcome the baseline's probe trace reveals (every stricter arm).
 
 **Propensities stay exact.** :meth:`ConservativeBudget.shape` returns the
 distribution that is actually sampled and logged, so off-policy estimators see
@@ -74,18 +93,26 @@ from __future__ import annotations
 
 import math
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from stopbandit.errors import ConfigError
 
-MIN_RESIDUALS = 30
-"""Revealed baseline outcomes needed before estimated differences replace the worst case."""
+MIN_SAMPLES = 30.0
+"""Effective comparable samples a stratum (or an arm's charge) needs before estimates replace the worst case."""
+AUDIT = 0.1
+"""Default least probability on baseline-revealing arms whenever an arm whose loss is estimated can be served."""
+HALF_LIFE = 2000
+"""Settled requests over which a comparable sample's weight halves: the policy's choices drift as it learns."""
+RESERVE = 1.0
+"""Reward units a window's budget keeps back: the most one request can lose beyond its charge."""
 MAX_HELD = 1_000_000
 """Decisions whose charge is held until their reward (the oldest are released beyond it)."""
-CONSERVATIVE_KEYS = ("baseline", "max_loss", "max_loss_fraction", "confidence")
+SNAPSHOT_PREFIX = "snapshot:"
+"""``[exploration] baseline = "snapshot:VERSION"``: the baseline is a stored policy, its arm chosen per request."""
+CONSERVATIVE_KEYS = ("baseline", "max_loss", "max_loss_fraction", "confidence", "window", "audit")
 """Keys of ``[exploration]`` that configure the conservative rule (the rest configure the exploration rule)."""
 
 
@@ -98,26 +125,37 @@ def _number(value: object, field: str, low: float, high: float) -> float:
 
 @dataclass(frozen=True)
 class ConservativeConfig:
-    """``[exploration] baseline / max_loss / max_loss_fraction / confidence``; off while ``baseline`` is None.
+    """``[exploration] baseline / max_loss / max_loss_fraction / confidence / window``; off while ``baseline`` is None.
 
     ``max_loss``: reward units per request on average the operator accepts to
     give up against the baseline; ``max_loss_fraction``: a share of the
-    baseline's estimated cumulative reward; the budget is their sum.
-    ``confidence``: of the lower bound (``z`` from it).
+    baseline's estimated reward; the budget is their sum. ``confidence``: of
+    the lower bound (``z`` from it). ``window``: the budget also holds over
+    every run of this many settled requests (0: over the whole run only). ``audit``: the least probability
+    kept on baseline-revealing arms while an arm whose loss is estimated can be served (its comparable
+    requests).
     """
 
     baseline: str | None = None
     max_loss: float = 0.0
     max_loss_fraction: float = 0.0
     confidence: float = 0.95
+    window: int = 1000
+    audit: float = AUDIT
 
     def __post_init__(self) -> None:
-        if self.baseline is not None and (not isinstance(self.baseline, str) or not self.baseline):
-            raise ConfigError(f"exploration.baseline must be an arm name, got {self.baseline!r}")
+        if self.baseline is not None and (not isinstance(self.baseline, str) or not self.baseline
+                                          or self.baseline == SNAPSHOT_PREFIX):
+            raise ConfigError(f"exploration.baseline must be an arm name or '{SNAPSHOT_PREFIX}VERSION' (a stored "
+                              f"policy snapshot), got {self.baseline!r}")
         object.__setattr__(self, "max_loss", _number(self.max_loss, "max_loss", 0.0, 10.0))
         object.__setattr__(self, "max_loss_fraction",
                            _number(self.max_loss_fraction, "max_loss_fraction", 0.0, 1.0))
         object.__setattr__(self, "confidence", _number(self.confidence, "confidence", 0.5, 0.999999))
+        object.__setattr__(self, "audit", _number(self.audit, "audit", 0.01, 1.0))
+        if isinstance(self.window, bool) or not isinstance(self.window, int) or not 0 <= self.window <= 10_000_000:
+            raise ConfigError(f"exploration.window must be an integer in [0, 10000000] (0: whole run only), "
+                              f"got {self.window!r}")
         if self.baseline is None and (self.max_loss or self.max_loss_fraction):
             raise ConfigError("exploration.max_loss / max_loss_fraction need exploration.baseline (the arm the "
                               "budget is measured against), got no baseline")
@@ -125,6 +163,12 @@ class ConservativeConfig:
     @property
     def enabled(self) -> bool:
         return self.baseline is not None
+
+    @property
+    def snapshot(self) -> str | None:
+        """The snapshot version of a ``snapshot:VERSION`` baseline (a stored policy), None for an arm."""
+        b = self.baseline
+        return b[len(SNAPSHOT_PREFIX):] if b is not None and b.startswith(SNAPSHOT_PREFIX) else None
 
     @property
     def z(self) -> float:
@@ -137,7 +181,7 @@ class ConservativeConfig:
         if self.baseline is None:
             return {}
         return {"baseline": self.baseline, "max_loss": self.max_loss, "max_loss_fraction": self.max_loss_fraction,
-                "confidence": self.confidence}
+                "confidence": self.confidence, "window": self.window, "audit": self.audit}
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> ConservativeConfig:
@@ -155,130 +199,246 @@ class BudgetState:
     baseline: str
     budget: float  # allowed cumulative loss so far (max_loss·t + fraction·R̂_baseline)
     spent: float  # max(0, −LB): the loss the lower bound cannot rule out
-    left: float  # budget + LB − held charges
+    left: float  # the smaller of the run's and the window's room, held charges taken off
     lower_bound: float  # LB of Σ (served − baseline) over settled requests
     held: float  # charges of decisions not rewarded yet
     settled: int
-    exact: int  # settled with the baseline's outcome known (or bounded deterministically)
+    exact: int  # settled with the difference known exactly (or bounded deterministically)
     explored: int  # decisions served the policy's full exploration distribution
     restricted: int  # decisions whose exploration the budget cut down
     baseline_served: int  # decisions where the baseline was the arm served
+    window_lower_bound: float = 0.0  # LB of Σ (served − baseline) over the last ``window`` settled requests
+    window_budget: float = 0.0
+    comparable: int = 0  # comparable samples (a request revealing the baseline and another arm it could serve)
 
 
-class _Running:
-    """Welford mean/variance."""
+class _Weighted:
+    """Weighted mean/variance of comparable samples, with the Kish effective sample size."""
 
-    __slots__ = ("m2", "mean", "n")
+    __slots__ = ("sw", "sw2", "swx", "swx2")
 
     def __init__(self) -> None:
-        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+        self.sw = self.sw2 = self.swx = self.swx2 = 0.0
 
-    def add(self, x: float) -> None:
-        self.n += 1
-        delta = x - self.mean
-        self.mean += delta / self.n
-        self.m2 += delta * (x - self.mean)
+    def rescale(self, f: float) -> None:
+        """Divide every weight by ``f`` (the mean and the effective size do not change)."""
+        self.sw /= f
+        self.sw2 /= f * f
+        self.swx /= f
+        self.swx2 /= f
+
+    def add(self, x: float, w: float) -> None:
+        self.sw += w
+        self.sw2 += w * w
+        self.swx += w * x
+        self.swx2 += w * x * x
+
+    @property
+    def m(self) -> float:
+        return self.sw * self.sw / self.sw2 if self.sw2 > 0.0 else 0.0
+
+    @property
+    def mean(self) -> float:
+        return self.swx / self.sw if self.sw > 0.0 else 0.0
 
     @property
     def sd(self) -> float:
-        return math.sqrt(self.m2 / (self.n - 1)) if self.n > 1 else 1.0
+        if self.sw <= 0.0:
+            return 1.0
+        var = self.swx2 / self.sw - self.mean ** 2
+        m = self.m
+        return math.sqrt(max(var, 0.0) * (m / (m - 1.0) if m > 1.0 else 1.0))
+
+
+_Held = tuple[float, tuple[float, ...], tuple[float, ...], int, float, int]
 
 
 class ConservativeBudget:
-    """The running lower bound and the shaping of each decision's distribution (thread-safe).
+    """The running lower bounds and the shaping of each decision's distribution (thread-safe).
 
     ``reveals[i]``: the arms a probe trace of arm ``i`` reveals (``ArmSet.reveals()``).
+    Strata are numbered ``((b·K + a)·2 + role)·2 + hit``: the request's baseline arm ``b`` (fixed unless the
+    baseline is a snapshot), arm ``a``, ``role`` 1 where ``a`` was the greedy arm of the request (0:
+    explored), ``hit`` 1 where ``a``'s EM was 1.
     """
 
     def __init__(self, config: ConservativeConfig, arm_names: Sequence[str],
                  reveals: Sequence[Sequence[int]]) -> None:
         if not config.enabled:
             raise ConfigError("ConservativeBudget needs exploration.baseline")
-        if config.baseline not in arm_names:
+        if config.snapshot is None and config.baseline not in arm_names:
             raise ConfigError(f"exploration.baseline must be one of the arms {list(arm_names)}, "
                               f"got {config.baseline!r}")
         self.config = config
-        self.baseline = list(arm_names).index(config.baseline)
+        # the baseline arm; None for a snapshot baseline, whose arm every decision names (``shape(baseline=)``)
+        self.baseline: int | None = None if config.snapshot is not None else list(arm_names).index(config.baseline)
         self._k = k = len(arm_names)
         self._reveals = [frozenset(r) for r in reveals]
+        # per baseline arm b: the arms whose trace settles d exactly (they reveal b), per arm a the arms
+        # revealing a and b, and the arms stricter than b
+        self._settles = [frozenset(c for c in range(k) if b in self._reveals[c]) for b in range(k)]
+        self._both = [[tuple(c for c in range(k) if a in self._reveals[c] and b in self._reveals[c])
+                       for a in range(k)] for b in range(k)]
+        self._stricter = [frozenset(self._reveals[b]) - {b} for b in range(k)]
         self._z = config.z
         self._lock = threading.Lock()
         self._t = 0  # decisions counted into the budget
         self._exact_sum = 0.0  # Σ d over exactly known / deterministically bounded requests
-        # per served arm: Σ (ŝ_a − ŝ_b) and count over the requests whose baseline outcome is estimated
-        self._est_sum = [0.0] * k
-        self._n_est = [0] * k
-        # per arm: residual (r_a − r_b) − (ŝ_a − ŝ_b) wherever both outcomes were known
-        self._residual = [_Running() for _ in range(k)]
+        n_strata = 4 * k * k
+        self._samples = [_Weighted() for _ in range(n_strata)]  # comparable samples of D_a per stratum
+        self._calibrated = [False] * n_strata  # reached MIN_SAMPLES once (the effective size is not monotone)
+        self._pooled = [_Weighted() for _ in range(2 * k * k)]  # per (baseline, arm, role), both outcomes: the charge
+        self._n_est = [0] * n_strata  # estimated served requests per stratum
+        self._worst = [0.0] * n_strata  # Σ of their deterministic worst case
         self._baseline_reward = 0.0  # Σ r_baseline (exact where known, else ŝ_baseline)
-        self._held: OrderedDict[str, tuple[float, tuple[float, ...]]] = OrderedDict()  # key -> (charge, scores)
+        # a new comparable sample weighs ``_growth`` times what it would at the start: older samples fade
+        self._growth, self._growth_step = 1.0, 2.0 ** (1.0 / HALF_LIFE)
+        # the last ``window`` settled requests: (exact d, or the worst case of an estimated one; stratum or −1;
+        # baseline reward)
+        self._recent: deque[tuple[float, int, float]] = deque()
+        self._win_base = 0.0
+        # key -> (charge, policy's probabilities, probabilities served, greedy arm, ŝ_baseline, baseline arm)
+        self._held: OrderedDict[str, _Held] = OrderedDict()
         self._held_sum = 0.0
-        self._settled = self._exact = 0
+        self._settled = self._exact = self._comparable = 0
         self._explored = self._restricted = self._baseline_served = 0
 
-    # -- the lower bound ----------------------------------------------------------------------
+    # -- the lower bounds ---------------------------------------------------------------------
+    def _estimated(self, counts: Sequence[int], worst: Sequence[float]) -> float:
+        """LB of Σ d over ``counts[s]`` estimated requests per stratum (``worst``: their worst-case sum).
+
+        A stratum that has not had :data:`MIN_SAMPLES` effective comparable samples books its worst case; once
+        calibrated, its estimate covers every request of the stratum, the earlier ones included. The noise of
+        the requests' own outcomes adds in quadrature across strata (different requests); the uncertainty of
+        the strata's means adds linearly (one comparable request can sample several strata).
+        """
+        uncal = point = var = mean_width = floor = 0.0
+        for st, n in enumerate(counts):
+            if not n:
+                continue
+            if not self._calibrated[st]:
+                uncal += worst[st]
+                continue
+            s = self._samples[st]
+            sd = s.sd
+            point += n * s.mean
+            var += sd * sd * n
+            mean_width += n * sd / math.sqrt(max(s.m, 1.0))
+            floor += worst[st]
+        width = self._z * (math.sqrt(var) + mean_width)
+        if not point and not var and not floor:
+            return uncal
+        # never below the deterministic worst case of the same requests
+        return uncal + max(point - width, floor)
+
     def _lower_bound(self) -> float:
-        lb = self._exact_sum
+        return self._exact_sum + self._estimated(self._n_est, self._worst)
+
+    def _window_lower_bound(self) -> float:
+        """LB of the worst run of recent requests: min over the suffixes of the last ``window`` settled ones.
+
+        Every suffix, not only the whole window: gains banked early in a window must not pay for losses
+        that a later window (one starting after the gains) would then hold alone. Each suffix's bound is
+        built like :meth:`_estimated`'s (point values, never below a request's worst case; noise in
+        quadrature, the means' uncertainty linearly).
+        """
         z = self._z
-        for a in range(self._k):
-            n = self._n_est[a]
-            if n:
-                r = self._residual[a]
-                sd = r.sd
-                lb += self._est_sum[a] + n * r.mean - z * (sd * math.sqrt(n) + n * sd / math.sqrt(r.n))
-        return lb
+        point, var_one, width_one = [], [], []
+        for st, s in enumerate(self._samples):
+            if self._calibrated[st]:
+                sd = s.sd
+                point.append(s.mean)
+                var_one.append(sd * sd)
+                width_one.append(sd / math.sqrt(max(s.m, 1.0)))
+            else:
+                point.append(None)
+                var_one.append(0.0)
+                width_one.append(0.0)
+        run = var = width = low = 0.0
+        for d, st, _ in reversed(self._recent):
+            if st < 0 or point[st] is None:
+                run += d
+            else:
+                run += max(point[st], d)
+                var += var_one[st]
+                width += width_one[st]
+            low = min(low, run - z * (math.sqrt(var) + width))
+        return low
 
     def _budget(self) -> float:
         c = self.config
         return c.max_loss * self._t + c.max_loss_fraction * max(self._baseline_reward, 0.0)
 
-    def _margin(self, a: int) -> float:
-        """Per-request pessimism of arm ``a``: ``z·sd`` of its residuals, 1 (the reward range) before calibration.
+    def _window_budget(self) -> float:
+        """The window's budget less :data:`RESERVE`: a charge is an expected loss, and the request in flight
+        can still lose up to the reward range below it."""
+        c = self.config
+        return c.max_loss * c.window + c.max_loss_fraction * max(self._win_base, 0.0) - RESERVE
 
-        A per-request outcome-level margin, not the (much smaller) width of the
-        mean: the residuals are measured where the baseline was revealed and
-        are applied where it was not, and a margin per request keeps each
-        window's loss, not only the cumulative one, inside the budget
-        (``benchmarks/conservative.py`` measures both).
+    def _room(self) -> float:
+        room = self._budget() + self._lower_bound()
+        if self.config.window:
+            room = min(room, self._window_budget() + self._window_lower_bound())
+        return room - self._held_sum
+
+    def _units(self, greedy: int, b: int) -> list[float]:
+        """Charge per unit of probability on each arm (its role in this request): the pessimistic expected loss.
+
+        0 for the baseline, 1 (the reward range) before the arm has :data:`MIN_SAMPLES` comparable samples.
         """
-        r = self._residual[a]
-        return self._z * r.sd if r.n >= MIN_RESIDUALS else 1.0
-
-    def _units(self, scores: Sequence[float]) -> list[float]:
-        """Charge per unit of probability on each arm (0 on the baseline): predicted loss + margin."""
-        sb = scores[self.baseline]
-        return [0.0 if a == self.baseline else max(sb - scores[a], 0.0) + self._margin(a) for a in range(self._k)]
+        z = self._z
+        out = []
+        for a in range(self._k):
+            s = self._pooled[2 * (b * self._k + a) + (a == greedy)]
+            if a == b:
+                out.append(0.0)
+            elif s.m < MIN_SAMPLES:
+                out.append(1.0)
+            else:
+                out.append(max(0.0, -(s.mean - z * s.sd / math.sqrt(s.m))))
+        return out
 
     # -- decisions ---------------------------------------------------------------------------------
-    def shape(self, key: str, probs: Sequence[float], scores: Sequence[float]) -> list[float]:
+    def shape(self, key: str, probs: Sequence[float], scores: Sequence[float],
+              baseline: int | None = None) -> list[float]:
         """The distribution to serve for decision ``key``: ``probs`` if the budget covers it, else cut down.
 
-        ``probs``/``scores`` (K,): the policy's exploration distribution and its reward scores.
-        The returned vector is what must be sampled and logged (exact propensities).
+        ``probs``/``scores`` (K,): the policy's exploration distribution and its reward scores;
+        ``baseline``: the baseline's arm for this request (required for a snapshot baseline, else the
+        configured arm). The returned vector is what must be sampled and logged (exact propensities).
         """
         k = self._k
         if len(probs) != k or len(scores) != k:
             raise ConfigError(f"conservative: expected {k} probabilities and scores, got {len(probs)}/{len(scores)}")
+        b = self.baseline if baseline is None else baseline
+        if b is None or isinstance(b, bool) or not isinstance(b, int) or not 0 <= b < k:
+            raise ConfigError(f"conservative: the baseline arm must be an index in [0, {k}) "
+                              f"({self.config.baseline!r} names none itself), got {baseline!r}")
         greedy = max(range(k), key=lambda a: (scores[a], -a))
         with self._lock:
             self._t += 1
-            units = self._units(scores)
-            room = self._budget() + self._lower_bound() - self._held_sum
+            units = self._units(greedy, b)
+            room = self._room()
             if math.fsum(p * u for p, u in zip(probs, units)) <= room:
                 q = [float(p) for p in probs]
                 self._explored += 1
             else:
                 self._restricted += 1
-                q = self._restrict(probs, units, room, greedy)
+                q = self._restrict(probs, units, room, greedy, b)
+            q = self._audit(q, b)
             charge = math.fsum(p * u for p, u in zip(q, units))
-            self._hold(key, charge, tuple(float(x) for x in scores))
+            self._hold(key, (charge, tuple(float(p) for p in probs), tuple(q), greedy, float(scores[b]), b))
         return q
 
-    def _restrict(self, probs: Sequence[float], units: Sequence[float], room: float, greedy: int) -> list[float]:
+    def _restrict(self, probs: Sequence[float], units: Sequence[float], room: float, greedy: int,
+                  b: int) -> list[float]:
         """Greedy arm if its charge fits, else the baseline; then exploration mass by reveals per unit charge."""
-        k, b = self._k, self.baseline
-        base = greedy if units[greedy] <= room else b
+        k = self._k
         q = [0.0] * k
+        if room <= 0.0:
+            q[b] = 1.0
+            return q
+        base = greedy if units[greedy] <= room else b
         q[base] = 1.0
         left = room - units[base]
         order = sorted((a for a in range(k) if a != base and probs[a] > 0.0),
@@ -300,37 +460,52 @@ class ConservativeBudget:
         total = math.fsum(q)
         return [x / total for x in q]
 
-    def _hold(self, key: str, charge: float, scores: tuple[float, ...]) -> None:
+    def _audit(self, q: list[float], b: int) -> list[float]:
+        """At least ``audit`` on baseline-revealing arms whenever an estimated arm has mass (moved to the baseline)."""
+        settles = self._settles[b]
+        settling = math.fsum(q[c] for c in settles)
+        audit = self.config.audit
+        if settling >= audit or settling >= 1.0 - 1e-12:
+            return q
+        scale = (1.0 - audit) / (1.0 - settling)  # shrink the other arms' mass, give it to the baseline
+        out = [p if a in settles else p * scale for a, p in enumerate(q)]
+        out[b] += 1.0 - math.fsum(out)
+        return out
+
+    def _hold(self, key: str, held: _Held) -> None:
         old = self._held.pop(key, None)
         if old is not None:
             self._held_sum -= old[0]
-        self._held[key] = (charge, scores)
-        self._held_sum += charge
+        self._held[key] = held
+        self._held_sum += held[0]
         while len(self._held) > MAX_HELD:
-            _, (c, _) = self._held.popitem(last=False)
-            self._held_sum -= c
+            _, dropped = self._held.popitem(last=False)
+            self._held_sum -= dropped[0]
 
-    def note_served(self, arm: int) -> None:
-        """Count a decision's served arm (``baseline_served``)."""
-        if arm == self.baseline:
-            with self._lock:
+    def note_served(self, arm: int, key: str | None = None) -> None:
+        """Count a decision's served arm (``baseline_served``); ``key`` finds a snapshot baseline's arm."""
+        with self._lock:
+            held = self._held.get(key) if key is not None else None
+            if arm == (held[5] if held is not None else self.baseline):
                 self._baseline_served += 1
 
     # -- outcomes ----------------------------------------------------------------------------------
     def settle(self, key: str, arm: int, served_reward: float, served_em: float,
-               known: Mapping[int, float] | None = None) -> None:
+               known: Mapping[int, float] | None = None, known_em: Mapping[int, float] | None = None) -> None:
         """Book decision ``key``'s outcome.
 
         ``arm``/``served_reward``/``served_em``: the arm served and its
         outcome; ``known``: the reward of every arm whose outcome is known
         (a probe trace reveals every arm at most as lenient as the served
-        one), served arm included; None: only the served arm's. A decision
-        this budget never saw (made before it, or released) is booked with
-        the deterministic worst case.
+        one), ``known_em`` their EM (an arm without one gives no comparable
+        sample); None: only the served arm's. A decision this budget never
+        saw (made before it, or released) is booked with the deterministic
+        worst case.
         """
         known = dict(known or {})
         known[arm] = served_reward
-        b = self.baseline
+        ems = dict(known_em or {})
+        ems[arm] = served_em
         with self._lock:
             held = self._held.pop(key, None)
             if held is not None:
@@ -338,28 +513,80 @@ class ConservativeBudget:
             else:
                 self._t += 1
             self._settled += 1
-            if b in known:
+            self._grow()
+            b = held[5] if held is not None else self.baseline  # None: a snapshot's arm this budget never saw
+            if b is not None and b in known:
                 rb = known[b]
                 self._exact += 1
-                self._exact_sum += served_reward - rb
+                d = served_reward - rb
+                self._exact_sum += d
                 self._baseline_reward += rb
                 if held is not None:
-                    scores = held[1]
-                    for a, ra in known.items():
-                        if a != b:
-                            self._residual[a].add((ra - rb) - (scores[a] - scores[b]))
+                    self._comparables(held, known, ems, rb)
+                self._push(d, -1, rb)
                 return
-            if held is not None:
-                self._baseline_reward += held[1][b]
-            stricter = arm in self._reveals[b]
-            if held is None or self._residual[arm].n < MIN_RESIDUALS:
-                # deterministic worst case: r_baseline ≤ EM_baseline ≤ 1, and a stricter arm spends at most the
-                # baseline's tokens, so d ≥ EM_served − 1 (0 for a hit) or, for any arm, d ≥ r_served − 1
+            rb_hat = held[4] if held is not None else 0.0
+            self._baseline_reward += rb_hat
+            # deterministic worst case: r_baseline ≤ EM_baseline ≤ 1, and a stricter arm spends at most the
+            # baseline's tokens, so d ≥ EM_served − 1 (0 for a hit) or, for any arm, d ≥ r_served − 1
+            worst = (served_em if b is not None and arm in self._stricter[b] else served_reward) - 1.0
+            if held is None:
                 self._exact += 1
-                self._exact_sum += (served_em if stricter else served_reward) - 1.0
+                self._exact_sum += worst
+                self._push(worst, -1, rb_hat)
                 return
-            self._n_est[arm] += 1
-            self._est_sum[arm] += held[1][arm] - held[1][b]
+            st = (2 * (b * self._k + arm) + (arm == held[3])) * 2 + (served_em >= 1.0)
+            self._n_est[st] += 1
+            self._worst[st] += worst
+            self._push(worst, st, rb_hat)
+
+    def _grow(self) -> None:
+        self._growth *= self._growth_step
+        if self._growth > 1e100:  # keep the sums finite: rescaling changes no mean, spread or effective size
+            for acc in (*self._samples, *self._pooled):
+                acc.rescale(self._growth)
+            self._growth = 1.0
+
+    def _comparables(self, held: _Held, known: Mapping[int, float], ems: Mapping[int, float], rb: float) -> None:
+        """Record D_a = r_a − r_b for every arm ``a`` the request revealed that the policy offered.
+
+        Weight ``p_a / q_R``: ``p`` the policy's distribution, ``q_R`` the probability served on the arms
+        revealing ``a`` and the baseline. A request stands for the ``p_a / q_R`` requests of the policy's
+        choice of ``a`` it represents; the budget's cut-downs act on the arm's role (greedy or explored)
+        and the room at the time, not on the request, so within a stratum the served requests of ``a``
+        are those the policy chose, thinned.
+        """
+        _, p, q, greedy, _, b = held
+        for a, ra in known.items():
+            if a == b or a not in ems or p[a] <= 0.0:
+                continue
+            mass = math.fsum(q[c] for c in self._both[b][a])
+            if mass <= 0.0:
+                continue
+            w = p[a] / mass * self._growth
+            d = ra - rb
+            role = 2 * (b * self._k + a) + (a == greedy)
+            self._pooled[role].add(d, w)
+            if a not in self._settles[b]:
+                st = role * 2 + (ems[a] >= 1.0)
+                self._samples[st].add(d, w)
+                if self._samples[st].m >= MIN_SAMPLES:
+                    self._calibrated[st] = True
+                self._comparable += 1
+
+    def _push(self, d: float, stratum: int, rb: float) -> None:
+        """Append a settled request to the window (``stratum`` −1: ``d`` exact, else its worst case)."""
+        window = self.config.window
+        if not window:
+            return
+        self._recent.append((d, stratum, rb))
+        self._add_window(d, stratum, rb, 1)
+        while len(self._recent) > window:
+            old = self._recent.popleft()
+            self._add_window(*old, -1)
+
+    def _add_window(self, d: float, stratum: int, rb: float, sign: int) -> None:
+        self._win_base += sign * rb
 
     def release(self, key: str) -> None:
         """Drop a held charge without an outcome (a decision that will never be rewarded)."""
@@ -374,10 +601,11 @@ class ConservativeBudget:
             budget = self._budget()
             return BudgetState(
                 baseline=str(self.config.baseline), budget=budget, spent=max(0.0, -lb),
-                left=budget + lb - self._held_sum, lower_bound=lb, held=self._held_sum, settled=self._settled,
+                left=self._room(), lower_bound=lb, held=self._held_sum, settled=self._settled,
                 exact=self._exact, explored=self._explored, restricted=self._restricted,
-                baseline_served=self._baseline_served,
+                baseline_served=self._baseline_served, window_lower_bound=self._window_lower_bound(),
+                window_budget=self._window_budget(), comparable=self._comparable,
             )
 
 
-__all__ = ["CONSERVATIVE_KEYS", "MIN_RESIDUALS", "BudgetState", "ConservativeBudget", "ConservativeConfig"]
+__all__ = ["AUDIT", "CONSERVATIVE_KEYS", "MIN_SAMPLES", "SNAPSHOT_PREFIX", "BudgetState", "ConservativeBudget", "ConservativeConfig"]

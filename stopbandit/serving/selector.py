@@ -81,6 +81,7 @@ from stopbandit.errors import (
 from stopbandit.features.extract import FeatureExtractor
 from stopbandit.replay.store import ReplayStore, check_role, outcome_row
 from stopbandit.replay.writer import BatchWriter
+from stopbandit.serving.baseline import SnapshotBaseline
 from stopbandit.serving.decision import Decision, Health
 from stopbandit.serving.follower import StoreFollower, prepare_store
 from stopbandit.serving.lambdas import LambdaWriter
@@ -142,6 +143,7 @@ class Selector:
         self._budget: ConservativeBudget | None = (
             ConservativeBudget(config.conservative, self._arm_names, self._reveals)
             if config.conservative.enabled else None)
+        self._baseline: SnapshotBaseline | None = None  # a snapshot baseline's policy (loaded with the store)
         fresh = make_policy(config.policy, self.arms, config.exploration, config.token_scale)
         fresh.trace_share = self._trace_share
         self._slot = PolicySlot(fresh if learn else FrozenPolicy(fresh), f"fresh-{uuid.uuid4().hex[:8]}")
@@ -169,6 +171,8 @@ class Selector:
         # durable: committed or fsync'd before choose/reward return; else queued (bound once, off the hot path)
         self._log_row = self.writer.write_now if config.store.durable else self.writer.submit
         try:
+            if config.conservative.snapshot is not None:  # nothing can be served without the baseline's arm
+                self._baseline = SnapshotBaseline.load(store, config, self._snapshot_key)
             if fault is None:
                 try:
                     self._sync_lambda(initial=True)
@@ -183,6 +187,8 @@ class Selector:
             self._lambdas.close(0.0)
             self.writer.close(5.0)
             self._slot.live.policy.close()
+            if self._baseline is not None:
+                self._baseline.close()
             raise
         if follow:
             self._follower.start()
@@ -329,7 +335,8 @@ class Selector:
             if forced is None:
                 probs, scores = live.policy.decide(shared, lam)
                 if self._budget is not None:  # the distribution served (and logged) is the shaped one
-                    probs = self._budget.shape(key, probs, scores)
+                    probs = self._budget.shape(key, probs, scores,
+                                               None if self._baseline is None else self._baseline.arm(shared, lam))
             else:  # one-hot, propensity 1
                 probs = [0.0] * len(self.arms)
                 probs[forced] = 1.0
@@ -348,7 +355,7 @@ class Selector:
         else:  # no draw: overrides leave the policy's sampling sequence as it was
             idx = forced
         if self._budget is not None:
-            self._budget.note_served(idx)
+            self._budget.note_served(idx, key)
         names = self._arm_names
         prob_map = dict(zip(names, probs))
         window = self._window
@@ -468,7 +475,8 @@ class Selector:
         served = float(row["em"]) - lam * float(row["tokens"]) / scale
         known = None if revealed is None else {
             a: float(em) - lam * float(tok) / scale for a, (em, tok) in revealed.items()}
-        budget.settle(key, pending.arm, served, float(row["em"]), known)
+        known_em = None if revealed is None else {a: float(em) for a, (em, _) in revealed.items()}
+        budget.settle(key, pending.arm, served, float(row["em"]), known, known_em)
 
     def budget(self) -> BudgetState | None:
         """Conservative exploration's budget now (None when ``[exploration] baseline`` is unset)."""
@@ -818,6 +826,8 @@ class Selector:
         self._lambdas.close(self.config.store.timeout)
         self.writer.close()
         self._slot.retire_all()
+        if self._baseline is not None:
+            self._baseline.close()
         self.store.dispose()
 
     def __enter__(self) -> Selector:

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from stopbandit.bandit.arms import ArmSet
-from stopbandit.bandit.conservative import MIN_RESIDUALS, ConservativeBudget, ConservativeConfig
+from stopbandit.bandit.conservative import MIN_SAMPLES, ConservativeBudget, ConservativeConfig
 from stopbandit.config import config_from_mapping
 from stopbandit.errors import ConfigError
 
@@ -83,10 +83,18 @@ def test_budget_allows_exploration_that_pays():
         arm = draw(rng, q)
         rewards = [0.5, 0.6, 0.7, 0.4]  # the scores are right
         known = {a: rewards[a] for a in REVEALS[arm]}
-        b.settle(f"k{t}", arm, rewards[arm], 1.0, known)
+        b.settle(f"k{t}", arm, rewards[arm], 1.0, known, {a: 1.0 for a in known})
     st = b.state()
     assert st.explored > 1500  # once the greedy arm has paid, the full distribution is served
     assert st.lower_bound > 0.0
+
+
+def test_audit_keeps_baseline_revealing_mass_while_an_estimated_arm_is_served():
+    b = ConservativeBudget(ConservativeConfig("careful", max_loss=1.0, audit=0.2), NAMES, REVEALS)
+    q = b.shape("a", [0.0, 0.02, 0.0, 0.98], [0.4, 0.5, 0.5, 0.9])
+    assert q[0] + q[B] == pytest.approx(0.2) and q[3] == pytest.approx(0.8)
+    # nothing to audit when only baseline-revealing arms are offered
+    assert b.shape("b", [0.3, 0.7, 0.0, 0.0], [0.4, 0.5, 0.5, 0.1]) == [0.3, 0.7, 0.0, 0.0]
 
 
 def test_returned_vector_is_what_was_charged_and_never_invents_arms():
@@ -104,31 +112,91 @@ def test_returned_vector_is_what_was_charged_and_never_invents_arms():
 
 def test_cheap_exploration_prefers_arms_that_reveal_more():
     # only a little room: the exploration mass that survives goes to the arm revealing most per unit charge
-    b = budget(0.0)
+    # earned slack counts over the whole run only (window 0): a window's budget is never paid from gains
+    b = ConservativeBudget(ConservativeConfig("careful", max_loss=0.0, window=0), NAMES, REVEALS)
     b._exact_sum = 0.3  # noqa: SLF001 - a budget with 0.3 of earned slack
     q = b.shape("z", [0.3, 0.1, 0.3, 0.3], [0.5, 0.5, 0.5, 0.5])
     assert q[0] > 0.0  # "full" reveals all four arms
     assert q[3] == 0.0  # "aggressive" reveals only itself
 
 
-def test_unrevealed_baseline_is_estimated_after_calibration_and_bounded_before():
-    b = budget(0.0)
-    # before any residual: a stricter arm's miss books the deterministic worst case −1, a hit books 0
-    b.shape("a", [0, 0, 0, 1.0], [0.4, 0.5, 0.5, 0.6])
-    b.settle("a", 3, -0.05, 0.0, {3: -0.05})
+def test_unrevealed_baseline_is_estimated_from_comparable_requests_and_bounded_before():
+    b = budget(1.0)
+    greedy_aggressive = [0.0, 0.1, 0.0, 0.9]  # the policy's choice: aggressive, careful explored
+    scores = [0.4, 0.5, 0.5, 0.6]
+    # before any comparable request: a stricter arm's miss books the deterministic worst case −1, a hit 0
+    b.shape("a", greedy_aggressive, scores)
+    b.settle("a", 3, -0.05, 0.0, {3: -0.05}, {3: 0.0})
     assert b.state().lower_bound == pytest.approx(-1.0)
-    b.shape("h", [0, 0, 0, 1.0], [0.4, 0.5, 0.5, 0.6])
-    b.settle("h", 3, 0.95, 1.0, {3: 0.95})
+    b.shape("h", greedy_aggressive, scores)
+    b.settle("h", 3, 0.95, 1.0, {3: 0.95}, {3: 1.0})
     assert b.state().lower_bound == pytest.approx(-1.0)
-    # calibrate: the heads' difference for aggressive is exact on revealed requests
-    for i in range(MIN_RESIDUALS + 20):
-        b.shape(f"r{i}", [1.0, 0, 0, 0], [0.4, 0.5, 0.5, 0.6])
-        b.settle(f"r{i}", 0, 0.4, 1.0, {0: 0.4, 1: 0.5, 2: 0.5, 3: 0.6})
-    before = b.state().lower_bound
-    b.shape("e", [0, 0, 0, 1.0], [0.4, 0.5, 0.5, 0.6])
-    b.settle("e", 3, 0.0, 0.0, {3: 0.0})
-    # estimated term ŝ_a − ŝ_b = +0.1 with zero residual spread: the bound moves by +0.1
-    assert b.state().lower_bound == pytest.approx(before + 0.1)
+    # comparable requests: the policy wanted aggressive, careful was served and its trace revealed
+    # aggressive's miss; there r_aggressive − r_careful = 0.3 − 0.5
+    for i in range(int(MIN_SAMPLES) + 10):
+        b.shape(f"r{i}", greedy_aggressive, scores)
+        b.settle(f"r{i}", B, 0.5, 1.0, {B: 0.5, 2: 0.5, 3: 0.3}, {B: 1.0, 2: 1.0, 3: 0.0})
+    # the stratum (aggressive, greedy, miss) is calibrated: its earlier miss is now booked at −0.2
+    assert b.state().lower_bound == pytest.approx(-0.2)
+    b.shape("e", greedy_aggressive, scores)
+    b.settle("e", 3, 0.0, 0.0, {3: 0.0}, {3: 0.0})
+    assert b.state().lower_bound == pytest.approx(-0.4)
+    # the hit stratum has no comparable request yet: still its worst case, 0
+    assert b.state().comparable == int(MIN_SAMPLES) + 10
+
+
+def lying_heads_stream(seed: int, n: int, max_loss: float):
+    """The heads always rank aggressive first; it misses on half the requests, where careful hits.
+
+    The greedy choice is exactly where the heads are wrong (the optimizer's curse): a bound calibrated on
+    requests the greedy arm did not pick would be optimistic here.
+    """
+    rng = random.Random(seed)
+    b = budget(max_loss)
+    diffs = []
+    for t in range(n):
+        key = f"d{t}"
+        trap = rng.random() < 0.5
+        rewards = [0.7, 0.8, 0.8, 0.0 if trap else 0.9]  # full, careful, balanced, aggressive
+        ems = [1.0, 1.0, 1.0, 0.0 if trap else 1.0]
+        q = b.shape(key, [0.05, 0.05, 0.05, 0.85], [0.5, 0.6, 0.6, 0.95])
+        arm = draw(rng, q)
+        known = {a: rewards[a] for a in REVEALS[arm]}
+        b.settle(key, arm, rewards[arm], ems[arm], known, {a: ems[a] for a in known})
+        diffs.append(rewards[arm] - rewards[B])
+    return diffs, b
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_window_budget_holds_when_the_greedy_arm_is_chosen_where_the_heads_are_wrong(seed):
+    diffs, b = lying_heads_stream(seed, 6000, 0.01)
+    for w in range(1000, 6000, 1000):  # every 1,000-request window after the first, within one request's loss
+        assert sum(diffs[w:w + 1000]) >= -0.01 * 1000 - 1.0, (w, sum(diffs[w:w + 1000]))
+    st = b.state()
+    assert st.lower_bound <= sum(diffs) + 1e-9  # the bound is a lower bound of the realized difference
+    assert st.window_lower_bound <= sum(diffs[-1000:]) + 1e-9
+    assert st.comparable > 0 and st.restricted > 0
+
+
+def test_window_budget_binds_after_gains_were_banked():
+    # the greedy arm pays for 3,000 requests, then turns bad: the gains banked over the run do not let one
+    # window lose more than the window's budget
+    b = budget(0.01)
+    rng = random.Random(3)
+    diffs = []
+    for t in range(6000):
+        key = f"g{t}"
+        bad = t >= 3000 and rng.random() < 0.6
+        rewards = [0.7, 0.8, 0.8, 0.0 if bad else 0.9]
+        ems = [1.0, 1.0, 1.0, 0.0 if bad else 1.0]
+        q = b.shape(key, [0.05, 0.05, 0.05, 0.85], [0.5, 0.6, 0.6, 0.95])
+        arm = draw(rng, q)
+        known = {a: rewards[a] for a in REVEALS[arm]}
+        b.settle(key, arm, rewards[arm], ems[arm], known, {a: ems[a] for a in known})
+        diffs.append(rewards[arm] - rewards[B])
+    assert sum(diffs[:3000]) > 50.0  # gains were banked
+    for w in range(1000, 6000, 1000):
+        assert sum(diffs[w:w + 1000]) >= -0.01 * 1000 - 1.0, (w, sum(diffs[w:w + 1000]))
 
 
 def test_fraction_budget_follows_the_baseline_reward():
@@ -156,6 +224,9 @@ def test_release_drops_the_charge():
     ({"baseline": "careful", "confidence": 1.5}, "exploration.confidence"),
     ({"max_loss": 0.01}, "exploration.baseline"),
     ({"baseline": 3}, "exploration.baseline"),
+    ({"baseline": "careful", "window": -1}, "exploration.window"),
+    ({"baseline": "careful", "window": 2.5}, "exploration.window"),
+    ({"baseline": "careful", "audit": 0.0}, "exploration.audit"),
 ])
 def test_config_errors_name_the_field(cfg, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
@@ -168,3 +239,6 @@ def test_config_from_toml_mapping_keeps_the_exploration_rule():
     assert cfg.exploration.gamma_scale == 7.0
     assert cfg.conservative == ConservativeConfig("careful", max_loss=0.02)
     assert config_from_mapping({}).conservative.enabled is False
+    cfg = config_from_mapping({"exploration": {"baseline": "careful", "max_loss": 0.02, "window": 500, "audit": 0.2}})
+    assert (cfg.conservative.window, cfg.conservative.audit) == (500, 0.2)
+    assert cfg.conservative.to_dict()["audit"] == 0.2

@@ -12,8 +12,10 @@ from sqlalchemy import select
 from stopbandit import Selector
 from stopbandit.bandit.conservative import ConservativeConfig
 from stopbandit.control import ControlledSelector
-from stopbandit.errors import ConfigError
+from stopbandit.bandit.vw import shared_line
+from stopbandit.errors import ConfigError, InputError
 from stopbandit.replay.store import DECISIONS, ReplayStore
+from stopbandit.serving.baseline import SnapshotBaseline
 from stopbandit.sim import Simulator, outcome_table, run
 
 
@@ -93,3 +95,56 @@ def test_without_baseline_health_reports_no_budget(sqlite_url):
 def test_baseline_must_be_an_arm(sqlite_url):
     with pytest.raises(ConfigError, match=r"exploration\.baseline"):
         Selector.open(sqlite_url, conservative=ConservativeConfig("nope", max_loss=0.01))
+
+
+def test_snapshot_baseline_is_the_stored_policy_per_request(db_url):
+    # a policy served today (a stored snapshot) is the baseline: with a zero budget its arm is served on every
+    # request, request by request, and logged with propensity 1
+    with Selector.open(db_url, lam=0.2, seed=3, snapshot=None, follow=False) as trained:
+        serve(trained, 400, seed=6)
+        version = trained.snapshot()
+    cons = ConservativeConfig(f"snapshot:{version}", max_loss=0.0)
+    assert cons.snapshot == version
+    with Selector.open(db_url, lam=0.2, seed=4, snapshot=None, follow=False, conservative=cons) as sel:
+        _, decisions = serve(sel, 200, seed=7)
+        h = sel.health()
+        budget = sel.budget()
+        base = SnapshotBaseline.load(sel.store, sel.config, None)
+        try:
+            expected = [base.arm(shared_line(d.features), 0.2) for d, _ in decisions]
+        finally:
+            base.close()
+    assert [d.arm_index for d, _ in decisions] == expected
+    assert all(d.probability == 1.0 for d, _ in decisions)
+    assert len(set(expected)) > 1  # a policy, not one arm: the baseline's arm changes with the request
+    assert h.budget_baseline == f"snapshot:{version}"
+    assert budget.baseline_served == 200 and budget.lower_bound == pytest.approx(0.0)
+
+
+def test_snapshot_baseline_budget_explores_and_is_booked_against_the_snapshots_arm(sqlite_url):
+    with Selector.open(sqlite_url, lam=0.3, seed=3, snapshot=None, follow=False) as trained:
+        serve(trained, 300, seed=6)
+        version = trained.snapshot()
+    cons = ConservativeConfig(f"snapshot:{version}", max_loss=0.05)
+    with Selector.open(sqlite_url, lam=0.3, seed=5, snapshot=None, follow=False, conservative=cons) as sel:
+        reqs, decisions = serve(sel, 600, seed=8)
+        budget = sel.budget()
+        base = SnapshotBaseline.load(sel.store, sel.config, None)
+        try:
+            base_arms = [base.arm(shared_line(d.features), 0.3) for d, _ in decisions]
+        finally:
+            base.close()
+    table = outcome_table(reqs, sel.arms.arms)
+    rewards = table.em - 0.3 * table.tokens / 1000
+    served = sum(o.em - 0.3 * o.tokens / 1000 for _, o in decisions)
+    baseline = float(sum(rewards[i, b] for i, b in enumerate(base_arms)))
+    assert any(d.arm_index != b for (d, _), b in zip(decisions, base_arms))  # it explores
+    assert budget.lower_bound <= served - baseline + 1e-6  # the bound is against the snapshot's own arms
+    assert served - baseline >= -0.05 * 600 - 1.0
+
+
+def test_snapshot_baseline_must_exist(sqlite_url):
+    with pytest.raises(InputError, match="nope"):
+        Selector.open(sqlite_url, snapshot=None, conservative=ConservativeConfig("snapshot:nope", max_loss=0.01))
+    with pytest.raises(ConfigError, match=r"exploration\.baseline"):
+        ConservativeConfig("snapshot:", max_loss=0.01)
