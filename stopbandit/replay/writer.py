@@ -211,6 +211,7 @@ class BatchWriter:
         orphan_scan_interval: float = 5.0,
         timeout: float | None = None,
         spill_dir: str | os.PathLike[str] | None = None,
+        max_lag: float | None = None,
     ) -> None:
         self.store = store
         self.batch_size = batch_size
@@ -222,7 +223,7 @@ class BatchWriter:
         self.timeout = timeout or store.timeout or DEFAULT_TIMEOUT_S
         # the longest a row waits in memory before the writer spills the queue instead of committing it: like a
         # commit past its deadline, a queue that old means the database cannot keep up (a burst it clears is not)
-        self.max_lag = max(flush_interval, self.timeout)
+        self.max_lag = max(flush_interval, self.timeout if max_lag is None else max_lag)
         # group commit: while rows keep coming, wait this long for a group to fill (well inside the flush window)
         self.linger = min(MAX_LINGER_S, flush_interval / 5)
         self._deadlines = store.deadlines
