@@ -79,6 +79,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from stopbandit import validation
 from stopbandit.errors import ConfigError
 
 MIN_RESIDUALS = 30
@@ -87,13 +88,6 @@ MAX_HELD = 1_000_000
 """Decisions whose charge is held until their reward (the oldest are released beyond it)."""
 CONSERVATIVE_KEYS = ("baseline", "max_loss", "max_loss_fraction", "confidence")
 """Keys of ``[exploration]`` that configure the conservative rule (the rest configure the exploration rule)."""
-
-
-def _number(value: object, field: str, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not low <= value <= high:
-        raise ConfigError(f"exploration.{field} must be a number in [{low:g}, {high:g}], got {value!r}")
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -114,10 +108,9 @@ class ConservativeConfig:
     def __post_init__(self) -> None:
         if self.baseline is not None and (not isinstance(self.baseline, str) or not self.baseline):
             raise ConfigError(f"exploration.baseline must be an arm name, got {self.baseline!r}")
-        object.__setattr__(self, "max_loss", _number(self.max_loss, "max_loss", 0.0, 10.0))
-        object.__setattr__(self, "max_loss_fraction",
-                           _number(self.max_loss_fraction, "max_loss_fraction", 0.0, 1.0))
-        object.__setattr__(self, "confidence", _number(self.confidence, "confidence", 0.5, 0.999999))
+        for name, low, high in (("max_loss", 0.0, 10.0), ("max_loss_fraction", 0.0, 1.0), ("confidence", 0.5, 0.999999)):
+            object.__setattr__(self, name, validation.within(getattr(self, name), f"exploration.{name}", low=low,
+                                                             high=high, expected="a number {range}"))
         if self.baseline is None and (self.max_loss or self.max_loss_fraction):
             raise ConfigError("exploration.max_loss / max_loss_fraction need exploration.baseline (the arm the "
                               "budget is measured against), got no baseline")

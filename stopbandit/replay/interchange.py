@@ -88,11 +88,6 @@ class ImportReport:
         }
 
 
-def _finite(value: Any, field_: str, *, low: float | None = None, high: float | None = None,
-            low_open: bool = False) -> float:
-    return validation.number(value, field_, low=low, high=high, low_open=low_open, error=InputError)
-
-
 # feature names already checked against FEATURE_NAME (a log repeats the same few names on every line)
 _FEATURE_NAMES_SEEN: set[str] = set()
 FEATURE_NAMES_REMEMBERED = 4096
@@ -127,7 +122,7 @@ def check_features(value: Any, field_: str = "features") -> dict[str, Any]:
         elif isinstance(v, bool):
             out[k] = 1.0 if v else 0.0
         else:
-            out[k] = _finite(v, f"{field_}.{k}")
+            out[k] = validation.number(v, f"{field_}.{k}", error=InputError)
     return out
 
 
@@ -146,12 +141,12 @@ def decision_row(arms: ArmSet, *, key: Any, ts: Any, domain: Any, features: Any,
     probs = {}
     for name in names:
         p = probabilities[name]
-        probs[name] = p if type(p) is float and 0.0 <= p <= 1.0 else _finite(
-            p, f"probability of arm {name!r}", low=0.0, high=1.0)
+        probs[name] = p if type(p) is float and 0.0 <= p <= 1.0 else validation.number(
+            p, f"probability of arm {name!r}", low=0.0, high=1.0, error=InputError)
     total = math.fsum(probs.values())
     if abs(total - 1.0) > PROB_TOL:
         raise InputError(f"probabilities must sum to 1, they sum to {total!r}")
-    prop = _finite(propensity, "propensity", low=0.0, high=1.0, low_open=True)
+    prop = validation.number(propensity, "propensity", low=0.0, high=1.0, low_open=True, error=InputError)
     if abs(prop - probs[arm]) > PROB_TOL:
         raise InputError(f"propensity {prop!r} differs from the probability of the logged arm {arm!r}: {probs[arm]!r}")
     if domain is not None and (not isinstance(domain, str) or not domain or len(domain) > 64):
@@ -165,9 +160,10 @@ def decision_row(arms: ArmSet, *, key: Any, ts: Any, domain: Any, features: Any,
     validation.text(policy_version, "policy_version")
     validation.text(experiment, "experiment")
     return {
-        "request_key": key, "ts": _finite(ts, "ts"), "domain": domain, "features": check_features(features),
-        "arm": arm, "arm_index": idx, "probabilities": probs, "propensity": prop,
-        "lam": _finite(lam, "lam", low=0.0), "token_scale": _finite(token_scale, "token_scale", low=0.0, low_open=True),
+        "request_key": key, "ts": validation.number(ts, "ts", error=InputError), "domain": domain,
+        "features": check_features(features), "arm": arm, "arm_index": idx, "probabilities": probs,
+        "propensity": prop, "lam": validation.number(lam, "lam", low=0.0, error=InputError),
+        "token_scale": validation.number(token_scale, "token_scale", low=0.0, low_open=True, error=InputError),
         "policy_version": policy_version, "experiment": experiment,
     }
 
@@ -193,8 +189,8 @@ def outcome_of(key: str, *, em: Any, tokens: Any, ts: Any, latency_ms: Any = Non
     if isinstance(em, bool) or isinstance(tokens, bool):
         raise InputError(f"em and tokens must be numbers, got em={em!r}, tokens={tokens!r}")
     tokens = validation.stored_tokens(tokens)
-    return outcome_row(key, em, tokens, latency_ms, _finite(ts, "outcome ts"), trace=trace,
-                       reference_key=reference_key, status=status)
+    return outcome_row(key, em, tokens, latency_ms, validation.number(ts, "outcome ts", error=InputError),
+                       trace=trace, reference_key=reference_key, status=status)
 
 
 def import_events(store: ReplayStore, parse: Callable[[], Iterator[ParsedEvent | LineError]], *, path: str,
