@@ -735,7 +735,7 @@ class Selector:
         spend = {} if b is None else {"budget_baseline": b.baseline, "budget_total": b.budget,
                                       "budget_spent": b.spent, "budget_left": b.left,
                                       "budget_restricted": b.restricted}
-        return Health(
+        return Health.of(
             store_ok=store_ok, last_error=w.last_error if not w.store_ok else self._fault if not store_ok else None,
             lam=self._lam, policy=self.config.policy, policy_version=self._slot.live.version,
             decisions=counts["decisions"], rewards=counts["rewards"], pending_rewards=counts["pending_rewards"],
