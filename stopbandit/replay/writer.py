@@ -102,12 +102,13 @@ from stopbandit.replay import migrate
 from stopbandit.replay.engine import redact
 from stopbandit.replay.jsoncodec import NotJSONError
 from stopbandit.replay.spill import Adopted, Chunk, SpillFile, SpillReader, encode, read_spill
+from stopbandit.replay.rows import DecisionRow, LateRow, OutcomeRow, Row, typed
 from stopbandit.replay.store import Conflict, ReplayStore
 from stopbandit.replay.validate import check_spilled
 
 log = logging.getLogger("stopbandit.writer")
 
-Item = tuple[str, Mapping[str, Any]]  # ("d", decision) | ("o", outcome) | ("l", late outcome over a defaulted one)
+Item = Row  # DecisionRow | OutcomeRow | LateRow (a late outcome over a defaulted one)
 MAX_DEFERRED = 100_000
 MAX_LINGER_S = 0.01  # longest wait for a group to fill (see BatchWriter.linger)
 MAX_CONFLICT_KEYS = 100_000  # request keys found in conflict, remembered to refuse their outcomes
@@ -312,17 +313,18 @@ class BatchWriter:
 
     # -- producer side (serving threads) ---------------------------------------
     def submit_decision(self, row: Mapping[str, Any]) -> None:
-        self._submit(("d", row))
+        self._submit(DecisionRow(row))
 
     def submit_outcome(self, row: Mapping[str, Any]) -> None:
-        self._submit(("o", row))
+        self._submit(OutcomeRow(row))
 
     def submit_late(self, row: Mapping[str, Any]) -> None:
         """A late reward for a decision whose window closed with a default: replaces that outcome, status ``late``."""
-        self._submit(("l", row))
+        self._submit(LateRow(row))
 
     def submit(self, kind: str, row: Mapping[str, Any]) -> None:
-        self._submit((kind, row))
+        """Queue a row by its kind (``"d"``, ``"o"`` or ``"l"``, :mod:`stopbandit.replay.rows`)."""
+        self._submit(typed(kind, row))
 
     def _submit(self, item: Item) -> None:
         """Queue one row: a deque append, and a wake-up only if the writer is asleep.
@@ -354,7 +356,7 @@ class BatchWriter:
         """
         if getattr(self, "_forked", False):
             self._start_in_child()
-        item = (kind, row)
+        item = typed(kind, row)
         if self._store_ok and not self._backlog():
             try:
                 self._count("written", self._commit([item]))
@@ -641,17 +643,17 @@ class BatchWriter:
 
     def _commit_one_by_one(self, batch: Sequence[Item], *, replay: bool) -> int:
         written = 0
-        for kind, row in batch:
+        for item in batch:
             try:
-                self._transaction([(kind, row)])
+                self._transaction([item])
                 written += 1
             except Exception as exc:  # noqa: BLE001 - classified below
                 self._raise_if_down(exc)
-                missing = isinstance(exc, IntegrityError) and kind in ("o", "l")
+                missing = isinstance(exc, IntegrityError) and type(item) is not DecisionRow
                 if missing and replay and len(self._deferred) < MAX_DEFERRED:
-                    self._deferred.append((kind, row))
+                    self._deferred.append(item)
                 else:
-                    self._reject(kind, row, _reason(exc))
+                    self._reject(item.kind, item.row, _reason(exc))
         return written
 
     def _raise_if_down(self, exc: BaseException) -> None:
@@ -678,9 +680,9 @@ class BatchWriter:
 
     def _transaction(self, batch: Sequence[Item]) -> None:
         """Write one batch in one transaction, under the call deadline; conflicts found are recorded, not raised."""
-        decisions = [r for k, r in batch if k == "d"]
-        outcomes = [r for k, r in batch if k == "o"]
-        late = [r for k, r in batch if k == "l"]
+        decisions = [i.row for i in batch if type(i) is DecisionRow]
+        outcomes = [i.row for i in batch if type(i) is OutcomeRow]
+        late = [i.row for i in batch if type(i) is LateRow]
         refused: list[Conflict] = []
         if self._conflict_keys and outcomes:
             keys = self._conflict_keys
@@ -725,15 +727,15 @@ class BatchWriter:
         On any failure (the store down, the disk refusing the rejected file) the rows not yet settled stay deferred.
         """
         deferred, self._deferred = self._deferred, []
-        for i, (kind, row) in enumerate(deferred):
+        for i, item in enumerate(deferred):
             try:
                 try:
-                    self._transaction([(kind, row)])
+                    self._transaction([item])
                     self._count("written", 1)
                     self._count("replayed", 1)
                 except Exception as exc:  # noqa: BLE001 - classified below
                     self._raise_if_down(exc)
-                    self._reject(kind, row, _reason(exc))
+                    self._reject(item.kind, item.row, _reason(exc))
             except (StoreError, OSError):
                 self._deferred.extend(deferred[i:])
                 raise
@@ -783,10 +785,10 @@ class BatchWriter:
             encode([item])
             return True
         except NotJSONError as exc:  # names the key: "features.x is not JSON: …"
-            self._reject(item[0], item[1], str(exc))
+            self._reject(item.kind, item.row, str(exc))
             return False
         except (TypeError, ValueError) as exc:
-            self._reject(item[0], item[1], f"not JSON: {exc}")
+            self._reject(item.kind, item.row, f"not JSON: {exc}")
             return False
 
     def _count(self, name: str, n: int) -> None:
@@ -882,12 +884,12 @@ class BatchWriter:
             chunk = job.peek(self.batch_size)
             if chunk is not None:
                 items = []
-                for kind, row in chunk.items:
+                for item in chunk.items:
                     try:
-                        check_spilled(kind, row)
-                        items.append((kind, row))
+                        check_spilled(item.kind, item.row)  # type: ignore[arg-type]
+                        items.append(item)
                     except InputError as exc:
-                        self._reject(kind, row, f"invalid spilled row: {exc}")
+                        self._reject(item.kind, item.row, f"invalid spilled row: {exc}")
                 if items:
                     n = self._commit(items, replay=True)
                     self._count("written", n)

@@ -1,0 +1,104 @@
+"""The rows the batch writer queues and the spill keeps: a decision, an outcome, or a late outcome.
+
+Each is a typed, immutable wrapper around the row's columns (the mapping
+the store inserts, validated by :mod:`stopbandit.replay.validate`):
+
+* :class:`DecisionRow` -- a decision (``decisions``);
+* :class:`OutcomeRow` -- an outcome (``outcomes``);
+* :class:`LateRow` -- a late reward that replaces a ``defaulted`` outcome
+  (status ``late``; see :mod:`stopbandit.bandit.delayed`).
+
+:func:`encode_record` and :func:`decode_record` are the one mapping between
+these rows and the spill's JSON records, ``{"k": kind, "r": columns}`` with
+``kind`` one of :data:`KINDS`: the format of every spill file, old and new.
+A row unpacks as ``(kind, columns)``, the shape of the record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Union
+
+from stopbandit.errors import InputError
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRow:
+    """A decision row (the columns of ``decisions``)."""
+
+    row: Mapping[str, Any]
+    kind: ClassVar[str] = "d"
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.kind, self.row))
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeRow:
+    """An outcome row (the columns of ``outcomes``), written once its decision is stored."""
+
+    row: Mapping[str, Any]
+    kind: ClassVar[str] = "o"
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.kind, self.row))
+
+
+@dataclass(frozen=True, slots=True)
+class LateRow:
+    """A late reward that replaces its decision's ``defaulted`` outcome (stored with status ``late``)."""
+
+    row: Mapping[str, Any]
+    kind: ClassVar[str] = "l"
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.kind, self.row))
+
+
+Row = Union[DecisionRow, OutcomeRow, LateRow]
+ROW_TYPES: dict[str, type[DecisionRow] | type[OutcomeRow] | type[LateRow]] = {
+    "d": DecisionRow, "o": OutcomeRow, "l": LateRow}
+KINDS = tuple(ROW_TYPES)
+"""The record kinds of rows in a spill file (its header is kind ``h``)."""
+HEADER_KIND = "h"
+
+
+def typed(kind: str, row: Mapping[str, Any]) -> Row:
+    """The typed row of a ``(kind, columns)`` pair; InputError naming an unknown kind."""
+    cls = ROW_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise InputError(f"row kind must be one of {KINDS}, got {kind!r}")
+    return cls(row)
+
+
+def as_row(item: Row | tuple[str, Mapping[str, Any]]) -> Row:
+    """A typed row as it is, a ``(kind, columns)`` pair made typed."""
+    if isinstance(item, (DecisionRow, OutcomeRow, LateRow)):
+        return item
+    kind, row = item
+    return typed(kind, row)
+
+
+def encode_record(item: Row) -> dict[str, Any]:
+    """The spill record of a row: ``{"k": kind, "r": columns}``."""
+    return {"k": item.kind, "r": item.row}
+
+
+def decode_record(obj: Any) -> Row | None:
+    """The row of a parsed spill record; None for the file's header; InputError if it is not a spill record."""
+    try:
+        kind = obj["k"]
+        if kind == HEADER_KIND:
+            return None
+        row = obj["r"]
+    except (KeyError, TypeError) as exc:
+        raise InputError(f"spill line does not parse: {exc}") from exc
+    cls = ROW_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None or not isinstance(row, dict):
+        raise InputError(f"spill line has kind {kind!r} (expected one of {KINDS}) or a row that is not an object")
+    return cls(row)
+
+
+__all__ = ["HEADER_KIND", "KINDS", "ROW_TYPES", "DecisionRow", "LateRow", "OutcomeRow", "Row", "as_row",
+           "decode_record", "encode_record", "typed"]
