@@ -276,17 +276,23 @@ def snapshot_key() -> bytes | None:
     return key.encode("utf-8", "surrogateescape") if key else None
 
 
-def load_config(path: str | os.PathLike[str]) -> SelectorConfig:
-    """Read and validate a TOML config file."""
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The tables of a TOML config file; ConfigError naming the file when it is missing, unreadable or not TOML."""
     try:
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+            return tomllib.load(fh)
     except FileNotFoundError as exc:
         raise ConfigError(f"config file {os.fspath(path)!r} does not exist") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {os.fspath(path)!r}: {exc.strerror or exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {os.fspath(path)!r} is not valid TOML: {exc}") from exc
-    return config_from_mapping(data, source=os.fspath(path))
+
+
+def load_config(path: str | os.PathLike[str]) -> SelectorConfig:
+    """Read and validate a TOML config file."""
+    return config_from_mapping(read_toml(path), source=os.fspath(path))
 
 
 __all__ = ["SNAPSHOT_KEY_ENV", "LearningConfig", "SelectorConfig", "StoreConfig", "config_from_mapping", "load_config",
-           "snapshot_key"]
+           "read_toml", "snapshot_key"]

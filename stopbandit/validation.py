@@ -14,7 +14,9 @@ type test.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from numbers import Integral, Real
+from typing import Any
 
 from stopbandit.errors import ConfigError, InputError, StopbanditError, require_positive_ints
 
@@ -149,6 +151,23 @@ def number_text(text: str, field: str, *, error: type[StopbanditError] = InputEr
 def alpha(value: object) -> float:
     """The error level of a confidence interval: a finite number in (0, 1)."""
     return within(value, "alpha", low=0.0, high=1.0, low_open=True, high_open=True, numpy=True)
+
+
+def table(data: object, known: Iterable[str], *, not_table: str, unknown: str,
+          error: type[StopbanditError] = ConfigError) -> Mapping[str, Any]:
+    """A mapping whose keys are all in ``known`` (a config table); refusals name what was received.
+
+    ``not_table`` is the message for a value that is no mapping (``{type}``:
+    its type's name); ``unknown`` for unknown keys (``{unknown}``,
+    ``{known}``: sorted lists).
+    """
+    if not isinstance(data, Mapping):
+        raise error(not_table.format(type=type(data).__name__))
+    names = set(known)
+    extra = sorted(set(data) - names)
+    if extra:
+        raise error(unknown.format(unknown=extra, known=sorted(names)))
+    return data
 
 
 def integer(value: object, field: str, *, low: int | None = None,
