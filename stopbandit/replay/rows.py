@@ -23,37 +23,39 @@ from typing import Any, ClassVar, Union
 from stopbandit.errors import InputError
 
 
+class _Unpacks:
+    """What the three rows share: they unpack as ``(kind, columns)``, the shape of their spill record."""
+
+    __slots__ = ()
+    kind: ClassVar[str]
+    row: Mapping[str, Any]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.kind, self.row))
+
+
 @dataclass(frozen=True, slots=True)
-class DecisionRow:
+class DecisionRow(_Unpacks):
     """A decision row (the columns of ``decisions``)."""
 
     row: Mapping[str, Any]
     kind: ClassVar[str] = "d"
 
-    def __iter__(self) -> Iterator[Any]:
-        return iter((self.kind, self.row))
-
 
 @dataclass(frozen=True, slots=True)
-class OutcomeRow:
+class OutcomeRow(_Unpacks):
     """An outcome row (the columns of ``outcomes``), written once its decision is stored."""
 
     row: Mapping[str, Any]
     kind: ClassVar[str] = "o"
 
-    def __iter__(self) -> Iterator[Any]:
-        return iter((self.kind, self.row))
-
 
 @dataclass(frozen=True, slots=True)
-class LateRow:
+class LateRow(_Unpacks):
     """A late reward that replaces its decision's ``defaulted`` outcome (stored with status ``late``)."""
 
     row: Mapping[str, Any]
     kind: ClassVar[str] = "l"
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter((self.kind, self.row))
 
 
 Row = Union[DecisionRow, OutcomeRow, LateRow]
