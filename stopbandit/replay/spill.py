@@ -6,7 +6,7 @@ thread all guard the same promise, that a row written here survives a crash.)
 Records are ``{"k": kind, "r": row}`` — ``d`` a decision, ``o`` an outcome,
 ``l`` a late reward that upgrades a ``defaulted`` outcome (see
 ``stopbandit.bandit.delayed``; the typed rows and their one encoding are
-:mod:`stopbandit.replay.rows`) — appended in batches. Every record is one
+:mod:`stopbandit.replay.records`) — appended in batches. Every record is one
 line framed as ``<length:8 hex> <crc32:8 hex> <json>\n``, so a reader can
 tell a complete record from a torn one: a crash or a full disk mid-write
 leaves a fragment, which the reader cuts (a torn tail ends the file; a
@@ -72,11 +72,11 @@ from typing import IO, Any
 
 from stopbandit.errors import ConfigError, InputError
 from stopbandit.replay import jsoncodec
-from stopbandit.replay.rows import HEADER_KIND, Row, as_row, decode_record, encode_record
+from stopbandit.replay.records import HEADER_KIND, Record, as_record, decode_record, encode_record
 FORMAT = 1  # the header's "spill" field: the version of this file format
 _FRAME = re.compile(rb"[0-9a-f]{8} [0-9a-f]{8} ")
 _FRAME_LEN = 18  # "<len> <crc> "
-SpillItem = Row
+SpillItem = Record
 log = logging.getLogger("stopbandit.spill")
 
 
@@ -116,7 +116,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def encode(items: Sequence[Row | tuple[str, Mapping[str, Any]]]) -> bytes:
+def encode(items: Sequence[Record | tuple[str, Mapping[str, Any]]]) -> bytes:
     """The framed spill records of ``items`` (typed rows, or ``(kind, columns)`` pairs); TypeError/ValueError
     for a row that is not JSON.
 
@@ -127,7 +127,7 @@ def encode(items: Sequence[Row | tuple[str, Mapping[str, Any]]]) -> bytes:
     refuses goes through ``json``, so what can be spilled is what the standard
     library accepts (:func:`~stopbandit.replay.jsoncodec.dumps_lines`).
     """
-    lines = jsoncodec.dumps_lines([encode_record(as_row(item)) for item in items])
+    lines = jsoncodec.dumps_lines([encode_record(as_record(item)) for item in items])
     return b"".join([frame(p) for p in lines.split(b"\n")[:-1]])  # compact JSON holds no raw newline
 
 
@@ -302,7 +302,7 @@ class SpillFile:
         """Spill files of this store other than ours (whether their writer is alive is up to :class:`Adopted`)."""
         return [p for p in spill_files(self.prefix) if p != self.path]
 
-    def append(self, items: Sequence[Row | tuple[str, Mapping[str, Any]]], *, sync: bool = True) -> int:
+    def append(self, items: Sequence[Record | tuple[str, Mapping[str, Any]]], *, sync: bool = True) -> int:
         """Append rows (typed, or (kind, row) pairs); returns how many were written (0 when over the size bound).
 
         ``sync``: fsync'd before returning; otherwise written now and fsync'd by the syncer thread.

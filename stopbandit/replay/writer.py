@@ -95,7 +95,7 @@ from pathlib import Path
 from typing import Any
 
 from stopbandit.errors import StoreError
-from stopbandit.replay.rows import DecisionRow, LateRow, OutcomeRow, typed
+from stopbandit.replay.records import DecisionRecord, LateRecord, OutcomeRecord, typed
 from stopbandit.replay.spill import SpillFile, read_spill
 from stopbandit.replay.store import ReplayStore
 from stopbandit.replay.writer_commit import Commits, Item
@@ -271,17 +271,17 @@ class BatchWriter(Commits, Replays):
 
     # -- producer side (serving threads) ---------------------------------------
     def submit_decision(self, row: Mapping[str, Any]) -> None:
-        self._submit(DecisionRow(row))
+        self._submit(DecisionRecord(row))
 
     def submit_outcome(self, row: Mapping[str, Any]) -> None:
-        self._submit(OutcomeRow(row))
+        self._submit(OutcomeRecord(row))
 
     def submit_late(self, row: Mapping[str, Any]) -> None:
         """A late reward for a decision whose window closed with a default: replaces that outcome, status ``late``."""
-        self._submit(LateRow(row))
+        self._submit(LateRecord(row))
 
     def submit(self, kind: str, row: Mapping[str, Any]) -> None:
-        """Queue a row by its kind (``"d"``, ``"o"`` or ``"l"``, :mod:`stopbandit.replay.rows`)."""
+        """Queue a row by its kind (``"d"``, ``"o"`` or ``"l"``, :mod:`stopbandit.replay.records`)."""
         self._submit(typed(kind, row))
 
     def _submit(self, item: Item) -> None:

@@ -22,13 +22,13 @@ from stopbandit.errors import StoreError
 from stopbandit.replay import migrate
 from stopbandit.replay.engine import redact
 from stopbandit.replay.jsoncodec import NotJSONError
-from stopbandit.replay.rows import DecisionRow, LateRow, OutcomeRow, Row
+from stopbandit.replay.records import DecisionRecord, LateRecord, OutcomeRecord, Record
 from stopbandit.replay.spill import encode
 from stopbandit.replay.store import Conflict
 
 log = logging.getLogger("stopbandit.writer")
 
-Item = Row  # DecisionRow | OutcomeRow | LateRow (a late outcome over a defaulted one)
+Item = Record  # DecisionRecord | OutcomeRecord | LateRecord (a late outcome over a defaulted one)
 MAX_DEFERRED = 100_000
 MAX_CONFLICT_KEYS = 100_000  # request keys found in conflict, remembered to refuse their outcomes
 
@@ -56,7 +56,7 @@ class Commits:
                 written += 1
             except Exception as exc:  # noqa: BLE001 - classified below
                 self._raise_if_down(exc)
-                missing = isinstance(exc, IntegrityError) and type(item) is not DecisionRow
+                missing = isinstance(exc, IntegrityError) and type(item) is not DecisionRecord
                 if missing and replay and len(self._deferred) < MAX_DEFERRED:
                     self._deferred.append(item)
                 else:
@@ -87,9 +87,9 @@ class Commits:
 
     def _transaction(self, batch: Sequence[Item]) -> None:
         """Write one batch in one transaction, under the call deadline; conflicts found are recorded, not raised."""
-        decisions = [i.row for i in batch if type(i) is DecisionRow]
-        outcomes = [i.row for i in batch if type(i) is OutcomeRow]
-        late = [i.row for i in batch if type(i) is LateRow]
+        decisions = [i.row for i in batch if type(i) is DecisionRecord]
+        outcomes = [i.row for i in batch if type(i) is OutcomeRecord]
+        late = [i.row for i in batch if type(i) is LateRecord]
         refused: list[Conflict] = []
         if self._conflict_keys and outcomes:
             keys = self._conflict_keys

@@ -1,4 +1,4 @@
-"""Typed rows of the writer and the spill: one encoding, and spill files written before still replay."""
+"""Typed records of the writer and the spill: one encoding, and spill files written before still replay."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from stopbandit.errors import InputError
 from stopbandit.replay import migrate
-from stopbandit.replay.rows import DecisionRow, LateRow, OutcomeRow, decode_record, encode_record, typed
+from stopbandit.replay.records import DecisionRecord, LateRecord, OutcomeRecord, decode_record, encode_record, typed
 from stopbandit.replay.spill import encode, parse_line, read_spill
 from stopbandit.replay.store import ReplayStore
 from stopbandit.replay.writer import BatchWriter
@@ -27,8 +27,8 @@ def _outcome(key: str, em: float, tokens: int, status: str) -> dict:
             "trace": None, "reference_key": None, "status": status}
 
 
-def test_rows_are_typed_frozen_and_encode_to_the_spill_record():
-    rows = [DecisionRow(_decision("a")), OutcomeRow(_outcome("a", 1.0, 3, "ok")), LateRow(_outcome("b", 0.0, 4, "late"))]
+def test_records_are_typed_frozen_and_encode_to_the_spill_line():
+    rows = [DecisionRecord(_decision("a")), OutcomeRecord(_outcome("a", 1.0, 3, "ok")), LateRecord(_outcome("b", 0.0, 4, "late"))]
     for row in rows:
         record = encode_record(row)
         assert record == {"k": row.kind, "r": row.row}
@@ -36,7 +36,7 @@ def test_rows_are_typed_frozen_and_encode_to_the_spill_record():
         assert tuple(row) == (row.kind, row.row)  # unpacks as the record's (kind, columns)
         with pytest.raises(AttributeError):
             row.row = {}  # type: ignore[misc]
-    assert [r.kind for r in rows] == ["d", "o", "l"] and typed("l", {}) == LateRow({})
+    assert [r.kind for r in rows] == ["d", "o", "l"] and typed("l", {}) == LateRecord({})
     assert decode_record({"k": "h", "spill": 1, "store": None}) is None  # the header
     with pytest.raises(InputError, match=r"row kind must be one of \('d', 'o', 'l'\), got 'x'"):
         typed("x", {})
