@@ -134,6 +134,8 @@ def flat(value: object) -> object:
         return {f.name: flat(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, dict):
         return {k: flat(v) for k, v in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple, rebuilt field by field
+        return type(value)(*(flat(v) for v in value))
     if isinstance(value, (list, tuple)):
         return type(value)(flat(v) for v in value)
     return value
