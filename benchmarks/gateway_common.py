@@ -13,18 +13,26 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
+import argparse
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.serve.upstreams import EngineUnavailable, Upstream, free_port, start_decoder_server, start_gateway, start_llamacpp
+from tests.serve.upstreams import (
+    EngineUnavailable,
+    Upstream,
+    free_port,
+    start_decoder_server,
+    start_gateway,
+    start_llamacpp,
+    stop_process_group,
+)
 
 __all__ = [
     "EngineUnavailable",
@@ -32,6 +40,8 @@ __all__ = [
     "Server",
     "Upstream",
     "cpu_seconds",
+    "main_of",
+    "write_json",
     "free_port",
     "percentile",
     "start_canned",
@@ -52,16 +62,8 @@ class Server:
     info: dict[str, Any] = field(default_factory=dict)
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(timeout=15)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.process.wait(timeout=10)
+        """Stop the server's process group (SIGTERM, then SIGKILL after 15 s)."""
+        stop_process_group(self.process, 15)
 
     def __enter__(self) -> Server:
         return self
@@ -168,3 +170,20 @@ class RawClient:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+def write_json(path: Path | None, report: dict[str, Any]) -> None:
+    """Write a benchmark's report as JSON (``--json PATH``); nothing when no path was given."""
+    if path:
+        path.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def main_of(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], dict[str, Any]],
+            print_report: Callable[[dict[str, Any]], None], argv: list[str] | None) -> int:
+    """A benchmark's command line: parse (``--json`` added here), run, print the report, write it as JSON."""
+    parser.add_argument("--json", type=Path, default=None, help="also write the report to this JSON file")
+    args = parser.parse_args(argv)
+    report = run(args)
+    print_report(report)
+    write_json(args.json, report)
+    return 0

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import tempfile
@@ -37,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.gateway_common import RawClient, cpu_seconds, start_canned, start_gateway, summarize
+from benchmarks.gateway_common import RawClient, cpu_seconds, main_of, start_canned, start_gateway, summarize
 
 CONFIG = """\
 lam = 0.2
@@ -161,13 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--load-seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args(argv)
-    report = run(args)
-    print_report(report)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
-    return 0
+    return main_of(parser, run, print_report, argv)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.gateway_common import start_decoder_server, start_gateway, start_llamacpp
+from benchmarks.gateway_common import start_decoder_server, start_gateway, start_llamacpp, write_json
 
 OURS_PROMPTS = [f"q{i}: what is {7 * i + 3} + {11 * i + 5}? think it through." for i in range(64)]
 STORY_TOPICS = ["a cat who learns to count", "a lighthouse keeper", "a robot that paints", "two rival bakers",
@@ -223,8 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "llamacpp"):
         report["llamacpp"] = run_llamacpp(args, work)
         print_report({"machine": report["machine"], "llamacpp": report["llamacpp"]}, flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    write_json(args.json, report)
     return 0
 
 

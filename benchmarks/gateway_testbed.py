@@ -40,7 +40,6 @@ Reward = EM − λ·tokens/20, tokens as the gateway recorded them (probes inclu
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -51,7 +50,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.gateway_common import start_decoder_server, start_gateway
+from benchmarks.gateway_common import main_of, start_decoder_server, start_gateway
 from benchmarks.testbed.end_to_end import STREAM_SEED, greedy_arms
 from benchmarks.testbed.run_arms import ARMS, HELD_OUT_SEED
 from benchmarks.testbed.tasks import sample_items
@@ -199,13 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-in-process", dest="in_process", action="store_false",
                         help="skip decoding the static arms in-process for comparison")
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args(argv)
-    report = run(args)
-    print_report(report)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
-    return 0
+    return main_of(parser, run, print_report, argv)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,6 @@ window semantics are documented in :mod:`stopbandit.bandit.delayed`.
 
 from __future__ import annotations
 
-import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -78,6 +77,7 @@ from stopbandit.bandit.exploration import Exploration, exploration_from_config
 from stopbandit.bandit.policy import POLICIES, REVEALED_WEIGHTINGS
 from stopbandit.bandit.reward import check_lambda, check_token_scale
 from stopbandit.bandit.stop_eval import STOP_LABELS
+from stopbandit import validation
 from stopbandit.errors import ConfigError, StopbanditError, require_positive_ints
 from stopbandit.features.extract import FeatureConfig
 
@@ -106,12 +106,8 @@ class StoreConfig:
         require_positive_ints("store.", batch_size=self.batch_size, max_queue=self.max_queue,
                               max_spill_bytes=self.max_spill_bytes)
         for name in ("flush_interval", "retry_interval", "timeout"):
-            v = getattr(self, name)
-            if not _seconds(v):
-                raise ConfigError(f"store.{name} must be in (0, 60] seconds, got {v!r}")
-        v = self.decision_wait
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and 0 <= v <= 60):
-            raise ConfigError(f"store.decision_wait must be in [0, 60] seconds, got {v!r}")
+            _seconds(getattr(self, name), f"store.{name}")
+        validation.within(self.decision_wait, "store.decision_wait", low=0, high=60, expected="{range} seconds")
 
 
 @dataclass(frozen=True)
@@ -143,10 +139,8 @@ class LearningConfig:
         if self.revealed_weighting not in REVEALED_WEIGHTINGS:
             raise ConfigError(f"learning.revealed_weighting must be one of {list(REVEALED_WEIGHTINGS)}, "
                               f"got {self.revealed_weighting!r}")
-        clip = self.revealed_weight_clip
-        if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not (math.isfinite(clip) and clip >= 1):
-            raise ConfigError(f"learning.revealed_weight_clip must be a finite number >= 1, got {clip!r}")
-        object.__setattr__(self, "revealed_weight_clip", float(clip))
+        clip = validation.within(self.revealed_weight_clip, "learning.revealed_weight_clip", low=1)
+        object.__setattr__(self, "revealed_weight_clip", clip)
         if self.stop_rule not in STOP_RULE_MODES:
             raise ConfigError(f"learning.stop_rule must be one of {list(STOP_RULE_MODES)}, got {self.stop_rule!r}")
         if self.stop_label not in STOP_LABELS:
@@ -163,8 +157,9 @@ class LearningConfig:
 STOP_RULE_MODES = ("auto", "on", "off")
 
 
-def _seconds(v: object) -> bool:
-    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and 0 < v <= 60
+def _seconds(v: object, field: str) -> None:
+    """An interval of the store or the follower: seconds in (0, 60]."""
+    validation.within(v, field, low=0, high=60, low_open=True, expected="{range} seconds")
 
 
 @dataclass(frozen=True)
@@ -197,10 +192,9 @@ class SelectorConfig:
         object.__setattr__(self, "token_scale", check_token_scale(self.token_scale))
         if not isinstance(self.policy, str) or self.policy not in POLICIES:
             raise ConfigError(f"policy must be one of {sorted(POLICIES)}, got {self.policy!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
-            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
-        if not _seconds(self.follow_interval):
-            raise ConfigError(f"follow_interval must be in (0, 60] seconds, got {self.follow_interval!r}")
+        if self.seed is not None:
+            validation.within(self.seed, "seed", low=0, integral=True, expected="a non-negative integer")
+        _seconds(self.follow_interval, "follow_interval")
         for name, kind in (("arms", ArmSet), ("exploration", Exploration), ("features", FeatureConfig),
                            ("store", StoreConfig), ("learning", LearningConfig),
                            ("conservative", ConservativeConfig)):
@@ -219,19 +213,12 @@ class SelectorConfig:
         object.__setattr__(self, "reward_aggregation", check_aggregation(self.reward_aggregation))
         object.__setattr__(self, "default_em", check_default_em(self.default_em))
         object.__setattr__(self, "default_tokens", check_default_tokens(self.default_tokens))
-        if isinstance(self.max_pending, bool) or not isinstance(self.max_pending, int) \
-                or not 1 <= self.max_pending <= 10_000_000:
-            raise ConfigError(f"max_pending must be an integer in [1, 10000000], got {self.max_pending!r}")
-        if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) \
-                or not 0 <= self.checkpoint_every <= 10_000_000:
-            raise ConfigError(f"checkpoint_every must be an integer in [0, 10000000] (0: off), "
-                              f"got {self.checkpoint_every!r}")
-        v = self.checkpoint_interval_s
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and 0 <= v <= 86400):
-            raise ConfigError(f"checkpoint_interval_s must be in [0, 86400] seconds (0: off), got {v!r}")
-        if isinstance(self.max_domains, bool) or not isinstance(self.max_domains, int) \
-                or not 1 <= self.max_domains <= 1_000_000:
-            raise ConfigError(f"max_domains must be an integer in [1, 1000000], got {self.max_domains!r}")
+        validation.within(self.max_pending, "max_pending", low=1, high=10_000_000, integral=True)
+        validation.within(self.checkpoint_every, "checkpoint_every", low=0, high=10_000_000, integral=True,
+                          expected="an integer {range} (0: off)")
+        validation.within(self.checkpoint_interval_s, "checkpoint_interval_s", low=0, high=86400,
+                          expected="{range} seconds (0: off)")
+        validation.within(self.max_domains, "max_domains", low=1, high=1_000_000, integral=True)
 
     @property
     def reward_window(self) -> RewardWindow | None:
@@ -317,17 +304,23 @@ def snapshot_key() -> bytes | None:
     return key.encode("utf-8", "surrogateescape") if key else None
 
 
-def load_config(path: str | os.PathLike[str]) -> SelectorConfig:
-    """Read and validate a TOML config file."""
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The tables of a TOML config file; ConfigError naming the file when it is missing, unreadable or not TOML."""
     try:
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+            return tomllib.load(fh)
     except FileNotFoundError as exc:
         raise ConfigError(f"config file {os.fspath(path)!r} does not exist") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {os.fspath(path)!r}: {exc.strerror or exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {os.fspath(path)!r} is not valid TOML: {exc}") from exc
-    return config_from_mapping(data, source=os.fspath(path))
+
+
+def load_config(path: str | os.PathLike[str]) -> SelectorConfig:
+    """Read and validate a TOML config file."""
+    return config_from_mapping(read_toml(path), source=os.fspath(path))
 
 
 __all__ = ["SNAPSHOT_KEY_ENV", "LearningConfig", "SelectorConfig", "StoreConfig", "config_from_mapping", "load_config",
-           "snapshot_key"]
+           "read_toml", "snapshot_key"]

@@ -14,7 +14,9 @@ type test.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from numbers import Integral, Real
+from typing import Any
 
 from stopbandit.errors import ConfigError, InputError, StopbanditError, require_positive_ints
 
@@ -46,10 +48,10 @@ def _show(value: object) -> str:
 
 def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
     if low is not None and high is not None:
-        return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        return f"in {'(' if low_open else '['}{_bound(low)}, {_bound(high)}{')' if high_open else ']'}"
     if low is not None:
-        return f"{'>' if low_open else '>='} {low:g}"
-    return f"{'<' if high_open else '<='} {high:g}"
+        return f"{'>' if low_open else '>='} {_bound(low)}"
+    return f"{'<' if high_open else '<='} {_bound(high)}"
 
 
 def number(value: object, field: str, *, low: float | None = None, high: float | None = None,
@@ -64,6 +66,8 @@ def number(value: object, field: str, *, low: float | None = None, high: float |
     ...
     stopbandit.errors.ConfigError: p must be in [0, 1], got 2
     """
+    low = low if low is not None and math.isfinite(low) else None  # an infinite bound is no bound
+    high = high if high is not None and math.isfinite(high) else None
     if type(value) is float:  # the common case, without the abstract-class checks
         if not math.isfinite(value):
             raise error(f"{field} must be a finite number, got {value!r}")
@@ -75,6 +79,95 @@ def number(value: object, field: str, *, low: float | None = None, high: float |
     if below or above:
         raise error(f"{field} must be {_interval(low, high, low_open, high_open)}, got {value!r}")
     return v
+
+
+def _bound(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
+def within(value: object, field: str, *, low: float | None = None, high: float | None = None,
+           low_open: bool = False, high_open: bool = False, integral: bool = False, numpy: bool = False,
+           expected: str | None = None, wrong_type: str | None = None,
+           error: type[StopbanditError] = ConfigError) -> float:
+    """A number of an exact kind within bounds; every refusal reads ``{field} must be {expected}, got {value!r}``.
+
+    Accepts ``int`` and ``float`` (only ``int`` when ``integral``; numpy
+    scalars too when ``numpy``), never ``bool``. A bound that is None or
+    infinite is no bound. ``expected`` phrases the requirement, ``{range}``
+    standing for the bounds (``in [0, 60]``, ``>= 1``); by default ``a finite
+    number {range}`` or ``an integer {range}``. ``wrong_type`` replaces it
+    for a value that is no number at all. Returns ``float(value)``, or the
+    int itself when ``integral``.
+
+    >>> within(90, "store.decision_wait", low=0, high=60, expected="{range} seconds")
+    Traceback (most recent call last):
+    ...
+    stopbandit.errors.ConfigError: store.decision_wait must be in [0, 60] seconds, got 90
+    """
+    low = low if low is not None and math.isfinite(low) else None
+    high = high if high is not None and math.isfinite(high) else None
+    rng = _interval(low, high, low_open, high_open) if low is not None or high is not None else ""
+    kinds: tuple[type, ...] = (int,) if integral else (int, float)
+    if numpy:
+        import numpy as np
+
+        kinds += (np.integer,) if integral else (np.integer, np.floating)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        if wrong_type is not None:
+            raise error(f"{field} must be {wrong_type}, got {value!r}")
+        ok = False
+    else:
+        if integral:
+            v = value  # compared exactly: an int of any size
+            ok = True
+        else:
+            try:
+                v = float(value)  # type: ignore[arg-type]
+            except OverflowError:
+                v = math.inf
+            ok = math.isfinite(v)
+        if low is not None:
+            ok = ok and (v > low if low_open else v >= low)
+        if high is not None:
+            ok = ok and (v < high if high_open else v <= high)
+    if not ok:
+        if expected is None:
+            expected = ("an integer" if integral else "a finite number") + (" {range}" if rng else "")
+        raise error(f"{field} must be {expected.format(range=rng)}, got {value!r}")
+    return int(value) if integral else v  # type: ignore[call-overload,return-value]
+
+
+def number_text(text: str, field: str, *, error: type[StopbanditError] = InputError) -> float:
+    """A finite number written as text (a CSV cell, a command-line value): ``float(text)`` or a refusal naming ``field``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise error(f"{field} must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise error(f"{field} must be finite, got {text!r}")
+    return value
+
+
+def alpha(value: object) -> float:
+    """The error level of a confidence interval: a finite number in (0, 1)."""
+    return within(value, "alpha", low=0.0, high=1.0, low_open=True, high_open=True, numpy=True)
+
+
+def table(data: object, known: Iterable[str], *, not_table: str, unknown: str,
+          error: type[StopbanditError] = ConfigError) -> Mapping[str, Any]:
+    """A mapping whose keys are all in ``known`` (a config table); refusals name what was received.
+
+    ``not_table`` is the message for a value that is no mapping (``{type}``:
+    its type's name); ``unknown`` for unknown keys (``{unknown}``,
+    ``{known}``: sorted lists).
+    """
+    if not isinstance(data, Mapping):
+        raise error(not_table.format(type=type(data).__name__))
+    names = set(known)
+    extra = sorted(set(data) - names)
+    if extra:
+        raise error(unknown.format(unknown=extra, known=sorted(names)))
+    return data
 
 
 def integer(value: object, field: str, *, low: int | None = None,
@@ -179,5 +272,5 @@ def latency(value: object) -> float | None:
     return v
 
 
-__all__ = ["MAX_KEY", "MAX_TOKENS", "em", "identifier", "integer", "key", "latency", "number", "positive_ints", "real", "short_text",
-           "stored_tokens", "text", "tokens"]
+__all__ = ["MAX_KEY", "MAX_TOKENS", "alpha", "em", "identifier", "integer", "key", "latency", "number", "number_text",
+           "positive_ints", "real", "short_text", "stored_tokens", "text", "tokens", "within"]

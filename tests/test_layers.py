@@ -117,7 +117,7 @@ def test_top_level_namespace_is_curated_and_lazy():
 
 
 STORE_MODULES = {("replay", "store"), ("replay", "eventlog"), ("replay", "migrate"), ("replay", "engine"),
-                 ("replay", "models")}
+                 ("replay", "models"), ("replay", "tables"), ("replay", "bulk")}
 TABLE_NAMES = {"DECISIONS", "OUTCOMES", "SNAPSHOTS", "LAMBDAS", "_guard", "guard"}
 
 

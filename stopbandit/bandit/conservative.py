@@ -98,6 +98,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from stopbandit import validation
 from stopbandit.errors import ConfigError
 
 MIN_SAMPLES = 30.0
@@ -114,13 +115,6 @@ SNAPSHOT_PREFIX = "snapshot:"
 """``[exploration] baseline = "snapshot:VERSION"``: the baseline is a stored policy, its arm chosen per request."""
 CONSERVATIVE_KEYS = ("baseline", "max_loss", "max_loss_fraction", "confidence", "window", "audit")
 """Keys of ``[exploration]`` that configure the conservative rule (the rest configure the exploration rule)."""
-
-
-def _number(value: object, field: str, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not low <= value <= high:
-        raise ConfigError(f"exploration.{field} must be a number in [{low:g}, {high:g}], got {value!r}")
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -148,11 +142,10 @@ class ConservativeConfig:
                                           or self.baseline == SNAPSHOT_PREFIX):
             raise ConfigError(f"exploration.baseline must be an arm name or '{SNAPSHOT_PREFIX}VERSION' (a stored "
                               f"policy snapshot), got {self.baseline!r}")
-        object.__setattr__(self, "max_loss", _number(self.max_loss, "max_loss", 0.0, 10.0))
-        object.__setattr__(self, "max_loss_fraction",
-                           _number(self.max_loss_fraction, "max_loss_fraction", 0.0, 1.0))
-        object.__setattr__(self, "confidence", _number(self.confidence, "confidence", 0.5, 0.999999))
-        object.__setattr__(self, "audit", _number(self.audit, "audit", 0.01, 1.0))
+        for name, low, high in (("max_loss", 0.0, 10.0), ("max_loss_fraction", 0.0, 1.0), ("confidence", 0.5, 0.999999),
+                                ("audit", 0.01, 1.0)):
+            object.__setattr__(self, name, validation.within(getattr(self, name), f"exploration.{name}", low=low,
+                                                             high=high, expected="a number {range}"))
         if isinstance(self.window, bool) or not isinstance(self.window, int) or not 0 <= self.window <= 10_000_000:
             raise ConfigError(f"exploration.window must be an integer in [0, 10000000] (0: whole run only), "
                               f"got {self.window!r}")

@@ -39,6 +39,7 @@ answer at ``s`` (the probe there, or the run's own final answer).
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -230,6 +231,20 @@ def _first_at_or_after(probes: ProbeBatch, x: np.ndarray) -> np.ndarray:
     return out
 
 
+SCALAR_MAX_CELLS = 4096
+"""A single run with at most this many probes × arms goes through :func:`_stops_one` (a Python loop):
+below it the loop is cheaper than the fixed cost of the array operations, above it the arrays win."""
+
+
+def _single(x: Any) -> Any:
+    """The one value of a per-run argument of a batch of one (a scalar, or a sequence or array of size 1); None otherwise."""
+    if isinstance(x, np.ndarray):
+        return x.reshape(-1)[0] if x.size == 1 else None
+    if isinstance(x, (list, tuple)):
+        return x[0] if len(x) == 1 else None
+    return x
+
+
 def stops(probes: ProbeBatch, arms: Sequence[Arm], horizon: Any, ended: Any,
           final_tokens: Any = 0, learned: LearnedInputs | None = None) -> Stops:
     """The stop of every arm on every run (the rule in this module's docstring).
@@ -241,11 +256,81 @@ def stops(probes: ProbeBatch, arms: Sequence[Arm], horizon: Any, ended: Any,
     array operations covers every run and every arm: the probes are rows of
     ``(P, A)`` masks, reduced per run. ``learned`` is required when an arm has
     a learned rule (its stops depend on the rule, λ and each run's context).
+
+    A single small run without learned arms (up to :data:`SCALAR_MAX_CELLS`
+    probes × arms: one trace, one simulated request, the online check) is
+    evaluated by :func:`_stops_one`, the same rule as a loop over Python
+    numbers, which returns the same arrays without the array operations'
+    fixed cost.
     """
     rules = _rules(tuple(arms))
     if rules.learns and learned is None:
         names = [a.name for a in arms if a.learned]
         raise InputError(f"arms {names} stop on the learned rule: stops() needs learned= (rule, λ, context)")
+    if probes.runs == 1 and not rules.learns and probes.offset.size * rules.threshold.size <= SCALAR_MAX_CELLS:
+        h, e, f = _single(horizon), _single(ended), _single(final_tokens)
+        if h is not None and e is not None and f is not None:
+            return _stops_one(probes, arms, int(h), bool(e), int(f))
+    return _stops_batch(probes, arms, rules, horizon, ended, final_tokens, learned)
+
+
+def _stops_one(probes: ProbeBatch, arms: Sequence[Arm], horizon: int, ended: bool, final_tokens: int) -> Stops:
+    """:func:`stops` on one run, arms without a learned rule: the rule as a loop over Python numbers.
+
+    Same definitions, step for step, as :func:`_stops_batch` (a test holds the
+    two equal on random and edge-case runs): the first probe under the cap
+    that fires; else the cap (``budget``) or the horizon (``end`` when the
+    reasoning closed there); the answer is the firing probe's, a probe exactly
+    at a budget stop, or the run's own final answer at the horizon.
+    """
+    off = probes.offset.tolist()
+    conf = probes.confidence.tolist()
+    ntok = probes.tokens.tolist()
+    n = len(off)
+    streak: list[int] | None = None
+    cums = [0]
+    for t in ntok:
+        cums.append(cums[-1] + t)
+    out_off, out_reason, out_probe, out_known, out_tokens = [], [], [], [], []
+    for arm in arms:
+        threshold, window, cap = arm.threshold, arm.agreement, arm.cap
+        if window > 0 and streak is None and n:
+            streak = probes.streak.tolist()
+        first, reason = -1, NONE
+        for j in range(n):
+            if not off[j] < cap:
+                continue
+            if conf[j] >= threshold:
+                first, reason = j, CONFIDENCE
+                break
+            if window > 0 and streak[j] >= window:  # type: ignore[index]
+                first, reason = j, AGREEMENT
+                break
+        budget = first < 0 and (cap < horizon or (cap == horizon and not ended))
+        at_end = first < 0 and not budget and ended
+        if first >= 0:
+            offset = off[first]
+        elif budget:
+            offset = arm.max_think_tokens
+        else:
+            offset = horizon
+        pos = bisect_left(off, offset)
+        probe_at = budget and pos < n and off[pos] == offset
+        final_at = (budget and not probe_at and offset == horizon) or at_end
+        src = first if first >= 0 else (pos if probe_at else -1)
+        out_off.append(offset)
+        out_reason.append(reason if first >= 0 else (BUDGET if budget else (END if at_end else NONE)))
+        out_probe.append(src)
+        out_known.append(first >= 0 or probe_at or final_at)
+        out_tokens.append(offset + cums[pos] + (ntok[src] if src >= 0 else final_tokens))
+    return Stops(np.array([out_off], dtype=np.int64), np.array([out_reason], dtype=np.int8),
+                 np.array([out_probe], dtype=np.int64), np.array([out_known], dtype=bool),
+                 np.array([out_tokens], dtype=np.int64))
+
+
+def _stops_batch(probes: ProbeBatch, arms: Sequence[Arm], rules: _Rules, horizon: Any, ended: Any,
+                 final_tokens: Any, learned: LearnedInputs | None) -> Stops:
+    """:func:`stops` as array operations over every run and every arm."""
     n_ev, n_arms = probes.runs, rules.threshold.size
     horizon = np.asarray(horizon, dtype=np.int64).reshape(n_ev, 1)
     ended = np.asarray(ended, dtype=bool).reshape(n_ev, 1)

@@ -127,10 +127,6 @@ FLOOR_MARGIN_WINDOW = 2000
 FLOOR_MARGIN_Z = 3.0
 
 
-def _number(name: str, value: object) -> float:
-    return validation.number(value, name)
-
-
 @dataclass(frozen=True, slots=True)
 class Target:
     """What the controller holds: ``token_budget`` (mean tokens ≤ value) or ``em_floor`` (EM ≥ value).
@@ -147,14 +143,14 @@ class Target:
     def __post_init__(self) -> None:
         if self.kind not in TARGET_KINDS:
             raise ConfigError(f"target kind must be one of {list(TARGET_KINDS)}, got {self.kind!r}")
-        v = _number(f"{self.kind}", self.value)
+        v = validation.number(self.value, f"{self.kind}")
         if self.kind == "token_budget" and not v > 0:
             raise ConfigError(f"token_budget must be > 0 tokens, got {self.value!r}")
         if self.kind == "em_floor" and not 0 < v < 1:
             raise ConfigError(f"em_floor must be in (0, 1), got {self.value!r}")
         object.__setattr__(self, "value", v)
         if self.margin is not None:
-            m = _number("target margin", self.margin)
+            m = validation.number(self.margin, "target margin")
             if m < 0:
                 raise ConfigError(f"target margin must be >= 0, got {self.margin!r}")
             if self.kind == "token_budget" and m >= v:
@@ -246,33 +242,33 @@ class ControllerConfig:
     mix_hold: int = 2000
 
     def __post_init__(self) -> None:
-        if not _number("controller.mix_gate", self.mix_gate) >= 0:
+        if not validation.number(self.mix_gate, "controller.mix_gate") >= 0:
             raise ConfigError(f"controller.mix_gate must be >= 0, got {self.mix_gate!r}")
         if not isinstance(self.mix_feedforward, bool):
             raise ConfigError(f"controller.mix_feedforward must be true or false, got {self.mix_feedforward!r}")
         require_positive_ints("controller.", mix_recent=self.mix_recent, mix_min_n=self.mix_min_n,
                               mix_hold=self.mix_hold)
-        if self.mix_gain is not None and not _number("controller.mix_gain", self.mix_gain) >= 0:
+        if self.mix_gain is not None and not validation.number(self.mix_gain, "controller.mix_gain") >= 0:
             raise ConfigError(f"controller.mix_gain must be >= 0, got {self.mix_gain!r}")
         if not isinstance(self.feedforward, bool):
             raise ConfigError(f"controller.feedforward must be true or false, got {self.feedforward!r}")
-        if not 0 < _number("controller.bias_gain", self.bias_gain) <= 1:
+        if not 0 < validation.number(self.bias_gain, "controller.bias_gain") <= 1:
             raise ConfigError(f"controller.bias_gain must be in (0, 1], got {self.bias_gain!r}")
-        if not 0 < _number("controller.trust", self.trust) < 1:
+        if not 0 < validation.number(self.trust, "controller.trust") < 1:
             raise ConfigError(f"controller.trust must be in (0, 1), got {self.trust!r}")
         if isinstance(self.model_warmup, bool) or not isinstance(self.model_warmup, int) or self.model_warmup < 0:
             raise ConfigError(f"controller.model_warmup must be an integer >= 0, got {self.model_warmup!r}")
         require_positive_ints("controller.", interval=self.interval, window=self.window, contexts=self.contexts,
                               calibration=self.calibration)
-        if self.ki is not None and not _number("controller.ki", self.ki) >= 0:
+        if self.ki is not None and not validation.number(self.ki, "controller.ki") >= 0:
             raise ConfigError(f"controller.ki must be >= 0, got {self.ki!r}")
-        if not _number("controller.kp", self.kp) >= 0:
+        if not validation.number(self.kp, "controller.kp") >= 0:
             raise ConfigError(f"controller.kp must be >= 0, got {self.kp!r}")
-        if not _number("controller.max_step", self.max_step) > 0:
+        if not validation.number(self.max_step, "controller.max_step") > 0:
             raise ConfigError(f"controller.max_step must be > 0, got {self.max_step!r}")
-        if not 0 <= _number("controller.min_step", self.min_step) <= self.max_step:
+        if not 0 <= validation.number(self.min_step, "controller.min_step") <= self.max_step:
             raise ConfigError(f"controller.min_step must be in [0, max_step={self.max_step:g}], got {self.min_step!r}")
-        lo, hi = _number("controller.lam_min", self.lam_min), _number("controller.lam_max", self.lam_max)
+        lo, hi = validation.number(self.lam_min, "controller.lam_min"), validation.number(self.lam_max, "controller.lam_max")
         if lo < 0 or hi <= lo:
             raise ConfigError(f"controller λ range must satisfy 0 <= lam_min < lam_max, got [{lo:g}, {hi:g}]")
 
@@ -404,7 +400,7 @@ class LambdaController:
         at the λ in force (used with ``feedforward=True``). The batch is consumed
         whether or not λ moves.
         """
-        lam = _number("lam", lam)
+        lam = validation.number(lam, "lam")
         cfg = self.config
         with self._lock:
             if not self.enabled or self._batch_n < cfg.interval:

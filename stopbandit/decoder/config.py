@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from stopbandit import validation
 from stopbandit.errors import ConfigError
 
 #: Target upper bound on probe tokens / generated tokens for the default spacing.
@@ -114,12 +115,9 @@ class DecoderConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DecoderConfig:
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"decoder config must be a table/object, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown decoder setting(s) {unknown}; known: {sorted(known)}")
+        validation.table(data, (f.name for f in fields(cls)),
+                         not_table="decoder config must be a table/object, got {type}",
+                         unknown="unknown decoder setting(s) {unknown}; known: {known}")
         values = dict(data)
         for key in ("answer_end", "probe_markers"):
             if key in values and isinstance(values[key], list):

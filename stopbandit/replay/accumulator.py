@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from stopbandit import validation
 from stopbandit.errors import ConfigError, InputError
 
-from stopbandit.replay.logged_data import LOW_ESS_SHARE, Metric, _check_alpha
+from stopbandit.replay.logged_data import LOW_ESS_SHARE, Metric
 
 if TYPE_CHECKING:  # pragma: no cover
     from stopbandit.replay.ope import Estimator
@@ -200,7 +201,7 @@ class Accumulator:
 
     def finalize(self, alpha: float = 0.05) -> Estimate:
         """The estimate with a normal (CLT) interval at level ``1 − alpha``."""
-        alpha = _check_alpha(alpha)
+        alpha = validation.alpha(alpha)
         if self.n == 0:
             raise InputError("cannot finalize an empty accumulator (no events)")
         warnings: list[str] = []

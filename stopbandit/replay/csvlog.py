@@ -41,6 +41,7 @@ from typing import IO, Any
 import numpy as np
 import orjson
 
+from stopbandit import validation
 from stopbandit.bandit.arms import ArmSet
 from stopbandit.errors import InputError, StopbanditError
 from stopbandit.replay import jsoncodec
@@ -117,13 +118,7 @@ def _number(row: dict[str, str], name: str, default: Any = None) -> Any:
         if default is None:
             raise InputError(f"column {name!r} is empty")
         return default
-    try:
-        value = float(text)
-    except ValueError:
-        raise InputError(f"column {name!r} must be a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise InputError(f"column {name!r} must be finite, got {text!r}")
-    return value
+    return validation.number_text(text, f"column {name!r}")
 
 
 def _optional_number(row: dict[str, str], name: str) -> float | None:

@@ -16,7 +16,7 @@ so importing a file twice adds nothing the second time.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,7 +132,7 @@ def check_features(value: Any, field_: str = "features") -> dict[str, Any]:
         elif isinstance(v, bool):
             out[k] = 1.0 if v else 0.0
         else:
-            out[k] = _finite(v, f"{field_}.{k}")
+            out[k] = validation.number(v, f"{field_}.{k}", error=InputError)
     return out
 
 

@@ -9,13 +9,13 @@ unknown). The checks here run once per chunk, so the estimators trust them.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 
+from stopbandit import validation
 from stopbandit.errors import ConfigError, InputError
 
 PROB_TOL = 1e-6
@@ -56,9 +56,9 @@ class Metric:
                 "metric='reward' needs lam (reward = em − lam·tokens/token_scale); "
                 "pass lam=..., or use metric='em' / metric='tokens'"
             )
-        object.__setattr__(self, "lam", _check_real("lam", self.lam, low=0.0))
+        object.__setattr__(self, "lam", validation.within(self.lam, "lam", low=0.0, numpy=True))
         object.__setattr__(
-            self, "token_scale", _check_real("token_scale", self.token_scale, low=0.0, low_open=True)
+            self, "token_scale", validation.within(self.token_scale, "token_scale", low=0.0, low_open=True, numpy=True)
         )
 
     @classmethod
@@ -73,31 +73,6 @@ class Metric:
     def coef(self) -> float:
         """The token coefficient ``lam / token_scale`` (0 unless ``reward``)."""
         return 0.0 if self.kind != "reward" else float(self.lam) / float(self.token_scale)  # type: ignore[arg-type]
-
-
-def _check_real(name: str, value: object, *, low: float | None = None, low_open: bool = False,
-                high: float | None = None, high_open: bool = False) -> float:
-    """``value`` as a float, or a ConfigError naming ``name``, the expected range and the value."""
-    expected = "a finite number"
-    if low is not None and high is not None:
-        expected += f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-    elif low is not None:
-        expected += f" {'>' if low_open else '>='} {low:g}"
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ConfigError(f"{name} must be {expected}, got {value!r}")
-    v = float(value)
-    ok = math.isfinite(v)
-    if low is not None:
-        ok = ok and (v > low if low_open else v >= low)
-    if high is not None:
-        ok = ok and (v < high if high_open else v <= high)
-    if not ok:
-        raise ConfigError(f"{name} must be {expected}, got {value!r}")
-    return v
-
-
-def _check_alpha(alpha: object) -> float:
-    return _check_real("alpha", alpha, low=0.0, low_open=True, high=1.0, high_open=True)
 
 
 # --------------------------------------------------------------------------- input

@@ -109,13 +109,14 @@ from typing import TYPE_CHECKING, ClassVar, cast
 
 import numpy as np
 
+from stopbandit import validation
 from stopbandit.errors import ConfigError, InputError
 
 if TYPE_CHECKING:  # pragma: no cover
     from stopbandit.bandit.arms import ArmSet
 
 from stopbandit.replay.accumulator import DM_NAME, Accumulator, Estimate, _Parts
-from stopbandit.replay.logged_data import CI_METHODS, LoggedData, Metric, _check_alpha
+from stopbandit.replay.logged_data import CI_METHODS, LoggedData, Metric
 
 _MATCH_TOL = 1e-6
 
@@ -185,7 +186,7 @@ class Estimator(ABC):
         ``seed``) and recomputes ``Σnum/Σden``: the percentile interval.
         """
         m = Metric.of(metric, lam, token_scale)
-        alpha = _check_alpha(alpha)
+        alpha = validation.alpha(alpha)
         if ci_method not in CI_METHODS:
             raise ConfigError(f"ci_method must be one of {list(CI_METHODS)}, got {ci_method!r}")
         parts = self._checked_parts(data, m)
@@ -218,7 +219,7 @@ class Estimator(ABC):
     ) -> dict[str, Estimate]:
         """``{"em", "tokens", "reward"}`` estimates from one pass (reward = em − lam·tokens/scale)."""
         m = Metric("reward", lam, token_scale)
-        alpha = _check_alpha(alpha)
+        alpha = validation.alpha(alpha)
         em, tok = self._checked_parts(data, Metric("em")), self._checked_parts(data, Metric("tokens"))
         return {
             "em": Accumulator._from_parts(self, Metric("em"), em).finalize(alpha),
@@ -230,7 +231,7 @@ class Estimator(ABC):
         self, data: LoggedData, lams: Sequence[float], token_scale: float = 1000.0, alpha: float = 0.05
     ) -> list[Estimate]:
         """Reward estimates of this one candidate at every λ, from one EM and one token pass."""
-        alpha = _check_alpha(alpha)
+        alpha = validation.alpha(alpha)
         metrics = [Metric("reward", lam, token_scale) for lam in lams]
         em, tok = self._checked_parts(data, Metric("em")), self._checked_parts(data, Metric("tokens"))
         return [Accumulator._from_parts(self, m, em.combine(tok, m.coef)).finalize(alpha) for m in metrics]

@@ -5,7 +5,8 @@ thread all guard the same promise, that a row written here survives a crash.)
 
 Records are ``{"k": kind, "r": row}`` — ``d`` a decision, ``o`` an outcome,
 ``l`` a late reward that upgrades a ``defaulted`` outcome (see
-``stopbandit.bandit.delayed``) — appended in batches. Every record is one
+``stopbandit.bandit.delayed``; the typed rows and their one encoding are
+:mod:`stopbandit.replay.records`) — appended in batches. Every record is one
 line framed as ``<length:8 hex> <crc32:8 hex> <json>\n``, so a reader can
 tell a complete record from a torn one: a crash or a full disk mid-write
 leaves a fragment, which the reader cuts (a torn tail ends the file; a
@@ -71,13 +72,11 @@ from typing import IO, Any
 
 from stopbandit.errors import ConfigError, InputError
 from stopbandit.replay import jsoncodec
-
-KINDS = ("d", "o", "l")
-HEADER_KIND = "h"
+from stopbandit.replay.records import HEADER_KIND, Record, as_record, decode_record, encode_record
 FORMAT = 1  # the header's "spill" field: the version of this file format
 _FRAME = re.compile(rb"[0-9a-f]{8} [0-9a-f]{8} ")
 _FRAME_LEN = 18  # "<len> <crc> "
-SpillItem = tuple[str, dict[str, Any]]
+SpillItem = Record
 log = logging.getLogger("stopbandit.spill")
 
 
@@ -117,8 +116,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def encode(items: Sequence[tuple[str, Mapping[str, Any]]]) -> bytes:
-    """The framed spill records of ``items``; TypeError/ValueError for a row that is not JSON.
+def encode(items: Sequence[Record | tuple[str, Mapping[str, Any]]]) -> bytes:
+    """The framed spill records of ``items`` (typed rows, or ``(kind, columns)`` pairs); TypeError/ValueError
+    for a row that is not JSON.
 
     The error is a :class:`~stopbandit.replay.jsoncodec.NotJSONError`, naming
     the row's line in the batch and the offending key. Encoded by orjson
@@ -127,7 +127,7 @@ def encode(items: Sequence[tuple[str, Mapping[str, Any]]]) -> bytes:
     refuses goes through ``json``, so what can be spilled is what the standard
     library accepts (:func:`~stopbandit.replay.jsoncodec.dumps_lines`).
     """
-    lines = jsoncodec.dumps_lines([{"k": k, "r": r} for k, r in items])
+    lines = jsoncodec.dumps_lines([encode_record(as_record(item)) for item in items])
     return b"".join([frame(p) for p in lines.split(b"\n")[:-1]])  # compact JSON holds no raw newline
 
 
@@ -302,8 +302,8 @@ class SpillFile:
         """Spill files of this store other than ours (whether their writer is alive is up to :class:`Adopted`)."""
         return [p for p in spill_files(self.prefix) if p != self.path]
 
-    def append(self, items: Sequence[tuple[str, Mapping[str, Any]]], *, sync: bool = True) -> int:
-        """Append (kind, row) items; returns how many were written (0 when over the size bound).
+    def append(self, items: Sequence[Record | tuple[str, Mapping[str, Any]]], *, sync: bool = True) -> int:
+        """Append rows (typed, or (kind, row) pairs); returns how many were written (0 when over the size bound).
 
         ``sync``: fsync'd before returning; otherwise written now and fsync'd by the syncer thread.
         """
@@ -589,22 +589,16 @@ def _fused(raw: bytes) -> int:
 
 
 def parse_payload(payload: bytes) -> SpillItem | None:
-    """The (kind, row) of a record's JSON; None for a header; InputError if it is not a spill record."""
+    """The typed row of a record's JSON; None for a header; InputError if it is not a spill record."""
     try:
         obj = jsoncodec.loads(payload)
-        kind = obj["k"]
-        if kind == HEADER_KIND:
-            return None
-        row = obj["r"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"spill line does not parse: {exc}") from exc
-    if kind not in KINDS or not isinstance(row, dict):
-        raise InputError(f"spill line has kind {kind!r} (expected one of {KINDS}) or a row that is not an object")
-    return kind, row
+    return decode_record(obj)
 
 
-def parse_line(raw: bytes | str) -> SpillItem:
-    """The (kind, row) of one complete framed record; InputError for anything else (a header included)."""
+def parse_line(raw: bytes | str) -> tuple[str, dict[str, Any]]:
+    """The ``(kind, row)`` of one complete framed record; InputError for anything else (a header included)."""
     raw = raw.encode("utf-8") if isinstance(raw, str) else raw
     payload = _unframe(raw if raw.endswith(b"\n") else raw + b"\n")
     if payload is None:
@@ -612,11 +606,11 @@ def parse_line(raw: bytes | str) -> SpillItem:
     item = parse_payload(payload)
     if item is None:
         raise InputError("spill line is a header, not a row")
-    return item
+    return item.kind, dict(item.row)
 
 
 def read_spill(path: Path, chunk: int = 2000) -> Iterator[list[SpillItem]]:
-    """Chunks of (kind, row) from a spill file. A torn last line is skipped; a bad line raises InputError."""
+    """Chunks of typed rows from a spill file. A torn last line is skipped; a bad line raises InputError."""
     reader = SpillReader(path)
     while True:
         c = reader.read(chunk)

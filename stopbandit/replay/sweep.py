@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from stopbandit import validation
 from stopbandit.bandit.reward import reward
 from stopbandit.errors import ConfigError, InputError
 from stopbandit.replay.ope import Estimate
@@ -162,26 +163,16 @@ def pick_lambda(
             f"give exactly one of token_budget or em_floor, got token_budget={token_budget!r}, em_floor={em_floor!r}"
         )
     if token_budget is not None:
-        budget = _check_target("token_budget", token_budget, 0.0, math.inf)
+        budget = validation.within(token_budget, "token_budget", low=0.0, numpy=True, wrong_type="a number")
         ok = [p for p in points if (p.tokens.ci_high if conservative else p.tokens.value) <= budget]
         if not ok:
             return None
         return min(ok, key=lambda p: (-p.em.value, p.tokens.value, p.lam)).lam
-    floor = _check_target("em_floor", em_floor, 0.0, 1.0)
+    floor = validation.within(em_floor, "em_floor", low=0.0, high=1.0, numpy=True, wrong_type="a number")
     ok = [p for p in points if (p.em.ci_low if conservative else p.em.value) >= floor]
     if not ok:
         return None
     return min(ok, key=lambda p: (p.tokens.value, -p.em.value, p.lam)).lam
-
-
-def _check_target(name: str, value: object, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ConfigError(f"{name} must be a number, got {value!r}")
-    v = float(value)
-    if not math.isfinite(v) or not low <= v <= high:
-        rng = f"in [{low:g}, {high:g}]" if math.isfinite(high) else f">= {low:g}"
-        raise ConfigError(f"{name} must be a finite number {rng}, got {value!r}")
-    return v
 
 
 # --------------------------------------------------------------------------- plot

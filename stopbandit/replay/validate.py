@@ -6,7 +6,6 @@ here are what the store and the writer call them.
 
 from __future__ import annotations
 
-import math
 
 from stopbandit import validation
 from stopbandit.errors import InputError
@@ -23,11 +22,6 @@ EXPERIMENTS = ("champion", "challenger", "holdout")
 OUTCOME_STATUSES = ("ok", "defaulted", "late")
 
 
-def _finite(v: object, field: str, lo: float, hi: float, *, lo_open: bool = False) -> float:
-    return validation.number(v, field, low=lo, high=hi if math.isfinite(hi) else None, low_open=lo_open,
-                             error=InputError)
-
-
 def _text(v: object, field: str, max_len: int, *, optional: bool = False) -> None:
     if v is None and optional:
         return
@@ -42,7 +36,7 @@ def check_decision_row(row: dict) -> None:
     vector's arms with that probability as its propensity.
     """
     check_key(row.get("request_key"))
-    _finite(row.get("ts"), "ts", 0.0, 1e11)
+    validation.number(row.get("ts"), "ts", low=0.0, high=1e11, error=InputError)
     _text(row.get("domain"), "domain", 64, optional=True)
     if not isinstance(row.get("features"), dict):
         raise InputError(f"features must be an object, got {row.get('features')!r:.80}")
@@ -54,14 +48,15 @@ def check_decision_row(row: dict) -> None:
     if not isinstance(probs, dict) or not probs:
         raise InputError(f"probabilities must be a non-empty object, got {probs!r:.80}")
     for name, p in probs.items():
-        _finite(p, f"probabilities[{name!r}]", 0.0, 1.0)
+        validation.number(p, f"probabilities[{name!r}]", low=0.0, high=1.0, error=InputError)
     if row["arm"] not in probs:
         raise InputError(f"arm {row['arm']!r} is not one of the decision's arms {sorted(probs)[:8]}")
-    prop = _finite(row.get("propensity"), "propensity", 0.0, 1.0, lo_open=True)
+    prop = validation.number(row.get("propensity"), "propensity", low=0.0, high=1.0, low_open=True,
+                             error=InputError)
     if abs(prop - float(probs[row["arm"]])) > 1e-9:
         raise InputError(f"propensity {prop!r} is not the logged arm's probability {probs[row['arm']]!r}")
-    _finite(row.get("lam"), "lam", 0.0, math.inf)
-    _finite(row.get("token_scale"), "token_scale", 0.0, math.inf, lo_open=True)
+    validation.number(row.get("lam"), "lam", low=0.0, error=InputError)
+    validation.number(row.get("token_scale"), "token_scale", low=0.0, low_open=True, error=InputError)
     _text(row.get("policy_version"), "policy_version", 64)
     if row.get("experiment", "champion") not in EXPERIMENTS:
         raise InputError(f"experiment must be one of {EXPERIMENTS}, got {row.get('experiment')!r:.80}")
@@ -70,7 +65,7 @@ def check_decision_row(row: dict) -> None:
 def check_outcome_row(row: dict) -> None:
     """InputError naming the field if ``row`` is not an outcome the serving path could have logged."""
     check_key(row.get("decision_key"), field="decision_key")
-    _finite(row.get("ts"), "ts", 0.0, 1e11)
+    validation.number(row.get("ts"), "ts", low=0.0, high=1e11, error=InputError)
     check_em(row.get("em"))
     if check_tokens(row.get("tokens")) > MAX_TOKENS:
         raise InputError(f"tokens must be at most {MAX_TOKENS}, got {row.get('tokens')!r}")

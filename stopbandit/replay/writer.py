@@ -8,12 +8,12 @@ the caller's row goes straight to the spill. Nothing is dropped silently:
 every row ends up in the database, the spill file, or the ``rejected`` file,
 and each path is counted in :meth:`BatchWriter.health`.
 
-One concept in one module, longer than the others on purpose: the queue, the
-batch transaction, the outage state machine, the spill replay and the
-conflict handling share one queue, one lock and one notion of "the store is
-up", and each failure class below is handled across all of them; split, the
-state would have to be passed around and the invariants (nothing dropped,
-nothing twice) would no longer be readable in one place.
+One class, :class:`BatchWriter`, whose parts share one queue, one lock and
+one notion of "the store is up": this module holds the queue, the batching
+loop, flush/drain/close and the durable path; :mod:`.writer_commit` how a
+batch reaches the store (transactions, refused rows, conflicts, the spill);
+:mod:`.writer_replay` the outage state and the replays. The invariants
+(nothing dropped, nothing twice) are stated here, once, for all three.
 
 Failure classes (what a database error means decides what happens to the rows):
 
@@ -83,34 +83,27 @@ disk's fsync is.
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import os
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
-
-from stopbandit.errors import InputError, StoreError
-from stopbandit.replay import migrate
-from stopbandit.replay.engine import redact
-from stopbandit.replay.jsoncodec import NotJSONError
-from stopbandit.replay.spill import Adopted, Chunk, SpillFile, SpillReader, encode, read_spill
-from stopbandit.replay.store import Conflict, ReplayStore
-from stopbandit.replay.validate import check_spilled
+from stopbandit.errors import StoreError
+from stopbandit.replay.records import DecisionRecord, LateRecord, OutcomeRecord, typed
+from stopbandit.replay.spill import SpillFile, read_spill
+from stopbandit.replay.store import ReplayStore
+from stopbandit.replay.writer_commit import Commits, Item
+from stopbandit.replay.writer_replay import Replays, _ReplayJob
 
 log = logging.getLogger("stopbandit.writer")
 
-Item = tuple[str, Mapping[str, Any]]  # ("d", decision) | ("o", outcome) | ("l", late outcome over a defaulted one)
-MAX_DEFERRED = 100_000
 MAX_LINGER_S = 0.01  # longest wait for a group to fill (see BatchWriter.linger)
-MAX_CONFLICT_KEYS = 100_000  # request keys found in conflict, remembered to refuse their outcomes
 DEFAULT_TIMEOUT_S = 5.0
 
 
@@ -161,41 +154,7 @@ def spill_prefix(spill_dir: str | os.PathLike[str] | None, store_id: str | None)
     return Path(spill_dir or default_spill_dir()) / (store_id or "unbound") / "spill"
 
 
-class _ReplayJob:
-    """Replays one writer's spill files (ours, or an adopted orphan's) a chunk at a time."""
-
-    def __init__(self, files: list[Path], finish: Callable[[], None], abandon: Callable[[], None],
-                 progress: Callable[[int], None] | None = None, label: str = "") -> None:
-        self.files = files
-        self.readers = [SpillReader(p) for p in files]
-        self.finish = finish
-        self.abandon = abandon
-        self.progress = progress  # None for an adopted orphan
-        self.label = label
-
-    def peek(self, n: int) -> Chunk | None:
-        """The next chunk (the offset moves only on :meth:`advance`); None when all files are done."""
-        while self.readers:
-            chunk = self.readers[0].read(n)
-            if chunk.lines == 0 and chunk.eof:
-                self.readers.pop(0)
-                continue
-            return chunk
-        return None
-
-    def advance(self, chunk: Chunk) -> None:
-        self.readers[0].advance(chunk)
-        if chunk.eof:
-            self.readers.pop(0)
-        if self.progress is not None:
-            self.progress(chunk.lines)
-
-    @property
-    def done(self) -> bool:
-        return not self.readers
-
-
-class BatchWriter:
+class BatchWriter(Commits, Replays):
     """Group-commit writer: bounded queue → batches → one transaction each; spill when the store is down."""
 
     def __init__(
@@ -321,17 +280,18 @@ class BatchWriter:
 
     # -- producer side (serving threads) ---------------------------------------
     def submit_decision(self, row: Mapping[str, Any]) -> None:
-        self._submit(("d", row))
+        self._submit(DecisionRecord(row))
 
     def submit_outcome(self, row: Mapping[str, Any]) -> None:
-        self._submit(("o", row))
+        self._submit(OutcomeRecord(row))
 
     def submit_late(self, row: Mapping[str, Any]) -> None:
         """A late reward for a decision whose window closed with a default: replaces that outcome, status ``late``."""
-        self._submit(("l", row))
+        self._submit(LateRecord(row))
 
     def submit(self, kind: str, row: Mapping[str, Any]) -> None:
-        self._submit((kind, row))
+        """Queue a row by its kind (``"d"``, ``"o"`` or ``"l"``, :mod:`stopbandit.replay.records`)."""
+        self._submit(typed(kind, row))
 
     def _submit(self, item: Item) -> None:
         """Queue one row: a deque append, and a wake-up only if the writer is asleep.
@@ -363,7 +323,7 @@ class BatchWriter:
         """
         if getattr(self, "_forked", False):
             self._start_in_child()
-        item = (kind, row)
+        item = typed(kind, row)
         if self._store_ok and not self._backlog():
             try:
                 self._count("written", self._commit([item]))
@@ -486,20 +446,6 @@ class BatchWriter:
             self._count("dropped", len(self._held))
             self._held = []
         self.spill.release()
-
-    def _try_store(self, timeout: float) -> bool:
-        """Ask the store now (bounded by ``timeout`` and the call deadline); True if it answers."""
-        if self._store_ok:
-            return True
-        try:
-            with self._deadlines.call("probing the store", max(0.05, min(timeout, self.timeout))):
-                self.store.ping()
-        except StoreError:
-            return False
-        self._reachable.set()
-        self._next_retry = 0.0
-        self._wake.set()
-        return True
 
     def health(self) -> WriterHealth:
         """Counters and state; ``store_ok`` is False during an outage and while a database call is past its deadline."""
@@ -677,358 +623,15 @@ class BatchWriter:
             self._mark_down(exc)
             self._to_spill(batch)
 
-    def _commit(self, batch: Sequence[Item], *, replay: bool = False) -> int:
-        """Commit the batch in one transaction, or row by row if a row is refused; returns rows written.
-
-        Raises StoreError (nothing of the batch is known to be refused) when the store is down.
-        """
-        try:
-            self._transaction(batch)
-            return len(batch)
-        except Exception as exc:  # noqa: BLE001 - classified below
-            self._raise_if_down(exc)
-        return self._commit_one_by_one(batch, replay=replay)
-
-    def _commit_one_by_one(self, batch: Sequence[Item], *, replay: bool) -> int:
-        written = 0
-        for kind, row in batch:
-            try:
-                self._transaction([(kind, row)])
-                written += 1
-            except Exception as exc:  # noqa: BLE001 - classified below
-                self._raise_if_down(exc)
-                missing = isinstance(exc, IntegrityError) and kind in ("o", "l")
-                if missing and replay and len(self._deferred) < MAX_DEFERRED:
-                    self._deferred.append((kind, row))
-                else:
-                    self._reject(kind, row, _reason(exc))
-        return written
-
-    def _raise_if_down(self, exc: BaseException) -> None:
-        """Raise StoreError if ``exc`` means the store is unavailable; return if it is about the rows.
-
-        Connection-level errors (StoreError from the store) are outages; a row
-        the database refuses (IntegrityError, DataError) is not. Anything else
-        is decided by asking the database: if it answers and its schema is at
-        head, the rows are the problem — so a poison row can never keep the
-        writer "down" and spilling forever.
-        """
-        if isinstance(exc, StoreError):
-            raise exc
-        if isinstance(exc, (IntegrityError, DataError)):
-            return
-        try:
-            with self._deadlines.call("checking the store", self.timeout):
-                self.store.ping()
-                migrate.require_head(self.store.engine)
-        except StoreError as down:
-            raise down from exc
-        except SQLAlchemyError as down:
-            raise StoreError(f"write to {redact(self.store.url)} failed: {_reason(down)}") from exc
-
-    def _transaction(self, batch: Sequence[Item]) -> None:
-        """Write one batch in one transaction, under the call deadline; conflicts found are recorded, not raised."""
-        decisions = [r for k, r in batch if k == "d"]
-        outcomes = [r for k, r in batch if k == "o"]
-        late = [r for k, r in batch if k == "l"]
-        refused: list[Conflict] = []
-        if self._conflict_keys and outcomes:
-            keys = self._conflict_keys
-            refused = [Conflict("o", r["decision_key"], r, None, "its decision conflicts with a stored one")
-                       for r in outcomes if r.get("decision_key") in keys]
-            outcomes = [r for r in outcomes if r.get("decision_key") not in keys]
-        with self._deadlines.call(f"writing {len(batch)} rows", self.timeout):
-            if decisions or outcomes or late:
-                refused += self.store.write_batch(decisions, outcomes, late)
-        for c in refused:
-            self._conflict(c)
-
-    def _conflict(self, c: Conflict) -> None:
-        """A row refused because its key is stored for another row: count, log both, keep it in the rejected file."""
-        self._count("conflicts", 1)
-        if c.kind == "d":
-            self._conflict_keys[c.key] = None
-            if len(self._conflict_keys) > MAX_CONFLICT_KEYS:
-                self._conflict_keys.pop(next(iter(self._conflict_keys)))
-        log.error("request key conflict, %s row not stored: %s; new row %s; stored row %s", c.kind, c.why,
-                  json.dumps(c.row, default=str)[:2000], json.dumps(c.stored, default=str)[:2000])
-        self._reject(c.kind, c.row, f"conflict: {c.why}", stored=c.stored)
-
-    def _reject(self, kind: str, row: Mapping[str, Any], why: str, *, stored: Mapping[str, Any] | None = None) -> None:
-        """Append the row and why to the rejected file (mode 0600, fsync'd); OSError if the disk refuses."""
-        rec: dict[str, Any] = {"k": kind, "r": row, "error": why}
-        if stored is not None:
-            rec["stored"] = stored
-        line = json.dumps(rec, default=str) + "\n"
-        with self._reject_lock:
-            fd = os.open(self.rejected_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            with open(fd, "a", encoding="utf-8") as fh:
-                fh.write(line)
-                fh.flush()
-                os.fsync(fh.fileno())
-        self._count("rejected", 1)
-        log.error("store refused a %s row (kept in %s): %s", kind, self.rejected_path, why)
-
-    def _reject_deferred(self) -> None:
-        """Last try for outcomes whose decision was missing during a replay; reject what still fails.
-
-        On any failure (the store down, the disk refusing the rejected file) the rows not yet settled stay deferred.
-        """
-        deferred, self._deferred = self._deferred, []
-        for i, (kind, row) in enumerate(deferred):
-            try:
-                try:
-                    self._transaction([(kind, row)])
-                    self._count("written", 1)
-                    self._count("replayed", 1)
-                except Exception as exc:  # noqa: BLE001 - classified below
-                    self._raise_if_down(exc)
-                    self._reject(kind, row, _reason(exc))
-            except (StoreError, OSError):
-                self._deferred.extend(deferred[i:])
-                raise
-
-    def _to_spill(self, batch: Sequence[Item], *, sync: bool = False) -> bool:
-        """Append to the spill: fsync'd before returning with ``sync`` (durable), else by the spill's syncer.
-
-        Rows held from an earlier refusal go first. If the disk refuses
-        (full, read-only), the rows are held in memory, at most ``max_queue``
-        of them (beyond that the oldest are dropped, counted), and written
-        with the next append or replay step; returns False then.
-        """
-        items = list(batch)
-        if self._held:
-            with self._held_lock:
-                items, self._held = self._held + items, []
-        if not items:
-            return True
-        try:
-            try:
-                n = self.spill.append(items, sync=sync)
-            except (TypeError, ValueError):  # a row that is not JSON: reject it, spill the others
-                items = [item for item in items if self._encodable(item)]
-                n = self.spill.append(items, sync=sync)
-        except OSError as exc:  # the local disk refused: hold the rows, say so, never raise into the caller
-            self._last_error = f"spill: {exc}"
-            log.error("cannot write the spill file %s (%s): holding %d rows in memory", self.spill.path, exc,
-                      len(items))
-            with self._held_lock:
-                self._held = items + self._held
-                over = len(self._held) - self.max_queue
-                if over > 0:
-                    del self._held[:over]
-            if over > 0:
-                self._count("dropped", over)
-                log.error("more than %d rows held in memory: %d oldest dropped", self.max_queue, over)
-            return False
-        self._count("spilled", n)
-        if n < len(items):
-            self._count("dropped", len(items) - n)
-            log.error("spill file %s is full (%d bytes) or unwritable: %d events dropped", self.spill.path,
-                      self.spill.max_bytes, len(items) - n)
-        return True
-
-    def _encodable(self, item: Item) -> bool:
-        try:
-            encode([item])
-            return True
-        except NotJSONError as exc:  # names the key: "features.x is not JSON: …"
-            self._reject(item[0], item[1], str(exc))
-            return False
-        except (TypeError, ValueError) as exc:
-            self._reject(item[0], item[1], f"not JSON: {exc}")
-            return False
-
     def _count(self, name: str, n: int) -> None:
         with self._count_lock:
             setattr(self, name, getattr(self, name) + n)
-
-    def _mark_ok(self) -> None:
-        if not self._store_ok:
-            log.warning("replay store reachable again")
-        if self.store_id is None:
-            self.store_id = self._read_identity()
-            self.spill.store_id = self.store_id  # the header of the spill's next file names the store
-        self._store_ok = True
-        self._down_since = None
-
-    def _overrun(self, what: str) -> None:
-        """Called by the deadline watchdog the moment a database call overruns: the store is down from now."""
-        self._mark_down(StoreError(f"{what}: no answer from {redact(self.store.url)} within {self.timeout:g} s"))
-
-    def _mark_down(self, exc: Exception) -> None:
-        self._reachable.clear()
-        if self._store_ok:
-            log.error("replay store unavailable, spilling to %s: %s", self.spill.path, exc)
-            self._count("outages", 1)
-            self._down_since = time.time()
-        self._store_ok = False
-        self._last_error = str(exc)
-        self._next_retry = time.monotonic() + self.retry_interval
-
-    # -- replay ------------------------------------------------------------------------------------
-    def _probe_loop(self) -> None:
-        """While the store is believed down, ask it every ``retry_interval`` (off the writer thread)."""
-        stop = self._stop
-        while not stop.wait(self.retry_interval):
-            if self._store_ok or self._reachable.is_set():
-                continue
-            if self._try_store(self.timeout):
-                log.info("replay store answers again; replaying the backlog")
-
-    def _replay_due(self) -> bool:
-        now = time.monotonic()
-        if now < self._next_retry:
-            return False
-        return (self._job is not None or self.spill.has_backlog() or bool(self._deferred) or self._scan_requested
-                or now >= self._next_orphan_scan)
-
-    def _next_job(self) -> _ReplayJob | None:
-        if self.spill.has_backlog():
-            path = self.spill.take_for_replay()
-            if path is not None:
-                return _ReplayJob([path], self.spill.done_replaying, _nothing, self.spill.replayed, "own")
-        if time.monotonic() < self._next_orphan_scan and not self._scan_requested:
-            return None
-        self._next_orphan_scan = time.monotonic() + self.orphan_scan_interval
-        for path in self.spill.orphans():
-            held = Adopted(path, self.store_id)
-            if held.why is not None:
-                if path not in self._refused_orphans:
-                    self._refused_orphans.add(path)
-                    log.error("not adopting spill file %s: %s", path, held.why)
-                continue
-            if not held.ok:
-                continue  # a live writer owns it (or another writer is adopting it)
-            files = held.files()
-            if not files:
-                held.finish()  # only a lock file, left by a writer that died with nothing to replay
-                continue
-            log.warning("adopting orphaned spill file %s", path)
-            return _ReplayJob(files, held.finish, held.release, None, str(path))
-        self._scan_requested = False
-        return None
-
-    def _replay_step(self) -> None:
-        """Replay one chunk of the current job (starting one if there is a backlog or an orphan)."""
-        if time.monotonic() < self._next_retry:
-            return
-        if self._held:  # the disk refused earlier: try it again (rows keep their order behind the spill)
-            self._to_spill([])
-        if not self._store_ok and not self._reachable.is_set():
-            # the probe thread asks the store; the writer thread never waits on a database that is down
-            self._next_retry = time.monotonic() + self.retry_interval
-            return
-        try:
-            if self._job is None:
-                self._job = self._next_job()
-            if self._job is None:
-                if self._held and not self.spill.has_backlog():
-                    self._commit_held()
-                elif self._deferred:
-                    self._reject_deferred()
-                return
-            job = self._job
-            chunk = job.peek(self.batch_size)
-            if chunk is not None:
-                items = []
-                for kind, row in chunk.items:
-                    try:
-                        check_spilled(kind, row)
-                        items.append((kind, row))
-                    except InputError as exc:
-                        self._reject(kind, row, f"invalid spilled row: {exc}")
-                if items:
-                    n = self._commit(items, replay=True)
-                    self._count("written", n)
-                    self._count("replayed", n)
-                    self._mark_ok()
-                for lineno, text, why in chunk.bad:
-                    self._reject("?", {"line": text, "file": str(job.readers[0].path), "lineno": lineno}, why)
-                job.advance(chunk)
-            if job.done:
-                if self._deferred:  # settled before the file goes: stored, rejected, or in our own spill
-                    self._retry_deferred()
-                self._job = None
-                job.finish()
-                if job.progress is None:
-                    self._count("adopted_files", 1)
-                    log.warning("replayed orphaned spill file %s", job.label)
-        except StoreError as exc:
-            self._mark_down(exc)
-        except FileNotFoundError as exc:  # the file was deleted under us: what it held is gone; say so
-            log.error("spill file vanished during its replay: %s", exc)
-            self._count("replay_errors", 1)
-            self._last_error = f"spill replay: {exc}"
-            if self._job is not None:
-                if self._job.progress is not None:
-                    self.spill.done_replaying()
-                else:
-                    self._job.abandon()
-                self._job = None
-        except OSError as exc:  # the local disk failed (full, I/O error): keep the file, retry later
-            log.error("spill replay step failed, file kept for a retry: %s", exc)
-            self._count("replay_errors", 1)
-            self._last_error = f"spill replay: {exc}"
-            self._next_retry = time.monotonic() + self.retry_interval
-
-    def _commit_held(self) -> None:
-        """Store rows held in memory (their spill was refused) once the spill's backlog is replayed."""
-        with self._held_lock:
-            chunk, self._held = self._held[:self.batch_size], self._held[self.batch_size:]
-        try:
-            n = self._commit(chunk, replay=True)
-        except StoreError:
-            with self._held_lock:
-                self._held = chunk + self._held
-            raise
-        self._count("written", n)
-        self._count("replayed", n)
-        self._mark_ok()
-
-    def _retry_deferred(self) -> None:
-        """Settle deferred outcomes before the file they came from is removed.
-
-        Each is stored if its decision has arrived; else, with no backlog
-        left that could hold the decision, rejected; else moved to our own
-        spill (replayed after the backlog). A failure keeps them deferred and
-        raises, so the file stays.
-        """
-        deferred, self._deferred = self._deferred, []
-        try:
-            n = self._commit(deferred, replay=True)
-        except (StoreError, OSError):
-            self._deferred = deferred
-            raise
-        self._count("written", n)
-        self._count("replayed", n)
-        if not self._deferred:
-            return
-        if not self.spill.has_backlog():
-            self._reject_deferred()
-            return
-        moving, self._deferred = self._deferred, []
-        if not self._to_spill(moving, sync=True):
-            with self._held_lock:  # held in memory, not on disk: keep them deferred (and the file) instead
-                self._held = [x for x in self._held if not any(x is m for m in moving)]
-            self._deferred = moving
-            raise OSError("the spill's disk refused the deferred outcomes")
-
-
-def _nothing() -> None:
-    return None
-
 
 def _set_all(markers: list[_Marker]) -> None:
     """Release the flush() calls waiting on ``markers`` (and forget them)."""
     for m in markers:
         m.done.set()
     markers.clear()
-
-
-def _reason(exc: BaseException) -> str:
-    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 _WRITERS: weakref.WeakSet[BatchWriter] = weakref.WeakSet()

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import math
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from stopbandit.config import SelectorConfig, config_from_mapping
+from stopbandit.config import SelectorConfig, config_from_mapping, read_toml
 from stopbandit.errors import ConfigError
 from stopbandit.serve.engines import ENGINES
 
@@ -148,13 +147,7 @@ def load(path: str | os.PathLike[str] | None) -> tuple[SelectorConfig, GatewayCo
     """The Selector's and the gateway's settings from one TOML file (defaults without a file)."""
     if path is None:
         return SelectorConfig(), GatewayConfig()
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {str(path)!r}: {exc.strerror or exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    data = read_toml(path)
     gateway = data.pop("gateway", {})
     return config_from_mapping(data, source=str(path)), GatewayConfig.from_mapping(gateway, source=f"{path}: [gateway]")
 

@@ -24,7 +24,7 @@ import io
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, is_dataclass
+from dataclasses import is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from stopbandit._version import __version__
 from stopbandit.errors import StoreError
+from stopbandit.serving.decision import flat
 
 BUCKETS = 24
 """Time slices of the charts (equal widths between the first and the newest decision)."""
@@ -96,7 +97,7 @@ def collect(store: Any, *, health: Callable[[], Any] | None = None, sweep_plot: 
     writer: dict[str, Any] | None = None
     if health is not None:
         h = health()
-        writer = asdict(h) if is_dataclass(h) else dict(h)
+        writer = flat(h) if is_dataclass(h) else dict(h)
     return {
         "version": __version__,
         "generated_at": time.time(),

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
@@ -38,6 +38,7 @@ from stopbandit.serve.prompts import check_messages, check_prompt, last_user_tex
 from stopbandit.serve.result import RunResult
 from stopbandit.serve.shadow import Shadow
 from stopbandit.serve.upstream import Upstream, UpstreamError
+from stopbandit.serving.decision import flat
 
 log = logging.getLogger("stopbandit.serve")
 T = TypeVar("T")
@@ -445,7 +446,7 @@ class Gateway:
 
     async def health(self) -> tuple[int, dict[str, Any]]:
         ok = await self.check_upstream()
-        selector = asdict(self.selector.health())
+        selector = flat(self.selector.health())
         body: dict[str, Any] = {
             "status": "ok" if ok else "unavailable",
             "upstream": {"url": self.upstream.base, "ok": ok, "error": self.upstream_error,

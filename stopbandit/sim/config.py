@@ -78,12 +78,8 @@ def _integer(owner: str, name: str, value: Any, *, minimum: int) -> int:
 
 
 def _check_fields(owner: str, cls: type, data: Mapping[str, Any]) -> None:
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{owner} must be a table, got {type(data).__name__}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{owner}: unknown field(s) {unknown}; known fields: {sorted(known)}")
+    validation.table(data, (f.name for f in fields(cls)), not_table=f"{owner} must be a table, got {{type}}",
+                     unknown=f"{owner}: unknown field(s) {{unknown}}; known fields: {{known}}")
 
 
 @dataclass(frozen=True, slots=True)

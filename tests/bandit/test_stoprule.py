@@ -234,3 +234,71 @@ def test_replay_reveal_of_stored_traces_covers_agreement_arms(requests):
             assert row[k] == want
             got = None if math.isnan(em[i, k]) else (em[i, k], tok[i, k])
             assert got == want
+
+
+# --------------------------------------------------------------------------- scalar form
+
+
+def _random_run(rng, n_probes, answers_as_codes):
+    """One run's probes: non-decreasing offsets (ties and zero included), confidences with NaN and exact ties."""
+    offsets = np.sort(rng.choice([0, 64, 128, 200, 256, 256, 300, 512, 1024], size=n_probes)).tolist()
+    conf = rng.choice([0.0, 0.5, 0.75, 0.9, 0.95, 0.97, 0.99, 1.0, float("nan")], size=n_probes).tolist()
+    conf = [c if rng.random() < 0.6 else float(rng.random()) for c in conf]
+    tokens = rng.integers(0, 12, size=n_probes).tolist()
+    codes = rng.integers(0, 3, size=n_probes)
+    answers = codes if answers_as_codes else [f" {c} " if rng.random() < 0.3 else str(c) for c in codes.tolist()]
+    return offsets, conf, tokens, answers
+
+
+def _equal(a, b):
+    for field in ("offset", "reason", "probe", "known", "tokens"):
+        x, y = getattr(a, field), getattr(b, field)
+        assert x.dtype == y.dtype and x.shape == y.shape, field
+        assert np.array_equal(x, y), (field, x, y)
+
+
+def test_scalar_form_equals_the_batch_kernel_on_random_and_edge_runs():
+    from stopbandit.bandit.stoprule import _rules, _stops_batch, _stops_one
+
+    rng = np.random.default_rng(7)
+    arm_pool = ARMS + (Arm("cap0_edge", 1.01, 64), Arm("cap_at_probe", 0.5, 256), Arm("t_low", 1e-9, 0),
+                       Arm("cap1", 0.99, 1, 2))
+    checked = 0
+    for case in range(3000):
+        n_probes = int(rng.integers(0, 9))
+        offsets, conf, tokens, answers = _random_run(rng, n_probes, answers_as_codes=bool(case % 2))
+        last = offsets[-1] if offsets else 0
+        horizon = int(rng.choice([last, last + 1, last + 100, 256, 1024, 0]) if case % 5 else last)
+        horizon = max(horizon, last)
+        ended = bool(rng.integers(0, 2))
+        final = int(rng.integers(0, 20))
+        k = int(rng.integers(0, len(arm_pool) + 1))
+        arms = tuple(arm_pool[i] for i in rng.permutation(len(arm_pool))[:k])
+        batch = ProbeBatch(offsets, conf, tokens, [n_probes], answers)
+        want = _stops_batch(batch, arms, _rules(arms), [horizon], [ended], [final], None)
+        _equal(_stops_one(ProbeBatch(offsets, conf, tokens, [n_probes], answers), arms, horizon, ended, final), want)
+        _equal(stops(ProbeBatch(offsets, conf, tokens, [n_probes], answers), arms, [horizon], [ended], [final]), want)
+        checked += 1
+    assert checked == 3000
+
+
+def test_scalar_form_equals_the_batch_kernel_on_simulated_requests_and_traces(requests):
+    from stopbandit.bandit.stoprule import _rules, _stops_batch
+    from stopbandit.bandit.trace import _reveal
+    from stopbandit.sim.outcome import _grid
+
+    arms = tuple(ARMS)
+    for r in requests[:150]:
+        grid = _grid(r)
+        _equal(stops(grid, arms, [r.think_len], [True], [r.answer_tokens]),
+               _stops_batch(grid, arms, _rules(arms), [r.think_len], [True], [r.answer_tokens], None))
+        trace = run(r, DEFAULT_ARMS[0]).trace
+        batch = ProbeBatch.of([trace.probes])
+        _equal(_reveal(trace, arms), _stops_batch(batch, arms, _rules(arms), [trace.stop_offset],
+                                                  [trace.stop_reason == "end"], [trace.answer_tokens], None))
+
+
+def test_scalar_form_refuses_what_the_batch_refuses():
+    batch = ProbeBatch([0, 64], [0.1, 0.2], [3, 3], [2])  # no trial answers
+    with pytest.raises(ValueError, match="agreement needs the trial answers of all 2 probes, got 0"):
+        stops(batch, (Arm("agree2", 1.01, 0, 2),), [64], [True])

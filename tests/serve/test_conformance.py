@@ -15,7 +15,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, settings
 
-from tests.serve.upstreams import EngineUnavailable, Upstream, require, start_gateway, unavailable
+from tests.serve.upstreams import Upstream, configured_gateway, require
 
 openai = require("openai")
 schemathesis = require("schemathesis")
@@ -50,14 +50,8 @@ HEADERS = ("x-stopbandit-decision", "x-stopbandit-arm", "x-stopbandit-propensity
 
 @pytest.fixture(scope="module")
 def gateway(tiny_upstream, tmp_path_factory) -> Iterator[Upstream]:
-    work = tmp_path_factory.mktemp("conformance")
-    config = work / "stopbandit.toml"
-    config.write_text(CONFIG, encoding="utf-8")
-    try:
-        gw = start_gateway(tiny_upstream.url, f"sqlite:///{work / 'gateway.db'}", config=config, engine="stopbandit")
-    except EngineUnavailable as exc:
-        unavailable("stopbandit serve", exc)
-    with gw:
+    with configured_gateway(tiny_upstream.url, CONFIG, tmp_path_factory.mktemp("conformance"),
+                            engine="stopbandit", what="stopbandit serve") as (gw, _):
         yield gw
 
 

@@ -18,14 +18,7 @@ import pytest
 
 from stopbandit.bandit.trace import ProbeTrace
 from stopbandit.replay.store import ReplayStore
-from tests.serve.upstreams import (
-    LLAMACPP_GREEDY,
-    EngineUnavailable,
-    Upstream,
-    require,
-    start_gateway,
-    unavailable,
-)
+from tests.serve.upstreams import LLAMACPP_GREEDY, Upstream, configured_gateway, require
 
 CONFIG = """\
 lam = 0.2
@@ -61,16 +54,9 @@ PROMPT = f"<|im_start|>user\n{QUESTION}<|im_end|>\n<|im_start|>assistant\n"
 
 @pytest.fixture(scope="module")
 def stack(llamacpp_upstream, tmp_path_factory) -> Iterator[tuple[Upstream, str]]:
-    work = tmp_path_factory.mktemp("llamacpp-gateway")
-    config = work / "stopbandit.toml"
-    config.write_text(CONFIG, encoding="utf-8")
-    db = f"sqlite:///{work / 'gateway.db'}"
-    try:
-        gw = start_gateway(llamacpp_upstream.url, db, config=config)
-    except EngineUnavailable as exc:
-        unavailable("stopbandit serve in front of llama-cpp-python", exc)
-    with gw:
-        yield gw, db
+    with configured_gateway(llamacpp_upstream.url, CONFIG, tmp_path_factory.mktemp("llamacpp-gateway"),
+                            what="stopbandit serve in front of llama-cpp-python") as stack:
+        yield stack
 
 
 def post(gw: Upstream, path: str, body: dict) -> httpx.Response:

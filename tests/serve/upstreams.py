@@ -32,6 +32,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,20 @@ class EngineUnavailable(RuntimeError):
     """The engine is not installed or did not start."""
 
 
+def stop_process_group(process: subprocess.Popen[bytes], grace: float) -> None:
+    """Stop a server started in its own session: SIGTERM to its process group, SIGKILL after ``grace`` seconds."""
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=grace)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait(timeout=10)
+
+
 @dataclass
 class Upstream:
     """A running server: its base URL (no trailing ``/v1``), model id and process."""
@@ -63,16 +78,7 @@ class Upstream:
 
     def close(self) -> None:
         """Stop the server's process group (SIGTERM, then SIGKILL after 10 s)."""
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(timeout=10)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.process.wait(timeout=10)
+        stop_process_group(self.process, 10)
 
     def log_tail(self, chars: int = 2000) -> str:
         try:
@@ -244,6 +250,25 @@ def start_gateway(upstream: str, db_url: str, *, config: Path | None = None, eng
             last = EngineUnavailable(f"gateway not healthy after {timeout:.0f} s:\n{log.read_text(errors='replace')[-3000:]}")
         gateway.close()
     raise EngineUnavailable(str(last))
+
+
+@contextmanager
+def configured_gateway(upstream: str, config_text: str, work: Path, *, what: str,
+                       engine: str | None = None) -> Iterator[tuple[Upstream, str]]:
+    """``stopbandit serve`` in front of ``upstream`` with this TOML config and a SQLite store in ``work``.
+
+    Yields the gateway and its database URL and stops it on exit; a gateway
+    that does not start is :func:`unavailable` as ``what``.
+    """
+    config = work / "stopbandit.toml"
+    config.write_text(config_text, encoding="utf-8")
+    db = f"sqlite:///{work / 'gateway.db'}"
+    try:
+        gw = start_gateway(upstream, db, config=config, engine=engine)
+    except EngineUnavailable as exc:
+        unavailable(what, exc)
+    with gw:
+        yield gw, db
 
 
 def unavailable(what: str, reason: object) -> None:
