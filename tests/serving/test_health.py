@@ -7,12 +7,12 @@ import dataclasses
 from stopbandit import Health, Selector
 from stopbandit.serving import SelectorHealth, StoreHealth
 
-# every field health() reported before it had parts, in the order of its flat form (/healthz)
+# every field health() reports, in the order of its flat form (/healthz)
 FLAT_FIELDS = [
     "store_ok", "last_error", "lam", "policy", "policy_version", "decisions", "rewards", "pending_rewards",
     "queue_depth", "spill_backlog", "spilled", "dropped", "rejected", "write_lag_s", "outages", "down_since",
     "replayed", "max_spill_backlog", "defaulted", "late", "discarded", "evicted", "snapshot_error", "conflicts",
-    "unspilled", "replay_errors", "budget_baseline", "budget_total", "budget_spent", "budget_left",
+    "unspilled", "replay_errors", "overloads", "budget_baseline", "budget_total", "budget_spent", "budget_left",
     "budget_restricted", "domains_tracked", "domains_folded", "max_domains", "last_checkpoint", "lambda_pending",
     "lambda_unwritten",
 ]
