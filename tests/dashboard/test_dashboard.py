@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 
 import httpx
 import pytest
@@ -12,6 +13,12 @@ from stopbandit.replay.store import ReplayStore
 from stopbandit.serve import GatewayConfig, GatewayServer, create_app
 from stopbandit.serve.dashboard import collect, create_dashboard_app, render
 from tests.dashboard.conftest import fill
+
+# the page renders charts server-side: on a loaded 2-core machine that takes seconds (what these tests check
+# is access and content, not speed)
+class HTTP:
+    get = staticmethod(functools.partial(httpx.get, timeout=60))
+    post = staticmethod(functools.partial(httpx.post, timeout=60))
 
 
 def test_activity_sums_match_what_was_served(filled):
@@ -65,18 +72,18 @@ def test_dashboard_server_and_its_key(filled, tmp_path):
     store = ReplayStore(filled.url)
     try:
         with GatewayServer(create_dashboard_app(store, key="s3cret", sweep_plot=plot)) as srv:
-            assert httpx.get(srv.url + "/dashboard").status_code == 401
-            assert httpx.get(srv.url + "/dashboard").headers["www-authenticate"].startswith("Basic")
-            assert httpx.get(srv.url + "/dashboard", headers={"Authorization": "Bearer wrong"}).status_code == 401
-            ok = httpx.get(srv.url + "/dashboard/data.json", headers={"Authorization": "Bearer s3cret"})
+            assert HTTP.get(srv.url + "/dashboard").status_code == 401
+            assert HTTP.get(srv.url + "/dashboard").headers["www-authenticate"].startswith("Basic")
+            assert HTTP.get(srv.url + "/dashboard", headers={"Authorization": "Bearer wrong"}).status_code == 401
+            ok = HTTP.get(srv.url + "/dashboard/data.json", headers={"Authorization": "Bearer s3cret"})
             assert ok.status_code == 200 and ok.json()["totals"]["decisions"] == filled.decisions
             assert ok.json()["sweep_plot"] is True
             basic = "Basic " + base64.b64encode(b"operator:s3cret").decode()
-            page = httpx.get(srv.url + "/dashboard", headers={"Authorization": basic})
+            page = HTTP.get(srv.url + "/dashboard", headers={"Authorization": basic})
             assert page.status_code == 200 and "dashboard/sweep.png" in page.text
-            png = httpx.get(srv.url + "/dashboard/sweep.png", headers={"Authorization": basic})
+            png = HTTP.get(srv.url + "/dashboard/sweep.png", headers={"Authorization": basic})
             assert png.status_code == 200 and png.content == plot.read_bytes()
-            assert httpx.post(srv.url + "/dashboard", headers={"Authorization": basic}).status_code == 405
+            assert HTTP.post(srv.url + "/dashboard", headers={"Authorization": basic}).status_code == 405
     finally:
         store.dispose()
 
@@ -86,11 +93,11 @@ def test_the_gateway_serves_the_dashboard_with_its_writer_health(filled):
     try:
         app = create_app(sel, GatewayConfig(upstream="http://127.0.0.1:9", api_key="k"))
         with GatewayServer(app) as gw:
-            assert httpx.get(gw.url + "/dashboard").status_code == 401
-            data = httpx.get(gw.url + "/dashboard/data.json", headers={"Authorization": "Bearer k"}).json()
+            assert HTTP.get(gw.url + "/dashboard").status_code == 401
+            data = HTTP.get(gw.url + "/dashboard/data.json", headers={"Authorization": "Bearer k"}).json()
             assert data["totals"]["decisions"] == filled.decisions
             assert data["writer"]["store_ok"] is True and data["writer"]["rejected"] == 0
-            page = httpx.get(gw.url + "/dashboard", headers={"Authorization": "Bearer k"}).text
+            page = HTTP.get(gw.url + "/dashboard", headers={"Authorization": "Bearer k"}).text
             assert 'id="writer"' in page and "spill_backlog" in page
     finally:
         sel.close()
