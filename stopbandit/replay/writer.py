@@ -95,6 +95,7 @@ from pathlib import Path
 from typing import Any
 
 from stopbandit.errors import StoreError
+from stopbandit.replay.queue_age import QueueAge
 from stopbandit.replay.records import DecisionRecord, LateRecord, OutcomeRecord, typed
 from stopbandit.replay.spill import SpillFile, read_spill
 from stopbandit.replay.store import ReplayStore
@@ -216,10 +217,7 @@ class BatchWriter(Commits, Replays):
         self._wake = threading.Event()  # set by a producer only while the writer sleeps, and by flush/close
         self._sleeping = False
         self._flushes = 0  # flush() calls waiting: the writer does not linger meanwhile
-        # the queue's age, without a timestamp per row: rows taken so far (markers too), and marks
-        # (rows queued in all, when) noted by the writer thread; see _queue_age
-        self._taken = 0
-        self._marks: deque[tuple[int, float]] = deque([(0, time.monotonic())])
+        self._age = QueueAge()  # how long the oldest queued row has waited (rows taken counted in _take)
         self._stop = threading.Event()
         self._direct_lock = threading.Lock()  # held by a producer spilling an overflow row (flush waits for it)
         self._busy = 0  # batches in progress (only the writer thread changes it)
@@ -499,7 +497,7 @@ class BatchWriter(Commits, Replays):
 
     def _sleep(self, seconds: float) -> None:
         """Wait for rows (a producer wakes us), a flush or close, or ``seconds``."""
-        self._note_queue()
+        self._age.note(len(self._q))
         self._sleeping = True
         try:
             if not self._q:  # re-checked after announcing the sleep: a row queued before that is seen here
@@ -536,29 +534,8 @@ class BatchWriter(Commits, Replays):
                 markers.append(item)
             else:
                 batch.append(item)  # type: ignore[arg-type]
-        self._taken += len(batch) + len(markers) - n_markers
+        self._age.taken += len(batch) + len(markers) - n_markers
         return batch
-
-    def _note_queue(self) -> float:
-        """Mark how many rows have been queued in all by now (see ``_queue_age``); returns now."""
-        now = time.monotonic()
-        marks = self._marks
-        marks.append((self._taken + len(self._q), now))
-        while len(marks) > 1 and marks[1][0] <= self._taken:
-            marks.popleft()
-        return now
-
-    def _queue_age(self) -> float:
-        """An upper bound on how long the oldest queued row has waited (0 when the queue is empty).
-
-        Producers stamp nothing (``submit`` stays a bare append): the writer
-        notes, each time it looks at the queue and before it sleeps, how many
-        rows had been queued in all by then. The oldest queued row is row
-        number ``_taken``, so it was queued after the latest mark that counts
-        no more rows than that.
-        """
-        now = self._note_queue()
-        return now - self._marks[0][1] if self._q else 0.0
 
     def _process(self) -> bool:
         """Write the next batch (spill it if the store is down); False if only markers were queued.
@@ -568,7 +545,7 @@ class BatchWriter(Commits, Replays):
         memory is a row a crash would lose.
         """
         markers: list[_Marker] = []
-        behind = self._queue_age() > self.max_lag
+        behind = self._age.age(len(self._q)) > self.max_lag
         queued = len(self._q)  # spilling takes at most what is queued now: then a replay step may run
         batch = self._take(self.batch_size, markers)
         had_rows, taken = bool(batch), len(batch)
