@@ -19,6 +19,11 @@ Timed, in one run on the same file:
   least work any tool that reads the file must do;
 * ``parse``: :func:`read_csv` alone (every line validated into rows, nothing
   written), the part of the import that is ours;
+* ``OBP`` (with ``--obp``, when Open Bandit Pipeline is installed): the same
+  two estimates by OBP's ``OffPolicyEvaluation`` (``InverseProbabilityWeighting``,
+  ``SelfNormalizedInverseProbabilityWeighting``), the CSV read with pandas into
+  its ``bandit_feedback`` arrays (nothing validated beyond what pandas parses,
+  nothing stored): the published tool's path over the same file;
 * ``SQLite insert floor`` (SQLite only): the same rows, already built as
   tuples, inserted with the driver's ``executemany`` into a fresh migrated
   store in 10,000-row transactions: what the database itself costs per row
@@ -103,6 +108,25 @@ def numpy_floor(path: str, arm: str) -> tuple[float, float, float]:
     return time.perf_counter() - t0, ips, snips
 
 
+def obp_path(path: str, arm_names: tuple[str, ...], arm: str) -> tuple[float, float, float]:
+    """(seconds, IPS, SNIPS) of EM for "always ``arm``" through Open Bandit Pipeline, the CSV read with pandas."""
+    import pandas as pd
+    from obp.ope import InverseProbabilityWeighting, OffPolicyEvaluation, SelfNormalizedInverseProbabilityWeighting
+
+    t0 = time.perf_counter()
+    df = pd.read_csv(path, usecols=["arm", "propensity", "em"])
+    action = df["arm"].map({a: i for i, a in enumerate(arm_names)}).to_numpy(dtype=int)
+    n, k = len(df), len(arm_names)
+    feedback = {"n_rounds": n, "n_actions": k, "action": action, "reward": df["em"].to_numpy(dtype=float),
+                "pscore": df["propensity"].to_numpy(dtype=float), "position": None}
+    dist = np.zeros((n, k, 1))
+    dist[:, arm_names.index(arm), 0] = 1.0
+    ope = OffPolicyEvaluation(bandit_feedback=feedback, ope_estimators=[
+        InverseProbabilityWeighting(), SelfNormalizedInverseProbabilityWeighting()])
+    values = ope.estimate_policy_values(action_dist=dist)
+    return time.perf_counter() - t0, float(values["ipw"]), float(values["snipw"])
+
+
 def sqlite_insert_floor(db: str, path: str, arms) -> float:
     """CPU seconds to insert the CSV's rows, pre-built as driver tuples, into a fresh migrated SQLite store."""
     import sqlite3
@@ -140,6 +164,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--db", default=None, help="store URL (default: SQLite in a temporary directory)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--obp", action="store_true", help="also time Open Bandit Pipeline on the same file (needs obp)")
     args = ap.parse_args()
 
     from stopbandit.bandit.arms import arms_from_config
@@ -171,6 +196,9 @@ def main() -> None:
                       token_scale=1000.0, options=ReplayOptions(progress=False, jobs=1))
         t_eval = time.perf_counter() - t0
         t_floor, ips, snips = numpy_floor(path, arms.names[0])
+        t_obp = obp_ips = obp_snips = None
+        if args.obp:
+            t_obp, obp_ips, obp_snips = obp_path(path, arms.names, arms.names[0])
         store.dispose()
 
         c0 = time.process_time()
@@ -182,6 +210,8 @@ def main() -> None:
 
     ours = (ev.estimates["ips"]["em"].value, ev.estimates["snips"]["em"].value)
     agree = abs(ours[0] - ips) <= 1e-9 * max(1.0, abs(ips)) and abs(ours[1] - snips) <= 1e-9 * max(1.0, abs(snips))
+    if t_obp is not None:
+        agree = agree and abs(ours[0] - obp_ips) <= 1e-9 and abs(ours[1] - obp_snips) <= 1e-9
     out = {
         "rows": args.rows, "store": url.split(":", 1)[0], "machine": f"{os.cpu_count()} cores, {platform.machine()}",
         "import_s": round(t_import, 2), "import_rows_per_s": round(args.rows / t_import),
@@ -193,6 +223,10 @@ def main() -> None:
         "import_plus_evaluate_over_floor": round((t_import + t_eval) / t_floor, 1),
         "ips": [ours[0], ips], "snips": [ours[1], snips], "agree": agree,
     }
+    if t_obp is not None:
+        out.update({"obp_s": round(t_obp, 2), "obp_ips_snips": [obp_ips, obp_snips],
+                    "import_plus_evaluate_over_obp": round((t_import + t_eval) / t_obp, 1),
+                    "evaluate_over_obp": round(t_eval / t_obp, 2)})
     if args.json:
         print(json.dumps(out))
     else:
