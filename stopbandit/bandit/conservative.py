@@ -19,7 +19,9 @@ requests** (``budget = max_loss · window + ... − RESERVE``). Every suffix,
 not the window as a whole: gains banked early in a window must not pay for
 losses that a window starting after them would hold alone; and
 :data:`RESERVE` keeps back the most one request in flight can lose beyond its
-charge. Otherwise the distribution is cut down: the greedy arm when its charge
+charge; the window's bound is taken at a ten times smaller miss probability
+(:attr:`ConservativeConfig.window_z`), as every stretch is looked at on many
+decisions. Otherwise the distribution is cut down: the greedy arm when its charge
 alone fits, else the baseline (whose charge is 0: it never loses against
 itself), plus what exploration still fits, cheapest first; with no room at
 all, the baseline alone.
@@ -106,6 +108,8 @@ AUDIT = 0.1
 """Default least probability on baseline-revealing arms whenever an arm whose loss is estimated can be served."""
 HALF_LIFE = 2000
 """Settled requests over which a comparable sample's weight halves: the policy's choices drift as it learns."""
+WINDOW_LOOKS = 10.0
+"""How much smaller the window bound's miss probability is than ``confidence``'s (:attr:`ConservativeConfig.window_z`)."""
 RESERVE = 1.0
 """Reward units a window's budget keeps back: the most one request can lose beyond its charge."""
 MAX_HELD = 1_000_000
@@ -176,6 +180,17 @@ class ConservativeConfig:
         from statistics import NormalDist
 
         return NormalDist().inv_cdf(self.confidence)
+
+    @property
+    def window_z(self) -> float:
+        """The window's quantile: a miss probability ``WINDOW_LOOKS`` times smaller than ``confidence``'s.
+
+        The window is checked at every decision over every suffix, so each stretch of requests is looked at
+        many times; a smaller miss probability per look keeps the many looks from eroding the guarantee.
+        """
+        from statistics import NormalDist
+
+        return NormalDist().inv_cdf(1.0 - (1.0 - self.confidence) / WINDOW_LOOKS)
 
     def to_dict(self) -> dict[str, Any]:
         if self.baseline is None:
@@ -281,6 +296,7 @@ class ConservativeBudget:
                        for a in range(k)] for b in range(k)]
         self._stricter = [frozenset(self._reveals[b]) - {b} for b in range(k)]
         self._z = config.z
+        self._window_z = config.window_z
         self._lock = threading.Lock()
         self._t = 0  # decisions counted into the budget
         self._exact_sum = 0.0  # Σ d over exactly known / deterministically bounded requests
@@ -342,7 +358,7 @@ class ConservativeBudget:
         built like :meth:`_estimated`'s (point values, never below a request's worst case; noise in
         quadrature, the means' uncertainty linearly).
         """
-        z = self._z
+        z = self._window_z
         point, var_one, width_one = [], [], []
         for st, s in enumerate(self._samples):
             if self._calibrated[st]:

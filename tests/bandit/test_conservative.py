@@ -242,3 +242,5 @@ def test_config_from_toml_mapping_keeps_the_exploration_rule():
     cfg = config_from_mapping({"exploration": {"baseline": "careful", "max_loss": 0.02, "window": 500, "audit": 0.2}})
     assert (cfg.conservative.window, cfg.conservative.audit) == (500, 0.2)
     assert cfg.conservative.to_dict()["audit"] == 0.2
+    # the window, looked at on every decision, is bounded at a ten times smaller miss probability
+    assert cfg.conservative.window_z == pytest.approx(2.5758, abs=1e-3) and cfg.conservative.z < 1.65
