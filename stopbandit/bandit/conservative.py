@@ -313,6 +313,7 @@ class ConservativeBudget:
         # baseline reward)
         self._recent: deque[tuple[float, int, float]] = deque()
         self._win_base = 0.0
+        self._win_lb: float | None = None  # the window's bound, until the next settled request changes it
         # key -> (charge, policy's probabilities, probabilities served, greedy arm, ŝ_baseline, baseline arm)
         self._held: OrderedDict[str, _Held] = OrderedDict()
         self._held_sum = 0.0
@@ -351,6 +352,12 @@ class ConservativeBudget:
         return self._exact_sum + self._estimated(self._n_est, self._worst)
 
     def _window_lower_bound(self) -> float:
+        """:meth:`_window_bound`, computed once per settled request (decisions in between reuse it)."""
+        if self._win_lb is None:
+            self._win_lb = self._window_bound()
+        return self._win_lb
+
+    def _window_bound(self) -> float:
         """LB of the worst run of recent requests: min over the suffixes of the last ``window`` settled ones.
 
         Every suffix, not only the whole window: gains banked early in a window must not pay for losses
@@ -592,6 +599,7 @@ class ConservativeBudget:
 
     def _push(self, d: float, stratum: int, rb: float) -> None:
         """Append a settled request to the window (``stratum`` −1: ``d`` exact, else its worst case)."""
+        self._win_lb = None  # this request, and the comparable samples it brought, change the bound
         window = self.config.window
         if not window:
             return
