@@ -19,7 +19,8 @@ requests** (``budget = max_loss · window + ... − RESERVE``). Every suffix,
 not the window as a whole: gains banked early in a window must not pay for
 losses that a window starting after them would hold alone; and
 :data:`RESERVE` keeps back the most one request in flight can lose beyond its
-charge; the window's bound is taken at a ten times smaller miss probability
+charge (grown to the largest loss a single request has been seen to cost: at a
+large λ a lenient arm's tokens cost several reward units); the window's bound is taken at a ten times smaller miss probability
 (:attr:`ConservativeConfig.window_z`), as every stretch is looked at on many
 decisions. Otherwise the distribution is cut down: the greedy arm when its charge
 alone fits, else the baseline (whose charge is 0: it never loses against
@@ -111,7 +112,8 @@ HALF_LIFE = 2000
 WINDOW_LOOKS = 10.0
 """How much smaller the window bound's miss probability is than ``confidence``'s (:attr:`ConservativeConfig.window_z`)."""
 RESERVE = 1.0
-"""Reward units a window's budget keeps back: the most one request can lose beyond its charge."""
+"""Reward units a window's budget keeps back at least: the most one request can lose beyond its charge (the
+reserve grows to the largest loss one request has been seen to cost: with large λ, tokens cost more than EM)."""
 MAX_HELD = 1_000_000
 """Decisions whose charge is held until their reward (the oldest are released beyond it)."""
 SNAPSHOT_PREFIX = "snapshot:"
@@ -313,6 +315,7 @@ class ConservativeBudget:
         # baseline reward)
         self._recent: deque[tuple[float, int, float]] = deque()
         self._win_base = 0.0
+        self._reserve = RESERVE  # the largest single-request loss seen, at least RESERVE
         self._win_lb: float | None = None  # the window's bound, until the next settled request changes it
         # key -> (charge, policy's probabilities, probabilities served, greedy arm, ŝ_baseline, baseline arm)
         self._held: OrderedDict[str, _Held] = OrderedDict()
@@ -393,10 +396,10 @@ class ConservativeBudget:
         return c.max_loss * self._t + c.max_loss_fraction * max(self._baseline_reward, 0.0)
 
     def _window_budget(self) -> float:
-        """The window's budget less :data:`RESERVE`: a charge is an expected loss, and the request in flight
-        can still lose up to the reward range below it."""
+        """The window's budget less the reserve: a charge is an expected loss, and the request in flight can
+        still lose more (up to the largest loss one request has cost, :data:`RESERVE` at least)."""
         c = self.config
-        return c.max_loss * c.window + c.max_loss_fraction * max(self._win_base, 0.0) - RESERVE
+        return c.max_loss * c.window + c.max_loss_fraction * max(self._win_base, 0.0) - self._reserve
 
     def _room(self) -> float:
         room = self._budget() + self._lower_bound()
@@ -600,6 +603,7 @@ class ConservativeBudget:
     def _push(self, d: float, stratum: int, rb: float) -> None:
         """Append a settled request to the window (``stratum`` −1: ``d`` exact, else its worst case)."""
         self._win_lb = None  # this request, and the comparable samples it brought, change the bound
+        self._reserve = max(self._reserve, -d)
         window = self.config.window
         if not window:
             return
