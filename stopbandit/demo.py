@@ -191,8 +191,10 @@ def run_demo(
     served, best_r = float(chosen_reward.mean()), float(rewards[:, best].mean())
     base_r = float(rewards[:, b].mean()) if b is not None else None
     half_gap = float(chosen_reward[tail].mean() - rewards[tail, best].mean())
+    paired = chosen_reward - rewards[:, best]  # per request, so the interval is of the difference itself
+    ci = 1.96 * float(paired.std(ddof=1)) / float(np.sqrt(requests)) if requests > 1 else float("inf")
     verdict, reason = _verdict(served, best_r, arms[best].name, half_gap, base_r, baseline, max_loss, budget,
-                               float(rewards[idx, pick].mean()))
+                               float(rewards[idx, pick].mean()), ci)
     if plot is not None:
         if importlib.util.find_spec("matplotlib") is None:  # the optional ``plots`` extra
             plot = None  # the demo runs without it; the CLI says how to get the learning curve
@@ -214,8 +216,13 @@ def _domain_choice(domains: list[str], chosen: np.ndarray, arms: ArmSet) -> dict
 
 
 def _verdict(served: float, best: float, best_name: str, half_gap: float, base: float | None,
-             baseline: str | None, max_loss: float, budget: BudgetState | None, oracle: float) -> tuple[str, str]:
-    """(verdict, reason) — on the reward served over all requests, exploration included."""
+             baseline: str | None, max_loss: float, budget: BudgetState | None, oracle: float,
+             ci: float | None = None) -> tuple[str, str]:
+    """(verdict, reason) — on the reward served over all requests, exploration included.
+
+    ``ci``: the 95 % half-width of the served-minus-best difference (paired per request); the reason says
+    when the difference is inside it.
+    """
     gap = served - best
     headroom = oracle - best
     if gap > 0:
@@ -224,7 +231,11 @@ def _verdict(served: float, best: float, best_name: str, half_gap: float, base: 
     else:
         verdict = f"no win: the reward served over all requests, exploration included, is {gap:+.4f} against the " \
                   f"best static arm ({best_name})"
-    parts = [f"per-request choice could gain at most {headroom:+.4f} over {best_name} (the oracle's headroom)",
+    parts = []
+    if ci is not None:
+        parts.append(f"95% interval of the difference ±{ci:.4f} per request"
+                     + (" (within noise: a tie)" if abs(gap) <= ci else ""))
+    parts += [f"per-request choice could gain at most {headroom:+.4f} over {best_name} (the oracle's headroom)",
              f"once learned (second half) the policy is {half_gap:+.4f} against it"]
     if gap <= 0 < half_gap:
         parts.append("so learning, not the learned policy, is what costs: a longer run amortises it")

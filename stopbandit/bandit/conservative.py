@@ -19,7 +19,10 @@ requests** (``budget = max_loss · window + ... − RESERVE``). Every suffix,
 not the window as a whole: gains banked early in a window must not pay for
 losses that a window starting after them would hold alone; and
 :data:`RESERVE` keeps back the most one request in flight can lose beyond its
-charge. Otherwise the distribution is cut down: the greedy arm when its charge
+charge (grown to the largest loss a single request has been seen to cost: at a
+large λ a lenient arm's tokens cost several reward units); the window's bound is taken at a ten times smaller miss probability
+(:attr:`ConservativeConfig.window_z`), as every stretch is looked at on many
+decisions. Otherwise the distribution is cut down: the greedy arm when its charge
 alone fits, else the baseline (whose charge is 0: it never loses against
 itself), plus what exploration still fits, cheapest first; with no room at
 all, the baseline alone.
@@ -107,8 +110,11 @@ AUDIT = 0.1
 """Default least probability on baseline-revealing arms whenever an arm whose loss is estimated can be served."""
 HALF_LIFE = 2000
 """Settled requests over which a comparable sample's weight halves: the policy's choices drift as it learns."""
+WINDOW_LOOKS = 10.0
+"""How much smaller the window bound's miss probability is than ``confidence``'s (:attr:`ConservativeConfig.window_z`)."""
 RESERVE = 1.0
-"""Reward units a window's budget keeps back: the most one request can lose beyond its charge."""
+"""Reward units a window's budget keeps back at least: the most one request can lose beyond its charge (the
+reserve grows to the largest loss one request has been seen to cost: with large λ, tokens cost more than EM)."""
 MAX_HELD = 1_000_000
 """Decisions whose charge is held until their reward (the oldest are released beyond it)."""
 SNAPSHOT_PREFIX = "snapshot:"
@@ -169,6 +175,17 @@ class ConservativeConfig:
         from statistics import NormalDist
 
         return NormalDist().inv_cdf(self.confidence)
+
+    @property
+    def window_z(self) -> float:
+        """The window's quantile: a miss probability ``WINDOW_LOOKS`` times smaller than ``confidence``'s.
+
+        The window is checked at every decision over every suffix, so each stretch of requests is looked at
+        many times; a smaller miss probability per look keeps the many looks from eroding the guarantee.
+        """
+        from statistics import NormalDist
+
+        return NormalDist().inv_cdf(1.0 - (1.0 - self.confidence) / WINDOW_LOOKS)
 
     def to_dict(self) -> dict[str, Any]:
         if self.baseline is None:
@@ -274,6 +291,7 @@ class ConservativeBudget:
                        for a in range(k)] for b in range(k)]
         self._stricter = [frozenset(self._reveals[b]) - {b} for b in range(k)]
         self._z = config.z
+        self._window_z = config.window_z
         self._lock = threading.Lock()
         self._t = 0  # decisions counted into the budget
         self._exact_sum = 0.0  # Σ d over exactly known / deterministically bounded requests
@@ -290,6 +308,8 @@ class ConservativeBudget:
         # baseline reward)
         self._recent: deque[tuple[float, int, float]] = deque()
         self._win_base = 0.0
+        self._reserve = RESERVE  # the largest single-request loss seen, at least RESERVE
+        self._win_lb: float | None = None  # the window's bound, until the next settled request changes it
         # key -> (charge, policy's probabilities, probabilities served, greedy arm, ŝ_baseline, baseline arm)
         self._held: OrderedDict[str, _Held] = OrderedDict()
         self._held_sum = 0.0
@@ -328,6 +348,12 @@ class ConservativeBudget:
         return self._exact_sum + self._estimated(self._n_est, self._worst)
 
     def _window_lower_bound(self) -> float:
+        """:meth:`_window_bound`, computed once per settled request (decisions in between reuse it)."""
+        if self._win_lb is None:
+            self._win_lb = self._window_bound()
+        return self._win_lb
+
+    def _window_bound(self) -> float:
         """LB of the worst run of recent requests: min over the suffixes of the last ``window`` settled ones.
 
         Every suffix, not only the whole window: gains banked early in a window must not pay for losses
@@ -335,7 +361,7 @@ class ConservativeBudget:
         built like :meth:`_estimated`'s (point values, never below a request's worst case; noise in
         quadrature, the means' uncertainty linearly).
         """
-        z = self._z
+        z = self._window_z
         point, var_one, width_one = [], [], []
         for st, s in enumerate(self._samples):
             if self._calibrated[st]:
@@ -363,10 +389,10 @@ class ConservativeBudget:
         return c.max_loss * self._t + c.max_loss_fraction * max(self._baseline_reward, 0.0)
 
     def _window_budget(self) -> float:
-        """The window's budget less :data:`RESERVE`: a charge is an expected loss, and the request in flight
-        can still lose up to the reward range below it."""
+        """The window's budget less the reserve: a charge is an expected loss, and the request in flight can
+        still lose more (up to the largest loss one request has cost, :data:`RESERVE` at least)."""
         c = self.config
-        return c.max_loss * c.window + c.max_loss_fraction * max(self._win_base, 0.0) - RESERVE
+        return c.max_loss * c.window + c.max_loss_fraction * max(self._win_base, 0.0) - self._reserve
 
     def _room(self) -> float:
         room = self._budget() + self._lower_bound()
@@ -569,6 +595,8 @@ class ConservativeBudget:
 
     def _push(self, d: float, stratum: int, rb: float) -> None:
         """Append a settled request to the window (``stratum`` −1: ``d`` exact, else its worst case)."""
+        self._win_lb = None  # this request, and the comparable samples it brought, change the bound
+        self._reserve = max(self._reserve, -d)
         window = self.config.window
         if not window:
             return

@@ -7,7 +7,11 @@ served arm at least as lenient as that arm, and estimated from comparable
 requests otherwise (:mod:`stopbandit.bandit.conservative`). The snapshot is
 loaded once, verified like any other (checksum, signature, arms and features
 must fit this Selector), and never learns; its greedy arm is the baseline
-(a fixed setting does not explore).
+(a fixed setting does not explore). It is read when the Selector opens: a
+store that does not answer then, or a snapshot it does not hold, fails the
+open (no arm could be compared against). Decisions forced past the policy
+(guardrail, overrides) never ask for the snapshot's arm, so the budget books
+them at their worst case.
 """
 
 from __future__ import annotations

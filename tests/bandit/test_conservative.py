@@ -242,3 +242,14 @@ def test_config_from_toml_mapping_keeps_the_exploration_rule():
     cfg = config_from_mapping({"exploration": {"baseline": "careful", "max_loss": 0.02, "window": 500, "audit": 0.2}})
     assert (cfg.conservative.window, cfg.conservative.audit) == (500, 0.2)
     assert cfg.conservative.to_dict()["audit"] == 0.2
+    # the window, looked at on every decision, is bounded at a ten times smaller miss probability
+    assert cfg.conservative.window_z == pytest.approx(2.5758, abs=1e-3) and cfg.conservative.z < 1.65
+
+
+def test_window_reserve_grows_to_the_largest_single_loss():
+    # at a large λ one lenient run can cost several reward units: the window keeps that much back
+    b = budget(0.01)
+    assert b.state().window_budget == pytest.approx(0.01 * 1000 - 1.0)
+    b.shape("big", [1.0, 0.0, 0.0, 0.0], [0.5, 0.6, 0.6, 0.6])
+    b.settle("big", 0, -4.5, 1.0, {0: -4.5, B: 0.5}, {0: 1.0, B: 1.0})  # full, 5 reward units below careful
+    assert b.state().window_budget == pytest.approx(0.01 * 1000 - 5.0)
