@@ -5,6 +5,7 @@ used by two threads at once.
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing as mp
 import sys
@@ -38,16 +39,25 @@ def _serve_process(url: str, proc: int, spill: str, out: str) -> None:
     versions: Counter[str] = Counter()
     lock = threading.Lock()
 
+    swapped = threading.Event()  # a decision served by a snapshot the learner published
+    deadline = time.monotonic() + 60.0
+
     def worker(t: int) -> None:
         rng = np.random.default_rng(proc * 100 + t)
         try:
-            for i in range(PER_THREAD):
+            # at least PER_THREAD requests, and on until the process serves a published snapshot (a loaded
+            # machine can start this process and finish PER_THREAD requests before the learner publishes)
+            for i in itertools.count():
+                if i >= PER_THREAD and (swapped.is_set() or time.monotonic() > deadline):
+                    break
                 cell = CELLS[i % len(CELLS)]
                 d = sel.choose(prompt(rng, cell), domain=cell[0], request_id=f"p{proc}-t{t}-{i}")
                 em, tokens = outcome(rng, cell, d.arm.name)
                 sel.reward(d.decision_id, em=em, tokens=tokens)
                 with lock:
                     versions[d.policy_version] += 1
+                if not d.policy_version.startswith(("fresh-", "ckpt-")):
+                    swapped.set()
                 if i % 10 == 0:
                     time.sleep(0.01)  # spread the work over the learner's snapshots
         except BaseException as exc:  # noqa: BLE001 - reported to the parent
@@ -138,7 +148,8 @@ def test_processes_threads_learner_and_hot_swaps(db_url, tmp_path):
     local.close()
     learner.close()
 
-    expected = 2 * THREADS * PER_THREAD + served[0] + served[1] + served[2]
+    assert all(sum(r["versions"].values()) >= THREADS * PER_THREAD for r in results)
+    expected = sum(sum(r["versions"].values()) for r in results) + served[0] + served[1] + served[2]
     store = ReplayStore(db_url)
     c = store.counts()
     assert c["decisions"] == c["outcomes"] == expected
