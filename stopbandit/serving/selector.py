@@ -18,7 +18,9 @@ Guarantees on the serving path:
 * ``durable=True``: ``choose`` and ``reward`` return only once their row is
   committed, or fsync'd to the spill while the store is down, so a crash
   (``kill -9``) loses nothing acknowledged. Otherwise a crash loses at most the
-  rows accepted within the last ``store.flush_interval`` (plus one commit);
+  rows accepted within the last ``store.flush_interval`` plus one commit while
+  the writer keeps up, and never rows older than ``store.timeout`` plus one
+  commit (a writer that falls that far behind spills its queue);
 * λ changes (here or from any process, via the store) apply to the next
   ``choose``; other processes pick them up within ``follow_interval``;
 * a newer snapshot in the store is loaded off the request path and swapped in
