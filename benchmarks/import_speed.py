@@ -166,6 +166,12 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--obp", action="store_true", help="also time Open Bandit Pipeline on the same file (needs obp)")
     args = ap.parse_args()
+    if args.obp:
+        try:
+            import obp.ope  # noqa: F401 - checked before the long import, not used here
+        except ImportError as exc:
+            sys.exit(f"--obp needs Open Bandit Pipeline ({exc}): pip install --no-deps obp==0.4.1 && "
+                     "pip install scikit-learn pandas seaborn")
 
     from stopbandit.bandit.arms import arms_from_config
     from stopbandit.replay import migrate
