@@ -250,6 +250,7 @@ class SpillFile:
         self.replay_path = self.path.with_name(self.path.name + ".replay")
         self._live_lines = self._live_bytes = 0
         self._replay_lines = self._replay_bytes = 0
+        self._taken = self._done = 0  # live files moved aside for replay, and replays finished (see replay_target)
         self.max_backlog = 0
         # the open live file: bytes written to it, and of those the bytes known fsync'd
         self._fd: int | None = None
@@ -444,6 +445,7 @@ class SpillFile:
             if self._live_lines:
                 self._close_live()
                 os.replace(self.path, self.replay_path)
+                self._taken += 1
                 self._replay_lines, self._replay_bytes = self._live_lines, self._live_bytes
                 self._live_lines = self._live_bytes = 0
                 return self.replay_path
@@ -458,6 +460,20 @@ class SpillFile:
         with self._lock:
             self.replay_path.unlink(missing_ok=True)
             self._replay_lines = self._replay_bytes = 0
+            self._done = self._taken
+
+    def replay_target(self) -> int:
+        """A mark that :meth:`replayed_through` passes once every row appended so far has been replayed.
+
+        Files are replayed whole and in order: rows in the live file are done
+        when the replay after the next take finishes; rows in the file being
+        replayed, when that replay finishes.
+        """
+        with self._lock:
+            return self._taken + (1 if self._live_lines else 0)
+
+    def replayed_through(self, target: int) -> bool:
+        return self._done >= target
 
 
 _NAME = re.compile(r"\.(\d+-[0-9a-f]{8})\.jsonl(?:\.replay|\.lock)?$")

@@ -336,7 +336,11 @@ class BatchWriter(Commits, Replays):
 
     # -- control ----------------------------------------------------------------
     def flush(self, timeout: float | None = 30.0) -> bool:
-        """Wait until everything submitted before this call is in the database or the (fsync'd) spill.
+        """Wait until everything submitted before this call is in the database (the store down: the fsync'd spill).
+
+        True once those rows are safe: committed, or fsync'd to the spill;
+        rows spilled while the store answers (the writer fell behind) are
+        also waited for in the database, up to ``timeout``.
 
         Exact, and it returns under continuous traffic: a marker is queued
         behind the rows submitted before the call (the queue is FIFO) and the
@@ -365,7 +369,28 @@ class BatchWriter(Commits, Replays):
         if not self._direct_lock.acquire(timeout=-1 if left is None else left):  # an overflow row being spilled
             return False
         self._direct_lock.release()
-        return self.spill.sync(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if not self.spill.sync(None if deadline is None else max(0.0, deadline - time.monotonic())):
+            return False
+        self._await_replay(deadline)
+        return True
+
+    def _await_replay(self, deadline: float | None) -> None:
+        """While the store is up, wait (until ``deadline``) for the replay of rows spilled so far.
+
+        Rows reach the spill with the store up when the writer fell behind
+        (``overloads``) or a backlog was still being replayed: a caller that
+        flushes and then reads the store expects them there. Only the rows
+        spilled up to now are waited for, so this returns under continuous
+        traffic too. While the store is down the spill is where they stay.
+        """
+        if not self.spill.has_backlog():
+            return
+        target = self.spill.replay_target()
+        while self._store_ok and self._thread.is_alive() and not self.spill.replayed_through(target):
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            self._wake.set()
+            time.sleep(0.01)
 
     def drain(self, timeout: float = 30.0) -> bool:
         """Wait until everything submitted so far is in the database: queue empty and spill replayed.

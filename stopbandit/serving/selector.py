@@ -621,7 +621,7 @@ class Selector(RewardPath):
         )
 
     def flush(self, timeout: float = 30.0) -> bool:
-        """Wait until every row so far is in the store or the spill, and every λ change so far is stored."""
+        """Wait until every row so far is in the store (the store down: the spill), and every λ change so far is stored."""
         deadline = time.monotonic() + timeout
         ok = self.writer.flush(timeout)
         return self._lambdas.flush(max(deadline - time.monotonic(), 0.0)) and ok
