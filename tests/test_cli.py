@@ -182,8 +182,8 @@ def test_demo_reports_baseline_budget_verdict_and_domain_choice(tmp_path):
     r = invoke("demo", "--db", url, "--requests", "400", "--plot", str(png), "--json")
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
-    assert out["lam"] == 0.3 and out["baseline"] == "careful" and out["max_loss"] == 0.01
-    assert out["budget"]["baseline"] == "careful" and out["budget"]["budget"] == pytest.approx(0.01 * 400)
+    assert out["lam"] == 0.5 and out["baseline"] == "balanced" and out["max_loss"] == 0.01
+    assert out["budget"]["baseline"] == "balanced" and out["budget"]["budget"] == pytest.approx(0.01 * 400)
     assert out["budget"]["spent"] >= 0.0
     assert out["verdict"].startswith(("win:", "no win:")) and "oracle's headroom" in out["reason"]
     assert set(out["domain_choice"]) == {"code", "math", "science", "trivia"}
@@ -199,9 +199,34 @@ def test_demo_reports_baseline_budget_verdict_and_domain_choice(tmp_path):
     human = invoke("demo", "--db", f"sqlite:///{tmp_path / 'demo2.db'}", "--requests", "300", "--plot",
                    str(png))
     assert human.exit_code == 0
-    for text in ("Baseline: careful", "budget: give up at most 0.01", "spent:", "Verdict:", "Reason:",
+    for text in ("Baseline: balanced", "budget: give up at most 0.01", "spent:", "Verdict:", "Reason:",
                  "arm served per domain"):
         assert text in human.output.replace("\n", " "), text
+
+
+@pytest.mark.slow
+def test_demo_at_its_defaults_wins_against_the_best_static_arm_within_the_budget(tmp_path):
+    """`stopbandit demo` with no options but the store: 20,000 requests at the demo's λ against its baseline.
+
+    The reward served over all requests, exploration included, is ahead of the best static arm in hindsight
+    by more than the 95 % interval of the paired difference, the baseline, the budget and what the lower bound
+    spent of it are reported, and the served reward is within the budget of the baseline's.
+    """
+    from stopbandit.demo import DEMO_BASELINE, DEMO_LAM
+
+    r = invoke("demo", "--db", f"sqlite:///{tmp_path / 'demo.db'}", "--plot", str(tmp_path / "c.png"), "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert (out["requests"], out["lam"], out["baseline"], out["max_loss"]) == (20_000, DEMO_LAM, DEMO_BASELINE, 0.01)
+    best = next(row for row in out["rows"] if row["name"].startswith("best static in hindsight"))
+    assert best["name"] == f"best static in hindsight ({out['best_static']})"
+    gap = out["served_reward"] - best["reward"]
+    ci = float(re.search(r"95% interval of the difference ±([0-9.]+)", out["reason"]).group(1))
+    assert out["verdict"].startswith("win:") and gap > ci, (gap, ci, out["verdict"], out["reason"])
+    budget = out["budget"]
+    assert budget["baseline"] == DEMO_BASELINE and budget["budget"] == pytest.approx(0.01 * 20_000)
+    assert 0.0 <= budget["spent"] <= budget["budget"]
+    assert out["served_reward"] - out["baseline_reward"] >= -0.01
 
 
 def test_demo_baseline_none_and_unknown(tmp_path):
