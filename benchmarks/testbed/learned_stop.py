@@ -37,7 +37,9 @@ Per λ:
 Features' information, on the test split's probes: how well ``p_now`` (the
 learned rule's estimate that the trial answer is right) and the raw
 confidence alone (what DEER reads) predict "trial answer correct": AUC, and
-log-loss against the constant base rate.
+log-loss against the constant base rate; and the same on the probes whose
+confidence is below 0.95 (``band_*``: where a near-certainty DEER threshold
+thinks on, so where a rule that beats it must find the answers already right).
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ FIXED = (FULL,) + DEER + AGREE + BUDGET
 FAMILIES = {"DEER": DEER, "agreement": AGREE, "budget": BUDGET}
 KAPPAS = (0.0,) + tuple(float(k) for k in np.geomspace(0.002, 50.0, 60))
 CURVE = tuple(Arm(f"k{i}", 1.01, 0, 0, k) for i, k in enumerate(KAPPAS))
+BAND = 0.95
 STOP_POINTS = tuple(Arm(f"stop{c}", 1.01, c) for c in range(8, 64, 8)) + (FULL,)
 
 
@@ -134,6 +137,13 @@ def one(decoder, seed: int, n_train: int, n_test: int, lambdas, scale: float, n_
                    "auc_p_now": auc(p_now, y), "auc_p_now_no_context": auc(p_bare, y), "auc_confidence": auc(conf, y),
                    "logloss_const": logloss(np.full(y.size, base), y), "logloss_p_now": logloss(p_now, y),
                    "logloss_p_now_no_context": logloss(p_bare, y)}
+    low = conf < BAND  # the probes where a near-certainty DEER threshold thinks on: where a better rule must find
+    out["info"].update({"band_probes": float(low.mean()), "band_base_rate": float(y[low].mean()),
+                        "band_auc_p_now": auc(p_now[low], y[low]), "band_auc_confidence": auc(conf[low], y[low]),
+                        "band_share_p_now_ge_0.95": float((p_now[low] >= BAND).mean()),
+                        "band_em_p_now_ge_0.95": float(y[low & (p_now >= BAND)].mean()) if (low & (p_now >= BAND)).any()
+                        else float("nan"),
+                        "em_confidence_ge_0.95": float(y[~low].mean()) if (~low).any() else float("nan")})
     # exact outcomes of the fixed rules and stop points (λ-free)
     fx = evaluate(traces[te], refs[te], FIXED + STOP_POINTS)
     assert fx.known.all()
