@@ -202,6 +202,9 @@ def one(calibration: str, seed: int, n_train: int, n_test: int, lambdas, bandit:
     c_em, c_tok = curves["graded"]
     ok = c_em.mean(axis=0) >= full_em - 0.005
     head["learned"] = max(head["learned"], float((1.0 - c_tok.mean(axis=0)[ok] / full_tok).max()))
+    a_em, a_tok = curves["agreement"]
+    ok = a_em.mean(axis=0) >= full_em - 0.005
+    head["learned (agreement labels)"] = float((1.0 - a_tok.mean(axis=0)[ok] / full_tok).max())
     o = evaluate(traces[te], refs[te], MATCHED)
     out["matched"] = {}
     for j, a in enumerate(MATCHED):
@@ -271,7 +274,7 @@ def main() -> None:
                 names = "/".join(sorted({x["rule"] for x in fr}))
                 rew = statistics.mean(x["reward"] for x in fr)
                 print(f"{lam:<5g}{f:<11}{names:>12}{rew:>9.4f}{cells[0]:>30}{cells[1]:>32}")
-        for f in FAMILIES:
+        for f in (*FAMILIES, "learned (agreement labels)"):
             v = [r["head"][f] for r in res]
             print(f"  most saved at EM ≥ full − 0.5 pts, {f:<10}: {statistics.mean(v):.1%} ± {statistics.pstdev(v):.1%}"
                   f" (per seed {', '.join(f'{x:.1%}' for x in v)})")
