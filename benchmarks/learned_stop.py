@@ -147,6 +147,7 @@ def one(calibration: str, seed: int, n_train: int, n_test: int, lambdas, bandit:
     cells = _cells(reqs, domains, edges)
     out = {"lam": {}}
     full_em = full_tok = None
+    g_em, g_tok = _curve(rule, traces[te], refs[te], ctx[te])
     for lam in lambdas:
         ev = {}
         for part, sl in (("train", tr), ("test", te)):
@@ -169,10 +170,18 @@ def one(calibration: str, seed: int, n_train: int, n_test: int, lambdas, bandit:
         pick = {c: int(r_tr[c_tr == c].mean(axis=0).argmax()) for c in np.unique(c_tr)}
         table = np.mean([reward[i, pick.get(c_te[i], 0)] for i in range(len(c_te))])
         oracle = reward.max(axis=1).mean()
+        fam = {}
+        for f, arms in FAMILIES.items():
+            if f == "learned":
+                continue
+            j = max((col[a.name] for a in arms), key=lambda k: mean[k])
+            fam[f] = {"rule": ALL[j].name, "reward": float(mean[j]),
+                      "diff_reward": reward[:, col[lvl.name]] - reward[:, j],
+                      "diff_em": _at_tokens(g_em, g_tok, tok[:, j].mean()) - em[:, j]}
         out["lam"][lam] = dict(best, best_fixed=best_fixed, cell_hindsight=float(cell_hind), learned=float(learned),
                                level=lvl.learned, table=float(table), oracle=float(oracle),
                                closed=float((learned - best_fixed) / (oracle - best_fixed)),
-                               diff=(reward[:, col[lvl.name]] - reward[:, int(np.argmax(mean[:nf]))]))
+                               diff=(reward[:, col[lvl.name]] - reward[:, int(np.argmax(mean[:nf]))]), families=fam)
     # headline: most tokens saved at EM within 0.5 points of full, per family (test requests, λ-free families;
     # learned levels at every λ of the run)
     head = {}
@@ -193,6 +202,9 @@ def one(calibration: str, seed: int, n_train: int, n_test: int, lambdas, bandit:
     c_em, c_tok = curves["graded"]
     ok = c_em.mean(axis=0) >= full_em - 0.005
     head["learned"] = max(head["learned"], float((1.0 - c_tok.mean(axis=0)[ok] / full_tok).max()))
+    a_em, a_tok = curves["agreement"]
+    ok = a_em.mean(axis=0) >= full_em - 0.005
+    head["learned (agreement labels)"] = float((1.0 - a_tok.mean(axis=0)[ok] / full_tok).max())
     o = evaluate(traces[te], refs[te], MATCHED)
     out["matched"] = {}
     for j, a in enumerate(MATCHED):
@@ -247,7 +259,22 @@ def main() -> None:
             print(f"{lam:<5g}" + "".join(f"{c:>16}" for c in cells)
                   + f"{statistics.mean(cl):>8.2f}±{statistics.pstdev(cl):.2f}"
                   + f"   {d.mean():+.4f} [{d.mean() - half:+.4f}, {d.mean() + half:+.4f}] levels {levels}")
-        for f in FAMILIES:
+        print(f"\n{cal}: the learned rule (level picked on the training requests) against the best rule of each "
+              "fixed family at λ (picked in hindsight on the test requests); Δ pooled over seeds, normal 95% CI")
+        print(f"{'λ':<5}{'family':<11}{'best rule':>12}{'reward':>9}{'Δ reward [95% CI]':>30}"
+              f"{'Δ EM at its tokens [95% CI]':>32}")
+        for lam in args.lambdas:
+            for f in ("deer", "agreement", "budget"):
+                fr = [r["lam"][lam]["families"][f] for r in res]
+                cells = []
+                for key in ("diff_reward", "diff_em"):
+                    d = np.concatenate([x[key] for x in fr])
+                    half = 1.96 * d.std(ddof=1) / np.sqrt(d.size)
+                    cells.append(f"{d.mean():+.4f} [{d.mean() - half:+.4f}, {d.mean() + half:+.4f}]")
+                names = "/".join(sorted({x["rule"] for x in fr}))
+                rew = statistics.mean(x["reward"] for x in fr)
+                print(f"{lam:<5g}{f:<11}{names:>12}{rew:>9.4f}{cells[0]:>30}{cells[1]:>32}")
+        for f in (*FAMILIES, "learned (agreement labels)"):
             v = [r["head"][f] for r in res]
             print(f"  most saved at EM ≥ full − 0.5 pts, {f:<10}: {statistics.mean(v):.1%} ± {statistics.pstdev(v):.1%}"
                   f" (per seed {', '.join(f'{x:.1%}' for x in v)})")

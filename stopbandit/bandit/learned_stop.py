@@ -176,7 +176,8 @@ class LearnedStop:
         self.context_size, self.label, self.l2, self.rows = context_size, label, float(l2), int(rows)
         width = len(PROBE_FEATURES) + context_size
         w = {k: np.zeros(width) for k in ("now", "end", "rest")}
-        w["end"][0] = 1.0 if label == "agreement" else 0.0
+        # agreement labels: the final answer agrees with itself, so p_end is 1 (the logit at the clip, σ(30))
+        w["end"][0] = 30.0 if label == "agreement" else 0.0
         w["rest"][0] = 6.0
         if weights is not None:
             for k in w:

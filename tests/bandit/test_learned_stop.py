@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from stopbandit.bandit.arms import Arm, ArmSet
-from stopbandit.bandit.learned_stop import LearnedInputs, LearnedStop, StopData
+from stopbandit.bandit.learned_stop import PROBE_FEATURES, LearnedInputs, LearnedStop, StopData
 from stopbandit.bandit.snapshot import pack, stop_rule_of
 from stopbandit.bandit.stop_eval import evaluate, stop_data
 from stopbandit.bandit.stoprule import ProbeBatch, stop_reason, stops
@@ -144,3 +144,21 @@ def test_stored_state_is_bounded_and_the_precision_round_trips():
     gap = np.abs(seq.w["now"] - both.w["now"]).max()
     forget = LearnedStop(ctx.shape[1]).fit(part(slice(half, None)))  # the second batch alone
     assert gap < 0.5 * np.abs(forget.w["now"] - both.w["now"]).max()
+
+
+def test_agreement_rule_reads_the_end_as_certain():
+    """With agreement labels the final answer is right by construction: p_end is 1 before and after fitting,
+    so the rule's gain is exactly the chance that the trial answer is not yet the final one."""
+    rule = LearnedStop(0, "agreement")
+    x = np.zeros((20, len(PROBE_FEATURES)))
+    x[:, 0] = 1.0
+    assert rule.estimates(x)[1] == pytest.approx(np.ones(20), abs=1e-9)
+    now = np.array([1.0] * 17 + [0.0] * 3)
+    rule.fit(StopData(x, now, np.ones(20), np.full(20, 6.0)))
+    p_now, p_end, rest = rule.estimates(x)
+    assert p_end == pytest.approx(np.ones(20), abs=1e-9)
+    assert 0.75 < p_now[0] < 0.95
+    # a trial answer that is the final one 17 times in 20 does not stop a run whose rest is free (λ = 0) ...
+    assert not rule.fires(x, np.array([1.0]), 0.0, 1000.0).any()
+    # ... and does once the rest costs more than the 1 − p_now it would gain
+    assert rule.fires(x, np.array([1.0]), 1.0, rest[0] / (2.0 * (1.0 - p_now[0]))).all()
