@@ -158,6 +158,17 @@ def sqlite_insert_floor(db: str, path: str, arms) -> float:
     return spent
 
 
+def print_summary(out: dict, as_json: bool, ok: bool) -> None:
+    """Print ``out`` as one JSON line or as aligned ``key: value`` lines; exit 1 when the check failed."""
+    if as_json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print(f"{k:>32}: {v}")
+    if not ok:
+        sys.exit(1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=200_000)
@@ -233,13 +244,7 @@ def main() -> None:
         out.update({"obp_s": round(t_obp, 2), "obp_ips_snips": [obp_ips, obp_snips],
                     "import_plus_evaluate_over_obp": round((t_import + t_eval) / t_obp, 1),
                     "evaluate_over_obp": round(t_eval / t_obp, 2)})
-    if args.json:
-        print(json.dumps(out))
-    else:
-        for k, v in out.items():
-            print(f"{k:>32}: {v}")
-    if not agree:
-        sys.exit(1)
+    print_summary(out, args.json, agree)
 
 
 if __name__ == "__main__":

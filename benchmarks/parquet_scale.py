@@ -26,7 +26,6 @@ same per-event cost, and leaves out reading from remote storage.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -53,7 +52,7 @@ def main() -> None:
 
     import ray
 
-    from import_speed import write_csv
+    from import_speed import print_summary, write_csv
     from stopbandit.bandit.arms import arms_from_config
     from stopbandit.replay import migrate
     from stopbandit.replay.candidates import CandidateContext, make_candidate
@@ -119,13 +118,7 @@ def main() -> None:
     out["load_avg_1min"] = round(os.getloadavg()[0], 1)
     out["same_floats"] = same
     out["ips_snips"] = [ref.estimates["ips"]["em"].value, ref.estimates["snips"]["em"].value]
-    if args.json:
-        print(json.dumps(out))
-    else:
-        for k, v in out.items():
-            print(f"{k:>32}: {v}")
-    if not same:
-        sys.exit(1)
+    print_summary(out, args.json, same)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,10 @@
 
 A single trace, a simulated request and the online check are batches of one
 for :func:`stopbandit.bandit.stoprule.stops`; below
-``SCALAR_MAX_CELLS`` probes × arms it evaluates them with a loop over Python
-numbers instead of the array operations. This script times, alternating the
-two forms round by round in the same process (so the machine's load hits
-both alike):
+``SCALAR_MAX_CELLS`` probes × arms it applies the rule (``fires`` and
+``_settle``, written once) to Python numbers, arm by arm, instead of to
+arrays. This script times, alternating the two forms round by round in the
+same process (so the machine's load hits both alike):
 
 * ``kernel``: ``stops()`` on one simulated request's probe grid, all arms;
 * ``sim run``: :func:`stopbandit.sim.run` (one arm on one request, its trace);

@@ -72,7 +72,7 @@ from stopbandit.bandit.delayed import (
     check_default_tokens,
     check_window,
 )
-from stopbandit.bandit.conservative import CONSERVATIVE_KEYS, ConservativeConfig
+from stopbandit.bandit.conservative_config import CONSERVATIVE_KEYS, ConservativeConfig
 from stopbandit.bandit.exploration import Exploration, exploration_from_config
 from stopbandit.bandit.policy import POLICIES, REVEALED_WEIGHTINGS
 from stopbandit.bandit.reward import check_lambda, check_token_scale

@@ -3,8 +3,8 @@
     errors, validation ← features ← bandit ← config ← sim, decoder ← replay ← serving ← control, demo ← serve ← cli
 
 Every import counts, also the ones inside functions (lazy imports still make a
-dependency). A ``cli_commands`` module belongs to the CLI layer, whatever its
-package. The package root re-exports lazily and is not a layer.
+dependency). A ``cli_commands`` module, and the ``cli_support`` helpers of one, belong
+to the CLI layer, whatever their package. The package root re-exports lazily and is not a layer.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def _modules():
 
 def _layer(parts: tuple[str, ...]) -> tuple[str, int]:
     top = parts[0]
-    if parts[-1] == "cli_commands":
+    if parts[-1] in ("cli_commands", "cli_support"):
         return top, CLI
     return top, RANK[top]
 

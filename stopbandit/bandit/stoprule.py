@@ -39,6 +39,7 @@ answer at ``s`` (the probe there, or the run's own final answer).
 
 from __future__ import annotations
 
+import operator
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -232,8 +233,8 @@ def _first_at_or_after(probes: ProbeBatch, x: np.ndarray) -> np.ndarray:
 
 
 SCALAR_MAX_CELLS = 4096
-"""A single run with at most this many probes × arms goes through :func:`_stops_one` (a Python loop):
-below it the loop is cheaper than the fixed cost of the array operations, above it the arrays win."""
+"""A single run with at most this many probes × arms is evaluated over Python numbers (:func:`_stops_one`):
+below it that is cheaper than the fixed cost of the array operations, above it the arrays win."""
 
 
 def _single(x: Any) -> Any:
@@ -257,11 +258,13 @@ def stops(probes: ProbeBatch, arms: Sequence[Arm], horizon: Any, ended: Any,
     ``(P, A)`` masks, reduced per run. ``learned`` is required when an arm has
     a learned rule (its stops depend on the rule, λ and each run's context).
 
-    A single small run without learned arms (up to :data:`SCALAR_MAX_CELLS`
-    probes × arms: one trace, one simulated request, the online check) is
-    evaluated by :func:`_stops_one`, the same rule as a loop over Python
-    numbers, which returns the same arrays without the array operations'
-    fixed cost.
+    The rule is written once: :func:`fires` decides whether a probe stops an
+    arm and :func:`_settle` turns each arm's first firing probe into its stop,
+    answer and tokens, over arrays or over Python numbers alike. A single
+    small run without learned arms (up to :data:`SCALAR_MAX_CELLS` probes ×
+    arms: one trace, one simulated request, the online check) applies them to
+    Python numbers, arm by arm (:func:`_stops_one`), which returns the same
+    arrays without the array operations' fixed cost.
     """
     rules = _rules(tuple(arms))
     if rules.learns and learned is None:
@@ -274,14 +277,52 @@ def stops(probes: ProbeBatch, arms: Sequence[Arm], horizon: Any, ended: Any,
     return _stops_batch(probes, arms, rules, horizon, ended, final_tokens, learned)
 
 
-def _stops_one(probes: ProbeBatch, arms: Sequence[Arm], horizon: int, ended: bool, final_tokens: int) -> Stops:
-    """:func:`stops` on one run, arms without a learned rule: the rule as a loop over Python numbers.
+def _settle(where: Callable[[Any, Any, Any], Any], not_: Callable[[Any], Any], fired: Any, first: Any,
+            offset_fired: Any, reason_fired: Any, cap: Any, cap_int: Any, horizon: Any, ended: Any,
+            final_tokens: Any, pos_of: Callable[[Any], Any], run_end: Any, offsets: Any, tokens: Any, cums: Any,
+            base: Any) -> tuple[Any, Any, Any, Any, Any]:
+    """From each arm's first firing probe (``fired``, ``first``, its offset and reason) to its stop:
+    ``(offset, reason, probe, known, tokens)``.
 
-    Same definitions, step for step, as :func:`_stops_batch` (a test holds the
-    two equal on random and edge-case runs): the first probe under the cap
-    that fires; else the cap (``budget``) or the horizon (``end`` when the
-    reasoning closed there); the answer is the firing probe's, a probe exactly
-    at a budget stop, or the run's own final answer at the horizon.
+    Written with ``&``, ``|``, comparisons, indexing and the given ``where``
+    and ``not_``, so the same lines run elementwise on numpy arrays ``(E, A)``
+    (``np.where``, ``np.logical_not``) and on the Python numbers of one arm
+    (a conditional expression, ``operator.not_``). Without a firing probe the
+    arm stops at its cap (``budget``) when the cap comes before the horizon,
+    or at the horizon itself while the reasoning is still going there, else
+    at the horizon (``end`` when the reasoning closed there; not known
+    otherwise). The answer is the firing probe's, a probe exactly at a budget
+    stop, or the run's own final answer at the horizon.
+
+    ``pos_of(offset)``: the flat index of the run's first probe at or after
+    ``offset`` (``run_end`` when none); ``offsets`` and ``tokens``: the
+    probes' offsets and answer lengths, each followed by one padding entry
+    (an offset no stop has, 0 tokens) so that ``run_end`` and -1 index them;
+    ``cums[j]``: the answer tokens of the flat probes before ``j``; ``base``:
+    ``cums`` at the run's first probe.
+    """
+    budget = not_(fired) & ((cap < horizon) | ((cap == horizon) & not_(ended)))
+    at_end = not_(fired) & not_(budget) & ended
+    offset = where(fired, offset_fired, where(budget, cap_int, horizon))
+    pos = pos_of(offset)
+    probe_at = budget & (pos < run_end) & (offsets[pos] == offset)
+    final_at = (budget & not_(probe_at) & (offset == horizon)) | at_end
+    src = where(fired, first, where(probe_at, pos, -1))
+    spent = offset + (cums[pos] - base) + where(src >= 0, tokens[src], final_tokens)
+    reason = where(fired, reason_fired, where(budget, BUDGET, where(at_end, END, NONE)))
+    return offset, reason, src, fired | probe_at | final_at, spent
+
+
+def _py_where(cond: Any, a: Any, b: Any) -> Any:
+    return a if cond else b
+
+
+def _stops_one(probes: ProbeBatch, arms: Sequence[Arm], horizon: int, ended: bool, final_tokens: int) -> Stops:
+    """:func:`stops` on one run, arms without a learned rule, over Python numbers.
+
+    Per arm: the first probe under the cap at which :func:`fires` holds
+    (offsets are non-decreasing, so the probes under the cap are a prefix),
+    then :func:`_settle` on that arm's numbers.
     """
     off = probes.offset.tolist()
     conf = probes.confidence.tolist()
@@ -291,38 +332,26 @@ def _stops_one(probes: ProbeBatch, arms: Sequence[Arm], horizon: int, ended: boo
     cums = [0]
     for t in ntok:
         cums.append(cums[-1] + t)
-    out_off, out_reason, out_probe, out_known, out_tokens = [], [], [], [], []
+    offsets, tokens = off + [-1], ntok + [0]
+
+    def pos_of(offset: int) -> int:
+        return bisect_left(off, offset)
+
+    rows = []
     for arm in arms:
-        threshold, window, cap = arm.threshold, arm.agreement, arm.cap
-        if window > 0 and streak is None and n:
-            streak = probes.streak.tolist()
+        window = arm.agreement
+        if window > 0 and streak is None:
+            streak = probes.streak.tolist() if n else []
         first, reason = -1, NONE
-        for j in range(n):
-            if not off[j] < cap:
-                continue
-            if conf[j] >= threshold:
-                first, reason = j, CONFIDENCE
+        for j in range(bisect_left(off, arm.cap)):
+            on_conf, on_agree = fires(conf[j], streak[j] if window > 0 else 0, arm.threshold, window)  # type: ignore[index]
+            if on_conf or on_agree:
+                first, reason = j, CONFIDENCE if on_conf else AGREEMENT
                 break
-            if window > 0 and streak[j] >= window:  # type: ignore[index]
-                first, reason = j, AGREEMENT
-                break
-        budget = first < 0 and (cap < horizon or (cap == horizon and not ended))
-        at_end = first < 0 and not budget and ended
-        if first >= 0:
-            offset = off[first]
-        elif budget:
-            offset = arm.max_think_tokens
-        else:
-            offset = horizon
-        pos = bisect_left(off, offset)
-        probe_at = budget and pos < n and off[pos] == offset
-        final_at = (budget and not probe_at and offset == horizon) or at_end
-        src = first if first >= 0 else (pos if probe_at else -1)
-        out_off.append(offset)
-        out_reason.append(reason if first >= 0 else (BUDGET if budget else (END if at_end else NONE)))
-        out_probe.append(src)
-        out_known.append(first >= 0 or probe_at or final_at)
-        out_tokens.append(offset + cums[pos] + (ntok[src] if src >= 0 else final_tokens))
+        fired = first >= 0
+        rows.append(_settle(_py_where, operator.not_, fired, first, off[first] if fired else 0, reason, arm.cap,
+                            arm.max_think_tokens, horizon, ended, final_tokens, pos_of, n, offsets, tokens, cums, 0))
+    out_off, out_reason, out_probe, out_known, out_tokens = zip(*rows) if rows else ((), (), (), (), ())
     return Stops(np.array([out_off], dtype=np.int64), np.array([out_reason], dtype=np.int8),
                  np.array([out_probe], dtype=np.int64), np.array([out_known], dtype=bool),
                  np.array([out_tokens], dtype=np.int64))
@@ -363,22 +392,13 @@ def _stops_batch(probes: ProbeBatch, arms: Sequence[Arm], rules: _Rules, horizon
     else:
         fired = np.zeros((n_ev, n_arms), dtype=bool)
         offset_fired = reason_fired = first = np.zeros((n_ev, n_arms), dtype=np.int64)
-    budget = ~fired & ((rules.cap < horizon) | ((rules.cap == horizon) & ~ended))
-    at_end = ~fired & ~budget & ended
-    offset = np.where(fired, offset_fired, np.where(budget, rules.cap_int, horizon))
-    pos = _first_at_or_after(probes, offset)
-    if n_pr:
-        probe_at = budget & (pos < (start + probes.count)[:, None]) & (off[np.minimum(pos, n_pr - 1)] == offset)
-    else:
-        probe_at = np.zeros((n_ev, n_arms), dtype=bool)
-    final_at = (budget & ~probe_at & (offset == horizon)) | at_end
-    src = np.where(fired, first, np.where(probe_at, pos, -1))
-    extra = np.where(src >= 0, ntok[np.maximum(src, 0)] if n_pr else 0, fin)  # src < n_pr
     cums = np.zeros(n_pr + 1, dtype=np.int64)
     np.cumsum(ntok, out=cums[1:])  # cums[j]: tokens of the flat probes before j
-    tokens = offset + (cums[pos] - cums[start][:, None]) + extra
-    reason = np.where(fired, reason_fired, np.where(budget, BUDGET, np.where(at_end, END, NONE))).astype(np.int8)
-    return Stops(offset, reason, src, fired | probe_at | final_at, tokens)
+    offset, reason, src, known, tokens = _settle(
+        np.where, np.logical_not, fired, first, offset_fired, reason_fired, rules.cap, rules.cap_int, horizon, ended,
+        fin, lambda x: _first_at_or_after(probes, x), (start + probes.count)[:, None], np.append(off, -1),
+        np.append(ntok, 0), cums, cums[start][:, None])
+    return Stops(offset, reason.astype(np.int8), src, known, tokens)
 
 
 def stop_reason(arm: Arm, probes: Sequence[Any], think_tokens: int,

@@ -4,7 +4,8 @@ The click group :data:`replay` is registered on the main CLI with
 ``main.add_command(replay)``. The work behind ``evaluate`` and ``sweep`` is in
 the library functions :func:`stopbandit.replay.evaluation.evaluate` and
 :func:`~stopbandit.replay.evaluation.sweep_log`; the commands only resolve
-options, call them and print.
+options, call them and print; the option resolution and printing they share
+are in :mod:`stopbandit.replay.cli_support`.
 
 Resolution of what a command evaluates with:
 
@@ -20,29 +21,34 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import replace
 
 import click
 
-from stopbandit.bandit.arms import ArmSet
 from stopbandit.clikit import DB_HELP, console, err_console, table
 from stopbandit.clikit import emit_json as _emit_json
 from stopbandit.clikit import user_errors as _user_errors
 from stopbandit.errors import ConfigError, InputError
-from stopbandit.replay.candidates import (
-    CandidateContext,
-    HeadsModel,
-    default_model,
-    make_candidate,
-    resolve_arms,
-    resolve_lambda,
-    snapshot_meta,
+from stopbandit.replay.candidates import CandidateContext, HeadsModel, default_model, make_candidate
+from stopbandit.replay.cli_support import (
+    FEW_ESS,
+    HEAVY_WEIGHT,
+    ci_cell,
+    common_options,
+    counts_table,
+    exact_reports,
+    cell,
+    included_statuses,
+    print_calibration,
+    print_exact,
+    print_warnings,
+    setup,
+    stop_rule,
+    window,
 )
 from stopbandit.replay.evaluation import evaluate, has_traces, parse_estimators, sweep_log
 from stopbandit.replay.interchange import export_events, import_events
-from stopbandit.replay.logreader import LogCounts, require_events
+from stopbandit.replay.logreader import require_events
 from stopbandit.replay.accumulator import clip_interval
 from stopbandit.replay.ope import ESTIMATORS, Estimate
 from stopbandit.replay.options import DEFAULT_CHUNK, ReplayOptions
@@ -50,162 +56,6 @@ from stopbandit.replay.store import ReplayStore
 from stopbandit.replay.times import iso_time, parse_time
 
 METRIC_TITLES = {"em": "EM", "tokens": "tokens", "reward": "reward"}
-
-
-# --------------------------------------------------------------------------- CLI plumbing
-
-
-@dataclass
-class _Setup:
-    store: ReplayStore
-    arms: ArmSet
-    arms_source: str
-    meta: dict[str, Any] | None
-    config: Any  # SelectorConfig | None
-    lam: float
-    lam_source: str
-    token_scale: float
-
-
-def _setup(url: str | None, config_path: str | None, policy: str | None, lam: float | None,
-           token_scale: float | None) -> _Setup:
-    from stopbandit.config import load_config
-
-    cfg = load_config(config_path) if config_path else None
-    store = ReplayStore(url)
-    meta = snapshot_meta(store, policy)
-    arms, arms_source = resolve_arms(cfg.arms if cfg is not None else None, meta, store.arms())
-    lam_v, lam_source = resolve_lambda(lam, store, meta, cfg.lam if cfg is not None else 0.2)
-    if lam_v < 0 or lam_v != lam_v:
-        raise ConfigError(f"--lam must be a number >= 0, got {lam_v!r}")
-    if token_scale is None:
-        if cfg is not None:
-            token_scale = cfg.token_scale
-        elif meta is not None and isinstance(meta.get("token_scale"), (int, float)):
-            token_scale = float(meta["token_scale"])
-        else:
-            token_scale = 1000.0
-    if not token_scale > 0:
-        raise ConfigError(f"--token-scale must be > 0, got {token_scale!r}")
-    return _Setup(store, arms, arms_source, meta, cfg, lam_v, lam_source, float(token_scale))
-
-
-def _include(include_defaulted: bool, include_late: bool) -> tuple[str, ...]:
-    return ("ok",) + (("defaulted",) if include_defaulted else ()) + (("late",) if include_late else ())
-
-
-def _window(since: str | None, until: str | None) -> tuple[float | None, float | None]:
-    s, u = parse_time(since, field="--since"), parse_time(until, field="--until")
-    if s is not None and u is not None and u <= s:
-        raise ConfigError(f"--until ({until}) must be after --since ({since})")
-    return s, u
-
-
-def _fmt(metric: str, v: float) -> str:
-    if v != v:
-        return "n/a"
-    return f"{v:,.1f}" if metric == "tokens" else f"{v:.4f}"
-
-
-def _ci(metric: str, e: Estimate) -> str:
-    return f"[{_fmt(metric, e.ci_low)}, {_fmt(metric, e.ci_high)}]"
-
-
-def _counts_table(counts: LogCounts, title: str = "events"):
-    c = counts
-    return table(title, ["events", "used", "ok", "defaulted", "late", "excluded", "traced"],
-                 [[c.events, c.used, c.ok, c.defaulted, c.late, c.excluded, c.traced]])
-
-
-HEAVY_WEIGHT = 100.0
-"""A sweep row whose largest importance weight reaches this is flagged: a handful of events decide it."""
-FEW_ESS = 30.0
-"""A sweep row with fewer effective events than this is flagged even when they are a large share of the log."""
-
-
-def _print_calibration(calibration: dict[str, Any] | None, title: str) -> None:
-    """Brier score and reliability table of a model's P(EM) (``raw``: before its recalibration)."""
-    from stopbandit.replay.calibration import reliability_rows
-
-    if not calibration:
-        return
-    for which, label in (("raw", "heads, uncalibrated"), ("model", "calibrated" if "raw" in calibration else "heads")):
-        rep = calibration.get(which)
-        if rep is None or not rep["events"]:
-            continue
-        console.print(table(f"{title} ({label}): Brier {rep['brier']:.5f}, mean P {rep['mean_prediction']:.4f} vs "
-                            f"mean EM {rep['mean_em']:.4f}", ["P bin", "events", "mean P", "mean EM"],
-                            reliability_rows(rep)))
-
-
-def _print_warnings(lines: Sequence[str]) -> None:
-    from rich.markup import escape
-
-    for w in lines:
-        console.print(f"[bold yellow]WARNING[/] {escape(w)}")
-
-
-def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
-    opts = [
-        click.option("--db", "url", envvar="STOPBANDIT_DB", help=DB_HELP),
-        click.option("--config", "config_path", type=click.Path(dir_okay=False),
-                     help="Selector TOML config ([[arms]], token_scale, exploration, features)."),
-        click.option("--include-defaulted", is_flag=True,
-                     help="Also estimate on events whose reward was defaulted (excluded by default)."),
-        click.option("--include-late", is_flag=True, help="Also estimate on events whose reward arrived late."),
-        click.option("--chunk", type=click.IntRange(100, 200_000), default=DEFAULT_CHUNK, show_default=True,
-                     help="Events per chunk read (memory is bounded by it)."),
-        click.option("--no-progress", is_flag=True, help="Never show the progress bar (stderr)."),
-        click.option("--jobs", type=click.IntRange(1, 64), default=None,
-                     help="Worker processes (default: chosen after the first 50,000 outcome ids from what they "
-                          "cost and the idle cores, up to 8)."),
-        click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
-    ]
-    for opt in reversed(opts):
-        fn = opt(fn)
-    return fn
-
-
-def _stop_rule(meta: dict[str, Any] | None) -> Any:
-    from stopbandit.bandit.snapshot import stop_rule_of
-
-    rule = stop_rule_of(meta) if meta is not None else None
-    return rule if rule is not None and rule.trained else None
-
-
-def _exact(s: _Setup, options: ReplayOptions, lams: Sequence[float]) -> list[dict[str, Any]]:
-    """The exact trace evaluation of every stop rule (the arms, the snapshot's learned rule) at each λ."""
-    from stopbandit.replay.stop_rules import exact_stop_rules, stop_rule_arms, traced_events
-
-    events = traced_events(s.store, options)
-    if events.n == 0:
-        return []
-    rule = _stop_rule(s.meta)
-    arms = stop_rule_arms(s.arms, rule)
-    return [exact_stop_rules(events, arms, lam=lam, token_scale=s.token_scale, rule=rule).to_dict() for lam in lams]
-
-
-def _print_exact(reports: Sequence[dict[str, Any]]) -> None:
-    """One table: per stop rule (learned ones per λ), exact EM / tokens / reward on the common and revealed events."""
-    if not reports:
-        return
-    first = reports[0]
-    rows = []
-    for rep in reports:
-        for r in rep["rules"]:
-            learned = bool(r["arm"].get("learned"))
-            if rep is not first and not learned:
-                continue  # a fixed rule does not depend on λ: shown once
-            c, v = r["common_on"], r["revealed_on"]
-            rows.append([r["rule"], f"{rep['lam']:g}" if learned else "any",
-                         _fmt("em", c["em"]["mean"]), f"[{_fmt('em', c['em']['ci_low'])}, {_fmt('em', c['em']['ci_high'])}]",
-                         _fmt("tokens", c["tokens"]["mean"]), _fmt("reward", c["reward"]["mean"]),
-                         f"{r['revealed']:,}", _fmt("em", v["em"]["mean"]), _fmt("tokens", v["tokens"]["mean"])])
-    console.print(table(f"stop rules, EXACT off the probe traces ({first['graded_events']:,} graded traced events, "
-                        f"{first['common_events']:,} reveal every rule; reward at λ = {first['lam']:g} for fixed rules)",
-                        ["rule", "λ", "EM (common)", "95% CI", "tokens (common)", "reward (common)", "revealed",
-                         "EM (revealed)", "tokens (revealed)"], rows))
-    console.print(first["note"])
 
 
 # --------------------------------------------------------------------------- the group
@@ -217,7 +67,7 @@ def replay() -> None:
 
 
 @replay.command("evaluate")
-@_common
+@common_options
 @click.option("--policy", default="latest", show_default=True,
               help="latest | current | <snapshot version> | arm:NAME | uniform | logging.")
 @click.option("--estimators", default="auto", show_default=True,
@@ -237,18 +87,18 @@ def evaluate_cmd(url, config_path, include_defaulted, include_late, chunk, no_pr
                  estimators,
                  lam, token_scale, explore, model_version, since, until, alpha) -> None:
     """Off-policy estimates of a candidate policy's EM, tokens and reward, with intervals and diagnostics."""
-    s = _setup(url, config_path, policy, lam, token_scale)
-    since_ts, until_ts = _window(since, until)
+    s = setup(url, config_path, policy, lam, token_scale)
+    since_ts, until_ts = window(since, until)
     names = parse_estimators(estimators, traced=has_traces(s.store))
     cand = make_candidate(policy, CandidateContext(s.store, s.arms, s.lam, explore))
     model = default_model(s.store, s.arms, cand, model_version)
-    options = ReplayOptions(include=_include(include_defaulted, include_late), since=since_ts, until=until_ts,
+    options = ReplayOptions(include=included_statuses(include_defaulted, include_late), since=since_ts, until=until_ts,
                             alpha=alpha, chunk=chunk, progress=False if no_progress else None, jobs=jobs)
-    rule = _stop_rule(s.meta)
+    rule = stop_rule(s.meta)
     ev = evaluate(s.store, s.arms, cand, names, lam=s.lam, token_scale=s.token_scale, model=model, options=options,
                   stop=None if rule is None else (rule, s.lam, s.token_scale))
     ev.notes.update({"arms_from": s.arms_source, "lam_from": s.lam_source})
-    exact = _exact(s, options, [s.lam])
+    exact = exact_reports(s, options, [s.lam])
     if as_json:
         _emit_json({**ev.to_dict(), "exact_stop_rules": exact[0] if exact else None})
         return
@@ -262,22 +112,23 @@ def evaluate_cmd(url, config_path, include_defaulted, include_late, chunk, no_pr
               f"{ev.counts.used:,} events in {ev.seconds:.1f} s ({ev.jobs} process{'es' if ev.jobs > 1 else ''})")
     level = f"{100 * (1 - alpha):g}% CI (normal)"
     for metric in ("em", "tokens", "reward"):
-        rows = [["logging policy (on-policy)", _fmt(metric, ev.logging[metric].value), _ci(metric, ev.logging[metric]),
+        rows = [["logging policy (on-policy)", cell(metric, ev.logging[metric].value),
+                 ci_cell(metric, ev.logging[metric]),
                  f"{ev.logging[metric].ess:,.0f}", "1", "0.0%", ""]]
         for name in names:
             e = ev.estimates.get(name, {}).get(metric)
             if e is None:
                 rows.append([name, "skipped", "", "", "", "", ""])
                 continue
-            rows.append([e.estimator, _fmt(metric, e.value), _ci(metric, e), f"{e.ess:,.1f}", f"{e.max_weight:.3g}",
+            rows.append([e.estimator, cell(metric, e.value), ci_cell(metric, e), f"{e.ess:,.1f}", f"{e.max_weight:.3g}",
                          f"{100 * e.unsupported_share:.1f}%",
                          f"{100 * e.fallback_share:.1f}%" if name.startswith("graph") else ""])
         title = METRIC_TITLES[metric] + (f" at λ={ev.lam:g}" if metric == "reward" else "")
         console.print(table(title, ["estimator", "value", level, "ESS", "max weight", "unsupported", "no trace"], rows))
-    console.print(_counts_table(ev.counts))
-    _print_exact(exact)
-    _print_calibration(ev.calibration, f"DM/DR model {ev.model}: P(EM) of the logged arm against the log")
-    _print_warnings(ev.warnings())
+    console.print(counts_table(ev.counts))
+    print_exact(exact)
+    print_calibration(ev.calibration, f"DM/DR model {ev.model}: P(EM) of the logged arm against the log")
+    print_warnings(ev.warnings())
 
 
 @replay.command("evaluate-parquet")
@@ -312,7 +163,7 @@ def evaluate_parquet_cmd(path, url, policy, estimators, lam, token_scale, model_
     cand = make_candidate(policy, CandidateContext(store, arms, lam, False))  # type: ignore[arg-type]
     model = default_model(store, arms, cand, model_version) if store is not None else None
     names = parse_estimators(estimators, traced=True)
-    options = ReplayOptions(include=_include(include_defaulted, include_late), chunk=chunk, progress=False)
+    options = ReplayOptions(include=included_statuses(include_defaulted, include_late), chunk=chunk, progress=False)
     ev = evaluate_parquet(path, arms, cand, names, lam=lam, token_scale=token_scale, model=model, options=options,
                           engine=engine, workers=workers)
     if as_json:
@@ -321,16 +172,18 @@ def evaluate_parquet_cmd(path, url, policy, estimators, lam, token_scale, model_
     console.print(f"{ev.counts.used:,} events from {ev.notes['partitions']} partitions on {engine} in "
                   f"{ev.seconds:.1f} s")
     for metric in ("em", "tokens", "reward"):
-        rows = [["logging policy (on-policy)", _fmt(metric, ev.logging[metric].value), _ci(metric, ev.logging[metric])]]
+        rows = [["logging policy (on-policy)", cell(metric, ev.logging[metric].value),
+                 ci_cell(metric, ev.logging[metric])]]
         for name in names:
             e = ev.estimates.get(name, {}).get(metric)
-            rows.append([name, "skipped", ""] if e is None else [e.estimator, _fmt(metric, e.value), _ci(metric, e)])
+            rows.append([name, "skipped", ""] if e is None
+                        else [e.estimator, cell(metric, e.value), ci_cell(metric, e)])
         console.print(table(METRIC_TITLES[metric], ["estimator", "value", "95% CI"], rows))
-    _print_warnings(ev.warnings())
+    print_warnings(ev.warnings())
 
 
 @replay.command("train")
-@_common
+@common_options
 @click.option("--since", default=None, help="The held-out part starts at this decision time (ISO 8601 or epoch s).")
 @click.option("--test-frac", type=float, default=None,
               help="Hold out the newest fraction of events by decision time (default 0.2).")
@@ -354,7 +207,7 @@ def train_cmd(url, config_path, include_defaulted, include_late, chunk, no_progr
     from stopbandit.features.extract import FeatureConfig
     from stopbandit.replay.training import time_split, train_and_evaluate
 
-    s = _setup(url, config_path, "latest", lam, token_scale)
+    s = setup(url, config_path, "latest", lam, token_scale)
     split = time_split(s.store, since=parse_time(since, field="--since"), test_frac=test_frac)
     if s.config is not None:
         exploration, features = s.config.exploration, s.config.features.to_dict()
@@ -365,7 +218,7 @@ def train_cmd(url, config_path, include_defaulted, include_late, chunk, no_progr
     report = train_and_evaluate(
         s.store, s.arms, exploration=exploration, lam=s.lam, token_scale=s.token_scale, feature_config=features,
         split=split, importance_weighting=importance_weighting, save=not dry_run,
-        options=ReplayOptions(include=_include(include_defaulted, include_late), chunk=chunk,
+        options=ReplayOptions(include=included_statuses(include_defaulted, include_late), chunk=chunk,
                               progress=False if no_progress else None, jobs=jobs),
         role="candidate" if candidate else "serving", stop_label=stop_label,
     )
@@ -379,16 +232,16 @@ def train_cmd(url, config_path, include_defaulted, include_late, chunk, no_progr
     rows = []
     for metric in ("em", "tokens", "reward"):
         lg = report.logging[metric]
-        row = [METRIC_TITLES[metric], _fmt(metric, lg.value), _ci(metric, lg)]
+        row = [METRIC_TITLES[metric], cell(metric, lg.value), ci_cell(metric, lg)]
         for name in ("dr", "snips"):
             e = report.candidate[name][metric]
-            row += [_fmt(metric, e.value), _ci(metric, e)]
+            row += [cell(metric, e.value), ci_cell(metric, e)]
         rows.append(row)
     dr = report.candidate["dr"]["em"]
     console.print(table(f"held-out part: new heads (greedy at λ={report.lam:g}) vs the logging policy",
                         ["metric", "logging (on-policy)", "95% CI", "new: DR", "95% CI", "new: SNIPS", "95% CI"], rows))
     console.print(f"ESS {dr.ess:,.1f} of {dr.n}, max weight {dr.max_weight:.3g}")
-    console.print(_counts_table(report.test_counts, "held-out events"))
+    console.print(counts_table(report.test_counts, "held-out events"))
     st = report.stop_training or {}
     if st.get("rows"):
         console.print(f"learned stop rule: {st['rows']:,} probe rows from {st['graded']:,} graded and "
@@ -397,18 +250,18 @@ def train_cmd(url, config_path, include_defaulted, include_late, chunk, no_progr
     else:
         console.print("learned stop rule: no trace of the training part reached the end; none trained")
     if report.exact and report.exact["traced_events"]:
-        _print_exact([report.exact])
+        print_exact([report.exact])
     cal = report.calibration or {}
     if cal.get("fit"):
         console.print(f"EM recalibration (Platt, fitted on {cal['fit']['n']:,} training events): "
                       f"P = sigmoid({cal['fit']['a']:.4g}·logit(P_heads) + {cal['fit']['b']:.4g})")
-    _print_calibration(cal.get("held_out"), "held-out part: new heads' P(EM) of the logged arm")
+    print_calibration(cal.get("held_out"), "held-out part: new heads' P(EM) of the logged arm")
     warn = []
     for by_metric in report.candidate.values():
         label = next(iter(by_metric.values())).estimator
         for w in dict.fromkeys(w for e in by_metric.values() for w in e.warnings):
             warn.append(f"[{label}] {w}")
-    _print_warnings(report.test_counts.warnings() + warn)
+    print_warnings(report.test_counts.warnings() + warn)
     if report.saved and report.role == "candidate":
         console.print(f"saved candidate snapshot [bold]{report.version}[/] (not served until promoted: "
                   f"`stopbandit ab promote --version {report.version}`)")
@@ -419,7 +272,7 @@ def train_cmd(url, config_path, include_defaulted, include_late, chunk, no_progr
 
 
 @replay.command("sweep")
-@_common
+@common_options
 @click.option("--lambdas", default="0:1:0.05", show_default=True, help="start:stop:step (inclusive) or a,b,c.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write the EM-vs-tokens Pareto plot (PNG) here.")
@@ -444,8 +297,8 @@ def sweep_cmd(url, config_path, include_defaulted, include_late, chunk, no_progr
     if estimator.strip().lower() not in ESTIMATORS:
         raise ConfigError(f"unknown estimator {estimator!r}; known estimators: {', '.join(ESTIMATORS)}")
     estimator = estimator.strip().lower()
-    s = _setup(url, config_path, policy or "latest", None, token_scale)
-    options = ReplayOptions(include=_include(include_defaulted, include_late), chunk=chunk,
+    s = setup(url, config_path, policy or "latest", None, token_scale)
+    options = ReplayOptions(include=included_statuses(include_defaulted, include_late), chunk=chunk,
                             progress=False if no_progress else None, jobs=jobs)
     trained = None
     if policy is not None:
@@ -473,14 +326,14 @@ def sweep_cmd(url, config_path, include_defaulted, include_late, chunk, no_progr
         trained_rule = train_stop_rule(traced_events(s.store, options.with_(until=split.cutoff)))
         s.meta = dict(s.meta or {}, stop_rule=trained_rule.rule.to_json())
         trained["stop_rule"] = trained_rule.to_dict()  # type: ignore[index]
-    rule = _stop_rule(s.meta)
+    rule = stop_rule(s.meta)
     try:
         res = sweep_log(s.store, s.arms, model, lams, estimator=estimator, token_scale=s.token_scale,
                         explore=explore, options=options.with_(since=eval_since),
                         stop=None if rule is None else (rule, lams[0], s.token_scale))
     finally:
         model.close()
-    exact = _exact(s, options.with_(since=eval_since), lams)
+    exact = exact_reports(s, options.with_(since=eval_since), lams)
     # a mean EM lies in [0, 1]: the report clips its EM intervals there (the estimates are left as they are)
     res = replace(res, points=[replace(p, em=replace(p.em, ci_low=lo, ci_high=hi)) for p in res.points
                                for lo, hi in [clip_interval("em", p.em.ci_low, p.em.ci_high)]],
@@ -519,21 +372,21 @@ def sweep_cmd(url, config_path, include_defaulted, include_late, chunk, no_progr
         return ", ".join(out)
 
     for p in res.points:
-        rows.append([f"{p.lam:g}", _fmt("em", p.em.value), _ci("em", p.em), _fmt("tokens", p.tokens.value),
-                     _ci("tokens", p.tokens), _fmt("reward", p.reward.value), f"{p.em.ess:,.0f}",
+        rows.append([f"{p.lam:g}", cell("em", p.em.value), ci_cell("em", p.em), cell("tokens", p.tokens.value),
+                     ci_cell("tokens", p.tokens), cell("reward", p.reward.value), f"{p.em.ess:,.0f}",
                      f"{p.em.max_weight:.3g}", flags(f"λ={p.lam:g}", p.em, p.tokens, p.reward)])
     for label, (em, tok) in res.fixed.items():
-        rows.append([f"arm {label}", _fmt("em", em.value), _ci("em", em), _fmt("tokens", tok.value),
-                     _ci("tokens", tok), "", f"{em.ess:,.0f}", f"{em.max_weight:.3g}", flags(f"arm {label}", em, tok)])
+        rows.append([f"arm {label}", cell("em", em.value), ci_cell("em", em), cell("tokens", tok.value),
+                     ci_cell("tokens", tok), "", f"{em.ess:,.0f}", f"{em.max_weight:.3g}", flags(f"arm {label}", em, tok)])
     lg_em, lg_tok = res.logging["em"], res.logging["tokens"]
-    rows.append(["logging policy", _fmt("em", lg_em.value), _ci("em", lg_em), _fmt("tokens", lg_tok.value),
-                 _ci("tokens", lg_tok), "", f"{lg_em.n:,}", "1", ""])
+    rows.append(["logging policy", cell("em", lg_em.value), ci_cell("em", lg_em), cell("tokens", lg_tok.value),
+                 ci_cell("tokens", lg_tok), "", f"{lg_em.n:,}", "1", ""])
     console.print(table(f"λ sweep ({res.estimator}, greedy{' + exploration' if explore else ''})",
                         ["λ", "EM", "95% CI", "tokens", "95% CI", "reward", "ESS", "max weight", "warnings"], rows))
-    console.print(_counts_table(res.counts))
-    _print_exact(exact)
+    console.print(counts_table(res.counts))
+    print_exact(exact)
     # each kind of warning once, with the rows it applies to (the rows carry their own flags)
-    _print_warnings(res.counts.warnings() + [
+    print_warnings(res.counts.warnings() + [
         f"{text} (figures of {where[0]}; flagged rows: {', '.join(where)})" for text, where in legend.values()])
     if written:
         console.print(f"wrote {written}")
@@ -557,7 +410,7 @@ def export_cmd(url, config_path, fmt, out_path, since, as_json) -> None:
     from stopbandit.replay.csvlog import CsvWriter
     from stopbandit.replay.dsjson import write_dsjson
 
-    s = _setup(url, config_path, "latest", None, None)
+    s = setup(url, config_path, "latest", None, None)
     since_ts = parse_time(since, field="--since")
     t0 = time.perf_counter()
     if fmt == "parquet":
@@ -635,7 +488,7 @@ def import_cmd(path, url, config_path, fmt, on_error, as_json) -> None:
 
     fmt = fmt or ("csv" if path.lower().endswith(".csv") else "dsjson")
     migrate.upgrade(url)  # a fresh database gets the schema first
-    s = _setup(url, config_path, "latest", None, None)
+    s = setup(url, config_path, "latest", None, None)
     scale = s.token_scale
     now = time.time()
     if fmt == "csv":
@@ -665,7 +518,7 @@ def import_cmd(path, url, config_path, fmt, on_error, as_json) -> None:
             if r.error_count > len(shown):
                 console.print(f"… and {r.error_count - len(shown)} more (--json lists up to 1000)")
         if r.from_cost:
-            _print_warnings([f"{r.from_cost} foreign events carry only a cost: stored as em = clip(−cost, 0, 1), "
+            print_warnings([f"{r.from_cost} foreign events carry only a cost: stored as em = clip(−cost, 0, 1), "
                              f"tokens = 0, lam = 0 ({r.clipped} costs were outside [−1, 0] and clipped)"])
     if failed or nothing:
         first = report.errors[0]

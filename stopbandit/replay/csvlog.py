@@ -35,7 +35,7 @@ import csv
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 import numpy as np
@@ -230,40 +230,43 @@ class _Columns:
         return None if i is None else [r[i] for r in rows]
 
     @staticmethod
-    def _floats(cells: list[str] | None, n: int, default: float | None) -> np.ndarray:
-        """The column as float64; NaN where a cell is not a number (or empty without a default)."""
+    def _column(cells: list[str] | None, n: int, missing: float, cell: Callable[[str], float]) -> np.ndarray:
+        """The column as float64: ``missing`` throughout when it is absent; all cells at once when they are all
+        numbers; else cell by cell through ``cell``."""
         if cells is None:
-            return np.full(n, np.nan if default is None else default)
+            return np.full(n, missing)
         try:
             return np.array(cells, dtype=np.float64)
         except ValueError:
             pass
         out = np.empty(n)
         for j, c in enumerate(cells):
-            try:
-                out[j] = float(c)
-            except ValueError:
-                out[j] = default if default is not None and not c.strip() else np.nan
+            out[j] = cell(c)
         return out
 
+    @classmethod
+    def _floats(cls, cells: list[str] | None, n: int, default: float | None) -> np.ndarray:
+        """The column as float64; NaN where a cell is not a number (or empty without a default)."""
+        def cell(c: str) -> float:
+            try:
+                return float(c)
+            except ValueError:
+                return default if default is not None and not c.strip() else np.nan
+
+        return cls._column(cells, n, np.nan if default is None else default, cell)
+
     def _times(self, cells: list[str] | None, n: int) -> np.ndarray:
-        if cells is None:
-            return np.full(n, self.now)
-        try:
-            return np.array(cells, dtype=np.float64)
-        except ValueError:
-            pass
-        out = np.empty(n)
-        for j, c in enumerate(cells):
+        """The ``ts`` column as epoch seconds (ISO 8601 or numbers); ``now`` where empty, NaN where unreadable."""
+        def cell(c: str) -> float:
             text = c.strip()
             if not text:
-                out[j] = self.now
-                continue
+                return self.now
             try:
-                out[j] = parse_time(text, field="ts")
+                return parse_time(text, field="ts")
             except StopbanditError:
-                out[j] = np.nan
-        return out
+                return np.nan
+
+        return self._column(cells, n, self.now, cell)
 
     def parse(self, batch: list[tuple[int, list[str]]]) -> list[ParsedEvent | LineError]:
         n = len(batch)

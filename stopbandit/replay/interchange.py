@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 
@@ -93,9 +94,8 @@ class ImportReport:
         }
 
 
-def _finite(value: Any, field_: str, *, low: float | None = None, high: float | None = None,
-            low_open: bool = False) -> float:
-    return validation.number(value, field_, low=low, high=high, low_open=low_open, error=InputError)
+_finite = partial(validation.number, error=InputError)
+"""A finite number of an imported line, within bounds; a refusal is the line's :class:`InputError`."""
 
 
 # feature names already checked against FEATURE_NAME (a log repeats the same few names on every line)

@@ -65,13 +65,7 @@ def parse_lambdas(spec: str) -> list[float]:
     text = spec.strip()
 
     def num(part: str, what: str) -> float:
-        try:
-            v = float(part)
-        except ValueError:
-            raise ConfigError(f"lambdas {spec!r}: {what} {part.strip()!r} is not a number") from None
-        if not math.isfinite(v):
-            raise ConfigError(f"lambdas {spec!r}: {what} must be finite, got {part.strip()!r}")
-        return v
+        return validation.number_text(part.strip(), f"lambdas {spec!r}: {what}", error=ConfigError)
 
     if ":" in text:
         parts = text.split(":")

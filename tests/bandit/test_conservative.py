@@ -153,18 +153,25 @@ def lying_heads_stream(seed: int, n: int, max_loss: float):
     """
     rng = random.Random(seed)
     b = budget(max_loss)
+    return greedy_aggressive_stream(b, rng, n, "d", lambda t: rng.random() < 0.5), b
+
+
+def greedy_aggressive_stream(b, rng, n: int, prefix: str, misses) -> list[float]:
+    """``n`` requests on which the heads rank aggressive first; aggressive misses (EM 0, reward 0) where
+    ``misses(t)``, else earns 0.9. Each request is shaped by ``b``, drawn with ``rng`` and settled with what its
+    arm's trace reveals; returns the served reward minus the baseline's, per request."""
     diffs = []
     for t in range(n):
-        key = f"d{t}"
-        trap = rng.random() < 0.5
-        rewards = [0.7, 0.8, 0.8, 0.0 if trap else 0.9]  # full, careful, balanced, aggressive
-        ems = [1.0, 1.0, 1.0, 0.0 if trap else 1.0]
+        key = f"{prefix}{t}"
+        miss = misses(t)
+        rewards = [0.7, 0.8, 0.8, 0.0 if miss else 0.9]  # full, careful, balanced, aggressive
+        ems = [1.0, 1.0, 1.0, 0.0 if miss else 1.0]
         q = b.shape(key, [0.05, 0.05, 0.05, 0.85], [0.5, 0.6, 0.6, 0.95])
         arm = draw(rng, q)
         known = {a: rewards[a] for a in REVEALS[arm]}
         b.settle(key, arm, rewards[arm], ems[arm], known, {a: ems[a] for a in known})
         diffs.append(rewards[arm] - rewards[B])
-    return diffs, b
+    return diffs
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -183,17 +190,7 @@ def test_window_budget_binds_after_gains_were_banked():
     # window lose more than the window's budget
     b = budget(0.01)
     rng = random.Random(3)
-    diffs = []
-    for t in range(6000):
-        key = f"g{t}"
-        bad = t >= 3000 and rng.random() < 0.6
-        rewards = [0.7, 0.8, 0.8, 0.0 if bad else 0.9]
-        ems = [1.0, 1.0, 1.0, 0.0 if bad else 1.0]
-        q = b.shape(key, [0.05, 0.05, 0.05, 0.85], [0.5, 0.6, 0.6, 0.95])
-        arm = draw(rng, q)
-        known = {a: rewards[a] for a in REVEALS[arm]}
-        b.settle(key, arm, rewards[arm], ems[arm], known, {a: ems[a] for a in known})
-        diffs.append(rewards[arm] - rewards[B])
+    diffs = greedy_aggressive_stream(b, rng, 6000, "g", lambda t: t >= 3000 and rng.random() < 0.6)
     assert sum(diffs[:3000]) > 50.0  # gains were banked
     for w in range(1000, 6000, 1000):
         assert sum(diffs[w:w + 1000]) >= -0.01 * 1000 - 1.0, (w, sum(diffs[w:w + 1000]))

@@ -170,6 +170,17 @@ def test_writer_rejects_orphan_outcome_without_losing_the_batch(store, tmp_path)
     assert "ghost" in w.rejected_path.read_text()
 
 
+def _burst(store, tmp_path, prefix: str, n: int) -> BatchWriter:
+    """A writer of 5-row transactions and a 0.2 s ``max_lag``, handed ``n`` decisions and their outcomes at once."""
+    # a deadline no 5-row commit overruns even on a loaded machine (an overrun would be an outage instead)
+    w = BatchWriter(store, batch_size=5, flush_interval=0.01, timeout=5.0, max_lag=0.2,
+                    spill_path=tmp_path / "spill" / "w")
+    for i in range(n):
+        w.submit_decision(decision(f"{prefix}{i}"))
+        w.submit_outcome(outcome_row(f"{prefix}{i}", 1.0, i))
+    return w
+
+
 def test_a_writer_that_falls_behind_spills_its_queue_and_replays_it(store, tmp_path):
     """A burst that 5-row transactions take seconds to commit: no row waits in memory past ``max_lag``.
 
@@ -177,13 +188,8 @@ def test_a_writer_that_falls_behind_spills_its_queue_and_replays_it(store, tmp_p
     the spill (counted in ``overloads`` and ``spilled``) and reaches the
     database from there, each row once.
     """
-    # a deadline no 5-row commit overruns even on a loaded machine (an overrun would be an outage instead)
-    w = BatchWriter(store, batch_size=5, flush_interval=0.01, timeout=5.0, max_lag=0.2,
-                    spill_path=tmp_path / "spill" / "w")
     n = 10_000
-    for i in range(n):
-        w.submit_decision(decision(f"b{i}"))
-        w.submit_outcome(outcome_row(f"b{i}", 1.0, i))
+    w = _burst(store, tmp_path, "b", n)
     assert w.drain(120), w.health()
     h = w.health()
     w.close()
@@ -198,12 +204,8 @@ def test_flush_with_the_store_up_waits_for_what_an_overload_spilled(store, tmp_p
     A caller that flushes and then reads the store (an evaluation, a test)
     must not find rows missing because they took the overload path.
     """
-    w = BatchWriter(store, batch_size=5, flush_interval=0.01, timeout=5.0, max_lag=0.2,
-                    spill_path=tmp_path / "spill" / "w")
     n = 6_000
-    for i in range(n):
-        w.submit_decision(decision(f"f{i}"))
-        w.submit_outcome(outcome_row(f"f{i}", 1.0, i))
+    w = _burst(store, tmp_path, "f", n)
     assert w.flush(120), w.health()
     c = store.counts()
     h = w.health()

@@ -172,7 +172,7 @@ def test_parse_lambdas_default_range():
         ("", "must be 'start:stop:step' or a comma-separated list"),
         (None, "must be 'start:stop:step' or a comma-separated list, got None"),
         ("0:1", r"range must be 'start:stop:step' \(three numbers\), got '0:1'"),
-        ("0:x:0.1", "stop 'x' is not a number"),
+        ("0:x:0.1", "stop must be a number, got 'x'"),
         ("0:1:0", "step must be > 0, got 0"),
         ("0:1:-0.1", "step must be > 0, got -0.1"),
         ("1:0:0.1", "stop 0 is below start 1"),
@@ -180,7 +180,7 @@ def test_parse_lambdas_default_range():
         ("0:1000:0.0001", "gives 10000001 values, more than 10000"),
         ("-1", "λ must be >= 0, got -1"),
         ("0,nan", "value must be finite"),
-        ("0,,1", "value '' is not a number"),
+        ("0,,1", "value must be a number, got ''"),
     ],
 )
 def test_parse_lambdas_errors(spec, match):

@@ -89,22 +89,29 @@ def test_tokens_are_what_the_engine_reported_probes_included(probe_selector):
     assert trace.total_tokens == tokens["total"]
 
 
-def test_a_confident_probe_stops_thinking_and_gives_the_answer(probe_selector):
-    with ToyEngine("vllm") as toy, GatewayServer(create_app(probe_selector, GatewayConfig(
+def _serve_every_prompt(selector, arm: str) -> list[tuple[dict, ProbeTrace]]:
+    """Each of ``PROMPTS`` served on ``arm`` through a gateway probing every 8 tokens: (response, its trace)."""
+    with ToyEngine("vllm") as toy, GatewayServer(create_app(selector, GatewayConfig(
             upstream=toy.url, probe_every=8, max_think_tokens=128))) as gw:
-        reasons = []
+        served = []
         for prompt in PROMPTS:
-            r = httpx.post(gw.url + "/v1/completions", json={"prompt": prompt, "stopbandit": {"arm": "quick"}},
+            r = httpx.post(gw.url + "/v1/completions", json={"prompt": prompt, "stopbandit": {"arm": arm}},
                            timeout=60).json()
-            ours = r["stopbandit"]
-            trace = ProbeTrace.from_json(ours["trace"])
-            reasons.append(ours["stop_reason"])
-            if ours["stop_reason"] == "confidence":
-                assert trace.probes[-1].confidence >= 0.25
-                assert all(p.confidence < 0.25 for p in trace.probes[:-1])
-                assert r["choices"][0]["text"] == trace.probes[-1].answer == trace.answer
-            elif ours["stop_reason"] == "budget":
-                assert trace.stop_offset == 40
+            served.append((r, ProbeTrace.from_json(r["stopbandit"]["trace"])))
+    return served
+
+
+def test_a_confident_probe_stops_thinking_and_gives_the_answer(probe_selector):
+    reasons = []
+    for r, trace in _serve_every_prompt(probe_selector, "quick"):
+        ours = r["stopbandit"]
+        reasons.append(ours["stop_reason"])
+        if ours["stop_reason"] == "confidence":
+            assert trace.probes[-1].confidence >= 0.25
+            assert all(p.confidence < 0.25 for p in trace.probes[:-1])
+            assert r["choices"][0]["text"] == trace.probes[-1].answer == trace.answer
+        elif ours["stop_reason"] == "budget":
+            assert trace.stop_offset == 40
     assert "confidence" in reasons
 
 
@@ -167,18 +174,13 @@ def test_the_online_stop_check_is_the_packages_stop_rule():
 
 
 def test_an_agreement_arm_stops_when_consecutive_trial_answers_agree(probe_selector):
-    with ToyEngine("vllm") as toy, GatewayServer(create_app(probe_selector, GatewayConfig(
-            upstream=toy.url, probe_every=8, max_think_tokens=128))) as gw:
-        reasons = []
-        for prompt in PROMPTS:
-            r = httpx.post(gw.url + "/v1/completions", json={"prompt": prompt, "stopbandit": {"arm": "agree"}},
-                           timeout=60).json()
-            ours = r["stopbandit"]
-            assert ours["mode"] == "probe"
-            trace = ProbeTrace.from_json(ours["trace"])
-            reasons.append(ours["stop_reason"])
-            if ours["stop_reason"] == "agreement":
-                assert trace.probes[-1].answer == trace.probes[-2].answer == r["choices"][0]["text"]
-                assert all(a.answer != b.answer for a, b in zip(trace.probes[:-2], trace.probes[1:-1]))
-                assert trace.stop_offset == trace.probes[-1].offset
+    reasons = []
+    for r, trace in _serve_every_prompt(probe_selector, "agree"):
+        ours = r["stopbandit"]
+        assert ours["mode"] == "probe"
+        reasons.append(ours["stop_reason"])
+        if ours["stop_reason"] == "agreement":
+            assert trace.probes[-1].answer == trace.probes[-2].answer == r["choices"][0]["text"]
+            assert all(a.answer != b.answer for a, b in zip(trace.probes[:-2], trace.probes[1:-1]))
+            assert trace.stop_offset == trace.probes[-1].offset
     assert "agreement" in reasons

@@ -97,6 +97,15 @@ def test_baseline_must_be_an_arm(sqlite_url):
         Selector.open(sqlite_url, conservative=ConservativeConfig("nope", max_loss=0.01))
 
 
+def baseline_arms(sel, decisions, lam: float) -> list[int]:
+    """The arm the Selector's snapshot baseline picks for each decision's request, at ``lam``."""
+    base = SnapshotBaseline.load(sel.store, sel.config, None)
+    try:
+        return [base.arm(shared_line(d.features), lam) for d, _ in decisions]
+    finally:
+        base.close()
+
+
 def test_snapshot_baseline_is_the_stored_policy_per_request(db_url):
     # a policy served today (a stored snapshot) is the baseline: with a zero budget its arm is served on every
     # request, request by request, and logged with propensity 1
@@ -109,11 +118,7 @@ def test_snapshot_baseline_is_the_stored_policy_per_request(db_url):
         _, decisions = serve(sel, 200, seed=7)
         h = sel.health()
         budget = sel.budget()
-        base = SnapshotBaseline.load(sel.store, sel.config, None)
-        try:
-            expected = [base.arm(shared_line(d.features), 0.2) for d, _ in decisions]
-        finally:
-            base.close()
+        expected = baseline_arms(sel, decisions, 0.2)
     assert [d.arm_index for d, _ in decisions] == expected
     assert all(d.probability == 1.0 for d, _ in decisions)
     assert len(set(expected)) > 1  # a policy, not one arm: the baseline's arm changes with the request
@@ -129,11 +134,7 @@ def test_snapshot_baseline_budget_explores_and_is_booked_against_the_snapshots_a
     with Selector.open(sqlite_url, lam=0.3, seed=5, snapshot=None, follow=False, conservative=cons) as sel:
         reqs, decisions = serve(sel, 600, seed=8)
         budget = sel.budget()
-        base = SnapshotBaseline.load(sel.store, sel.config, None)
-        try:
-            base_arms = [base.arm(shared_line(d.features), 0.3) for d, _ in decisions]
-        finally:
-            base.close()
+        base_arms = baseline_arms(sel, decisions, 0.3)
     table = outcome_table(reqs, sel.arms.arms)
     rewards = table.em - 0.3 * table.tokens / 1000
     served = sum(o.em - 0.3 * o.tokens / 1000 for _, o in decisions)
