@@ -517,9 +517,7 @@ def import_cmd(path, url, config_path, fmt, on_error, as_json) -> None:
                                 [[e.line, escape(e.message)] for e in shown]))
             if r.error_count > len(shown):
                 console.print(f"… and {r.error_count - len(shown)} more (--json lists up to 1000)")
-        if r.from_cost:
-            print_warnings([f"{r.from_cost} foreign events carry only a cost: stored as em = clip(−cost, 0, 1), "
-                             f"tokens = 0, lam = 0 ({r.clipped} costs were outside [−1, 0] and clipped)"])
+        print_warnings(r.warnings())
     if failed or nothing:
         first = report.errors[0]
         why = "--on-error fail" if failed else "every line was rejected"

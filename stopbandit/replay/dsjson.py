@@ -23,9 +23,13 @@ One line per event, the fields VW's ``--dsjson`` reader uses::
 Import of a foreign line (no ``_stopbandit``, e.g. from a VW pipeline):
 
 * actions map to arms by the arm name in ``_multi`` (a string ``arm`` field,
-  at the top of the action object or inside one of its namespaces) when every
-  action has one; otherwise action ``j`` is arm ``j − 1`` of the configured arms
-  (the line must then have exactly K actions);
+  at the top of the action object or inside one of its namespaces, or else
+  its ``_tag``) when every action has one (a line that names only some is
+  refused); unnamed actions map by id to numeric plain arms when the
+  configured arms are those (action ``j`` is arm ``action_j``), and otherwise
+  by position — action ``j`` is arm ``j − 1`` of the configured arms, the line
+  must then have exactly K actions, and the import report counts these lines
+  and warns, since nothing in the log says that the order is the arms';
 * the reward is the only outcome, so it is stored as EM:
   ``em = clip(−_label_cost, 0, 1)``, ``tokens = 0``, ``lam = 0`` (so the stored
   reward ``em − lam·tokens/token_scale`` equals ``−_label_cost`` whenever the
@@ -61,6 +65,7 @@ from stopbandit.errors import InputError, StopbanditError
 from stopbandit.replay.interchange import (
     ARMS_HINT, BAD, LineError, ParsedEvent, Problems, decision_row, outcome_of,
 )
+from stopbandit.replay.csvlog import numeric_aliases
 from stopbandit.replay.times import iso_time, parse_time
 from stopbandit.replay.store import Event
 
@@ -165,6 +170,47 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
         out[name] = (1.0 if value else 0.0) if isinstance(value, bool) else value
 
 
+def _map_actions(names: list[str | None], arms: ArmSet, pr: Problems) -> tuple[list[str] | None, bool]:
+    """The arm of each action id (``[j − 1]`` is action ``j``'s) and whether that came from positions alone.
+
+    Named actions map by name. Unnamed ones map by id when the configured
+    arms are numeric plain arms (action ``j`` is arm ``action_j``), and
+    otherwise by position (action ``j`` is the ``j``-th configured arm),
+    which the import reports as a warning: nothing in the log says that
+    this order is the arms'. None (with the problem recorded): no mapping.
+    """
+    n = len(names)
+    if any(x is not None for x in names):
+        if any(x is None for x in names):
+            missing = [j + 1 for j, x in enumerate(names) if x is None]
+            pr.add(f"c._multi names some actions but not action(s) {missing}: name every action "
+                   f"(an 'arm' field or '_tag') or none{ARMS_HINT}")
+            return None, False
+        unknown = [x for x in names if x not in arms.names]
+        if unknown:
+            pr.add(f"unknown arm {unknown[0]!r} in c._multi; known arms: {list(arms.names)}{ARMS_HINT}")
+        elif sorted(names) != sorted(arms.names):  # type: ignore[type-var]
+            pr.add(f"c._multi names arms {names}, expected each of {list(arms.names)} once{ARMS_HINT}")
+        else:
+            return list(names), False  # type: ignore[arg-type]
+        return None, False
+    by_id = numeric_aliases(arms)
+    if by_id:
+        ids = [str(j) for j in range(1, n + 1)]
+        missing = [j for j in ids if j not in by_id]
+        if missing or n != len(arms):
+            pr.add(f"the line's action ids 1..{n} map to the arms action_1..action_{n}, but the configured arms "
+                   f"are {list(arms.names)} (no arm for id(s) {[int(j) for j in missing]}; DSJSON action ids "
+                   f"are 1-based){ARMS_HINT}")
+            return None, False
+        return [by_id[j] for j in ids], False
+    if n != len(arms):
+        pr.add(f"the line has {n} actions without arm names; mapping by index needs exactly "
+               f"the {len(arms)} configured arms {list(arms.names)}{ARMS_HINT}")
+        return None, False
+    return list(arms.names), True
+
+
 def parse_dsjson(obj: Any, line: int, arms: ArmSet, *, token_scale: float, text: str | None = None) -> ParsedEvent:
     """Validate and map one DSJSON object; raises InputError naming every bad field and value.
 
@@ -201,20 +247,7 @@ def parse_dsjson(obj: Any, line: int, arms: ArmSet, *, token_scale: float, text:
         pr.add(f"field 'a' must list every action id 1..{n_actions} once, got {actions!r}")
         pr.raise_any()
     names = [_arm_name(x) for x in multi] if isinstance(multi, list) else [None] * n_actions
-    arm_of: list[Any] | None = None
-    if all(n is not None for n in names):
-        unknown = [n for n in names if n not in arms.names]
-        if unknown:
-            pr.add(f"unknown arm {unknown[0]!r} in c._multi; known arms: {list(arms.names)}{ARMS_HINT}")
-        elif sorted(names) != sorted(arms.names):  # type: ignore[type-var]
-            pr.add(f"c._multi names arms {names}, expected each of {list(arms.names)} once{ARMS_HINT}")
-        else:
-            arm_of = list(names)
-    elif n_actions != len(arms):
-        pr.add(f"the line has {n_actions} actions without arm names; mapping by index needs exactly "
-               f"the {len(arms)} configured arms {list(arms.names)}{ARMS_HINT}")
-    else:
-        arm_of = list(arms.names)
+    arm_of, by_position = _map_actions(names, arms, pr)
     prob_of: Any = {} if arm_of is not None and probs is not BAD else BAD
     if probs is not BAD:
         for aid, p in zip(actions, probs):
@@ -254,7 +287,7 @@ def parse_dsjson(obj: Any, line: int, arms: ArmSet, *, token_scale: float, text:
                                  trace=custom.get("trace"), reference_key=custom.get("reference_key"),
                                  status=custom.get("status", "ok"), problems=pr)
         pr.raise_any()
-        return ParsedEvent(line, decision, outcome)
+        return ParsedEvent(line, decision, outcome, by_position=by_position)
     # a foreign line
     if "Timestamp" not in obj:
         ts = float(line)  # deterministic, in file order (VW's own examples carry no time)
@@ -275,7 +308,7 @@ def parse_dsjson(obj: Any, line: int, arms: ArmSet, *, token_scale: float, text:
                             policy_version=version[:64] or "dsjson", problems=pr)
     if not has_label:
         pr.raise_any()
-        return ParsedEvent(line, decision, None)
+        return ParsedEvent(line, decision, None, by_position=by_position)
     cost = obj["_label_cost"]
     if isinstance(cost, bool) or not isinstance(cost, (int, float)) or cost != cost or cost in (float("inf"),
                                                                                                  float("-inf")):
@@ -284,7 +317,8 @@ def parse_dsjson(obj: Any, line: int, arms: ArmSet, *, token_scale: float, text:
     em = min(1.0, max(0.0, -float(cost)))
     outcome = outcome_of(decision["request_key"], em=em, tokens=0, ts=ts, problems=pr)
     pr.raise_any()
-    return ParsedEvent(line, decision, outcome, mapped_from_cost=True, clipped=em != -float(cost))
+    return ParsedEvent(line, decision, outcome, mapped_from_cost=True, clipped=em != -float(cost),
+                       by_position=by_position)
 
 
 def read_dsjson(path: str, arms: ArmSet, *, token_scale: float) -> Iterator[ParsedEvent | LineError]:

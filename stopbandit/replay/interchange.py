@@ -52,13 +52,18 @@ class LineError:
 
 @dataclass(frozen=True, slots=True)
 class ParsedEvent:
-    """One imported line: a decision row, its outcome row (None: decision only), and how it was mapped."""
+    """One imported line: a decision row, its outcome row (None: decision only), and how it was mapped.
+
+    ``by_position``: the line's actions carry no arm names, and action ``j``
+    became the ``j``-th configured arm only by its position (reported).
+    """
 
     line: int
     decision: dict[str, Any]
     outcome: dict[str, Any] | None
     mapped_from_cost: bool = False
     clipped: bool = False
+    by_position: bool = False
 
 
 @dataclass
@@ -75,6 +80,7 @@ class ImportReport:
     decisions_only: int = 0
     from_cost: int = 0
     clipped: int = 0
+    by_position: int = 0
     error_count: int = 0
     errors: list[LineError] = field(default_factory=list)
     written: bool = False
@@ -84,13 +90,28 @@ class ImportReport:
         if len(self.errors) < MAX_REPORTED_ERRORS:
             self.errors.append(err)
 
+    def warnings(self) -> list[str]:
+        """What the user should know about how the valid lines were mapped."""
+        out = []
+        if self.by_position:
+            out.append(f"{self.by_position} line(s) name none of their actions: action j was stored as the j-th "
+                       f"configured arm by position alone (nothing in the log says that this order is the arms'; "
+                       f"name the actions, an 'arm' field or '_tag', or configure the numeric plain arms "
+                       f"action_1 … action_K to map them by id)")
+        if self.from_cost:
+            out.append(f"{self.from_cost} foreign events carry only a cost: stored as em = clip(−cost, 0, 1), "
+                       f"tokens = 0, lam = 0 ({self.clipped} costs were outside [−1, 0] and clipped)")
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "path": self.path, "format": self.format, "on_error": self.on_error, "lines": self.lines,
             "valid": self.valid, "inserted": self.inserted, "duplicates": self.duplicates,
             "decisions_only": self.decisions_only, "mapped_from_cost": self.from_cost, "clipped": self.clipped,
-            "skipped": self.error_count if self.written else 0, "errors": self.error_count,
+            "mapped_by_position": self.by_position, "skipped": self.error_count if self.written else 0,
+            "errors": self.error_count,
             "error_lines": [e.to_dict() for e in self.errors], "written": self.written,
+            "warnings": self.warnings(),
         }
 
 
@@ -310,7 +331,7 @@ def import_events(store: ReplayStore, parse: Callable[[], Iterator[ParsedEvent |
         seen: dict[str, tuple] = {}
         decisions: list[dict[str, Any]] = []
         outcomes: list[dict[str, Any]] = []
-        valid = from_cost = clipped = decisions_only = duplicates = 0
+        valid = from_cost = clipped = by_position = decisions_only = duplicates = 0
         for p in items:
             d, o = p.decision, p.outcome
             key = d["request_key"]
@@ -334,6 +355,7 @@ def import_events(store: ReplayStore, parse: Callable[[], Iterator[ParsedEvent |
             valid += 1
             from_cost += p.mapped_from_cost
             clipped += p.clipped
+            by_position += p.by_position
             if o is None:
                 decisions_only += 1
             if first is not None or (stored is not None and (outcome is None or key in out)):
@@ -346,6 +368,7 @@ def import_events(store: ReplayStore, parse: Callable[[], Iterator[ParsedEvent |
         report.valid += valid
         report.from_cost += from_cost
         report.clipped += clipped
+        report.by_position += by_position
         report.decisions_only += decisions_only
         report.duplicates += duplicates
         session.write(decisions, outcomes)

@@ -9,11 +9,14 @@ import math
 
 import pytest
 
-from stopbandit.bandit.arms import DEFAULT_ARMS, ArmSet
+from click.testing import CliRunner
+
+from stopbandit.bandit.arms import DEFAULT_ARMS, ArmSet, plain_arms
 from stopbandit.errors import ConfigError, InputError
+from stopbandit.replay.cli_commands import replay
 from stopbandit.replay.csvlog import COLUMNS, CsvWriter, read_csv
 from stopbandit.replay.dsjson import CUSTOM, event_to_dsjson, read_dsjson, write_dsjson
-from stopbandit.replay.interchange import export_events, import_events
+from stopbandit.replay.interchange import LineError, export_events, import_events
 from stopbandit.replay.store import ReplayStore
 from tests.replay.test_logged import add_status_events, make_log
 
@@ -263,6 +266,54 @@ def test_foreign_dsjson_without_names_needs_exactly_k_actions(sqlite_url, tmp_pa
     store.dispose()
 
 
+def test_unnamed_actions_mapped_by_position_are_counted_and_warned(tmp_path):
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    path = tmp_path / "vw.dsjson"
+    path.write_text("\n".join([foreign("p1", -1.0, 3, names=False), foreign("p2", -1.0, 1, names=True),
+                               foreign("p3", -0.5, 2, names=False)]) + "\n")
+    res = CliRunner().invoke(replay, ["import", str(path), "--db", db, "--json"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout)
+    assert (rep["inserted"], rep["mapped_by_position"]) == (3, 2)
+    [warning] = [w for w in rep["warnings"] if "by position" in w]
+    assert warning.startswith("2 line(s) name none of their actions: action j was stored as the j-th configured arm")
+    store = ReplayStore(db)
+    assert [store.get_decision(k)["arm"] for k in ("p1", "p2", "p3")] == ["balanced", "full", "careful"]
+    store.dispose()
+    text = CliRunner().invoke(replay, ["import", str(path), "--db", f"sqlite:///{tmp_path / 't.db'}"])
+    assert text.exit_code == 0 and "WARNING 2 line(s) name none of their actions" in text.stdout
+    named = tmp_path / "named.dsjson"
+    named.write_text(foreign("n1", -1.0, 3, names=True) + "\n")
+    rep = json.loads(CliRunner().invoke(replay, ["import", str(named), "--db", db, "--json"]).stdout)
+    assert (rep["inserted"], rep["mapped_by_position"]) == (1, 0) and not any("position" in w for w in rep["warnings"])
+
+
+def test_a_line_that_names_only_some_actions_is_refused(tmp_path):
+    obj = json.loads(foreign("s1", -1.0, 2, names=True))
+    obj["c"]["_multi"][1] = {"f": {"id": 1}}
+    obj["c"]["_multi"][3] = {"f": {"id": 3}}
+    path = tmp_path / "some.dsjson"
+    path.write_text(json.dumps(obj) + "\n")
+    [err] = list(read_dsjson(str(path), ARMS, token_scale=1000.0))
+    assert isinstance(err, LineError)
+    assert err.message.startswith("c._multi names some actions but not action(s) [2, 4]: name every action")
+
+
+def test_numeric_action_ids_map_by_id_to_the_plain_arms_action_j(tmp_path):
+    """VW's cb_simple.json (two unnamed actions) with the plain arms action_1, action_2: by id, no warning."""
+    store = ReplayStore(f"sqlite:///{tmp_path / 's.db'}", migrate_schema=True)
+    by_id = plain_arms(["action_2", "action_1"])  # the configured order is not the ids' order
+    report = _import_vw(store, "cb_simple.json", by_id)
+    assert (report.inserted, report.error_count, report.by_position) == (1, 0, 0)
+    (event,) = [e for ch in store.iter_events() for e in ch]
+    assert event.arm == "action_2" and event.probabilities == {"action_2": 0.5, "action_1": 0.5}
+    store.dispose()
+    zero_based = plain_arms(["action_0", "action_1"])
+    [err] = list(read_dsjson(str(VW_DATA / "cb_simple.json"), zero_based, token_scale=1.0))
+    assert isinstance(err, LineError)
+    assert "no arm for id(s) [2]; DSJSON action ids are 1-based" in err.message
+
+
 # --------------------------------------------------------------------------- CSV
 
 
@@ -432,7 +483,7 @@ def test_vw_lines_without_timestamp_or_event_id_import_with_a_derived_key(tmp_pa
     two = ArmSet((ArmSet(DEFAULT_ARMS)[0], ArmSet(DEFAULT_ARMS)[1]))
     store = ReplayStore(f"sqlite:///{tmp_path}/simple.db", migrate_schema=True)
     report = _import_vw(store, "cb_simple.json", two)
-    assert (report.inserted, report.error_count) == (1, 0)
+    assert (report.inserted, report.error_count, report.by_position) == (1, 0, 1)  # unnamed: by position, warned
     (event,) = [e for ch in store.iter_events() for e in ch]
     assert event.request_key.startswith("dsjson-1-") and event.ts == 1.0 and event.arm == two.names[1]
     again = _import_vw(store, "cb_simple.json", two)
