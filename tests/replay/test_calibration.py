@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -100,4 +101,34 @@ def test_train_fits_the_recalibration_and_dm_uses_it(sparse_store):
     # the logging policy's true EM rate: E[0.004·(1 + 2x)·(1 + a/2)] over x ~ U(0, 1), a uniform on 0..3
     truth = 0.004 * 2.0 * 1.75
     assert truth / 2 < ev["estimates"]["dm"]["em"]["value"] < 2 * truth
+    store.dispose()
+
+
+def test_train_prints_the_reliability_tables_and_brier_scores(sparse_store):
+    """The command line's report (no --json): both Brier scores and reliability tables, by hand from the snapshot."""
+    db = sparse_store
+    res = CliRunner().invoke(replay, ["train", "--db", db, "--lam", "0", "--jobs", "1", "--no-progress"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    text = " ".join(res.stdout.split())  # the console wraps long titles
+    assert "split at 2001-09-09T02:26:40.000000Z" in text  # T0 + 2400: the newer 600 events are held out
+    store = ReplayStore(db)
+    model = HeadsModel.load(store, re.search(r"saved snapshot (\S+)", text).group(1))
+    reader = LogReader(store, model.arms, ReplayOptions(since=T0 + 2400, progress=False, jobs=1))
+    raw, cal, y = [], [], []
+    for batch in reader.batches():
+        pred = model.predict(batch)
+        rows = np.arange(batch.n)
+        raw.append(pred[0][rows, batch.actions])
+        cal.append(model.calibrated(pred)[0][rows, batch.actions])
+        y.append(batch.em)
+    raw, cal, y = np.concatenate(raw), np.concatenate(cal), np.concatenate(y)
+    assert y.size == 600
+    for label, p in (("heads, uncalibrated", raw), ("calibrated", cal)):
+        title = (f"logged arm ({label}): Brier {np.mean((p - y) ** 2):.5f}, mean P {p.mean():.4f} vs "
+                 f"mean EM {y.mean():.4f}")
+        assert title in text, (title, text)
+        # the reliability table: one row per bin with events (here every P lies below 0.1)
+        assert p.max() < 0.1
+        assert f"│ [0.0, 0.1) │ 600 │ {p.mean():.4f} │ {y.mean():.4f} │" in text
+    assert "EM recalibration (Platt, fitted on 2,400 training events)" in text
     store.dispose()
