@@ -56,16 +56,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
+from stopbandit import validation
 from stopbandit.bandit.arms import ArmSet
 from stopbandit.errors import InputError, StopbanditError
+from stopbandit.replay.csvlog import numeric_aliases
 from stopbandit.replay.interchange import (
     ARMS_HINT, BAD, LineError, ParsedEvent, Problems, decision_row, outcome_of,
 )
-from stopbandit.replay.csvlog import numeric_aliases
 from stopbandit.replay.times import iso_time, parse_time
 from stopbandit.replay.store import Event
 
@@ -170,6 +172,45 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
         out[name] = (1.0 if value else 0.0) if isinstance(value, bool) else value
 
 
+def _has_label(obj: Mapping[str, Any]) -> bool:
+    return "_label_cost" in obj and not obj.get("_skipLearn", False)
+
+
+def _foreign_time(obj: Mapping[str, Any], line: int, pr: Problems) -> Any:
+    """A foreign line's time: its ``Timestamp``, or its line number (deterministic, in file order)."""
+    if "Timestamp" not in obj:
+        return float(line)  # VW's own examples carry no time
+    stamp = obj["Timestamp"]
+    if not isinstance(stamp, str):
+        return pr.add(f"Timestamp must be an ISO 8601 string, got {stamp!r}")
+    try:
+        return parse_time(stamp, field="Timestamp")
+    except StopbanditError as exc:
+        return pr.add(str(exc))
+
+
+def _cost(obj: Mapping[str, Any], pr: Problems) -> Any:
+    """A foreign line's ``_label_cost`` as a float (BAD, recorded, when it is not a finite number)."""
+    cost = obj["_label_cost"]
+    if isinstance(cost, bool) or not isinstance(cost, (int, float)) or not math.isfinite(cost):
+        return pr.add(f"_label_cost must be a finite number, got {cost!r}")
+    return float(cost)
+
+
+def _stop(obj: Mapping[str, Any], line: int, pr: Problems) -> None:
+    """Raise the problems of a line whose ``a`` or ``c`` leaves the rest without meaning, with those of the
+    fields that need neither (the propensity, a foreign line's time and cost), so that none waits for a
+    second attempt."""
+    propensity = pr.run(_field, obj, "_label_probability")
+    if propensity is not BAD:
+        pr.run(validation.number, propensity, "propensity", low=0.0, high=1.0, low_open=True, error=InputError)
+    if not isinstance(obj.get(CUSTOM), dict):
+        _foreign_time(obj, line, pr)
+        if _has_label(obj):
+            _cost(obj, pr)
+    pr.raise_any()
+
+
 def _map_actions(names: list[str | None], arms: ArmSet, pr: Problems) -> tuple[list[str] | None, bool]:
     """The arm of each action id (``[j − 1]`` is action ``j``'s) and whether that came from positions alone.
 
@@ -215,8 +256,10 @@ def parse_dsjson(obj: Any, line: int, arms: ArmSet, *, token_scale: float, text:
     """Validate and map one DSJSON object; raises InputError naming every bad field and value.
 
     ``text``: the line as read, from which a foreign line without ``EventId`` gets its key.
-    A problem that leaves later fields without meaning (no ``a``, no ``c``)
-    stops there; every other problem of the line is reported with it.
+    A problem that leaves the actions without meaning (no ``a``, no ``c``,
+    ids that are not 1..K) stops the checks that need them, and the fields
+    that need neither (propensity, time, cost) are still checked: every
+    problem of the line is reported at once.
     """
     if not isinstance(obj, dict):
         raise InputError(f"a DSJSON line must be a JSON object, got {type(obj).__name__}")
@@ -240,12 +283,12 @@ def parse_dsjson(obj: Any, line: int, arms: ArmSet, *, token_scale: float, text:
         probs = pr.add(f"field 'p' must be a list of {len(actions)} probabilities (one per entry of 'a'), "
                        f"got {probs!r}")
     if actions is BAD or context is BAD:
-        pr.raise_any()
+        _stop(obj, line, pr)
     multi = context.get("_multi")
     n_actions = len(multi) if isinstance(multi, list) else len(actions)
     if sorted(actions) != list(range(1, n_actions + 1)):
         pr.add(f"field 'a' must list every action id 1..{n_actions} once, got {actions!r}")
-        pr.raise_any()
+        _stop(obj, line, pr)
     names = [_arm_name(x) for x in multi] if isinstance(multi, list) else [None] * n_actions
     arm_of, by_position = _map_actions(names, arms, pr)
     prob_of: Any = {} if arm_of is not None and probs is not BAD else BAD
@@ -271,7 +314,7 @@ def parse_dsjson(obj: Any, line: int, arms: ArmSet, *, token_scale: float, text:
     custom = obj.get(CUSTOM)
     state = obj.get("VWState")
     version = state.get("m") if isinstance(state, Mapping) and isinstance(state.get("m"), str) else "dsjson"
-    has_label = "_label_cost" in obj and not obj.get("_skipLearn", False)
+    has_label = _has_label(obj)
     if isinstance(custom, dict):
         ts = custom.get("ts")
         decision = decision_row(
@@ -289,17 +332,7 @@ def parse_dsjson(obj: Any, line: int, arms: ArmSet, *, token_scale: float, text:
         pr.raise_any()
         return ParsedEvent(line, decision, outcome, by_position=by_position)
     # a foreign line
-    if "Timestamp" not in obj:
-        ts = float(line)  # deterministic, in file order (VW's own examples carry no time)
-    else:
-        stamp = obj["Timestamp"]
-        if not isinstance(stamp, str):
-            ts = pr.add(f"Timestamp must be an ISO 8601 string, got {stamp!r}")
-        else:
-            try:
-                ts = parse_time(stamp, field="Timestamp")
-            except StopbanditError as exc:
-                ts = pr.add(str(exc))
+    ts = _foreign_time(obj, line, pr)
     features: dict[str, Any] = {}
     _flatten("", {k: v for k, v in context.items() if k != "_multi"}, features)
     domain = context.get("domain") if isinstance(context.get("domain"), str) else None
@@ -309,15 +342,13 @@ def parse_dsjson(obj: Any, line: int, arms: ArmSet, *, token_scale: float, text:
     if not has_label:
         pr.raise_any()
         return ParsedEvent(line, decision, None, by_position=by_position)
-    cost = obj["_label_cost"]
-    if isinstance(cost, bool) or not isinstance(cost, (int, float)) or cost != cost or cost in (float("inf"),
-                                                                                                 float("-inf")):
-        pr.add(f"_label_cost must be a finite number, got {cost!r}")
+    cost = _cost(obj, pr)
+    if cost is BAD:
         pr.raise_any()
-    em = min(1.0, max(0.0, -float(cost)))
+    em = min(1.0, max(0.0, -cost))
     outcome = outcome_of(decision["request_key"], em=em, tokens=0, ts=ts, problems=pr)
     pr.raise_any()
-    return ParsedEvent(line, decision, outcome, mapped_from_cost=True, clipped=em != -float(cost),
+    return ParsedEvent(line, decision, outcome, mapped_from_cost=True, clipped=em != -cost,
                        by_position=by_position)
 
 

@@ -7,6 +7,7 @@ import io
 import json
 
 import numpy as np
+import pytest
 
 from stopbandit.bandit.arms import DEFAULT_ARMS, ArmSet
 from stopbandit.errors import StopbanditError
@@ -137,6 +138,22 @@ def test_every_problem_of_a_dsjson_line_is_reported(tmp_path):
     for part in ("probability 1.5 of action 2 is not a number in [0, 1]", "_label_Action must be an action id in 1..4",
                  "missing field '_label_probability'", "Timestamp must be an ISO 8601 string",
                  "_label_cost must be a finite number"):
+        assert part in err.message, (part, err.message)
+
+
+@pytest.mark.parametrize("actions", [None, [1, 1, 3]], ids=["no actions", "actions not 1..K"])
+def test_a_dsjson_line_without_usable_actions_still_reports_its_other_fields(tmp_path, actions):
+    line = {"_label_cost": "x", "_label_probability": 1.5, "_label_Action": 1, "p": [0.5, 0.25, 0.25],
+            "c": {"_multi": [{"arm": n} for n in ARMS.names[:3]]}, "Timestamp": "yesterday"}
+    if actions is not None:
+        line["a"] = actions
+    path = tmp_path / "bad.dsjson"
+    path.write_text(json.dumps(line) + "\n")
+    [err] = list(read_dsjson(str(path), ARMS, token_scale=1000.0))
+    assert isinstance(err, LineError)
+    first = "missing field 'a'" if actions is None else "field 'a' must list every action id 1..3 once"
+    for part in (first, "propensity must be", "got 1.5", "Timestamp", "'yesterday'",
+                 "_label_cost must be a finite number, got 'x'"):
         assert part in err.message, (part, err.message)
 
 
