@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
@@ -191,10 +190,7 @@ def _foreign_time(obj: Mapping[str, Any], line: int, pr: Problems) -> Any:
 
 def _cost(obj: Mapping[str, Any], pr: Problems) -> Any:
     """A foreign line's ``_label_cost`` as a float (BAD, recorded, when it is not a finite number)."""
-    cost = obj["_label_cost"]
-    if isinstance(cost, bool) or not isinstance(cost, (int, float)) or not math.isfinite(cost):
-        return pr.add(f"_label_cost must be a finite number, got {cost!r}")
-    return float(cost)
+    return pr.run(validation.real, obj["_label_cost"], "_label_cost")
 
 
 def _stop(obj: Mapping[str, Any], line: int, pr: Problems) -> None:
@@ -294,7 +290,7 @@ def parse_dsjson(obj: Any, line: int, arms: ArmSet, *, token_scale: float, text:
     prob_of: Any = {} if arm_of is not None and probs is not BAD else BAD
     if probs is not BAD:
         for aid, p in zip(actions, probs):
-            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= float(p) <= 1.0:
+            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:  # exact for any int
                 prob_of = pr.add(f"probability {p!r} of action {aid} is not a number in [0, 1]")
             elif prob_of is not BAD:
                 prob_of[arm_of[aid - 1]] = p  # type: ignore[index]
@@ -362,6 +358,9 @@ def read_dsjson(path: str, arms: ArmSet, *, token_scale: float) -> Iterator[Pars
                 obj = json.loads(text)
             except json.JSONDecodeError as exc:
                 yield LineError(n, f"not valid JSON ({exc.msg} at column {exc.colno})")
+                continue
+            except ValueError as exc:  # a number beyond the interpreter's integer-conversion limit
+                yield LineError(n, f"not valid JSON here ({str(exc).split(';')[0]})")
                 continue
             except RecursionError:
                 yield LineError(n, "not valid JSON (nested too deeply)")

@@ -4,6 +4,7 @@ later ``train``/``evaluate``, and no command prints a traceback. The same values
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -42,6 +43,10 @@ HOSTILE = {
     "tokens 10**400": (lambda s: s.replace('"tokens":', f'"tokens":{BIG},"was":'), "tokens"),
     "foreign domain NUL": (lambda s: _foreign("f-1", '{"domain":"a\\u0000b","n":1}'), "domain"),
     "foreign feature 10**400": (lambda s: _foreign("f-2", f'{{"n":{BIG}}}'), "x_n"),
+    "probability 10**400": (lambda s: re.sub(r'"p":\[[^,\]]+', f'"p":[{BIG}', s, count=1), "probability"),
+    "foreign cost 10**400": (lambda s: _foreign("f-3", "{}").replace('"_label_cost":-1', f'"_label_cost":{BIG}'),
+                             "_label_cost"),
+    "number of 5,000 digits": (lambda s: s.replace('"score":0.5', f'"score":{"9" * 5000}'), "not valid JSON"),
 }
 
 
