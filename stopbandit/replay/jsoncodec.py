@@ -84,7 +84,13 @@ def loads(text: str | bytes) -> Any:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
         pass
-    return json.loads(text)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except ValueError as exc:  # a number past the interpreter's integer-conversion limit: not JSON we can read
+        doc = text if isinstance(text, str) else text.decode("utf-8", "replace")
+        raise json.JSONDecodeError(str(exc).split(";")[0], doc, 0) from None
 
 
 def loads_many(values: Iterable[Any]) -> list[Any]:

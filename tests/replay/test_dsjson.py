@@ -369,6 +369,26 @@ def test_csv_malformed_rows(sqlite_url, tmp_path):
     store.dispose()
 
 
+def test_csv_numbers_no_float_holds_are_the_rows_error_not_a_crash(tmp_path):
+    big, huge = "1" + "0" * 400, "9" * 5000  # 10**400; more digits than the interpreter converts
+    probs = {"full": 0.5, "careful": 0.2, "balanced": 0.2, "aggressive": 0.1}
+    good = {"request_id": "c1", "features": "{}", "domain": "", "arm": "full", "propensity": "0.5",
+            "probabilities": json.dumps(probs), "em": "1", "tokens": "10"}
+    rows = [good,
+            {**good, "request_id": "c2", "features": '{"x": %s}' % huge},
+            {**good, "request_id": "c3", "probabilities": json.dumps(probs).replace("0.5", huge)},
+            {**good, "request_id": "c4", "probabilities": json.dumps(probs).replace("0.5", big)},
+            {**good, "request_id": "c5", "propensity": big}]
+    path = tmp_path / "big.csv"
+    path.write_text(_csv(rows, header=tuple(good)))
+    got = {x.line: getattr(x, "message", None) for x in read_csv(str(path), ARMS, token_scale=1000.0, now=NOW)}
+    assert got[2] is None
+    assert got[3].startswith("column 'features' is not valid JSON (Exceeds the limit (4300 digits)")
+    assert got[4].startswith("column 'probabilities' is not valid JSON (Exceeds the limit (4300 digits)")
+    assert "probability of arm 'full' must be a finite number, got an integer of 401 digits" in got[5]
+    assert got[6].startswith("column 'propensity' must be finite")
+
+
 def test_csv_header_must_have_the_required_columns(sqlite_url, tmp_path):
     path = tmp_path / "h.csv"
     path.write_text("request_id,arm\nx,full\n")
