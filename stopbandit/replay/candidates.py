@@ -300,6 +300,18 @@ def snapshot_meta(store: ReplayStore, spec: str | None) -> dict[str, Any] | None
     return dict(stored.meta) if stored is not None else None
 
 
+def newest_snapshot_meta(store: ReplayStore) -> dict[str, Any] | None:
+    """Metadata of the newest snapshot of any role, else None.
+
+    A serving Selector stores its arms with its checkpoints before any
+    serving snapshot exists: the arms a log was written with, when nothing
+    else records them.
+    """
+    newest = store.list_snapshots(1)
+    stored = store.get_snapshot(newest[0][0]) if newest else None
+    return dict(stored.meta) if stored is not None else None
+
+
 def resolve_arms(config_arms: ArmSet | None, meta: Mapping[str, Any] | None,
                  store_arms: ArmSet | None = None) -> tuple[ArmSet, str]:
     """The evaluation's arms and where they came from: the config, else the store's, else the snapshot's, else
@@ -357,6 +369,7 @@ __all__ = [
     "batch_shared_lines",
     "default_model",
     "make_candidate",
+    "newest_snapshot_meta",
     "resolve_arms",
     "resolve_lambda",
     "snapshot_meta",

@@ -18,7 +18,7 @@ import click
 from stopbandit.bandit.arms import ArmSet
 from stopbandit.clikit import DB_HELP, console, table
 from stopbandit.errors import ConfigError
-from stopbandit.replay.candidates import resolve_arms, resolve_lambda, snapshot_meta
+from stopbandit.replay.candidates import newest_snapshot_meta, resolve_arms, resolve_lambda, snapshot_meta
 from stopbandit.replay.logreader import LogCounts
 from stopbandit.replay.ope import Estimate
 from stopbandit.replay.options import DEFAULT_CHUNK, ReplayOptions
@@ -45,7 +45,11 @@ def setup(url: str | None, config_path: str | None, policy: str | None, lam: flo
     cfg = load_config(config_path) if config_path else None
     store = ReplayStore(url)
     meta = snapshot_meta(store, policy)
-    arms, arms_source = resolve_arms(cfg.arms if cfg is not None else None, meta, store.arms())
+    store_arms = store.arms()
+    arms_meta = meta
+    if cfg is None and store_arms is None and not (meta and meta.get("arms")):
+        arms_meta = newest_snapshot_meta(store)  # a serving Selector's checkpoint: the arms it logged with
+    arms, arms_source = resolve_arms(cfg.arms if cfg is not None else None, arms_meta, store_arms)
     lam_v, lam_source = resolve_lambda(lam, store, meta, cfg.lam if cfg is not None else 0.2)
     if lam_v < 0 or lam_v != lam_v:
         raise ConfigError(f"--lam must be a number >= 0, got {lam_v!r}")

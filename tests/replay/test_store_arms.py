@@ -104,6 +104,32 @@ def test_numeric_action_ids_map_to_their_plain_arms(tmp_path):
     store.dispose()
 
 
+def test_a_serving_selectors_log_is_evaluated_with_its_arms_without_config(tmp_path):
+    """No import recorded the arms and no serving snapshot exists: the Selector's checkpoint carries them."""
+    from stopbandit import Selector
+
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    arms = ArmSet.of([{"name": "lo", "threshold": 0.8}, {"name": "hi", "threshold": 0.95}])
+    sel = Selector.open(db, arms=arms, seed=1, follow=False)
+    for i in range(40):
+        dec = sel.choose("what is 2+2?", domain="math", request_id=f"r{i}")
+        sel.reward(dec.decision_id, em=float(i % 3 == 0), tokens=100)
+    sel.close()
+    store = ReplayStore(db)
+    assert store.arms() is None and store.get_snapshot("latest") is None
+    [(checkpoint, _, _)] = store.list_snapshots()
+    events = [e for ch in store.iter_events() for e in ch]
+    store.dispose()
+    out = json.loads(invoke("evaluate", "--db", db, "--policy", "arm:hi", "--estimators", "ips", "--lam", "0",
+                            "--json", "--no-progress").stdout)
+    assert out["arms"] == ["lo", "hi"] and out["notes"]["arms_from"] == f"snapshot {checkpoint}"
+    by_hand = sum(e.em / e.propensity for e in events if e.arm == "hi") / len(events)
+    assert by_hand > 0
+    assert out["estimates"]["ips"]["em"]["value"] == pytest.approx(by_hand, rel=1e-12)
+    summary = json.loads(invoke("export", "--db", db, "--out", str(tmp_path / "log.dsjson"), "--json").stdout)
+    assert summary["arms"] == ["lo", "hi"] and summary["events"] == 40
+
+
 def test_0007_adds_and_drops_the_arm_table(db_url):
     migrate.upgrade(db_url, "0006")
     engine = make_engine(db_url)
