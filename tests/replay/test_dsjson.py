@@ -519,3 +519,14 @@ def test_vw_ccb_lines_get_one_not_supported_message(tmp_path):
     assert report.error_count == 1 and report.inserted == 0
     assert report.errors[0].message.startswith("not supported: CCB")
     store.dispose()
+
+
+def test_a_slates_line_gets_the_same_one_message(tmp_path):
+    """A slates line (c._slots with a label, no _outcomes): one message, not one per missing field."""
+    line = {"_label_cost": -1.0, "c": {"shared": {"f": 1}, "_multi": [{"a": {"f": 1}}, {"a": {"f": 2}}],
+                                       "_slots": [{"_inc": [0, 1]}]}}
+    path = tmp_path / "slates.json"
+    path.write_text(json.dumps(line) + "\n")
+    [err] = list(read_dsjson(str(path), ARMS, token_scale=1000.0))
+    assert isinstance(err, LineError)
+    assert err.message.startswith("not supported: CCB") and "c._slots" in err.message and "missing" not in err.message
