@@ -223,38 +223,11 @@ def one(decoder, seed: int, n_train: int, n_test: int, lambdas, scale: float, n_
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", type=Path, nargs="+", default=[DEFAULT_OUT])
-    ap.add_argument("--train", type=int, default=1500)
-    ap.add_argument("--test", type=int, default=1500)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--lambdas", type=float, nargs="+", default=[0.1, 0.3, 1.0])
-    ap.add_argument("--token-scale", type=float, default=20.0)
-    ap.add_argument("--check", type=int, default=200, help="test items re-run on the decoder under the compared rules")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--save", type=Path, help="also write the summary as JSON")
-    args = ap.parse_args()
-
-    import torch
-
-    from stopbandit.decoder.hf import HFDecoder
-
-    torch.set_num_threads(args.threads)
-    rng = np.random.default_rng(0)
-    res = []
-    for m in args.models:
-        if not (m / "config.json").is_file():
-            ap.error(f"no trained model in {m}; run `python -m benchmarks.testbed.train` first")
-        dec = HFDecoder.from_pretrained(m, device="cpu")
-        for s in args.seeds:
-            r = one(dec, s, args.train, args.test, args.lambdas, args.token_scale, args.check)
-            print(f"model {m.name} seed {s}: decoded {args.train + args.test} items in {r['decode_s']:.0f} s; "
-                  f"full EM {r['full'][0]:.4f} tokens {r['full'][1]:.2f}; re-run check {r['check'][0]}/{r['check'][1]}",
-                  flush=True)
-            res.append(r)
+def report(res: list[dict], args: argparse.Namespace, rng: np.random.Generator, title: str) -> dict:
+    """Print the tables of ``res`` (runs pooled) and return their summary."""
     summary: dict = {"runs": len(res), "lam": {}}
-    print(f"\n{len(res)} runs (models × seeds), {args.test} test items each; Δ pooled over runs, 95% paired bootstrap")
+    print(f"\n== {title}: {len(res)} runs (models × seeds), {args.test} test items each; "
+          "Δ pooled over runs, 95% paired bootstrap")
     print(f"{'λ':<5}{'family':<11}{'best fixed':>12}{'EM':>8}{'tokens':>8}{'learned EM':>12}{'Δ EM = Δ reward':>16}"
           f"{'95% CI':>20}{'reward':>9}{'Δ reward, learned at its level':>34}")
     for lam in args.lambdas:
@@ -320,6 +293,44 @@ def main() -> None:
     chk = (sum(r["check"][0] for r in res), sum(r["check"][1] for r in res))
     summary["check"] = chk
     print(f"re-runs on the decoder equal to the traces' reading: {chk[0]}/{chk[1]}")
+    return summary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", type=Path, nargs="+", default=[DEFAULT_OUT])
+    ap.add_argument("--train", type=int, default=1500)
+    ap.add_argument("--test", type=int, default=1500)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--lambdas", type=float, nargs="+", default=[0.1, 0.3, 1.0])
+    ap.add_argument("--token-scale", type=float, default=20.0)
+    ap.add_argument("--check", type=int, default=200, help="test items re-run on the decoder under the compared rules")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--save", type=Path, help="also write the summary as JSON")
+    args = ap.parse_args()
+
+    import torch
+
+    from stopbandit.decoder.hf import HFDecoder
+
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    res, names = [], []
+    for m in args.models:
+        if not (m / "config.json").is_file():
+            ap.error(f"no trained model in {m}; run `python -m benchmarks.testbed.train` first")
+        dec = HFDecoder.from_pretrained(m, device="cpu")
+        for s in args.seeds:
+            r = one(dec, s, args.train, args.test, args.lambdas, args.token_scale, args.check)
+            print(f"model {m.name} seed {s}: decoded {args.train + args.test} items in {r['decode_s']:.0f} s; "
+                  f"full EM {r['full'][0]:.4f} tokens {r['full'][1]:.2f}; re-run check {r['check'][0]}/{r['check'][1]}",
+                  flush=True)
+            res.append(r)
+            names.append(str(m))
+    groups = {str(m): [r for r, n in zip(res, names) if n == str(m)] for m in args.models}
+    summary = {"per_model": {k: report(v, args, rng, f"model {k}") for k, v in groups.items()} if len(groups) > 1
+               else {}}
+    summary["pooled"] = report(res, args, rng, "all models")
     if args.save:
         args.save.write_text(json.dumps(summary, indent=2))
 
