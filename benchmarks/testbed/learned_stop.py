@@ -34,6 +34,11 @@ Per λ:
 * two ceilings: the per-request oracle over every policy, and the hindsight
   stop (each request stopped at its best probe).
 
+And, λ-free, the learned rule's EM at the mean tokens of **every** fixed rule
+(not only each family's best): a family's best rule can sit at an end of the
+learned curve (``full``'s tokens, or stopping every request at its first
+probe), where every stop rule is the same policy and Δ is 0 by construction.
+
 Features' information, on the test split's probes: how well ``p_now`` (the
 learned rule's estimate that the trial answer is right) and the raw
 confidence alone (what DEER reads) predict "trial answer correct": AUC, and
@@ -108,9 +113,15 @@ def logloss(p: np.ndarray, y: np.ndarray) -> float:
 
 
 def boot_ci(d: np.ndarray, rng: np.random.Generator, n: int = 2000) -> tuple[float, float]:
-    idx = rng.integers(0, d.size, size=(n, d.size))
-    means = d[idx].mean(axis=1)
+    means = np.concatenate([d[rng.integers(0, d.size, size=(min(100, n - k), d.size))].mean(axis=1)
+                            for k in range(0, n, 100)])  # in chunks: a pooled d has tens of thousands of rows
     return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def _mean_finite(values) -> float:
+    """Mean over the runs where a figure is defined (NaN where it is in none)."""
+    v = [x for x in values if np.isfinite(x)]
+    return float(np.mean(v)) if v else float("nan")
 
 
 def one(decoder, seed: int, n_train: int, n_test: int, lambdas, scale: float, n_check: int) -> dict:
@@ -158,6 +169,13 @@ def one(decoder, seed: int, n_train: int, n_test: int, lambdas, scale: float, n_
         js = [FIXED.index(a) for a in arms]
         sav = [1.0 - tok_fx[:, j].mean() / full_tok for j in js if em_fx[:, j].mean() >= full_em - 0.005]
         out["head"][f] = max(sav, default=0.0)
+    out["matched"] = {}
+    floor = c_tok.mean(axis=0)[-1]
+    for j, a in enumerate(FIXED[1:], start=1):  # every fixed rule: the learned rule's EM at its token spend
+        target = tok_fx[:, j].mean()
+        out["matched"][a.name] = {"tokens": float(target), "em": float(em_fx[:, j].mean()),
+                                  "diff": _at_tokens(c_em, c_tok, target) - em_fx[:, j],
+                                  "edge": bool(target >= full_tok - 1e-9 or target <= floor + 1e-9)}
     nfix = len(FIXED)
     checks = []
     for lam in lambdas:
@@ -170,7 +188,6 @@ def one(decoder, seed: int, n_train: int, n_test: int, lambdas, scale: float, n_
         lvl = int(np.argmax(ev["train"].mean(axis=0)))
         lr = ev["test"][:, lvl]
         row: dict = {"families": {}}
-        floor = c_tok.mean(axis=0)[-1]
         for f, arms in FAMILIES.items():
             j = max((FIXED.index(a) for a in arms), key=lambda k: mean_fx[k])
             target = tok_fx[:, j].mean()
@@ -206,38 +223,11 @@ def one(decoder, seed: int, n_train: int, n_test: int, lambdas, scale: float, n_
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", type=Path, nargs="+", default=[DEFAULT_OUT])
-    ap.add_argument("--train", type=int, default=1500)
-    ap.add_argument("--test", type=int, default=1500)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--lambdas", type=float, nargs="+", default=[0.1, 0.3, 1.0])
-    ap.add_argument("--token-scale", type=float, default=20.0)
-    ap.add_argument("--check", type=int, default=200, help="test items re-run on the decoder under the compared rules")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--save", type=Path, help="also write the summary as JSON")
-    args = ap.parse_args()
-
-    import torch
-
-    from stopbandit.decoder.hf import HFDecoder
-
-    torch.set_num_threads(args.threads)
-    rng = np.random.default_rng(0)
-    res = []
-    for m in args.models:
-        if not (m / "config.json").is_file():
-            ap.error(f"no trained model in {m}; run `python -m benchmarks.testbed.train` first")
-        dec = HFDecoder.from_pretrained(m, device="cpu")
-        for s in args.seeds:
-            r = one(dec, s, args.train, args.test, args.lambdas, args.token_scale, args.check)
-            print(f"model {m.name} seed {s}: decoded {args.train + args.test} items in {r['decode_s']:.0f} s; "
-                  f"full EM {r['full'][0]:.4f} tokens {r['full'][1]:.2f}; re-run check {r['check'][0]}/{r['check'][1]}",
-                  flush=True)
-            res.append(r)
+def report(res: list[dict], args: argparse.Namespace, rng: np.random.Generator, title: str) -> dict:
+    """Print the tables of ``res`` (runs pooled) and return their summary."""
     summary: dict = {"runs": len(res), "lam": {}}
-    print(f"\n{len(res)} runs (models × seeds), {args.test} test items each; Δ pooled over runs, 95% paired bootstrap")
+    print(f"\n== {title}: {len(res)} runs (models × seeds), {args.test} test items each; "
+          "Δ pooled over runs, 95% paired bootstrap")
     print(f"{'λ':<5}{'family':<11}{'best fixed':>12}{'EM':>8}{'tokens':>8}{'learned EM':>12}{'Δ EM = Δ reward':>16}"
           f"{'95% CI':>20}{'reward':>9}{'Δ reward, learned at its level':>34}")
     for lam in args.lambdas:
@@ -275,7 +265,23 @@ def main() -> None:
                                    closed=closed)
         print(f"{lam:<5g}{names:>14}{bf:>9.4f}{lr:>12.4f} {str(levels):>9}{d.mean():>+12.4f} [{lo:+.4f}, {hi:+.4f}]"
               f"{orc:>9.4f}{hs:>16.4f}{closed:>8.2f}")
-    info = {k: float(np.mean([r["info"][k] for r in res])) for k in res[0]["info"]}
+    print(f"\nmatched tokens, every fixed rule: the learned rule's EM at its mean tokens (test items; Δ pooled over "
+          "runs, 95% paired bootstrap; * = at an end of the learned curve: full's tokens or its fewest)")
+    print(f"{'rule':<12}{'saved':>8}{'EM fixed':>10}{'EM learned':>12}{'Δ EM':>9}{'95% CI':>20}")
+    summary["matched"] = {}
+    for a in FIXED[1:]:
+        rows = [r["matched"][a.name] for r in res]
+        d = np.concatenate([x["diff"] for x in rows])
+        lo, hi = boot_ci(d, rng)
+        tok = float(np.mean([x["tokens"] for x in rows]))
+        em = float(np.mean([x["em"] for x in rows]))
+        saved = 1.0 - tok / float(np.mean([r["full"][1] for r in res]))
+        edge = any(x["edge"] for x in rows)
+        summary["matched"][a.name] = {"saved": saved, "em": em, "learned_em": em + float(d.mean()),
+                                      "diff": float(d.mean()), "ci": [lo, hi], "edge": edge}
+        print(f"{a.name + ('*' if edge else ''):<12}{saved:>8.1%}{em:>10.4f}{em + d.mean():>12.4f}{d.mean():>+9.4f}"
+              f"   [{lo:+.4f}, {hi:+.4f}]")
+    info = {k: _mean_finite([r["info"][k] for r in res]) for k in res[0]["info"]}
     summary["info"] = info
     print("\nfeatures' information on the test probes (mean over runs): "
           + ", ".join(f"{k} {v:.4f}" for k, v in info.items()))
@@ -287,6 +293,44 @@ def main() -> None:
     chk = (sum(r["check"][0] for r in res), sum(r["check"][1] for r in res))
     summary["check"] = chk
     print(f"re-runs on the decoder equal to the traces' reading: {chk[0]}/{chk[1]}")
+    return summary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", type=Path, nargs="+", default=[DEFAULT_OUT])
+    ap.add_argument("--train", type=int, default=1500)
+    ap.add_argument("--test", type=int, default=1500)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--lambdas", type=float, nargs="+", default=[0.1, 0.3, 1.0])
+    ap.add_argument("--token-scale", type=float, default=20.0)
+    ap.add_argument("--check", type=int, default=200, help="test items re-run on the decoder under the compared rules")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--save", type=Path, help="also write the summary as JSON")
+    args = ap.parse_args()
+
+    import torch
+
+    from stopbandit.decoder.hf import HFDecoder
+
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    res, names = [], []
+    for m in args.models:
+        if not (m / "config.json").is_file():
+            ap.error(f"no trained model in {m}; run `python -m benchmarks.testbed.train` first")
+        dec = HFDecoder.from_pretrained(m, device="cpu")
+        for s in args.seeds:
+            r = one(dec, s, args.train, args.test, args.lambdas, args.token_scale, args.check)
+            print(f"model {m.name} seed {s}: decoded {args.train + args.test} items in {r['decode_s']:.0f} s; "
+                  f"full EM {r['full'][0]:.4f} tokens {r['full'][1]:.2f}; re-run check {r['check'][0]}/{r['check'][1]}",
+                  flush=True)
+            res.append(r)
+            names.append(str(m))
+    groups = {str(m): [r for r, n in zip(res, names) if n == str(m)] for m in args.models}
+    summary = {"per_model": {k: report(v, args, rng, f"model {k}") for k, v in groups.items()} if len(groups) > 1
+               else {}}
+    summary["pooled"] = report(res, args, rng, "all models")
     if args.save:
         args.save.write_text(json.dumps(summary, indent=2))
 
