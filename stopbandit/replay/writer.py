@@ -97,7 +97,8 @@ from typing import Any
 from stopbandit.errors import StoreError
 from stopbandit.replay.queue_age import QueueAge
 from stopbandit.replay.records import DecisionRecord, LateRecord, OutcomeRecord, typed
-from stopbandit.replay.spill import SpillFile, read_spill
+from stopbandit.replay.spill import SpillFile
+from stopbandit.replay.spill_format import read_spill
 from stopbandit.replay.store import ReplayStore
 from stopbandit.replay.writer_commit import Commits, Item
 from stopbandit.replay.writer_replay import Replays, _ReplayJob

@@ -28,7 +28,8 @@ from stopbandit import Selector
 from stopbandit.config import SelectorConfig, StoreConfig
 from stopbandit.errors import ConfigError, ConflictError, StoreError, UnknownDecisionError
 from stopbandit.replay import migrate
-from stopbandit.replay.spill import Adopted, SpillFile, SpillReader, encode, header
+from stopbandit.replay.spill import Adopted, SpillFile
+from stopbandit.replay.spill_format import SpillReader, encode, header
 from stopbandit.replay.store import ReplayStore, outcome_row
 from stopbandit.replay.writer import BatchWriter
 
