@@ -98,7 +98,6 @@ from stopbandit.errors import StoreError
 from stopbandit.replay.queue_age import QueueAge
 from stopbandit.replay.records import DecisionRecord, LateRecord, OutcomeRecord, typed
 from stopbandit.replay.spill import SpillFile
-from stopbandit.replay.spill_format import read_spill
 from stopbandit.replay.store import ReplayStore
 from stopbandit.replay.writer_commit import Commits, Item
 from stopbandit.replay.writer_replay import Replays, _ReplayJob
@@ -664,4 +663,4 @@ def _close_at_exit(ref: weakref.ref[BatchWriter]) -> None:
             log.exception("closing the batch writer at exit failed")
 
 
-__all__ = ["BatchWriter", "WriterHealth", "default_spill_dir", "read_spill", "spill_prefix"]
+__all__ = ["BatchWriter", "WriterHealth", "default_spill_dir", "spill_prefix"]
