@@ -48,6 +48,7 @@ from statistics import NormalDist
 from typing import Any
 
 
+from stopbandit import validation
 from stopbandit.config import snapshot_key
 from stopbandit.bandit.exploration import exploration_from_config
 from stopbandit.bandit.policy import Policy
@@ -286,8 +287,8 @@ def ab_report(store: ReplayStore, *, challenger: str | None = None, lam: float |
         if change is None:
             raise InputError("no λ in the store to price tokens in the reward: pass lam=... (--lam)")
         lam, lam_source = float(change.value), "store"
-    elif isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
-        raise ConfigError(f"lam must be a finite number >= 0, got {lam!r}")
+    else:
+        lam = validation.within(lam, "lam", low=0)
     accs = {g: _Acc() for g in GROUPS}
     doms: dict[str, dict[str, _Acc]] = {}
     for chunk in store.iter_events(since_ts=start):
