@@ -78,7 +78,8 @@ class Arm:
             raise ConfigError(
                 f"arm {self.name!r}: agreement must be 0 (off) or >= 2 consecutive probes, got {self.agreement}"
             )
-        validation.within(self.learned, f"arm {self.name!r}: learned", low=0, expected="a finite number {range} (0 = off)")
+        validation.within(self.learned, f"arm {self.name!r}: learned", low=0,
+                          expected="a finite number {range} (0 = off)")
         if not isinstance(self.plain, bool):
             raise ConfigError(f"arm {self.name!r}: plain must be true or false, got {self.plain!r}")
         if self.plain and (self.max_think_tokens or self.agreement or self.learned):
