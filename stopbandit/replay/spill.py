@@ -14,8 +14,10 @@ database (:meth:`stopbandit.replay.store.ReplayStore.identity`), never its
 URL. A writer adopts another writer's file only if that header names its own
 store and the file belongs to the same user (:func:`foreign`).
 
-Spill files live in a private directory (mode 0700, owned by the process's
-user; :func:`secure_dir` refuses anything else) and are created mode 0600:
+Spill files live in a private directory, one per store under
+:func:`default_spill_dir` unless configured (:func:`spill_prefix`; mode 0700,
+owned by the process's user; :func:`secure_dir` refuses anything else) and
+are created mode 0600:
 they hold request features, and a planted file would be replayed into the
 store.
 
@@ -65,6 +67,22 @@ from stopbandit.replay.records import Record
 from stopbandit.replay.spill_format import encode, header, read_header
 
 log = logging.getLogger("stopbandit.spill")
+
+
+def default_spill_dir() -> Path:
+    """``$XDG_STATE_HOME/stopbandit/spill``, else ``~/.local/state/stopbandit/spill``: private, kept across reboots."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(state) / "stopbandit" / "spill"
+
+
+def spill_prefix(spill_dir: str | os.PathLike[str] | None, store_id: str | None) -> Path:
+    """The file prefix of a writer's spill: ``<spill_dir>/<store identity>/spill``.
+
+    A writer that could not read its store's identity (the store was down at
+    start) spills under ``<spill_dir>/unbound/``: it replays that file itself
+    once the store answers, but nobody adopts such a file if it dies first.
+    """
+    return Path(spill_dir or default_spill_dir()) / (store_id or "unbound") / "spill"
 
 
 def _lock(path: Path) -> IO[str] | None:
@@ -469,4 +487,4 @@ class Adopted:
             self._fh.close()
 
 
-__all__ = ["Adopted", "SpillFile", "foreign", "secure_dir", "spill_files"]
+__all__ = ["Adopted", "SpillFile", "default_spill_dir", "foreign", "secure_dir", "spill_files", "spill_prefix"]
