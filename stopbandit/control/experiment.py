@@ -272,8 +272,7 @@ def challenger_period(store: ReplayStore, version: str) -> tuple[float, float, i
 def ab_report(store: ReplayStore, *, challenger: str | None = None, lam: float | None = None,
               alpha: float = 0.05, by_domain: bool = False, include: tuple[str, ...] = ("ok",)) -> ABReport:
     """Compare the groups over the challenger's live period (see the module docstring)."""
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
-        raise ConfigError(f"alpha must be in (0, 1), got {alpha!r}")
+    validation.within(alpha, "alpha", low=0, high=1, low_open=True, high_open=True, expected="{range}")
     version = challenger or latest_challenger(store)
     if version is None:
         raise InputError("no challenger decisions in the store: route a share of traffic to a candidate with "
