@@ -64,16 +64,9 @@ class Arm:
             )
         validation.within(self.threshold, f"arm {self.name!r}: threshold", low=0, low_open=True, high=MAX_THRESHOLD,
                           expected="{range}", wrong_type="a number")
-        if isinstance(self.max_think_tokens, bool) or not isinstance(self.max_think_tokens, int):
-            raise ConfigError(
-                f"arm {self.name!r}: max_think_tokens must be an integer, got {self.max_think_tokens!r}"
-            )
-        if self.max_think_tokens < 0:
-            raise ConfigError(
-                f"arm {self.name!r}: max_think_tokens must be >= 0 (0 = no cap), got {self.max_think_tokens}"
-            )
-        if isinstance(self.agreement, bool) or not isinstance(self.agreement, int):
-            raise ConfigError(f"arm {self.name!r}: agreement must be an integer, got {self.agreement!r}")
+        validation.within(self.max_think_tokens, f"arm {self.name!r}: max_think_tokens", low=0, integral=True,
+                          expected="{range} (0 = no cap)", wrong_type="an integer")
+        validation.integer(self.agreement, f"arm {self.name!r}: agreement")
         if self.agreement == 1 or self.agreement < 0:
             raise ConfigError(
                 f"arm {self.name!r}: agreement must be 0 (off) or >= 2 consecutive probes, got {self.agreement}"
