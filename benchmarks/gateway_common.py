@@ -20,7 +20,6 @@ import tempfile
 import threading
 import argparse
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +30,11 @@ from tests.serve.upstreams import (
     start_decoder_server,
     start_gateway,
     start_llamacpp,
-    stop_process_group,
 )
 
 __all__ = [
     "EngineUnavailable",
     "RawClient",
-    "Server",
     "Upstream",
     "cpu_seconds",
     "main_of",
@@ -52,31 +49,11 @@ __all__ = [
 ]
 
 
-@dataclass
-class Server:
-    """A subprocess server: URL, process, log file."""
-
-    url: str
-    process: subprocess.Popen[bytes]
-    log: Path
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def close(self) -> None:
-        """Stop the server's process group (SIGTERM, then SIGKILL after 15 s)."""
-        stop_process_group(self.process, 15)
-
-    def __enter__(self) -> Server:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 def _log(prefix: str) -> Path:
     return Path(tempfile.mkstemp(prefix=prefix, suffix=".log")[1])
 
 
-def start_canned() -> Server:
+def start_canned() -> Upstream:
     """The trivially fast upstream; it prints its URL once bound."""
     log = _log("sb-canned-")
     with log.open("wb") as err:
@@ -92,7 +69,7 @@ def start_canned() -> Server:
         process.kill()
         raise EngineUnavailable(f"canned upstream did not start: {log.read_text(errors='replace')[-2000:]}")
     info = json.loads(line[0])
-    return Server(info["url"], process, log, info)
+    return Upstream(info["url"], info["model"], process, log, info)
 
 
 def cpu_seconds(pid: int) -> float:

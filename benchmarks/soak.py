@@ -185,27 +185,6 @@ def _pct(values, q: float) -> float:
     return float(np.percentile(values, q)) if len(values) else float("nan")
 
 
-def _mount_tmpfs(path: Path, mb: int) -> bool:
-    """A ``mb`` MiB tmpfs at ``path`` (mode 0700); False where mounting is not allowed."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mb}m,mode=0700", "tmpfs", str(path)],
-                         capture_output=True, text=True)
-    return res.returncode == 0
-
-
-def _fill(path: Path) -> Path:
-    """Fill the filesystem at ``path`` to its last byte."""
-    filler = path / "filler"
-    with open(filler, "wb", buffering=0) as fh:
-        for size in (1 << 20, 4096, 1):
-            try:
-                while True:
-                    fh.write(b"\0" * size)
-            except OSError:
-                pass
-    return filler
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=10.0)
@@ -231,12 +210,13 @@ def main() -> None:
 
     from stopbandit.replay import migrate
     from stopbandit.replay.store import DECISIONS, OUTCOMES, SNAPSHOTS, ReplayStore
+    from tests.reliability.helpers import fill, mount_tmpfs
     from tests.reliability.pgserver import PgServer
 
     load0 = [round(x, 2) for x in os.getloadavg()]
     work = Path(tempfile.mkdtemp(prefix="sb-soak-"))
     spill_dir = work / "spill"
-    tmpfs = _mount_tmpfs(spill_dir, args.disk_mb)
+    tmpfs = mount_tmpfs(spill_dir, f"{args.disk_mb}m") is None
     if not tmpfs:
         spill_dir.mkdir(mode=0o700, exist_ok=True)
     server = PgServer()
@@ -276,7 +256,7 @@ def main() -> None:
             at(0.7)
             t = time.time()
             server.stop("fast")
-            filler = _fill(spill_dir)
+            filler = fill(spill_dir)
             time.sleep(disk_s)
             filler.unlink()
             time.sleep(1.0)  # the held rows reach the spill before the store returns

@@ -146,8 +146,7 @@ class LearningConfig:
         if self.stop_label not in STOP_LABELS:
             raise ConfigError(f"learning.stop_label must be one of {list(STOP_LABELS)}, got {self.stop_label!r}")
         b = self.stop_batch
-        if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 100_000:
-            raise ConfigError(f"learning.stop_batch must be an integer in [1, 100000], got {b!r}")
+        validation.within(b, "learning.stop_batch", low=1, high=100_000, integral=True)
 
     @property
     def weighted(self) -> bool:

@@ -1,6 +1,6 @@
 """The import direction of the package: each layer imports only the layers below it.
 
-    errors, validation ← features ← bandit ← config ← sim, decoder ← replay ← serving ← control, demo ← serve ← cli
+    errors, validation, clikit ← features ← bandit ← config ← sim, decoder ← replay ← serving ← control, demo ← serve ← cli
 
 Every import counts, also the ones inside functions (lazy imports still make a
 dependency). A ``cli_commands`` module, and the ``cli_support`` helpers of one, belong

@@ -32,9 +32,8 @@ from typing import Any, ClassVar
 from collections.abc import Mapping
 
 from stopbandit.bandit.arms import ArmSet
-from stopbandit.bandit.exploration import Exploration, TraceShare
+from stopbandit.bandit.exploration import Exploration, TraceShare, check_gamma
 from stopbandit.bandit.policy import EM_ARGS, POLICIES, TOKEN_ARGS, HeadsPolicy
-from stopbandit.errors import ConfigError
 from stopbandit.sim import SimRequest
 
 
@@ -54,10 +53,7 @@ class LenientSquareCB(Exploration):
     name: ClassVar[str] = "lenient-squarecb"
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.gamma_scale) and self.gamma_scale > 0):
-            raise ConfigError(f"exploration.gamma_scale must be > 0, got {self.gamma_scale!r}")
-        if not (math.isfinite(self.gamma_exponent) and 0 <= self.gamma_exponent <= 1):
-            raise ConfigError(f"exploration.gamma_exponent must be in [0, 1], got {self.gamma_exponent!r}")
+        check_gamma(self.gamma_scale, self.gamma_exponent)
 
     @classmethod
     def of_arms(cls, arms: ArmSet, **kwargs: Any) -> LenientSquareCB:

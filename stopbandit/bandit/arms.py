@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from stopbandit import validation
 from stopbandit.errors import ConfigError
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
@@ -61,29 +62,17 @@ class Arm:
             raise ConfigError(
                 f"arm name must match {_NAME.pattern} (letters, digits, '_', '.', '-'), got {self.name!r}"
             )
-        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)):
-            raise ConfigError(f"arm {self.name!r}: threshold must be a number, got {self.threshold!r}")
-        if not math.isfinite(self.threshold) or not 0.0 < self.threshold <= MAX_THRESHOLD:
-            raise ConfigError(
-                f"arm {self.name!r}: threshold must be in (0, {MAX_THRESHOLD}], got {self.threshold!r}"
-            )
-        if isinstance(self.max_think_tokens, bool) or not isinstance(self.max_think_tokens, int):
-            raise ConfigError(
-                f"arm {self.name!r}: max_think_tokens must be an integer, got {self.max_think_tokens!r}"
-            )
-        if self.max_think_tokens < 0:
-            raise ConfigError(
-                f"arm {self.name!r}: max_think_tokens must be >= 0 (0 = no cap), got {self.max_think_tokens}"
-            )
-        if isinstance(self.agreement, bool) or not isinstance(self.agreement, int):
-            raise ConfigError(f"arm {self.name!r}: agreement must be an integer, got {self.agreement!r}")
+        validation.within(self.threshold, f"arm {self.name!r}: threshold", low=0, low_open=True, high=MAX_THRESHOLD,
+                          expected="{range}", wrong_type="a number")
+        validation.within(self.max_think_tokens, f"arm {self.name!r}: max_think_tokens", low=0, integral=True,
+                          expected="{range} (0 = no cap)", wrong_type="an integer")
+        validation.integer(self.agreement, f"arm {self.name!r}: agreement")
         if self.agreement == 1 or self.agreement < 0:
             raise ConfigError(
                 f"arm {self.name!r}: agreement must be 0 (off) or >= 2 consecutive probes, got {self.agreement}"
             )
-        if isinstance(self.learned, bool) or not isinstance(self.learned, (int, float)) \
-                or not math.isfinite(self.learned) or self.learned < 0:
-            raise ConfigError(f"arm {self.name!r}: learned must be a finite number >= 0 (0 = off), got {self.learned!r}")
+        validation.within(self.learned, f"arm {self.name!r}: learned", low=0,
+                          expected="a finite number {range} (0 = off)")
         if not isinstance(self.plain, bool):
             raise ConfigError(f"arm {self.name!r}: plain must be true or false, got {self.plain!r}")
         if self.plain and (self.max_think_tokens or self.agreement or self.learned):

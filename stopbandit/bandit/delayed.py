@@ -66,6 +66,7 @@ from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any
 
+from stopbandit import validation
 from stopbandit.errors import ConfigError
 
 AGGREGATIONS = ("earliest", "sum")
@@ -78,11 +79,8 @@ def check_window(value: object) -> float | None:
     """``reward_window_s``: None (rewards settle immediately) or seconds in (0, 7 days]."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)) \
-            or not 0 < float(value) <= MAX_WINDOW_S:
-        raise ConfigError(f"reward_window_s must be a number of seconds in (0, {MAX_WINDOW_S:.0f}] or unset, "
-                          f"got {value!r}")
-    return float(value)
+    return validation.within(value, "reward_window_s", low=0, low_open=True, high=MAX_WINDOW_S, numpy=True,
+                             expected="a number of seconds {range} or unset")
 
 
 def check_aggregation(value: object) -> str:
@@ -94,10 +92,8 @@ def check_aggregation(value: object) -> str:
 def check_default_em(value: object) -> float | str:
     if isinstance(value, str) and value == ARM_MEAN:
         return ARM_MEAN
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)) \
-            or not 0.0 <= float(value) <= 1.0:
-        raise ConfigError(f"default_em must be a number in [0, 1] or {ARM_MEAN!r}, got {value!r}")
-    return float(value)
+    return validation.within(value, "default_em", low=0, high=1, numpy=True,
+                             expected=f"a number {{range}} or {ARM_MEAN!r}")
 
 
 def check_default_tokens(value: object) -> int | str:

@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from stopbandit import validation
 from stopbandit.errors import ConfigError, StopbanditError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -104,6 +105,12 @@ class Exploration(ABC):
 
     @abstractmethod
     def to_dict(self) -> dict[str, Any]: ...
+
+
+def check_gamma(scale: object, exponent: object) -> None:
+    """SquareCB's γ = ``scale``·t^``exponent``: a scale > 0 and an exponent in [0, 1] (ConfigError otherwise)."""
+    validation.within(scale, "exploration.gamma_scale", low=0, low_open=True, expected="{range}")
+    validation.within(exponent, "exploration.gamma_exponent", low=0, high=1, expected="{range}")
 
 
 def _best(scores: list[float]) -> int:
@@ -186,10 +193,7 @@ class SquareCB(Exploration):
     name: ClassVar[str] = "squarecb"
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.gamma_scale) and self.gamma_scale > 0):
-            raise ConfigError(f"exploration.gamma_scale must be > 0, got {self.gamma_scale!r}")
-        if not (math.isfinite(self.gamma_exponent) and 0 <= self.gamma_exponent <= 1):
-            raise ConfigError(f"exploration.gamma_exponent must be in [0, 1], got {self.gamma_exponent!r}")
+        check_gamma(self.gamma_scale, self.gamma_exponent)
         if not isinstance(self.nested, bool):
             raise ConfigError(f"exploration.nested must be true or false, got {self.nested!r}")
         object.__setattr__(self, "reveals", _check_reveals(self.reveals))
@@ -264,8 +268,7 @@ class Softmax(Exploration):
     name: ClassVar[str] = "softmax"
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ConfigError(f"exploration.temperature must be > 0, got {self.temperature!r}")
+        validation.within(self.temperature, "exploration.temperature", low=0, low_open=True, expected="{range}")
 
     def _probabilities(self, scores: list[float], t: int, traces: TraceShare | None) -> list[float]:
         top = max(scores)
@@ -313,4 +316,4 @@ def exploration_from_config(cfg: Mapping[str, Any] | None) -> Exploration:
 
 
 __all__ = ["EXPLORATIONS", "MIN_TRACE_SHARE", "TRACE_WINDOW", "EpsilonGreedy", "Exploration", "Softmax", "SquareCB",
-           "TraceShare", "exploration_from_config"]
+           "TraceShare", "check_gamma", "exploration_from_config"]

@@ -35,7 +35,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from itertools import repeat
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -170,27 +170,25 @@ class VWHead:
         """
         if not FAST_PATH:
             return self.predict_slow(lines)
-        text = "\n".join(lines)
-        with self._lock:
-            ws = self._ws
-            raw = ws._parse(text)
-            try:
-                pylibvw.vw.predict_multi(ws, raw)
-                return raw[0].get_action_scores()
-            finally:
-                pylibvw.vw._finish_example_multi_ex(ws, raw)
+        return self._multi(pylibvw.vw.predict_multi, lines, scores=True)
 
     def learn(self, lines: list[str]) -> None:
         if not FAST_PATH:
             with self._lock:
                 self._ws.learn(list(lines))
             return
+        self._multi(pylibvw.vw.learn_multi, lines, scores=False)
+
+    def _multi(self, step: Callable[[Any, Any], None], lines: list[str], *, scores: bool) -> list[float]:
+        """Parse ``lines`` as one multiline example, run ``step`` (predict or learn) on it, and give the
+        example back to VW; the action scores when ``scores`` (else [])."""
         text = "\n".join(lines)
         with self._lock:
             ws = self._ws
             raw = ws._parse(text)
             try:
-                pylibvw.vw.learn_multi(ws, raw)
+                step(ws, raw)
+                return raw[0].get_action_scores() if scores else []
             finally:
                 pylibvw.vw._finish_example_multi_ex(ws, raw)
 

@@ -256,8 +256,7 @@ class ControllerConfig:
             raise ConfigError(f"controller.bias_gain must be in (0, 1], got {self.bias_gain!r}")
         if not 0 < validation.number(self.trust, "controller.trust") < 1:
             raise ConfigError(f"controller.trust must be in (0, 1), got {self.trust!r}")
-        if isinstance(self.model_warmup, bool) or not isinstance(self.model_warmup, int) or self.model_warmup < 0:
-            raise ConfigError(f"controller.model_warmup must be an integer >= 0, got {self.model_warmup!r}")
+        validation.within(self.model_warmup, "controller.model_warmup", low=0, integral=True)
         require_positive_ints("controller.", interval=self.interval, window=self.window, contexts=self.contexts,
                               calibration=self.calibration)
         if self.ki is not None and not validation.number(self.ki, "controller.ki") >= 0:

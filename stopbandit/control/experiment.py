@@ -48,6 +48,7 @@ from statistics import NormalDist
 from typing import Any
 
 
+from stopbandit import validation
 from stopbandit.config import snapshot_key
 from stopbandit.bandit.exploration import exploration_from_config
 from stopbandit.bandit.policy import Policy
@@ -271,8 +272,7 @@ def challenger_period(store: ReplayStore, version: str) -> tuple[float, float, i
 def ab_report(store: ReplayStore, *, challenger: str | None = None, lam: float | None = None,
               alpha: float = 0.05, by_domain: bool = False, include: tuple[str, ...] = ("ok",)) -> ABReport:
     """Compare the groups over the challenger's live period (see the module docstring)."""
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
-        raise ConfigError(f"alpha must be in (0, 1), got {alpha!r}")
+    validation.within(alpha, "alpha", low=0, high=1, low_open=True, high_open=True, expected="{range}")
     version = challenger or latest_challenger(store)
     if version is None:
         raise InputError("no challenger decisions in the store: route a share of traffic to a candidate with "
@@ -286,8 +286,8 @@ def ab_report(store: ReplayStore, *, challenger: str | None = None, lam: float |
         if change is None:
             raise InputError("no λ in the store to price tokens in the reward: pass lam=... (--lam)")
         lam, lam_source = float(change.value), "store"
-    elif isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
-        raise ConfigError(f"lam must be a finite number >= 0, got {lam!r}")
+    else:
+        lam = validation.within(lam, "lam", low=0)
     accs = {g: _Acc() for g in GROUPS}
     doms: dict[str, dict[str, _Acc]] = {}
     for chunk in store.iter_events(since_ts=start):

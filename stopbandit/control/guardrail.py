@@ -108,9 +108,7 @@ class GuardrailConfig:
         require_positive_ints("guardrail.", window=self.window, min_n=self.min_n, check_every=self.check_every)
         if self.min_n < 2 or self.min_n > self.window:
             raise ConfigError(f"guardrail.min_n must be in [2, window={self.window}], got {self.min_n}")
-        if isinstance(self.max_domains, bool) or not isinstance(self.max_domains, int) \
-                or not 1 <= self.max_domains <= 1_000_000:
-            raise ConfigError(f"guardrail.max_domains must be an integer in [1, 1000000], got {self.max_domains!r}")
+        validation.within(self.max_domains, "guardrail.max_domains", low=1, high=1_000_000, integral=True)
         for name in ("paired", "enforce"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"guardrail.{name} must be true or false, got {getattr(self, name)!r}")

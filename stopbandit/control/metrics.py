@@ -45,6 +45,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, Summary, ge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from stopbandit import validation
 from stopbandit.errors import ConfigError
 
 TOKEN_BUCKETS = (64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 8192, 16384, math.inf)
@@ -75,8 +76,7 @@ def start_metrics_server(registry: CollectorRegistry, port: int = 0, addr: str =
     """Serve ``registry`` at ``http://addr:port/metrics`` from a daemon thread (port 0: any free port)."""
     from prometheus_client import start_http_server
 
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ConfigError(f"metrics port must be an integer in [0, 65535], got {port!r}")
+    validation.within(port, "metrics port", low=0, high=65535, integral=True)
     started = start_http_server(port, addr=addr, registry=registry)
     if not isinstance(started, tuple):  # pragma: no cover - prometheus_client < 0.17
         raise ConfigError("prometheus_client >= 0.17 is needed to serve metrics (start_http_server returns the server)")
@@ -204,8 +204,7 @@ class ControlMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None, *, namespace: str = "stopbandit",
                  max_domains: int = 32) -> None:
-        if isinstance(max_domains, bool) or not isinstance(max_domains, int) or max_domains < 1:
-            raise ConfigError(f"max_domains must be a positive integer, got {max_domains!r}")
+        validation.positive_ints("", max_domains=max_domains)
         self.registry = CollectorRegistry(auto_describe=True) if registry is None else registry
         self.namespace = namespace
         self.max_domains = max_domains

@@ -186,9 +186,7 @@ class ControlledSelector:
             guardrail = Guardrail(guardrail)
         if guardrail is not None and not isinstance(guardrail, Guardrail):
             raise ConfigError(f"guardrail must be a GuardrailConfig or a Guardrail, got {type(guardrail).__name__}")
-        if isinstance(challenger_share, bool) or not isinstance(challenger_share, (int, float)) \
-                or not 0.0 <= challenger_share < 1.0:
-            raise ConfigError(f"challenger_share must be in [0, 1), got {challenger_share!r}")
+        validation.within(challenger_share, "challenger_share", low=0, high=1, high_open=True, expected="{range}")
         holdout = guardrail.config.holdout_share if guardrail is not None else 0.0
         if holdout + challenger_share >= 1.0:
             raise ConfigError(f"holdout_share {holdout:g} + challenger_share {challenger_share:g} must stay below 1")

@@ -38,8 +38,7 @@ def default_probe_every(max_answer_tokens: int, overhead: float = DEFAULT_PROBE_
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"decoder {name} must be an integer >= {minimum}, got {value!r}")
+    validation.within(value, f"decoder {name}", low=minimum, integral=True)
 
 
 def _check_strings(name: str, value: Any) -> tuple[str, ...]:

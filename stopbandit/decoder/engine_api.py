@@ -49,6 +49,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from stopbandit import validation
 from stopbandit.decoder.completion import Continuation, GreedyCompleter
 from stopbandit.errors import InputError
 
@@ -77,10 +78,7 @@ class EngineRequest:
 
 
 def _int(name: str, value: Any, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
-        bound = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise InputError(f"request field {name} must be an integer {bound}, got {value!r}")
-    return value
+    return int(validation.within(value, f"request field {name}", low=lo, high=hi, integral=True, error=InputError))
 
 
 def _flag(name: str, value: Any) -> bool:

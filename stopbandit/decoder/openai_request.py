@@ -36,6 +36,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from stopbandit import validation
 from stopbandit.bandit.arms import Arm
 from stopbandit.errors import InputError
 
@@ -74,9 +75,7 @@ def arm_to_request(
 
 
 def _int_field(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InputError(f"request field {name} must be an integer >= {minimum}, got {value!r}")
-    return value
+    return int(validation.within(value, f"request field {name}", low=minimum, integral=True, error=InputError))
 
 
 def arm_from_request(body: Mapping[str, Any], *, max_answer_tokens: int) -> Arm:

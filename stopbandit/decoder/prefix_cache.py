@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from stopbandit.errors import ConfigError
+from stopbandit import validation
 
 
 @dataclass(slots=True, eq=False)  # entries are compared by identity
@@ -50,8 +50,7 @@ class PrefixCache:
     """
 
     def __init__(self, new_kv: Callable[[], Any], crop: Callable[[Any, int], None], max_entries: int = 16) -> None:
-        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
-            raise ConfigError(f"prefix cache max_entries must be a positive integer, got {max_entries!r}")
+        validation.positive_ints("prefix cache ", max_entries=max_entries)
         self._new_kv = new_kv
         self._crop = crop
         self.max_entries = max_entries

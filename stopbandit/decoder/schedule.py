@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from stopbandit.errors import ConfigError
+from stopbandit import validation
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,8 +26,8 @@ class ProbeSchedule:
     markers: tuple[tuple[int, ...], ...] = ()
 
     def __post_init__(self) -> None:
-        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 0:
-            raise ConfigError(f"probe schedule every must be an integer >= 0 (0 = off), got {self.every!r}")
+        validation.within(self.every, "probe schedule every", low=0, integral=True,
+                          expected="an integer {range} (0 = off)")
         object.__setattr__(self, "markers", tuple(tuple(m) for m in self.markers if m))
 
     @property

@@ -22,13 +22,13 @@ so the figures are the same whatever the number of worker processes.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from stopbandit import validation
 from stopbandit.errors import InputError
 
 BINS = 10
@@ -78,8 +78,7 @@ def check(calibration: Any) -> dict[str, Any] | None:
         raise InputError(f"em_calibration must be an object with method {METHOD!r}, got {calibration!r:.120}")
     a, b = calibration.get("a"), calibration.get("b")
     for name, v in (("a", a), ("b", b)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise InputError(f"em_calibration.{name} must be a finite number, got {v!r}")
+        validation.real(v, f"em_calibration.{name}")
     return dict(calibration)
 
 

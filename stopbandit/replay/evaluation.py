@@ -115,20 +115,11 @@ def evaluate(
     learned stop rule, λ, token_scale) the traces reveal learned arms with.
     ``partition_ids``: outcome ids per range of the pass (:func:`~stopbandit.replay.runner.partition`).
     """
-    reveals = reveal_matrix(arms)
-    ests: dict[str, Estimator] = {name: make_estimator(name, reveals=reveals) for name in estimators}
-    metrics = (Metric("em"), Metric("tokens"), Metric("reward", lam, token_scale))
-    targets = [Target("candidate", candidate, ests, metrics),
-               Target("logging", LoggingCandidate(), {"on-policy": IPS()}, metrics)]
-    reader = LogReader(store, arms, options, traces=any(name.startswith("graph") for name in ests), stop=stop)
+    targets = _targets(arms, candidate, estimators, lam, token_scale)
+    reader = LogReader(store, arms, options, traces=_traced(estimators), stop=stop)
     result = run_targets(reader, targets, model=model, partition_ids=partition_ids)
-    require_events(result.counts)
-    return Evaluation(
-        policy=candidate.describe(), lam=lam, token_scale=token_scale, arms=arms.names,
-        estimates=result.estimates.get("candidate", {}), logging=result.estimates["logging"]["on-policy"],
-        counts=result.counts, skipped=result.skipped, model=model.version if model is not None else None,
-        seconds=result.seconds, jobs=result.jobs, calibration=result.calibration,
-    )
+    return _evaluation(candidate, lam, token_scale, arms, model, result.estimates, result.counts, result.skipped,
+                       seconds=result.seconds, jobs=result.jobs, calibration=result.calibration)
 
 
 def evaluate_parquet(
@@ -156,21 +147,39 @@ def evaluate_parquet(
     files = partitions(path)
     arms = parquet_arms(files[0]) if arms is None else arms
     options = options if options is not None else ReplayOptions()
+    plan, skipped = make_plan(_targets(arms, candidate, estimators, lam, token_scale), model)
+    run = run_parquet(files, arms, plan, model, options, traces=_traced(estimators), engine=engine, workers=workers)
+    return _evaluation(candidate, lam, token_scale, arms, model, run.estimates, run.counts, skipped,
+                       seconds=time.perf_counter() - t0, jobs=workers if engine == "ray" else 1,
+                       calibration=run.calibration, notes={"engine": engine, "partitions": str(run.partitions)})
+
+
+def _targets(arms: ArmSet, candidate: Candidate, estimators: Sequence[str], lam: float,
+             token_scale: float) -> list[Target]:
+    """The candidate under every named estimator, and the logging policy on-policy as the reference row."""
     reveals = reveal_matrix(arms)
     ests: dict[str, Estimator] = {name: make_estimator(name, reveals=reveals) for name in estimators}
     metrics = (Metric("em"), Metric("tokens"), Metric("reward", lam, token_scale))
-    targets = [Target("candidate", candidate, ests, metrics),
-               Target("logging", LoggingCandidate(), {"on-policy": IPS()}, metrics)]
-    plan, skipped = make_plan(targets, model)
-    run = run_parquet(files, arms, plan, model, options, traces=any(n.startswith("graph") for n in ests),
-                      engine=engine, workers=workers)
-    require_events(run.counts)
+    return [Target("candidate", candidate, ests, metrics),
+            Target("logging", LoggingCandidate(), {"on-policy": IPS()}, metrics)]
+
+
+def _traced(estimators: Sequence[str]) -> bool:
+    """Whether an estimator reads probe traces (the graph ones), so the reader must decode them."""
+    return any(name.startswith("graph") for name in estimators)
+
+
+def _evaluation(candidate: Candidate, lam: float, token_scale: float, arms: ArmSet, model: HeadsModel | None,
+                estimates: dict[str, dict[str, dict[str, Estimate]]], counts: LogCounts, skipped: dict[str, str], *,
+                seconds: float, jobs: int, calibration: dict[str, Any] | None,
+                notes: dict[str, str] | None = None) -> Evaluation:
+    """The :class:`Evaluation` of a finished pass over :func:`_targets`; InputError when it saw no event."""
+    require_events(counts)
     return Evaluation(
         policy=candidate.describe(), lam=lam, token_scale=token_scale, arms=arms.names,
-        estimates=run.estimates.get("candidate", {}), logging=run.estimates["logging"]["on-policy"],
-        counts=run.counts, skipped=skipped, model=model.version if model is not None else None,
-        seconds=time.perf_counter() - t0, jobs=workers if engine == "ray" else 1, calibration=run.calibration,
-        notes={"engine": engine, "partitions": str(run.partitions)},
+        estimates=estimates.get("candidate", {}), logging=estimates["logging"]["on-policy"],
+        counts=counts, skipped=skipped, model=model.version if model is not None else None,
+        seconds=seconds, jobs=jobs, notes=notes or {}, calibration=calibration,
     )
 
 
@@ -230,7 +239,7 @@ def sweep_log(
                               (Metric("em"), Metric("tokens"))))
     targets.append(Target("logging", LoggingCandidate(), {"on-policy": IPS()},
                           (Metric("em"), Metric("tokens"))))
-    reader = LogReader(store, arms, options, traces=estimator.startswith("graph"), stop=stop)
+    reader = LogReader(store, arms, options, traces=_traced([estimator]), stop=stop)
     result = run_targets(reader, targets, model=model)
     require_events(result.counts)
     res = result.estimates
@@ -245,5 +254,4 @@ def sweep_log(
 
 
 __all__ = ["DEFAULT_ESTIMATORS", "GRAPH_ESTIMATORS", "Evaluation", "SweepResult", "evaluate", "evaluate_parquet",
-           "has_traces",
-           "parse_estimators", "sweep_log"]
+           "has_traces", "parse_estimators", "sweep_log"]

@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import Engine, Integer, Text, bindparam, case, cast, func, select
 from sqlalchemy.exc import OperationalError
 
+from stopbandit import validation
 from stopbandit.replay.models import DecisionRow, OutcomeRow
 
 DECISIONS = DecisionRow.__table__
@@ -193,8 +194,7 @@ class EventLogQueries:
         the sums cover outcomes with status ``ok`` only (defaulted and late ones are not learned from),
         the reward is ``em − lam·tokens/token_scale`` with each decision's own λ. Two aggregate queries.
         """
-        if isinstance(buckets, bool) or not isinstance(buckets, int) or not 1 <= buckets <= 1000:
-            raise ValueError(f"buckets must be an integer in [1, 1000], got {buckets!r}")
+        validation.within(buckets, "buckets", low=1, high=1000, integral=True)
         bounds = _window(select(func.min(DECISIONS.c.ts), func.max(DECISIONS.c.ts)), since, None)
         with self._call("activity bounds"), self.engine.connect() as conn:
             lo, hi = conn.execute(bounds).one()

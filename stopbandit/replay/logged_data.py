@@ -299,8 +299,7 @@ class LoggedData:
 
     def chunks(self, size: int) -> Iterable[LoggedData]:
         """Consecutive chunks of at most ``size`` events (for :meth:`Estimator.accumulate`)."""
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ConfigError(f"chunk size must be a positive integer, got {size!r}")
+        validation.positive_ints("chunk ", size=size)
         for start in range(0, self.n, size):
             yield self.take(slice(start, start + size))
 

@@ -192,8 +192,7 @@ class Estimator(ABC):
         parts = self._checked_parts(data, m)
         est = Accumulator._from_parts(self, m, parts).finalize(alpha)
         if ci_method == "bootstrap":
-            if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 10:
-                raise ConfigError(f"n_boot must be an integer >= 10, got {n_boot!r}")
+            validation.within(n_boot, "n_boot", low=10, integral=True)
             low, high = _bootstrap(parts, alpha, n_boot, seed)
             est = replace(est, ci_low=low, ci_high=high, ci_method="bootstrap")
         return est

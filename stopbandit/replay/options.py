@@ -8,11 +8,11 @@ one :class:`ReplayOptions` instead of repeating seven keyword arguments.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from stopbandit import validation
 from stopbandit.errors import ConfigError
 from stopbandit.replay.store import OUTCOME_STATUSES
 
@@ -59,13 +59,11 @@ class ReplayOptions:
             value = getattr(self, name)
             if value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ConfigError(f"{name} must be a finite time in epoch seconds or None, got {value!r}")
-            object.__setattr__(self, name, float(value))
-        if isinstance(self.chunk, bool) or not isinstance(self.chunk, int) or not 1 <= self.chunk <= MAX_CHUNK:
-            raise ConfigError(f"chunk must be an integer in [1, {MAX_CHUNK}], got {self.chunk!r}")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0.0 < self.alpha < 1.0:
-            raise ConfigError(f"alpha must be a number in (0, 1), got {self.alpha!r}")
+            object.__setattr__(self, name, validation.within(value, name,
+                                                             expected="a finite time in epoch seconds or None"))
+        validation.within(self.chunk, "chunk", low=1, high=MAX_CHUNK, integral=True)
+        validation.within(self.alpha, "alpha", low=0, high=1, low_open=True, high_open=True,
+                          expected="a number {range}")
         if self.progress not in (None, True, False):
             raise ConfigError(f"progress must be True, False or None, got {self.progress!r}")
         if self.jobs is not None and (isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1):

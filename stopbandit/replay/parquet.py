@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from stopbandit import validation
 from stopbandit.bandit.arms import ArmSet
 from stopbandit.errors import ConfigError, InputError
 from stopbandit.replay import jsoncodec
@@ -182,8 +183,7 @@ def run_parquet(files: Sequence[str], arms: ArmSet, plan: Plan, model: Any, opti
     """Map every partition (Ray tasks, or here for ``engine="local"``), reduce in partition order."""
     if engine not in ENGINES:
         raise ConfigError(f"engine must be one of {list(ENGINES)}, got {engine!r}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ConfigError(f"workers must be a positive integer, got {workers!r}")
+    validation.positive_ints("", workers=workers)
     arms_list = arms.to_list()
     if engine == "local":
         results = [map_partition(f, arms_list, options, plan, model, traces) for f in files]

@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from stopbandit import validation
 from stopbandit.bandit.arms import ArmSet
 from stopbandit.bandit.learned_stop import LearnedStop
-from stopbandit.errors import ConfigError, InputError
+from stopbandit.errors import InputError
 from stopbandit.replay.calibration import CalibrationAcc
 from stopbandit.replay.logreader import EventBatch, LogCounts, LogReader, _gc_paused
 from stopbandit.replay.ope import Accumulator, Estimate, Estimator, Metric
@@ -214,8 +215,7 @@ def _run_range(reader: LogReader, plan: Plan, model: HeadsModel | None,
 
 def partition(reader: LogReader, span: int = PARTITION_IDS) -> list[tuple[int, int]]:
     """The ranges ``(after, upto]`` of ``span`` outcome ids that a pass over ``reader`` is cut into, in order."""
-    if isinstance(span, bool) or not isinstance(span, int) or span < 1:
-        raise ConfigError(f"partition span must be a positive integer, got {span!r}")
+    validation.positive_ints("partition ", span=span)
     lo, hi = reader.cursor_bounds()
     edges = [*range(lo, hi, span), hi]
     return [(a, b) for a, b in zip(edges[:-1], edges[1:])]

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from stopbandit import validation
 from stopbandit.config import snapshot_key
 from stopbandit.bandit.arms import ArmSet
 from stopbandit.bandit.exploration import Exploration
@@ -83,8 +84,7 @@ def time_split(store: ReplayStore, *, since: float | None = None, test_frac: flo
         raise InputError(f"the store holds {total} event(s) with outcomes; a train/test split needs at least 2")
     if since is None:
         frac = 0.2 if test_frac is None else test_frac
-        if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0.0 < frac < 1.0:
-            raise ConfigError(f"test_frac must be a number in (0, 1), got {test_frac!r}")
+        validation.within(frac, "test_frac", low=0, high=1, low_open=True, high_open=True, expected="a number {range}")
         k = min(total - 1, max(1, int(math.floor(total * (1.0 - frac)))))
         cutoff = store.decision_time_at(k)
         how = f"test-frac {frac:g}"

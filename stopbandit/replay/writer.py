@@ -97,7 +97,7 @@ from typing import Any
 from stopbandit.errors import StoreError
 from stopbandit.replay.queue_age import QueueAge
 from stopbandit.replay.records import DecisionRecord, LateRecord, OutcomeRecord, typed
-from stopbandit.replay.spill import SpillFile, read_spill
+from stopbandit.replay.spill import SpillFile, spill_prefix
 from stopbandit.replay.store import ReplayStore
 from stopbandit.replay.writer_commit import Commits, Item
 from stopbandit.replay.writer_replay import Replays, _ReplayJob
@@ -137,22 +137,6 @@ class WriterHealth:
     unspilled: int = 0  # rows held in memory because the spill's disk refused them (written once it takes them)
     replay_errors: int = 0  # replay steps that failed on the local disk (the file is kept and retried)
     overloads: int = 0  # times the writer fell max_lag (the store timeout) behind and spilled its queue (replayed)
-
-
-def default_spill_dir() -> Path:
-    """``$XDG_STATE_HOME/stopbandit/spill``, else ``~/.local/state/stopbandit/spill``: private, kept across reboots."""
-    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(state) / "stopbandit" / "spill"
-
-
-def spill_prefix(spill_dir: str | os.PathLike[str] | None, store_id: str | None) -> Path:
-    """The file prefix of a writer's spill: ``<spill_dir>/<store identity>/spill``.
-
-    A writer that could not read its store's identity (the store was down at
-    start) spills under ``<spill_dir>/unbound/``: it replays that file itself
-    once the store answers, but nobody adopts such a file if it dies first.
-    """
-    return Path(spill_dir or default_spill_dir()) / (store_id or "unbound") / "spill"
 
 
 class BatchWriter(Commits, Replays):
@@ -663,4 +647,4 @@ def _close_at_exit(ref: weakref.ref[BatchWriter]) -> None:
             log.exception("closing the batch writer at exit failed")
 
 
-__all__ = ["BatchWriter", "WriterHealth", "default_spill_dir", "read_spill", "spill_prefix"]
+__all__ = ["BatchWriter", "WriterHealth"]

@@ -23,7 +23,7 @@ from stopbandit.replay import migrate
 from stopbandit.replay.engine import redact
 from stopbandit.replay.jsoncodec import NotJSONError
 from stopbandit.replay.records import DecisionRecord, LateRecord, OutcomeRecord, Record
-from stopbandit.replay.spill import encode
+from stopbandit.replay.spill_format import encode
 from stopbandit.replay.store import Conflict
 
 log = logging.getLogger("stopbandit.writer")

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from stopbandit.errors import InputError, StoreError
 from stopbandit.replay.engine import redact
-from stopbandit.replay.spill import Adopted, Chunk, SpillReader
+from stopbandit.replay.spill import Adopted
+from stopbandit.replay.spill_format import Chunk, SpillReader
 from stopbandit.replay.validate import check_spilled
 
 log = logging.getLogger("stopbandit.writer")

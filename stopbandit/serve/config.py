@@ -14,12 +14,12 @@ the thinking tokens (20 / 200).
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from stopbandit import validation
 from stopbandit.config import SelectorConfig, config_from_mapping, read_toml
 from stopbandit.errors import ConfigError
 from stopbandit.serve.engines import ENGINES
@@ -101,15 +101,12 @@ class GatewayConfig:
             if isinstance(v, str) or not all(isinstance(s, str) and s for s in v):
                 raise ConfigError(f"gateway.{name} must be a list of non-empty strings, got {v!r}")
             object.__setattr__(self, name, tuple(v))
-        for name in ("probe_every", "probe_tokens", "answer_tokens", "max_think_tokens", "max_body_bytes",
-                     "max_connections", "ledger_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"gateway.{name} must be a positive integer, got {v!r}")
+        validation.positive_ints("gateway.", **{name: getattr(self, name) for name in (
+            "probe_every", "probe_tokens", "answer_tokens", "max_think_tokens", "max_body_bytes", "max_connections",
+            "ledger_size")})
         for name in ("connect_timeout_s", "read_timeout_s"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise ConfigError(f"gateway.{name} must be a positive number of seconds, got {v!r}")
+            validation.within(getattr(self, name), f"gateway.{name}", low=0, low_open=True,
+                              expected="a positive number of seconds")
         if self.confidence_mean not in MEANS:
             raise ConfigError(f"gateway.confidence_mean must be one of {list(MEANS)}, got {self.confidence_mean!r}")
         if self.budget not in ("native", "fallback"):

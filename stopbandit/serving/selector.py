@@ -34,14 +34,13 @@ Guarantees on the serving path:
 * delayed rewards (``reward_window_s``): see :mod:`stopbandit.bandit.delayed`;
   windows are closed by a reaper thread, never on the request path.
 
-The module is the public contract of serving in one place (validation once,
-the serving path, λ, snapshots, lifecycle); the moving parts live next to
-it. The facade is assembled from small parts: the served policy sits in a
+The facade is assembled from small parts: the served policy sits in a
 :class:`~stopbandit.serving.slot.PolicySlot` (acquire, swap, retire), the
 reward bookkeeping is a :class:`~stopbandit.serving.ledger.RewardLedger` that
 returns what to learn and what to log (carried out by the reward path,
-:class:`~stopbandit.serving.rewarding.RewardPath`), and a
-:class:`~stopbandit.serving.follower.StoreFollower` thread keeps λ, the
+:class:`~stopbandit.serving.rewarding.RewardPath`), snapshots and checkpoints
+are saved and loaded by :class:`~stopbandit.serving.snapshots.SnapshotPath`,
+and a :class:`~stopbandit.serving.follower.StoreFollower` thread keeps λ, the
 newest snapshot and the schema in step with the store. The facade validates
 input once, runs the ledger's steps, and hands rows to the writer.
 """
@@ -69,13 +68,12 @@ from stopbandit.bandit.delayed import RewardWindow
 from stopbandit.bandit.exploration import TraceShare
 from stopbandit.bandit.policy import FrozenPolicy, Policy, make_policy
 from stopbandit.bandit.reward import check_lambda
-from stopbandit.bandit.snapshot import check_snapshot_meta, pack, stop_rule_of, unpack
 from stopbandit.bandit.trace import ProbeTrace
 from stopbandit.bandit.vw import shared_line
 from stopbandit.config import SelectorConfig, load_config, snapshot_key
-from stopbandit.errors import ConfigError, InputError, SnapshotError, StoreError
+from stopbandit.errors import ConfigError, InputError, StoreError
 from stopbandit.features.extract import FeatureExtractor
-from stopbandit.replay.store import ReplayStore, check_role
+from stopbandit.replay.store import ReplayStore
 from stopbandit.replay.writer import BatchWriter
 from stopbandit.serving.baseline import SnapshotBaseline
 from stopbandit.serving.decision import Decision, Health
@@ -84,6 +82,7 @@ from stopbandit.serving.lambdas import LambdaWriter
 from stopbandit.serving.ledger import Pending, RewardLedger
 from stopbandit.serving.rewarding import RewardPath
 from stopbandit.serving.slot import PolicySlot
+from stopbandit.serving.snapshots import SnapshotPath
 from stopbandit.serving.stop_learning import StopLearner
 
 log = logging.getLogger("stopbandit.selector")
@@ -94,13 +93,10 @@ EXPERIMENTS = ("champion", "challenger", "holdout")  # decisions.experiment (mig
 FORCED_TAG = "forced"  # policy_version prefix of a forced decision unless the caller tags it
 _TAG_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 _OPEN_ONLY = ("snapshot", "follow", "learn", "durable")
-CHECKPOINT_PREFIX = "ckpt-"
-"""Version prefix of a checkpoint: a snapshot of a serving Selector's own learning, stored as a candidate
-(no Selector hot-swaps to it) and resumed from by the next Selector opened on the store."""
 """Keywords of :meth:`Selector.open` that are not :class:`SelectorConfig` fields."""
 
 
-class Selector(RewardPath):
+class Selector(RewardPath, SnapshotPath):
     """Chooses a stopping arm per request and learns from rewards. Thread-safe."""
 
     def __init__(self, config: SelectorConfig, store: ReplayStore, *, snapshot: str | None = "latest",
@@ -448,133 +444,6 @@ class Selector(RewardPath):
     @property
     def policy_version(self) -> str:
         return self._slot.live.version
-
-    def snapshot(self, *, role: str = "serving") -> str:
-        """Save the current policy to the store; returns its version.
-
-        ``role="serving"``: it becomes the newest serving snapshot, which every
-        Selector following the store hot-swaps to. ``role="candidate"``: stored
-        for evaluation only (a challenger, ``replay evaluate --policy VERSION``);
-        nothing swaps to it until ``stopbandit ab promote`` makes it serve.
-        """
-        role = check_role(role)
-        covered = self._ckpt_outcomes  # a snapshot (any role) stands in for a checkpoint of what it holds
-        live = self._slot.acquire()
-        try:
-            packed = pack(live.policy, lam=self._lam, feature_config=self.config.features.to_dict(),
-                          extra={"prior": self.extractor.prior.state()}, key=self._snapshot_key,
-                          stop_rule=self.stop_learner.rule if self.stop_learner is not None else None)
-        finally:
-            self._slot.release(live)
-        self.store.save_snapshot(packed.version, packed.model, packed.meta, packed.checksum, role=role)
-        if role == "serving":
-            self._follower.known.add(packed.version)
-        with self._ckpt_lock:  # the operator saved this state on purpose: no checkpoint repeats it
-            self._ckpt_outcomes = max(self._ckpt_outcomes - covered, 0)
-            self._ckpt_at = time.monotonic()
-        return packed.version
-
-    def checkpoint(self) -> str | None:
-        """Store the policy this Selector has learned as a checkpoint; returns its version (None: nothing new).
-
-        A checkpoint is a snapshot with role ``candidate`` and a version starting with ``ckpt-``: no
-        Selector hot-swaps to it, and the next Selector opened on the store with ``snapshot="latest"``
-        resumes from it when it is newer than the newest serving snapshot. A frozen (``learn=False``)
-        Selector, one with checkpoints off, or one with no outcome learned since its last checkpoint
-        or :meth:`snapshot` (of either role), stores nothing.
-        """
-        with self._ckpt_lock:
-            if not self._learns or self._ckpt_outcomes == 0 or not self.checkpoints:
-                return None
-            outcomes, self._ckpt_outcomes, self._ckpt_at = self._ckpt_outcomes, 0, time.monotonic()
-            live = self._slot.acquire()
-            try:
-                packed = pack(live.policy, lam=self._lam, feature_config=self.config.features.to_dict(),
-                              extra={"prior": self.extractor.prior.state(),
-                                     "checkpoint": {"outcomes": outcomes, "of": live.version}},
-                              version=f"{CHECKPOINT_PREFIX}{uuid.uuid4().hex[:8]}-{live.policy.t}",
-                              key=self._snapshot_key,
-                              stop_rule=self.stop_learner.rule if self.stop_learner is not None else None)
-            finally:
-                self._slot.release(live)
-            try:
-                self.store.save_snapshot(packed.version, packed.model, packed.meta, packed.checksum, role="candidate")
-            except BaseException:
-                self._ckpt_outcomes += outcomes  # not stored: the next checkpoint covers these outcomes too
-                raise
-            self.last_checkpoint = packed.version
-            return packed.version
-
-    @property
-    def checkpoints(self) -> bool:
-        """Whether this Selector stores checkpoints (off when both ``checkpoint_every`` and
-        ``checkpoint_interval_s`` are 0)."""
-        return bool(self.config.checkpoint_every or self.config.checkpoint_interval_s)
-
-    def checkpoint_due(self) -> bool:
-        """True when ``checkpoint_every`` outcomes or ``checkpoint_interval_s`` seconds have passed."""
-        n = self._ckpt_outcomes
-        if not self._learns or n == 0:
-            return False
-        every, interval = self.config.checkpoint_every, self.config.checkpoint_interval_s
-        return bool((every and n >= every) or (interval and time.monotonic() - self._ckpt_at >= interval))
-
-    def _resume(self) -> None:
-        """Load the newest of the serving snapshots and this store's checkpoints (none: stay fresh)."""
-        found = self.store.resume_snapshot_version(CHECKPOINT_PREFIX)
-        if found is None:
-            return
-        version, role = found
-        if role != "serving":  # a checkpoint newer than every serving snapshot: do not swap back to the older one
-            serving = self.store.latest_snapshot_version()
-            if serving is not None:
-                self._follower.known.add(serving)
-        self.load_snapshot(version)  # refused at open: raises (there is no earlier policy of this store to serve)
-
-    def load_snapshot(self, version: str = "latest", *, missing_ok: bool = False) -> bool:
-        """Load a stored snapshot and swap it in atomically. False if none exists and ``missing_ok``.
-
-        "latest" is the newest serving snapshot; a version may name any snapshot, a candidate included.
-        """
-        with self._swap_lock:
-            stored = self.store.get_snapshot(version)
-            if stored is None:
-                if missing_ok:
-                    return False
-                raise InputError(f"no snapshot {version!r} in the store")
-            try:
-                check_snapshot_meta(stored.meta, self.config.token_scale)
-                policy = unpack(stored.model, stored.meta, stored.checksum, arms=self.arms,
-                                feature_config=self.config.features.to_dict(), exploration=self.config.exploration,
-                                key=self._snapshot_key)
-                try:
-                    stop_rule = stop_rule_of(stored.meta)
-                    if stop_rule is not None and self.stop_learner is not None:
-                        self.stop_learner.check(stop_rule, stored.version)
-                except SnapshotError:
-                    policy.close()
-                    raise
-            except (SnapshotError, InputError, StoreError):
-                raise
-            except Exception as exc:  # noqa: BLE001 - whatever a stored snapshot holds, it is refused, not raised
-                raise SnapshotError(f"snapshot {stored.version!r} could not be loaded: {type(exc).__name__}: "
-                                    f"{exc}") from exc
-            if stored.meta.get("policy") != self.config.policy:
-                policy.close()
-                raise InputError(f"snapshot {stored.version!r} is a {stored.meta.get('policy')!r} policy; "
-                                 f"this selector runs {self.config.policy!r}")
-            prior = stored.meta.get("extra", {}).get("prior")
-            if prior:
-                self.extractor.prior.load(prior)
-            policy.trace_share = self._trace_share
-            if not self._learns:
-                policy = FrozenPolicy(policy)
-            if stop_rule is not None and self.stop_learner is not None:
-                self.stop_learner.load(stop_rule, stored.version)
-            self._slot.swap(policy, stored.version)
-            self._follower.known.add(stored.version)
-            self._follower.snapshot_error = None
-        return True
 
     def stop_inputs(self, decision: Decision) -> Any:
         """What a decoder or gateway passes to the stop-rule kernel for ``decision`` when its arm stops on the

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stopbandit import validation
 from stopbandit.bandit.arms import Arm, ArmSet
 from stopbandit.errors import ConfigError, InputError
 from stopbandit.sim.answers import REFERENCE
@@ -104,8 +105,7 @@ def calibrate(
     if not (isinstance(token_scale, (int, float)) and token_scale > 0):
         raise ConfigError(f"token_scale must be > 0, got {token_scale!r}")
     for lam in lambdas:
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not np.isfinite(lam) or lam < 0:
-            raise ConfigError(f"lambdas: each λ must be a finite number >= 0, got {lam!r}")
+        validation.within(lam, "lambdas: each λ", low=0, numpy=True)
     table = outcome_table(reqs, arm_set)
     em, tokens = table.em, table.tokens.astype(float)
     ref = arm_set.most_conservative()

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import betaincinv, expit, logit, ndtri
 
+from stopbandit import validation
 from stopbandit.errors import ConfigError
 from stopbandit.sim.answers import REFERENCE, answer_text
 from stopbandit.sim.config import Degradation, SimConfig
@@ -66,8 +67,7 @@ class Simulator:
             config = SimConfig()
         if not isinstance(config, SimConfig):
             raise ConfigError(f"config must be a SimConfig, got {type(config).__name__}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+        validation.within(seed, "seed", low=0, integral=True, numpy=True, expected="a non-negative integer")
         self.config = config
         self.seed = int(seed)
         self._rng = np.random.default_rng(self.seed)
@@ -94,8 +94,7 @@ class Simulator:
 
     def stream(self, n: int) -> Iterator[SimRequest]:
         """Yield the next ``n`` requests (indices ``position … position + n − 1``)."""
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-            raise ConfigError(f"n must be a non-negative integer, got {n!r}")
+        validation.within(n, "n", low=0, integral=True, numpy=True, expected="a non-negative integer")
         return self._iterate(int(n))  # validated now, not at the first next()
 
     def _iterate(self, n: int) -> Iterator[SimRequest]:

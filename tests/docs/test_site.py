@@ -49,6 +49,8 @@ def test_generated_references_follow_the_code(site):
         assert key in config, key
     api = (site / "reference/api/index.html").read_text(encoding="utf-8")
     assert "choose_forced" in api and "ControlledSelector" in api and "OpenAIClient" in api
+    for member in ("choose", "reward", "set_lambda", "snapshot", "health"):  # the parts' methods included
+        assert f'id="stopbandit.serving.selector.Selector.{member}"' in api, member
 
 
 def test_one_page_per_benchmark_from_the_single_source(site):

@@ -2,9 +2,32 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+
+def mount_tmpfs(path: Path, size: str) -> str | None:
+    """Mount a tmpfs of ``size`` (``"256k"``, ``"64m"``) at ``path`` (mode 0700); why not, where mounting is refused."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+                         capture_output=True, text=True)
+    return None if res.returncode == 0 else res.stderr.strip()
+
+
+def fill(path: Path) -> Path:
+    """Fill the filesystem at ``path`` up to its last byte (the file is unbuffered: no flush at close to fail)."""
+    filler = path / "filler"
+    with open(filler, "wb", buffering=0) as fh:
+        for size in (65536, 4096, 1):
+            try:
+                while True:
+                    fh.write(b"\0" * size)
+            except OSError:
+                pass
+    return filler
 
 
 def until(cond: Callable[[], bool], timeout: float = 10.0, every: float = 0.02) -> bool:

@@ -28,11 +28,12 @@ from stopbandit import Selector
 from stopbandit.config import SelectorConfig, StoreConfig
 from stopbandit.errors import ConfigError, ConflictError, StoreError, UnknownDecisionError
 from stopbandit.replay import migrate
-from stopbandit.replay.spill import Adopted, SpillFile, SpillReader, encode, header
+from stopbandit.replay.spill import Adopted, SpillFile
+from stopbandit.replay.spill_format import SpillReader, encode, header
 from stopbandit.replay.store import ReplayStore, outcome_row
 from stopbandit.replay.writer import BatchWriter
 
-from tests.reliability.helpers import Outage, until
+from tests.reliability.helpers import Outage, fill, mount_tmpfs, until
 from tests.reliability.test_crash import ROOT
 from tests.reliability.test_outage import decision, leftover_spill, serve, write_orphan
 
@@ -260,26 +261,11 @@ def test_a_fragment_fused_with_the_next_record_is_cut_and_the_record_kept(tmp_pa
 def tiny_fs(tmp_path):
     """A 256 KiB tmpfs that really fills up (root only; skipped where mounting is not allowed)."""
     mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(mnt)],
-                         capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {res.stderr.strip()}")
+    why = mount_tmpfs(mnt, "256k")
+    if why is not None:
+        pytest.skip(f"cannot mount a small tmpfs here: {why}")
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
-
-def fill(mnt: Path) -> Path:
-    """Fill the filesystem up to its last byte (the file is unbuffered: no flush at close to fail)."""
-    filler = mnt / "filler"
-    with open(filler, "wb", buffering=0) as fh:
-        for size in (65536, 4096, 1):
-            try:
-                while True:
-                    fh.write(b"\0" * size)
-            except OSError:
-                pass
-    return filler
 
 
 def test_a_full_disk_holds_rows_cuts_the_torn_record_and_loses_nothing(outage_db, tiny_fs, tmp_path):

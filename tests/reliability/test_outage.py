@@ -18,7 +18,8 @@ import pytest
 from stopbandit import Selector
 from stopbandit.config import SelectorConfig, StoreConfig
 from stopbandit.replay import migrate
-from stopbandit.replay.spill import SpillFile, encode, header, spill_files
+from stopbandit.replay.spill import SpillFile, spill_files
+from stopbandit.replay.spill_format import encode, header
 from stopbandit.replay.store import ReplayStore, outcome_row
 from stopbandit.replay.writer import BatchWriter
 

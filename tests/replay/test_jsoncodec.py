@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from stopbandit.errors import InputError
-from stopbandit.replay import jsoncodec, spill
+from stopbandit.replay import jsoncodec, spill, spill_format
 from stopbandit.replay.jsoncodec import NotJSONError
 
 VALUES = [
@@ -103,14 +103,14 @@ def test_dumps_lines_names_the_line_and_the_key(codec):
     {"request_key": "r-2", "features": {"np": np.float64(0.5)}},
 ])
 def test_spill_lines_round_trip(codec, row):
-    blob = spill.encode([("d", row), ("o", {"decision_key": "r-1", "em": 1.0})])
-    assert [spill.parse_line(x) for x in blob.splitlines(keepends=True)] == [
+    blob = spill_format.encode([("d", row), ("o", {"decision_key": "r-1", "em": 1.0})])
+    assert [spill_format.parse_line(x) for x in blob.splitlines(keepends=True)] == [
         ("d", row), ("o", {"decision_key": "r-1", "em": 1.0})]
 
 
 def test_spill_encode_refuses_a_row_that_is_not_json_naming_the_key(codec):
     with pytest.raises(TypeError, match=r"r\.features\.x is not JSON"):
-        spill.encode([("d", {"request_key": "p", "features": {"x": {1, 2}}})])
+        spill_format.encode([("d", {"request_key": "p", "features": {"x": {1, 2}}})])
 
 
 def test_spill_files_are_found_under_a_prefix_with_regex_characters(tmp_path):

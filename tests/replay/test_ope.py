@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from benchmarks.ope_coverage import world
 from stopbandit.bandit.arms import DEFAULT_ARMS, ArmSet
 from stopbandit.errors import ConfigError, InputError
 from stopbandit.replay import ope
@@ -458,51 +459,15 @@ def test_logged_data_is_copied_and_read_only():
 # --------------------------------------------------------------------------------- synthetic world
 
 
-STRICTNESS = np.array([0.0, 1 / 3, 2 / 3, 1.0])  # arm 0 never stops early ... arm 3 stops earliest
-TOKEN_FRAC = np.array([1.0, 0.75, 0.55, 0.35])
-SIGMA = 0.3  # log-normal spread of reasoning length around its type mean
-
-
 def synth(seed: int, n: int = 2000, m_types: int = 30):
-    """A log whose truth is exact: context types are uniform, outcomes per arm known in expectation.
+    """A log whose truth is exact, as (data, truth_em, truth_tokens): the coverage benchmark's world.
 
-    Returns (data, truth_em, truth_tokens). Outcomes of all arms of one request are coupled the way
-    nested stopping couples them: one uniform decides EM for all arms (a stricter arm is right only
-    if the more lenient ones are), one length factor scales all token counts.
+    Logging mixes a random softmax with 30 % uniform; context types are
+    uniform and outcomes per arm known in expectation; all arms of one request
+    are coupled the way nested stopping couples them.
     """
-    rng = np.random.default_rng(seed)
-    k = len(STRICTNESS)
-    diff = rng.uniform(0, 1, m_types)
-    p = np.clip(0.92 - 0.2 * diff[:, None] - 0.45 * diff[:, None] * STRICTNESS[None, :], 0.02, 0.98)
-    length = 300 + 1700 * diff
-    mean_tok = length[:, None] * TOKEN_FRAC[None, :] * math.exp(SIGMA**2 / 2)
-    z = rng.normal(0, 1, (m_types, k))
-    mu_t = 0.7 * np.exp(z) / np.exp(z).sum(axis=1, keepdims=True) + 0.3 / k
-    score = p - 0.25 * mean_tok / 1000 + rng.normal(0, 0.05, (m_types, k))
-    pi_t = np.full((m_types, k), 0.1 / k)
-    pi_t[np.arange(m_types), score.argmax(axis=1)] += 0.9
-    truth_em = float((pi_t * p).sum(axis=1).mean())
-    truth_tok = float((pi_t * mean_tok).sum(axis=1).mean())
-
-    t = rng.integers(0, m_types, n)
-    u = rng.random(n)
-    g = np.exp(rng.normal(0, SIGMA, n))
-    em_all = (u[:, None] < p[t]).astype(float)
-    tok_all = np.round(length[t, None] * TOKEN_FRAC[None, :] * g[:, None])
-    mu = mu_t[t]
-    actions = (rng.random(n)[:, None] > np.cumsum(mu, axis=1)).sum(axis=1)
-    actions = np.minimum(actions, k - 1)
-    rows = np.arange(n)
-    bias = rng.normal(0, 0.1, (m_types, k))
-    em_hat = np.clip(p[t] + bias[t], 0, 1)
-    tokens_hat = mean_tok[t] * (1 + rng.normal(0, 0.2, (m_types, k)))[t]
-    revealed = np.arange(k)[None, :] >= actions[:, None]  # a trace reveals every stricter arm
-    data = LoggedData(
-        actions=actions, logging_probs=mu, candidate_probs=pi_t[t],
-        em=em_all[rows, actions], tokens=tok_all[rows, actions], em_hat=em_hat, tokens_hat=tokens_hat,
-        revealed_em=np.where(revealed, em_all, NAN), revealed_tokens=np.where(revealed, tok_all, NAN),
-    )
-    return data, truth_em, truth_tok
+    data, truth, _, _ = world(seed, n, m_types)
+    return data, truth["em"], truth["tokens"]
 
 
 NESTED = np.triu(np.ones((4, 4), dtype=bool))

@@ -11,7 +11,7 @@ import pytest
 from stopbandit.errors import InputError
 from stopbandit.replay import migrate
 from stopbandit.replay.records import DecisionRecord, LateRecord, OutcomeRecord, decode_record, encode_record, typed
-from stopbandit.replay.spill import encode, parse_line, read_spill
+from stopbandit.replay.spill_format import encode, parse_line, read_spill
 from stopbandit.replay.store import ReplayStore
 from stopbandit.replay.writer import BatchWriter
 
