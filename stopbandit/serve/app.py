@@ -117,21 +117,22 @@ def create_app(selector: Any, config: GatewayConfig | None = None, *,
             return FastJSON(payload, status_code=status, headers=dict(headers))
         return StreamingResponse(payload, status_code=status, headers=dict(headers), media_type="text/event-stream")
 
+    async def _complete(request: Request, *, chat: bool) -> Response:
+        gw.check_key(request.headers, completions=True)
+        body = await read_json(request, gw.config.max_body_bytes)
+        return _answer(*await gw.complete(body, request.headers, chat=chat))
+
     @app.post("/v1/chat/completions", openapi_extra=body_of(CHAT_REQUEST, gw.arm_names),
               responses=responses(COMPLETION_RESPONSE, 400, 401, 413, 502, 504))
     async def chat_completions(request: Request) -> Response:
         """Chat completion; the arm is chosen and run per request."""
-        gw.check_key(request.headers, completions=True)
-        body = await read_json(request, gw.config.max_body_bytes)
-        return _answer(*await gw.complete(body, request.headers, chat=True))
+        return await _complete(request, chat=True)
 
     @app.post("/v1/completions", openapi_extra=body_of(COMPLETION_REQUEST, gw.arm_names),
               responses=responses(COMPLETION_RESPONSE, 400, 401, 413, 502, 504))
     async def completions(request: Request) -> Response:
         """Text completion; the arm is chosen and run per request."""
-        gw.check_key(request.headers, completions=True)
-        body = await read_json(request, gw.config.max_body_bytes)
-        return _answer(*await gw.complete(body, request.headers, chat=False))
+        return await _complete(request, chat=False)
 
     @app.get("/v1/models", responses=responses({"type": "object"}, 401, 502, 504))
     async def models(request: Request) -> Response:
