@@ -16,7 +16,6 @@ from contextlib import contextmanager
 
 import numpy as np
 import pylibvw
-import pytest
 from sqlalchemy import select
 
 from stopbandit import Selector
