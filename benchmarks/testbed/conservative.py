@@ -7,16 +7,20 @@ Usage (repository root, after ``python -m benchmarks.testbed.train``)::
 
 Per trained model and selector seed ``s``, the stream (``--stream`` items
 from seed ``STREAM_SEED + s``, as :mod:`benchmarks.testbed.end_to_end`
-draws it) is first decoded under every static arm: the decoder is
-deterministic, so this gives the baseline's and every static arm's reward on
-exactly the items served. Then, per λ, two Selectors (VW heads, SquareCB,
-fresh SQLite store, ``token_scale`` 20 as in the end-to-end run) serve the
-stream through :func:`end_to_end.run_stream` (``choose`` per item, the
-decoder runs the batch with per-row arms, ``reward`` with the probe trace):
+draws it) is first decoded under every static arm: this gives the baseline's
+and every static arm's reward on exactly the items served. Then, per λ, two
+Selectors (VW heads, SquareCB, fresh SQLite store, ``token_scale`` 20 as in
+the end-to-end run) serve the stream in batches of ``--batch``: ``choose``
+per item, then ``reward`` per item with EM, every token and the probe trace
+of the chosen arm's run (so rewards arrive up to one batch late):
 ``plain`` (today's SquareCB) and ``conservative`` (``[exploration] baseline =
 --baseline``, ``max_loss = --max-loss`` per request, ``window = --window``).
-Every served outcome is checked against the static run of the arm served
-(``agree``: the decoder's per-row arms equal each row run alone).
+The chosen arm's outcome is its run from the static pass: the decoder is
+deterministic and a row's output does not depend on the other rows' arms
+(the end-to-end benchmark checks this item by item), so decoding it again
+would give the same EM, tokens and trace at seven times the cost per run;
+``--decode-served`` decodes every batch with its per-row arms instead and
+counts the items whose outcome equals the static run (``agree``).
 
 Printed per run: the lowest (served − baseline) mean over the ``--window``
 windows after the first (the budget asks ≥ −max_loss), served − baseline over
@@ -42,10 +46,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.testbed.e2e_stats import Outcome, reward
-from benchmarks.testbed.end_to_end import STREAM_SEED, decode, run_stream
-from benchmarks.testbed.run_arms import ARMS
+from benchmarks.testbed.end_to_end import STREAM_SEED, run_stream
+from benchmarks.testbed.run_arms import ARMS, run_items
 from benchmarks.testbed.tasks import Item, sample_items
 from stopbandit.bandit.conservative import ConservativeConfig
+from stopbandit.bandit.trace import ProbeTrace
 from stopbandit.config import SelectorConfig
 from stopbandit.serving.selector import Selector
 
@@ -78,13 +83,32 @@ def headroom(items: Sequence[Item], static: dict[str, list[float]], best: str) -
     return cell - base, oracle - base
 
 
-def one_run(decoder: Any, items: Sequence[Item], lam: float, seed: int, url: str, batch: int,
-            conservative: ConservativeConfig | None) -> tuple[list[Outcome], Any]:
+Runs = dict[str, list[tuple[float, int, ProbeTrace]]]  # arm -> per item (em, tokens, trace), one decoder run each
+
+
+def serve_static(selector: Selector, items: Sequence[Item], runs: Runs, batch: int) -> list[Outcome]:
+    """The serving loop of :func:`end_to_end.run_stream`, each chosen arm's outcome read from its static run."""
+    served: list[Outcome] = []
+    for start in range(0, len(items), batch):
+        chunk = range(start, min(len(items), start + batch))
+        decisions = [selector.choose(items[i].prompt, domain=items[i].domain) for i in chunk]
+        for d, i in zip(decisions, chunk):
+            em, tokens, trace = runs[d.arm.name][i]
+            selector.reward(d.decision_id, em, tokens, trace=trace, reference=items[i].answer)
+            served.append(Outcome.of(d.arm.name, em, tokens, trace))
+    return served
+
+
+def one_run(decoder: Any, items: Sequence[Item], runs: Runs, lam: float, seed: int, url: str, batch: int,
+            conservative: ConservativeConfig | None, decode_served: bool) -> tuple[list[Outcome], Any]:
     """A fresh Selector serves ``items``; the served outcomes and the budget state at the end."""
     kw = {"conservative": conservative} if conservative is not None else {}
     with Selector.open(url, config=SelectorConfig(), lam=lam, token_scale=TOKEN_SCALE, arms=list(ARMS), seed=seed,
                        snapshot=None, follow=False, **kw) as selector:
-        served = run_stream(decoder, selector, items, batch)
+        if decode_served:
+            served = run_stream(decoder, selector, items, batch)
+        else:
+            served = serve_static(selector, items, runs, batch)
         return served, selector.budget()
 
 
@@ -114,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-loss", type=float, default=0.01)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--decode-served", action="store_true",
+                    help="decode every served batch with its per-row arms instead of reading the static runs")
     ap.add_argument("--save", type=Path, help="write every run's figures as JSON here")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -137,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             decoder = HFDecoder.from_pretrained(str(path), device="cpu")
             for seed in seeds:
                 items = sample_items(args.stream, seed=STREAM_SEED + seed)
-                static = {a.name: decode(decoder, items, [a] * len(items)) for a in ARMS}
+                runs = {a.name: run_items(decoder, items, [a] * len(items)) for a in ARMS}
+                static = {a: [Outcome.of(a, *r) for r in rows] for a, rows in runs.items()}
                 say(f"{path.name} seed {seed}: {len(ARMS)} static arms decoded")
                 for lam in lams:
                     rs = {a: rewards_of(o, lam) for a, o in static.items()}
@@ -147,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"{cell:+.4f}, per-item oracle {oracle:+.4f}", flush=True)
                     for name, c in (("plain", None), ("conservative", cons)):
                         url = f"sqlite:///{Path(tmp) / f'm{m}-s{seed}-l{lam:g}-{name}.db'}"
-                        served, budget = one_run(decoder, items, lam, seed, url, args.batch, c)
+                        served, budget = one_run(decoder, items, runs, lam, seed, url, args.batch, c,
+                                                 args.decode_served)
                         r = analyse(items, static, served, lam, args.baseline, args.window)
                         b = "-"
                         if budget is not None:
