@@ -3,18 +3,19 @@
 Usage (repository root, after ``python -m benchmarks.testbed.train``)::
 
     nice -n 10 python -m benchmarks.testbed.conservative --models MODEL_DIR [MODEL_DIR ...] \\
-        --seeds 0,1 --lambdas 0.1,0.3,1 --stream 2000 --window 500
+        --seeds 0,1 --lambdas 0.1,0.3,1 --stream 2000 --window 500 --baselines careful,best
 
 Per trained model and selector seed ``s``, the stream (``--stream`` items
 from seed ``STREAM_SEED + s``, as :mod:`benchmarks.testbed.end_to_end`
 draws it) is first decoded under every static arm: this gives the baseline's
-and every static arm's reward on exactly the items served. Then, per λ, two
+and every static arm's reward on exactly the items served. Then, per λ, fresh
 Selectors (VW heads, SquareCB, fresh SQLite store, ``token_scale`` 20 as in
 the end-to-end run) serve the stream in batches of ``--batch``: ``choose``
 per item, then ``reward`` per item with EM, every token and the probe trace
 of the chosen arm's run (so rewards arrive up to one batch late):
-``plain`` (today's SquareCB) and ``conservative`` (``[exploration] baseline =
---baseline``, ``max_loss = --max-loss`` per request, ``window = --window``).
+``plain`` (today's SquareCB) and, per baseline of ``--baselines``,
+``cons:BASELINE`` (``[exploration] baseline = BASELINE``, ``max_loss =
+--max-loss`` per request, ``window = --window``).
 The chosen arm's outcome is its run from the static pass: the decoder is
 deterministic and a row's output does not depend on the other rows' arms
 (the end-to-end benchmark checks this item by item), so decoding it again
@@ -134,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lambdas", default="0.1,0.3,1")
     ap.add_argument("--stream", type=int, default=2000)
     ap.add_argument("--window", type=int, default=500, help="budget window of the rule and of the table")
-    ap.add_argument("--baseline", default="careful")
+    ap.add_argument("--baselines", default="careful",
+                    help="comma-separated baselines, one conservative run each; 'best': the best static arm on the "
+                         "stream in hindsight at that λ (the operator's own tuned setting; a diagnostic). The plain "
+                         "run is compared with the first")
     ap.add_argument("--max-loss", type=float, default=0.01)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
@@ -144,7 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     lams = [float(x) for x in args.lambdas.split(",")]
-    cons = ConservativeConfig(args.baseline, max_loss=args.max_loss, window=args.window)
+    baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
+    for b in baselines:
+        if b != "best" and b not in {a.name for a in ARMS}:
+            ap.error(f"unknown baseline {b!r}: an arm of {[a.name for a in ARMS]} or 'best'")
 
     import torch
 
@@ -153,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     say = lambda msg: print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", file=sys.stderr, flush=True)  # noqa: E731
-    print(f"stream={args.stream} window={args.window} baseline={args.baseline} max_loss={args.max_loss} "
+    print(f"stream={args.stream} window={args.window} baselines={baselines} max_loss={args.max_loss} "
           f"token_scale={TOKEN_SCALE:g} seeds={seeds} lambdas={lams}")
     print("model      seed λ    run           served  baseline best(arm)          min_window run-base  "
           "run-best ± ci      agree  budget")
@@ -172,20 +179,25 @@ def main(argv: list[str] | None = None) -> int:
                     cell, oracle = headroom(items, rs, best)
                     print(f"# {path.name} seed {seed} λ {lam:g}: headroom over {best}: best arm per cell "
                           f"{cell:+.4f}, per-item oracle {oracle:+.4f}", flush=True)
-                    for name, c in (("plain", None), ("conservative", cons)):
-                        url = f"sqlite:///{Path(tmp) / f'm{m}-s{seed}-l{lam:g}-{name}.db'}"
+                    named = [best if b == "best" else b for b in baselines]
+                    plan = [("plain", named[0], None)] + [
+                        (f"cons:{b}", b, ConservativeConfig(b, max_loss=args.max_loss, window=args.window))
+                        for b in dict.fromkeys(named)]
+                    for name, base, c in plan:
+                        db = Path(tmp) / f"m{m}-s{seed}-l{lam:g}-{name.replace(':', '-')}.db"
+                        url = f"sqlite:///{db}"
                         served, budget = one_run(decoder, items, runs, lam, seed, url, args.batch, c,
                                                  args.decode_served)
-                        r = analyse(items, static, served, lam, args.baseline, args.window)
+                        r = analyse(items, static, served, lam, base, args.window)
                         b = "-"
                         if budget is not None:
                             b = (f"restricted {budget.restricted}, baseline served {budget.baseline_served}, "
                                  f"LB {budget.lower_bound:+.1f} vs realized {r['realized']:+.1f}")
                         mw = "—" if r["min_window"] is None else f"{r['min_window']:+.4f}"
-                        print(f"{path.name:<10} {seed:<4} {lam:<4g} {name:<13} {r['served']:.4f}  {r['baseline']:.4f}"
+                        print(f"{path.name:<10} {seed:<4} {lam:<4g} {name:<16} {r['served']:.4f}  {r['baseline']:.4f}"
                               f"   {r['best_reward']:.4f} ({r['best']:<10}) {mw:>9}  {r['run_vs_baseline']:+.4f}  "
                               f"{r['run_vs_best']:+.4f} ± {r['ci']:.4f}  {r['agree']}/{len(items)}  {b}", flush=True)
-                        results.append({"model": str(path), "seed": seed, "lam": lam, "run": name,
+                        results.append({"model": str(path), "seed": seed, "lam": lam, "run": name, "against": base,
                                         "headroom_cell": cell, "headroom_oracle": oracle, **r,
                                         "budget": None if budget is None else vars(budget)})
     if args.save is not None:
