@@ -214,7 +214,7 @@ def demo(url: str | None, n: int, lam: float, token_scale: float, baseline: str,
                    "budget": None if budget is None else budget.__dict__,
                    "served_reward": result.served_reward, "best_static": result.best_static,
                    "best_static_reward": result.best_static_reward, "baseline_reward": result.baseline_reward,
-                   "domain_choice": result.domain_choice, "verdict": result.verdict, "reason": result.reason})
+                   "second_half_gap": result.second_half_gap, "domain_choice": result.domain_choice, "verdict": result.verdict, "reason": result.reason})
         return
     console.print(table(f"stopbandit demo — {n} requests, λ={lam}, reward = EM − λ·tokens/{token_scale:g}",
                         ["policy", "EM", "mean tokens", "saved vs full", "reward"], rows))

@@ -192,6 +192,7 @@ def test_demo_reports_baseline_budget_verdict_and_domain_choice(tmp_path):
     best = next(row for row in out["rows"] if row["name"].startswith("best static in hindsight"))
     assert out["best_static_reward"] == pytest.approx(best["reward"])
     assert (out["verdict"].startswith("win:")) == (out["served_reward"] > best["reward"])
+    assert out["second_half_gap"] != 0.0 and f"the policy is {out['second_half_gap']:+.4f} against it" in out["reason"]
     # the reason gives the 95 % interval of the served-minus-best difference, and calls a difference inside it a tie
     ci = float(re.search(r"95% interval of the difference ±([0-9.]+)", out["reason"]).group(1))
     assert ("within noise" in out["reason"]) == (abs(out["served_reward"] - best["reward"]) <= ci)
