@@ -229,21 +229,21 @@ def demo(url: str | None, n: int, lam: float, token_scale: float, baseline: str,
             f"{result.max_loss:g} reward per request on average ({budget.budget:.1f} over the run); spent: "
             f"{budget.spent:.1f} by the lower bound, {result.served_reward - result.baseline_reward:+.4f} per "
             f"request realized; exploration cut down on {budget.restricted} of {n} decisions.",
-            highlight=False)
+            highlight=False, markup=False)
     else:
         console.print("Baseline: none (unconstrained exploration; --baseline ARM --max-loss L to bound it).",
-                      highlight=False)
-    console.print(f"Verdict: {result.verdict}.", highlight=False)
-    console.print(f"Reason: {result.reason}.", highlight=False)
+                      highlight=False, markup=False)
+    console.print(f"Verdict: {result.verdict}.", highlight=False, markup=False)
+    console.print(f"Reason: {result.reason}.", highlight=False, markup=False)
     curve = (f"learning curve in {result.plot}" if result.plot is not None
              else "no learning curve (pip install 'stopbandit[plots]' for matplotlib)")
     console.print(f"Logged {result.decisions_logged} decisions and {result.outcomes_logged} outcomes to "
                   f"{redact(url)}; saved snapshot {result.snapshot}; {curve}. "
-                  f"({result.elapsed_s:.1f} s)", highlight=False)
+                  f"({result.elapsed_s:.1f} s)", highlight=False, markup=False)
     db = f" --db '{redact(url)}'"
-    console.print("Next, evaluate offline from the replay log:", highlight=False)
-    console.print(f"  stopbandit replay evaluate{db} --policy latest --estimators ips,snips,dr,dm", highlight=False)
-    console.print(f"  stopbandit replay sweep{db} --lambdas 0:1:0.05 --plot pareto.png", highlight=False)
+    console.print("Next, evaluate offline from the replay log:", highlight=False, markup=False)
+    console.print(f"  stopbandit replay evaluate{db} --policy latest --estimators ips,snips,dr,dm", highlight=False, markup=False)
+    console.print(f"  stopbandit replay sweep{db} --lambdas 0:1:0.05 --plot pareto.png", highlight=False, markup=False)
 
 
 # -- serve -----------------------------------------------------------------------
