@@ -243,7 +243,8 @@ def demo(url: str | None, n: int, lam: float, token_scale: float, baseline: str,
     db = f" --db '{redact(url)}'"
     console.print("Next, evaluate offline from the replay log:", highlight=False, markup=False)
     console.print(f"  stopbandit replay evaluate{db} --policy latest --estimators ips,snips,dr,dm", highlight=False, markup=False)
-    console.print(f"  stopbandit replay sweep{db} --lambdas 0:1:0.05 --plot pareto.png", highlight=False, markup=False)
+    plot = " --plot pareto.png" if result.plot is not None else ""  # the plots extra is there when the demo drew
+    console.print(f"  stopbandit replay sweep{db} --lambdas 0:1:0.05{plot}", highlight=False, markup=False)
 
 
 # -- serve -----------------------------------------------------------------------

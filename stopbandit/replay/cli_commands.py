@@ -18,6 +18,7 @@ Resolution of what a command evaluates with:
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import time
@@ -294,6 +295,8 @@ def sweep_cmd(url, config_path, include_defaulted, include_late, chunk, no_progr
     from stopbandit.replay.training import time_split, train_heads
 
     lams = parse_lambdas(lambdas)
+    if plot_path is not None and importlib.util.find_spec("matplotlib") is None:  # before the sweep's work, not after
+        raise ConfigError("--plot needs matplotlib: pip install 'stopbandit[plots]' (or drop --plot)")
     if estimator.strip().lower() not in ESTIMATORS:
         raise ConfigError(f"unknown estimator {estimator!r}; known estimators: {', '.join(ESTIMATORS)}")
     estimator = estimator.strip().lower()

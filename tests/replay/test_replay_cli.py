@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -127,6 +129,18 @@ def test_sweep_plot_and_json(db, tmp_path):
     assert snap["estimator"] == "SNIPS" and snap["counts"]["used"] == 250 and snap["trained"] is None
     table = invoke("sweep", "--db", db, "--lambdas", "0,0.5", "--policy", "latest").stdout
     assert "full reasoning" in table and "logging policy" in table
+
+
+def test_sweep_plot_without_matplotlib_is_refused_before_the_sweep(db, tmp_path):
+    # a process where matplotlib cannot be imported, as after a plain `pip install stopbandit`
+    code = ("import sys; sys.modules['matplotlib'] = None; from stopbandit.cli import main; "
+            "sys.argv = ['stopbandit'] + sys.argv[1:]; main()")
+    png = tmp_path / "pareto.png"
+    proc = subprocess.run([sys.executable, "-c", code, "replay", "sweep", "--db", db, "--lambdas", "0:1:0.5",
+                           "--plot", str(png)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "--plot needs matplotlib: pip install 'stopbandit[plots]'" in proc.stderr.replace("\n", " ")
+    assert "Traceback" not in proc.stderr and not png.exists() and proc.stdout == ""
 
 
 def test_export_import_round_trip(db, tmp_path):
