@@ -267,8 +267,8 @@ def main(argv: list[str] | None = None) -> int:
                         mw = "—" if r["min_window"] is None else f"{r['min_window']:+.4f}"
                         print(f"{path.name:<10} {seed:<4} {lam:<4g} {name:<16} {r['served']:.4f}  {r['baseline']:.4f}"
                               f"   {r['best_reward']:.4f} ({r['best']:<10}) {mw:>9}  {r['run_vs_baseline']:+.4f}  "
-                              f"{r['run_vs_best']:+.4f} ± {r['ci']:.4f}  {r['agree']}/{len(items)}  {t90:>5} {edge:>11}  {b}",
-                              flush=True)
+                              f"{r['run_vs_best']:+.4f} ± {r['ci']:.4f}  {r['agree']}/{len(items)}  {t90:>5} {edge:>11}  "
+                              f"{b}", flush=True)
                         results.append({"model": str(path), "seed": seed, "lam": lam, "run": name, "against": base,
                                         "headroom_cell": cell, "headroom_oracle": oracle, **r,
                                         "budget": None if budget is None else vars(budget)})
