@@ -260,7 +260,7 @@ class Selector(RewardPath, SnapshotPath):
         if force_arm is not None or experiment != "champion" or tag is not None:
             warnings.warn("Selector.choose(force_arm=/experiment=/tag=) is deprecated; use Selector.choose_forced",
                           DeprecationWarning, stacklevel=2)
-            return self._routed(prompt, domain, request_id, features, force_arm, experiment, tag)
+            return self._routed(prompt, domain, request_id, features, force_arm, experiment, tag, "force_arm")
         self._slot.enter()
         try:
             return self._choose(prompt, domain, request_id, features, None, "champion", None)
@@ -282,19 +282,22 @@ class Selector(RewardPath, SnapshotPath):
         decision is tagged ``forced`` unless a tag is given, so the log tells
         the policy's own choices from overrides.
         """
-        return self._routed(prompt, domain, request_id, features, arm, experiment, tag)
+        return self._routed(prompt, domain, request_id, features, arm, experiment, tag, "arm")
 
     def _routed(self, prompt: str, domain: str | None, request_id: str | None, features: Mapping[str, Any] | None,
-                arm: object, experiment: object, tag: object) -> Decision:
-        forced = self._check_route(arm, experiment, tag)
+                arm: object, experiment: object, tag: object, arm_field: str) -> Decision:
+        forced = self._check_route(arm, experiment, tag, arm_field)
         self._slot.enter()
         try:
             return self._choose(prompt, domain, request_id, features, forced, experiment, tag)  # type: ignore[arg-type]
         finally:
             self._slot.leave()
 
-    def _check_route(self, force_arm: object, experiment: object, tag: object) -> int | None:
-        """Validate the routing arguments once; returns the forced arm's index (None: the policy picks)."""
+    def _check_route(self, force_arm: object, experiment: object, tag: object, arm_field: str) -> int | None:
+        """Validate the routing arguments once; returns the forced arm's index (None: the policy picks).
+
+        ``arm_field``: the argument's name as the caller wrote it (``arm``, or the alias's ``force_arm``).
+        """
         if experiment not in EXPERIMENTS:
             raise InputError(f"experiment must be one of {list(EXPERIMENTS)}, got {experiment!r}")
         if tag is not None and (not isinstance(tag, str) or not 1 <= len(tag) <= 32 or not set(tag) <= _TAG_CHARS):
@@ -303,7 +306,7 @@ class Selector(RewardPath, SnapshotPath):
             return None
         names = self.arms.names
         if not isinstance(force_arm, str) or force_arm not in names:
-            raise InputError(f"force_arm must be one of the arms {list(names)}, got {force_arm!r}")
+            raise InputError(f"{arm_field} must be one of the arms {list(names)}, got {force_arm!r}")
         return names.index(force_arm)
 
     def _choose(self, prompt: str, domain: str | None, request_id: str | None,

@@ -37,8 +37,8 @@ def sel(sqlite_url):
 def test_forced_decision_is_logged_one_hot_and_rewarded_like_any_other(sel, sqlite_url):
     r = next(iter(Simulator(seed=1).stream(1)))
     t0 = sel.policy.t
-    d = sel.choose(r.prompt, domain=r.domain, request_id="f-1", force_arm="balanced", experiment="holdout",
-                   tag="holdout")
+    d = sel.choose_forced(r.prompt, domain=r.domain, request_id="f-1", arm="balanced", experiment="holdout",
+                          tag="holdout")
     assert (d.arm.name, d.probability) == ("balanced", 1.0)
     assert d.probabilities == {n: (1.0 if n == "balanced" else 0.0) for n in sel.arms.names}
     assert d.policy_version == f"holdout/{sel.policy_version}"
@@ -50,7 +50,7 @@ def test_forced_decision_is_logged_one_hot_and_rewarded_like_any_other(sel, sqli
     assert sel.policy.t == t0 + 1  # the policy learned from it
     h = sel.health()
     assert (h.decisions, h.rewards) == (1, 1)
-    default = sel.choose("What is 2 + 2?", domain="math", request_id="f-2", force_arm="full")
+    default = sel.choose_forced("What is 2 + 2?", domain="math", request_id="f-2", arm="full")
     assert default.policy_version == f"forced/{sel.policy_version}"  # tagged even without a tag
     plain = sel.choose("What is 3 + 3?", domain="math", request_id="p-1")
     assert plain.policy_version == sel.policy_version
@@ -66,17 +66,23 @@ def test_forced_decision_is_logged_one_hot_and_rewarded_like_any_other(sel, sqli
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"force_arm": "fastest"}, r"force_arm must be one of the arms \['full', 'careful', 'balanced', "
-                                   r"'aggressive'\], got 'fastest'"),
-        ({"force_arm": 2}, "force_arm must be one of the arms .*, got 2"),
+        ({"arm": "fastest"}, r"arm must be one of the arms \['full', 'careful', 'balanced', "
+                             r"'aggressive'\], got 'fastest'"),
+        ({"arm": 2}, "arm must be one of the arms .*, got 2"),
         ({"experiment": "canary"}, r"experiment must be one of \['champion', 'challenger', 'holdout'\], got 'canary'"),
-        ({"force_arm": "full", "tag": "a/b"}, r"tag must be 1 to 32 letters, digits, '_' or '-', got 'a/b'"),
+        ({"arm": "full", "tag": "a/b"}, r"tag must be 1 to 32 letters, digits, '_' or '-', got 'a/b'"),
         ({"tag": ""}, "tag must be 1 to 32 letters"),
     ],
 )
 def test_invalid_routing_arguments_name_field_and_value(sel, kwargs, match):
-    with pytest.raises(InputError, match=match):
-        sel.choose("q", domain="math", **kwargs)
+    with pytest.raises(InputError, match=match) as err:
+        sel.choose_forced("q", domain="math", **kwargs)
+    assert not str(err.value).startswith("force_arm")  # the name the caller wrote
+    # the deprecated alias names its own argument
+    alias = {("force_arm" if k == "arm" else k): v for k, v in kwargs.items()}
+    with pytest.warns(DeprecationWarning, match="use Selector.choose_forced"), \
+            pytest.raises(InputError, match=match.replace("arm must", "force_arm must")):
+        sel.choose("q", domain="math", **alias)
     assert sel.health().decisions == 0
 
 
@@ -89,7 +95,7 @@ def test_forced_decisions_do_not_consume_the_policys_randomness(tmp_path):
     mixed = []
     for i, r in enumerate(reqs):
         if i % 3 == 0:
-            assert b.choose(r.prompt, domain=r.domain, force_arm="full").arm.name == "full"
+            assert b.choose_forced(r.prompt, domain=r.domain, arm="full").arm.name == "full"
         mixed.append(b.choose(r.prompt, domain=r.domain).arm.name)
     assert mixed == plain and len(set(plain)) > 1
     a.close()
