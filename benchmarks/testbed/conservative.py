@@ -65,6 +65,7 @@ from benchmarks.testbed.e2e_stats import Outcome, reward
 from benchmarks.testbed.end_to_end import STREAM_SEED, run_stream
 from benchmarks.testbed.run_arms import ARMS, HELD_OUT_SEED, run_items
 from benchmarks.testbed.tasks import Item, sample_items
+from benchmarks.testbed.train import require_trained
 from stopbandit.bandit.conservative import ConservativeConfig
 from stopbandit.bandit.trace import ProbeTrace
 from stopbandit.config import SelectorConfig
@@ -193,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--every", type=int, default=500, help="requests between two held-out valuations")
     ap.add_argument("--save", type=Path, help="write every run's figures as JSON here")
     args = ap.parse_args(argv)
+    require_trained(ap, args.models)
     if args.heldout < 0 or args.every < 1:
         ap.error("--heldout must be ≥ 0 and --every ≥ 1")
     seeds = [int(s) for s in args.seeds.split(",")]

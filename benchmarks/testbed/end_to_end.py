@@ -55,7 +55,7 @@ from typing import Any
 from benchmarks.testbed.e2e_stats import Outcome, hull_em, mean_se, reward, summarize
 from benchmarks.testbed.run_arms import ARMS, HELD_OUT_SEED, run_items
 from benchmarks.testbed.tasks import Item, sample_items
-from benchmarks.testbed.train import DEFAULT_OUT
+from benchmarks.testbed.train import DEFAULT_OUT, require_trained
 from stopbandit.bandit.arms import Arm
 from stopbandit.serving.selector import Selector
 from stopbandit.bandit.vw import shared_line
@@ -399,9 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     settings = Settings(lambdas=args.lambdas, seeds=args.seeds, stream=args.stream, items=args.items,
                         token_scale=args.token_scale, batch=args.batch, length_counter=args.length_counter)
-    for path in args.models:
-        if not (path / "config.json").is_file():
-            parser.error(f"no trained model in {path}; run `python -m benchmarks.testbed.train --out {path}` first")
+    require_trained(parser, args.models)
     start = time.perf_counter()
 
     def progress(msg: str) -> None:

@@ -59,7 +59,7 @@ import numpy as np
 from benchmarks.learned_stop import _at_tokens
 from benchmarks.testbed.run_arms import HELD_OUT_SEED
 from benchmarks.testbed.tasks import DOMAINS, sample_items
-from benchmarks.testbed.train import DEFAULT_OUT
+from benchmarks.testbed.train import DEFAULT_OUT, require_trained
 from stopbandit.bandit.arms import Arm
 from stopbandit.bandit.learned_stop import LearnedInputs, LearnedStop
 from stopbandit.bandit.stop_eval import evaluate, stop_data
@@ -316,9 +316,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     res, names = [], []
+    require_trained(ap, args.models)
     for m in args.models:
-        if not (m / "config.json").is_file():
-            ap.error(f"no trained model in {m}; run `python -m benchmarks.testbed.train` first")
         dec = HFDecoder.from_pretrained(m, device="cpu")
         for s in args.seeds:
             r = one(dec, s, args.train, args.test, args.lambdas, args.token_scale, args.check)

@@ -52,6 +52,13 @@ DECODER = DecoderConfig(
 )
 
 
+
+def require_trained(parser: argparse.ArgumentParser, paths: list[Path]) -> None:
+    """Stop with one usage line when a ``--models`` path holds no trained model (before any work starts)."""
+    for path in paths:
+        if not (path / "config.json").is_file():
+            parser.error(f"no trained model in {path}; run `python -m benchmarks.testbed.train --out {path}` first")
+
 def encode_example(tokenizer, item: Item, cut: int | None) -> tuple[list[int], list[int]]:
     """(input ids, labels) of one sequence; ``cut`` truncates the reasoning at that character."""
     enc = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
