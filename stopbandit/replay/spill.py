@@ -177,12 +177,32 @@ def _write_all(fd: int, blob: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+class _OpenFile:
+    """A spill file open for appending, and how much of what was written to it is known fsync'd."""
+
+    __slots__ = ("fd", "size", "written", "synced", "syncing", "dir_dirty", "closed")
+
+    def __init__(self, fd: int, size: int, new: bool) -> None:
+        self.fd = fd
+        self.size = size  # bytes of complete records in the file
+        self.written = self.synced = 0  # bytes written through this descriptor, and of those fsync'd
+        self.syncing = 0  # fsyncs in flight (the descriptor is not closed under them)
+        self.dir_dirty = new  # created here, its directory entry not yet fsync'd
+        self.closed = False
+
+    def clean(self) -> bool:
+        return self.synced >= self.written and not self.dir_dirty
+
+
 class SpillFile:
     """Append-only spill with a size bound; thread-safe; owned by one writer.
 
     The live file stays open while it receives appends; ``sync=False`` appends
     are fsync'd by a syncer thread (started on the first one) so that the
-    appender never waits for the disk.
+    appender never waits for the disk. Neither does the replayer: a live file
+    taken for replay is renamed at once and its last fsync and close are the
+    syncer's (an fsync can take seconds on a busy disk, and rows queued
+    behind the writer thread meanwhile are what a ``kill -9`` would lose).
     """
 
     def __init__(self, prefix: str | os.PathLike[str], max_bytes: int = 1 << 30, store_id: str | None = None) -> None:
@@ -205,13 +225,8 @@ class SpillFile:
         self._replay_lines = self._replay_bytes = 0
         self._taken = self._done = 0  # live files moved aside for replay, and replays finished (see replay_target)
         self.max_backlog = 0
-        # the open live file: bytes written to it, and of those the bytes known fsync'd
-        self._fd: int | None = None
-        self._gen = 0  # counts the live files opened (an fd number can be reused after a close)
-        self._written = self._synced = 0
-        self._size = 0  # bytes of complete records in the open live file
-        self._syncing = 0  # fsyncs of the open file in flight (it is not closed under them)
-        self._dir_dirty = False  # the live file was created and its directory entry not yet fsync'd
+        self._live: _OpenFile | None = None  # the open live file
+        self._retired: list[_OpenFile] = []  # taken for replay; the syncer fsyncs and closes them
         self._syncer: threading.Thread | None = None
         self._closing = False
         self.sync_error: str | None = None  # the last fsync failure, if the disk refused one
@@ -229,7 +244,10 @@ class SpillFile:
         if self._syncer is not None:
             self._syncer.join(30.0)
         with self._lock:
-            self._close_live()
+            for f in [*self._retired, self._live]:
+                if f is not None:
+                    self._close(f)
+            self._live, self._retired = None, []
             if not self.has_backlog():
                 for p in (self.path, self.replay_path):
                     p.unlink(missing_ok=True)
@@ -246,9 +264,10 @@ class SpillFile:
         """
         self._lock = threading.Lock()
         self._synced_cv = threading.Condition(self._lock)
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        for f in [*self._retired, self._live]:
+            if f is not None:
+                os.close(f.fd)
+        self._live, self._retired = None, []
         self._owner.close()
         self._syncer = None
 
@@ -267,42 +286,38 @@ class SpillFile:
         with self._lock:
             if self._live_bytes + self._replay_bytes + len(blob) > self.max_bytes:
                 return 0
-            if self._fd is None:
-                self._open_live()
-            if self._size == 0:
+            f = self._live if self._live is not None else self._open_live()
+            if f.size == 0:
                 blob = header(self.store_id) + blob
             try:
-                _write_all(self._fd, blob)
+                _write_all(f.fd, blob)
             except OSError:
-                self._cut()
+                self._cut(f)
                 raise
-            self._size += len(blob)
-            self._written += len(blob)
+            f.size += len(blob)
+            f.written += len(blob)
             self._live_lines += len(items)
             self._live_bytes += len(blob)
             self.max_backlog = max(self.max_backlog, self._live_lines + self._replay_lines)
             if sync:
-                fd, target, sync_dir = self._fd, self._written, self._dir_dirty
-                self._dir_dirty = False
-                self._syncing += 1
+                target, sync_dir = f.written, f.dir_dirty
+                f.dir_dirty = False
+                f.syncing += 1
             else:
                 self._start_syncer()
                 self._synced_cv.notify_all()
         if sync:
-            self._fsync(fd, target, sync_dir)
+            self._fsync(f, target, sync_dir)
         return len(items)
 
-    def _open_live(self) -> None:
+    def _open_live(self) -> _OpenFile:
         """Open (create, mode 0600) the live file; the caller holds the lock."""
         new = not self.path.exists()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        self._fd = fd
-        self._size = os.fstat(fd).st_size
-        self._gen += 1
-        self._written = self._synced = 0
-        self._dir_dirty = self._dir_dirty or new
+        self._live = _OpenFile(fd, os.fstat(fd).st_size, new)
+        return self._live
 
-    def _cut(self) -> None:
+    def _cut(self, f: _OpenFile) -> None:
         """After a failed write: truncate the live file back to its last complete record (caller holds the lock).
 
         A fragment left in place would fuse with the next record written
@@ -310,7 +325,7 @@ class SpillFile:
         the fragment by its frame.
         """
         try:
-            os.ftruncate(self._fd, self._size)  # type: ignore[arg-type]
+            os.ftruncate(f.fd, f.size)
         except OSError as exc:
             log.error("cannot cut a torn record off %s: %s", self.path, exc)
 
@@ -318,27 +333,30 @@ class SpillFile:
         """Wait until everything appended so far is fsync'd; False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            gen, target = self._gen, self._written
-            while self._fd is not None and self._gen == gen and self._synced < target:
+            targets = [(f, f.written) for f in [*self._retired, self._live] if f is not None]
+            while any(not f.closed and f.synced < target for f, target in targets):
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
                 self._synced_cv.wait(left)
         return True
 
-    def _fsync(self, fd: int, target: int, sync_dir: bool) -> None:
-        """fsync ``fd`` (pinned by ``_syncing``, so it is not closed meanwhile) outside the lock."""
+    def _fsync(self, f: _OpenFile, target: int, sync_dir: bool) -> None:
+        """fsync ``f`` (pinned by ``f.syncing``, so it is not closed meanwhile) outside the lock."""
         ok = False
         try:
             if sync_dir:
                 _fsync_dir(self.path.parent)
-            os.fsync(fd)
+            os.fsync(f.fd)
             ok = True
         finally:
             with self._lock:
-                self._syncing -= 1
-                if ok and fd == self._fd:
-                    self._synced = max(self._synced, target)
+                f.syncing -= 1
+                if ok:
+                    f.synced = max(f.synced, target)
+                elif sync_dir:
+                    f.dir_dirty = True
+                self._close_retired()
                 self._synced_cv.notify_all()
 
     def _start_syncer(self) -> None:
@@ -346,41 +364,54 @@ class SpillFile:
             self._syncer = threading.Thread(target=self._sync_loop, name="stopbandit-spill-sync", daemon=True)
             self._syncer.start()
 
+    def _unsynced(self) -> _OpenFile | None:
+        """A file with bytes (or a directory entry) to fsync and no fsync in flight; retired ones first."""
+        for f in [*self._retired, self._live]:
+            if f is not None and not f.syncing and not f.clean():
+                return f
+        return None
+
     def _sync_loop(self) -> None:
-        """fsync the live file whenever it holds unsynced bytes (group fsync: one call covers every append before it)."""
+        """fsync the open files whenever they hold unsynced bytes (group fsync: one call covers every append before it)."""
         while True:
             with self._lock:
-                while not self._closing and (self._fd is None or self._synced >= self._written or self._syncing):
+                while not self._closing and (f := self._unsynced()) is None:
                     self._synced_cv.wait()
                 if self._closing:
                     return
-                fd, target, sync_dir = self._fd, self._written, self._dir_dirty
-                self._dir_dirty = False
-                self._syncing += 1
+                target, sync_dir = f.written, f.dir_dirty
+                f.dir_dirty = False
+                f.syncing += 1
             try:
-                self._fsync(fd, target, sync_dir)
+                self._fsync(f, target, sync_dir)
                 self.sync_error = None
             except Exception as exc:  # noqa: BLE001 - the syncer must survive: report, retry shortly
                 self.sync_error = f"fsync of {self.path}: {exc}"
                 log.error("spill %s", self.sync_error)
                 time.sleep(0.5)
 
-    def _close_live(self) -> None:
-        """fsync and close the open live file (caller holds the lock); waits for fsyncs in flight."""
-        while self._syncing:
+    def _close_retired(self) -> None:
+        """Close the retired files that are fsync'd with no fsync in flight (caller holds the lock)."""
+        for f in [f for f in self._retired if not f.syncing and f.clean()]:
+            self._retired.remove(f)
+            os.close(f.fd)
+            f.closed = True
+
+    def _close(self, f: _OpenFile) -> None:
+        """fsync and close ``f`` (caller holds the lock; at release); waits for fsyncs in flight."""
+        while f.syncing:
             self._synced_cv.wait()
-        if self._fd is None:
+        if f.closed:
             return
-        fd, self._fd = self._fd, None
         try:
-            if self._synced < self._written or self._dir_dirty:
-                if self._dir_dirty:
+            if not f.clean():
+                if f.dir_dirty:
                     _fsync_dir(self.path.parent)
-                os.fsync(fd)
+                os.fsync(f.fd)
+                f.synced, f.dir_dirty = f.written, False
         finally:
-            os.close(fd)
-            self._written = self._synced = self._size = 0
-            self._dir_dirty = False
+            os.close(f.fd)
+            f.closed = True
             self._synced_cv.notify_all()
 
     def backlog_lines(self) -> int:
@@ -391,12 +422,23 @@ class SpillFile:
         return self._live_lines + self._replay_lines > 0
 
     def take_for_replay(self) -> Path | None:
-        """Move the live file aside for replay (new appends start a fresh file); it is fsync'd first."""
+        """Move the live file aside for replay (new appends start a fresh file) without waiting for the disk.
+
+        The renamed file's descriptor goes to the retired list: the syncer
+        fsyncs what it still lacks and closes it, so the rows keep the
+        durability their append promised while the caller goes on at once.
+        """
         with self._lock:
             if self._replay_lines:
                 return self.replay_path
             if self._live_lines:
-                self._close_live()
+                if self._live is not None:
+                    self._retired.append(self._live)
+                    self._live = None
+                    self._close_retired()
+                    if self._retired:
+                        self._start_syncer()
+                        self._synced_cv.notify_all()
                 os.replace(self.path, self.replay_path)
                 self._taken += 1
                 self._replay_lines, self._replay_bytes = self._live_lines, self._live_bytes

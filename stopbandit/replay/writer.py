@@ -323,8 +323,9 @@ class BatchWriter(Commits, Replays):
         """Wait until everything submitted before this call is in the database (the store down: the fsync'd spill).
 
         True once those rows are safe: committed, or fsync'd to the spill;
-        rows spilled while the store answers (the writer fell behind) are
-        also waited for in the database, up to ``timeout``.
+        rows spilled while the store answers (the writer fell behind, or a
+        call overran its deadline and the store is back) are also waited for
+        in the database, up to ``timeout``.
 
         Exact, and it returns under continuous traffic: a marker is queued
         behind the rows submitted before the call (the queue is FIFO) and the
@@ -359,18 +360,26 @@ class BatchWriter(Commits, Replays):
         return True
 
     def _await_replay(self, deadline: float | None) -> None:
-        """While the store is up, wait (until ``deadline``) for the replay of rows spilled so far.
+        """While the store answers, wait (until ``deadline``) for the replay of rows spilled so far.
 
         Rows reach the spill with the store up when the writer fell behind
-        (``overloads``) or a backlog was still being replayed: a caller that
-        flushes and then reads the store expects them there. Only the rows
-        spilled up to now are waited for, so this returns under continuous
-        traffic too. While the store is down the spill is where they stay.
+        (``overloads``), a backlog was still being replayed, or one call
+        overran the deadline and the store answers again: a caller that
+        flushes and then reads the store expects them there. A writer that
+        believes the store down asks it once (bounded by ``timeout``) rather
+        than wait for the probe thread's next try. Only the rows spilled up
+        to now are waited for, so this returns under continuous traffic too.
+        While the store is down the spill is where they stay.
         """
         if not self.spill.has_backlog():
             return
+        if not self._store_ok:
+            left = self.timeout if deadline is None else deadline - time.monotonic()
+            if left <= 0 or not self._try_store(left):
+                return
         target = self.spill.replay_target()
-        while self._store_ok and self._thread.is_alive() and not self.spill.replayed_through(target):
+        while ((self._store_ok or self._reachable.is_set()) and self._thread.is_alive()
+               and not self.spill.replayed_through(target)):
             if deadline is not None and time.monotonic() >= deadline:
                 return
             self._wake.set()

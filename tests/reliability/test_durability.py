@@ -191,6 +191,30 @@ def test_a_locked_sqlite_database_is_an_outage_after_the_timeout(sqlite_url, tmp
     assert stored(sqlite_url) == (70, 70)
 
 
+def test_flush_after_a_stall_that_ended_returns_with_the_rows_in_the_store(sqlite_url, tmp_path):
+    """One stall past ``timeout`` marks the store down; once it answers again, ``flush`` waits for the database.
+
+    A caller that flushes and then reads the store (an evaluation, a test)
+    must find every row there when the store answers at the time of the
+    flush, whatever the writer believed. The probe thread is kept out of it
+    (``retry_interval`` 60 s): ``flush`` itself asks the store.
+    """
+    sel = Selector.open(sqlite_url, config=cfg(tmp_path, timeout=1.0, retry_interval=60.0))
+    serve(sel, 20, "a-")
+    assert sel.flush(10)
+    blocker = sqlite3.connect(sqlite_url[len("sqlite:///"):], timeout=1)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        serve(sel, 50, "b-")
+        assert until(lambda: not sel.health().store_ok, 10), sel.health()
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert sel.flush(30), sel.health()
+    assert stored(sqlite_url) == (70, 70)
+    sel.close()
+
+
 # -- 4. private spill directory, store identity ----------------------------------------------------------
 def test_spill_files_are_private_and_belong_to_a_store_by_identity(sqlite_url, tmp_path):
     url_b = f"sqlite:///{tmp_path / 'other.db'}"

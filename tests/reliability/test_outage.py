@@ -319,6 +319,58 @@ def test_an_outage_spills_every_queued_row_within_the_flush_window_on_a_slow_dis
     store.dispose()
 
 
+def test_taking_the_spill_for_replay_does_not_wait_for_the_disk(tmp_path, monkeypatch):
+    """The live file is renamed for replay at once; the syncer gives it its last fsync and closes it.
+
+    ``sync()`` still waits for that fsync: what the append promised holds.
+    """
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (time.sleep(1.5), real(fd)) and None)
+    spill = SpillFile(tmp_path / "sb")
+    open_fds = len(os.listdir("/proc/self/fd"))
+    spill.append([("d", decision(f"r{i}")) for i in range(50)], sync=False)
+    t = time.monotonic()
+    assert spill.take_for_replay() == spill.replay_path
+    assert time.monotonic() - t < 1.0  # an fsync takes 1.5 s
+    assert spilled_rows(spill.replay_path) == 50
+    spill.append([("d", decision("after"))], sync=False)  # a fresh live file
+    assert spill.sync(10) and time.monotonic() - t >= 1.5
+    assert until(lambda: len(os.listdir("/proc/self/fd")) == open_fds + 1, 5)  # the renamed file is closed
+    spill.replayed(50)
+    spill.done_replaying()
+    spill.release()
+    assert spill.backlog_lines() == 1
+
+
+def test_replay_starts_without_waiting_for_the_disk_when_the_store_answers_again(sqlite_url, tmp_path, monkeypatch):
+    """Rows spilled in an outage on a slow disk (every fsync 2 s) reach the store as soon as it answers.
+
+    The writer thread used to fsync the spill file itself before replaying
+    it (waiting out the syncer's fsync in flight, then its own), so for
+    seconds every row queued behind it waited in memory: what a ``kill -9``
+    at that moment would lose.
+    """
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (time.sleep(2.0), real(fd)) and None)
+    migrate.upgrade(sqlite_url)
+    store = ReplayStore(sqlite_url)
+    outage = Outage()
+    outage.attach(store.engine)
+    w = BatchWriter(store, spill_path=tmp_path / "sp" / "sb", flush_interval=0.05, retry_interval=0.05)
+    outage.start()
+    for i in range(1000):
+        w.submit_decision(decision(f"s{i}"))
+    assert until(lambda: w.spill.backlog_lines() == 1000, 1.5), w.health()
+    outage.stop()
+    t = time.monotonic()
+    for i in range(200):
+        w.submit_decision(decision(f"after{i}"))
+    assert until(lambda: store.counts()["decisions"] == 1200, 1.5), (w.health(), time.monotonic() - t)
+    assert w.flush(20) and w.drain(20)
+    w.close()
+    store.dispose()
+
+
 @pytest.mark.postgres
 def test_choose_never_waits_on_a_dead_server_connect(pg_server, tmp_path):
     """A decision made while PostgreSQL restarts, in the default (queued) mode, takes no database time."""
