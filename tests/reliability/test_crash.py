@@ -12,7 +12,8 @@ the database must hold
 
 and in both: nothing twice, nothing that was never attempted, every outcome's
 decision, and no spill file left behind. The outage cases kill once the child
-spills; the slow-disk case (every fsync 1.5 s) 1.5 s after that. The loaded
+spills; the slow-disk case (every fsync 1.5 s) 1.5 s after that, and
+the slow-disk replay case once the store has been back for 2.5 s. The loaded
 cases run two CPU-bound processes and a process that keeps reading the store
 next to the child, on a 2-core machine: there the queued mode holds the
 looser bound ``LOADED_LOSS_WINDOW_S`` (the flush window, plus the longest a
@@ -76,11 +77,13 @@ def spilled(spill: Path) -> bool:
 
 
 def serve_and_kill(url: str, server, tmp_path: Path, *, durable: bool, during_outage: bool,
-                   slow_fsync: float = 0.0, hold: float = 0.0,
+                   slow_fsync: float = 0.0, hold: float = 0.0, back_for: float | None = None,
                    min_acks: int = 300) -> tuple[dict[str, dict[str, float]], float, Path]:
     """Run a serving child, take the store down if asked, ``kill -9`` it; returns (acks, kill time, spill prefix).
 
-    With an outage the kill comes once the child spills, ``hold`` seconds later.
+    With an outage the kill comes once the child spills, ``hold`` seconds
+    later; with ``back_for`` the store comes back then, and the kill that
+    many seconds after (while the child replays its spill).
     """
     spill = tmp_path / "spill" / "sb"
     acks = tmp_path / "acks"
@@ -110,6 +113,9 @@ def serve_and_kill(url: str, server, tmp_path: Path, *, durable: bool, during_ou
             assert until(lambda: spilled(spill), 30), "the child never spilled: " + \
                 (tmp_path / "child.log").read_text()[-3000:]
             time.sleep(hold)
+            if back_for is not None:
+                flag.unlink()
+                time.sleep(back_for)
         child.send_signal(signal.SIGKILL)
         t_kill = time.monotonic()
         child.wait(30)
@@ -122,7 +128,7 @@ def serve_and_kill(url: str, server, tmp_path: Path, *, durable: bool, during_ou
                 server.start()
             flag.unlink(missing_ok=True)
     assert child.returncode == -signal.SIGKILL
-    if during_outage:
+    if during_outage and back_for is None:
         assert spilled(spill), "the child never spilled"
     return read_acks(acks), t_kill, spill
 
@@ -192,6 +198,17 @@ def test_kill_9_during_an_outage_on_a_slow_disk_loses_at_most_the_flush_window(s
     acked, t_kill, spill = serve_and_kill(sqlite_url, None, tmp_path, durable=False, during_outage=True,
                                           slow_fsync=1.5, hold=1.5)
     check_recovery(sqlite_url, spill, acked, t_kill, durable=False, label="queued store-down, slow disk")
+
+
+def test_kill_9_while_replaying_on_a_slow_disk_loses_at_most_the_flush_window(sqlite_url, tmp_path):
+    """Every fsync takes 1.5 s; the store comes back after 1 s of spilling, and the kill 2.5 s after that.
+
+    Taking the spill file for replay may not make the writer wait for the
+    disk either: rows queued meanwhile would wait in memory for seconds.
+    """
+    acked, t_kill, spill = serve_and_kill(sqlite_url, None, tmp_path, durable=False, during_outage=True,
+                                          slow_fsync=1.5, hold=1.0, back_for=2.5)
+    check_recovery(sqlite_url, spill, acked, t_kill, durable=False, label="queued, replaying, slow disk")
 
 
 _HOG = "while True: pass"
