@@ -372,7 +372,7 @@ class SpillFile:
         return None
 
     def _sync_loop(self) -> None:
-        """fsync the open files whenever they hold unsynced bytes (group fsync: one call covers every append before it)."""
+        """fsync the open files whenever they hold unsynced bytes (group fsync: one call covers earlier appends)."""
         while True:
             with self._lock:
                 while not self._closing and (f := self._unsynced()) is None:
