@@ -9,6 +9,7 @@ replicas of a service.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -172,20 +174,27 @@ def test_durable_choose_waits_at_most_the_timeout_on_a_hung_server(pg_server, tm
     sel.close()
 
 
+@contextlib.contextmanager
+def sqlite_write_locked(url: str) -> Iterator[None]:
+    """Another process's view: SQLite's write lock held (``BEGIN EXCLUSIVE``) for the block."""
+    blocker = sqlite3.connect(url[len("sqlite:///"):], timeout=1)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        blocker.rollback()
+        blocker.close()
+
+
 def test_a_locked_sqlite_database_is_an_outage_after_the_timeout(sqlite_url, tmp_path):
     """Another process holds SQLite's write lock: the busy wait is bounded by ``timeout``, then rows spill."""
     sel = Selector.open(sqlite_url, config=cfg(tmp_path, timeout=1.0))
     serve(sel, 20, "a-")
     assert sel.flush(10)
-    blocker = sqlite3.connect(sqlite_url[len("sqlite:///"):], timeout=1)
-    blocker.execute("BEGIN EXCLUSIVE")
-    try:
+    with sqlite_write_locked(sqlite_url):
         serve(sel, 50, "b-")
         assert until(lambda: not sel.health().store_ok, 10), sel.health()
         assert sel.flush(10) and sel.health().spill_backlog > 0
-    finally:
-        blocker.rollback()
-        blocker.close()
     assert sel.drain(30), sel.health()
     sel.close()
     assert stored(sqlite_url) == (70, 70)
@@ -202,14 +211,9 @@ def test_flush_after_a_stall_that_ended_returns_with_the_rows_in_the_store(sqlit
     sel = Selector.open(sqlite_url, config=cfg(tmp_path, timeout=1.0, retry_interval=60.0))
     serve(sel, 20, "a-")
     assert sel.flush(10)
-    blocker = sqlite3.connect(sqlite_url[len("sqlite:///"):], timeout=1)
-    blocker.execute("BEGIN EXCLUSIVE")
-    try:
+    with sqlite_write_locked(sqlite_url):
         serve(sel, 50, "b-")
         assert until(lambda: not sel.health().store_ok, 10), sel.health()
-    finally:
-        blocker.rollback()
-        blocker.close()
     assert sel.flush(30), sel.health()
     assert stored(sqlite_url) == (70, 70)
     sel.close()

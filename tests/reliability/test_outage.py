@@ -295,15 +295,21 @@ def test_queued_spill_appends_are_written_at_once_and_fsynced_by_the_syncer(tmp_
     assert spill.backlog_lines() == 21 and spill.path.exists()  # a backlog is left for adoption
 
 
-def test_an_outage_spills_every_queued_row_within_the_flush_window_on_a_slow_disk(sqlite_url, tmp_path, monkeypatch):
-    """Issue 10: with the store down, rows must reach the spill file promptly, not wait behind the disk."""
+def slow_disk_writer(url: str, tmp_path: Path, monkeypatch, fsync_s: float) -> tuple[ReplayStore, Outage, BatchWriter]:
+    """A queued writer of a SQLite store with an outage switch, every ``os.fsync`` ``fsync_s`` seconds slower."""
     real = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (time.sleep(3.0), real(fd)) and None)
-    migrate.upgrade(sqlite_url)
-    store = ReplayStore(sqlite_url)
+    monkeypatch.setattr(os, "fsync", lambda fd: (time.sleep(fsync_s), real(fd)) and None)
+    migrate.upgrade(url)
+    store = ReplayStore(url)
     outage = Outage()
     outage.attach(store.engine)
-    w = BatchWriter(store, spill_path=tmp_path / "sp" / "sb", flush_interval=0.05, retry_interval=0.05)
+    return store, outage, BatchWriter(store, spill_path=tmp_path / "sp" / "sb", flush_interval=0.05,
+                                      retry_interval=0.05)
+
+
+def test_an_outage_spills_every_queued_row_within_the_flush_window_on_a_slow_disk(sqlite_url, tmp_path, monkeypatch):
+    """Issue 10: with the store down, rows must reach the spill file promptly, not wait behind the disk."""
+    store, outage, w = slow_disk_writer(sqlite_url, tmp_path, monkeypatch, 3.0)
     outage.start()
     for i in range(3000):
         w.submit_decision(decision(f"s{i}"))
@@ -350,13 +356,7 @@ def test_replay_starts_without_waiting_for_the_disk_when_the_store_answers_again
     seconds every row queued behind it waited in memory: what a ``kill -9``
     at that moment would lose.
     """
-    real = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (time.sleep(2.0), real(fd)) and None)
-    migrate.upgrade(sqlite_url)
-    store = ReplayStore(sqlite_url)
-    outage = Outage()
-    outage.attach(store.engine)
-    w = BatchWriter(store, spill_path=tmp_path / "sp" / "sb", flush_interval=0.05, retry_interval=0.05)
+    store, outage, w = slow_disk_writer(sqlite_url, tmp_path, monkeypatch, 2.0)
     outage.start()
     for i in range(1000):
         w.submit_decision(decision(f"s{i}"))
