@@ -331,16 +331,16 @@ def test_taking_the_spill_for_replay_does_not_wait_for_the_disk(tmp_path, monkey
     ``sync()`` still waits for that fsync: what the append promised holds.
     """
     real = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (time.sleep(1.5), real(fd)) and None)
+    monkeypatch.setattr(os, "fsync", lambda fd: (time.sleep(2.5), real(fd)) and None)
     spill = SpillFile(tmp_path / "sb")
     open_fds = len(os.listdir("/proc/self/fd"))
     spill.append([("d", decision(f"r{i}")) for i in range(50)], sync=False)
     t = time.monotonic()
     assert spill.take_for_replay() == spill.replay_path
-    assert time.monotonic() - t < 1.0  # an fsync takes 1.5 s
+    assert time.monotonic() - t < 2.0  # an fsync takes 2.5 s (the old take waited for two in flight, then its own)
     assert spilled_rows(spill.replay_path) == 50
     spill.append([("d", decision("after"))], sync=False)  # a fresh live file
-    assert spill.sync(10) and time.monotonic() - t >= 1.5
+    assert spill.sync(20) and time.monotonic() - t >= 2.5
     assert until(lambda: len(os.listdir("/proc/self/fd")) == open_fds + 1, 5)  # the renamed file is closed
     spill.replayed(50)
     spill.done_replaying()
@@ -349,23 +349,26 @@ def test_taking_the_spill_for_replay_does_not_wait_for_the_disk(tmp_path, monkey
 
 
 def test_replay_starts_without_waiting_for_the_disk_when_the_store_answers_again(sqlite_url, tmp_path, monkeypatch):
-    """Rows spilled in an outage on a slow disk (every fsync 2 s) reach the store as soon as it answers.
+    """Rows spilled in an outage on a slow disk (every fsync 3 s) reach the store as soon as it answers.
 
     The writer thread used to fsync the spill file itself before replaying
     it (waiting out the syncer's fsync in flight, then its own), so for
     seconds every row queued behind it waited in memory: what a ``kill -9``
     at that moment would lose.
     """
-    store, outage, w = slow_disk_writer(sqlite_url, tmp_path, monkeypatch, 2.0)
+    real = os.fsync
+    store, outage, w = slow_disk_writer(sqlite_url, tmp_path, monkeypatch, 3.0)
     outage.start()
     for i in range(1000):
         w.submit_decision(decision(f"s{i}"))
-    assert until(lambda: w.spill.backlog_lines() == 1000, 1.5), w.health()
+    assert until(lambda: w.spill.backlog_lines() == 1000, 10), w.health()
     outage.stop()
     t = time.monotonic()
     for i in range(200):
         w.submit_decision(decision(f"after{i}"))
-    assert until(lambda: store.counts()["decisions"] == 1200, 1.5), (w.health(), time.monotonic() - t)
+    # the old writer needed the syncer's fsyncs in flight (directory + file, 6 s from the first spill) and its own (3 s)
+    assert until(lambda: store.counts()["decisions"] == 1200, 2.5), (w.health(), time.monotonic() - t)
+    monkeypatch.setattr(os, "fsync", real)  # the rest of the test need not wait for the slow disk
     assert w.flush(20) and w.drain(20)
     w.close()
     store.dispose()
