@@ -319,13 +319,15 @@ class BatchWriter(Commits, Replays):
         return key in self._conflict_keys
 
     # -- control ----------------------------------------------------------------
-    def flush(self, timeout: float | None = 30.0) -> bool:
+    def flush(self, timeout: float | None = 30.0, *, ask_store: bool = True) -> bool:
         """Wait until everything submitted before this call is in the database (the store down: the fsync'd spill).
 
         True once those rows are safe: committed, or fsync'd to the spill;
         rows spilled while the store answers (the writer fell behind, or a
         call overran its deadline and the store is back) are also waited for
-        in the database, up to ``timeout``.
+        in the database, up to ``timeout``. ``ask_store=False``: a writer
+        that believes the store down does not ask it (a caller about to ask
+        the store itself spends no second deadline on it).
 
         Exact, and it returns under continuous traffic: a marker is queued
         behind the rows submitted before the call (the queue is FIFO) and the
@@ -356,10 +358,10 @@ class BatchWriter(Commits, Replays):
         self._direct_lock.release()
         if not self.spill.sync(None if deadline is None else max(0.0, deadline - time.monotonic())):
             return False
-        self._await_replay(deadline)
+        self._await_replay(deadline, ask_store)
         return True
 
-    def _await_replay(self, deadline: float | None) -> None:
+    def _await_replay(self, deadline: float | None, ask_store: bool) -> None:
         """While the store answers, wait (until ``deadline``) for the replay of rows spilled so far.
 
         Rows reach the spill with the store up when the writer fell behind
@@ -375,7 +377,7 @@ class BatchWriter(Commits, Replays):
             return
         if not self._store_ok:
             left = self.timeout if deadline is None else deadline - time.monotonic()
-            if left <= 0 or not self._try_store(left):
+            if not ask_store or left <= 0 or not self._try_store(left):
                 return
         target = self.spill.replay_target()
         while ((self._store_ok or self._reachable.is_set()) and self._thread.is_alive()

@@ -21,6 +21,11 @@ from stopbandit.replay.spill import Adopted
 from stopbandit.replay.spill_format import Chunk, SpillReader
 from stopbandit.replay.validate import check_spilled
 
+# Rows per replay transaction. New rows go to the spill between replay steps, so the rows queued while one
+# step runs wait in memory (where a kill -9 loses them) for that step: a step of batch_size (2,000) rows takes
+# about a second when serving threads hold the interpreter; 500 keep it a quarter of that.
+REPLAY_CHUNK_ROWS = 500
+
 log = logging.getLogger("stopbandit.writer")
 
 
@@ -159,7 +164,7 @@ class Replays:
                     self._reject_deferred()
                 return
             job = self._job
-            chunk = job.peek(self.batch_size)
+            chunk = job.peek(min(self.batch_size, REPLAY_CHUNK_ROWS))
             if chunk is not None:
                 items = []
                 for item in chunk.items:

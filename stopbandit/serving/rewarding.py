@@ -130,7 +130,7 @@ class RewardPath:
 
         Returns the decision to learn from (and log ``row`` as ``ok``), or None when nothing is left to do.
         """
-        self.writer.flush(5.0)
+        self.writer.flush(5.0, ask_store=False)  # the lookup below asks the store, under its own deadline
         try:
             existing = self.store.get_outcome(key)
             d = self.store.wait_for_decision(key, self._decision_wait()) if existing is None else None

@@ -158,15 +158,19 @@ def test_durable_choose_waits_at_most_the_timeout_on_a_hung_server(pg_server, tm
         assert sel.health().spill_backlog == 1
 
         def lookup() -> None:  # a reward that must ask the store: its read has a deadline too
+            t = time.monotonic()
             try:
                 sel.reward("made-elsewhere", em=1.0, tokens=1)
             except StoreError as exc:
                 result["lookup"] = exc
+            result["lookup_s"] = time.monotonic() - t
 
         th = threading.Thread(target=lookup, daemon=True)
         th.start()
         th.join(30)
         assert not th.is_alive() and isinstance(result.get("lookup"), StoreError)
+        # bounded like a durable choose: timeout (1 s) + connect timeout (2 s), with 0.5 s for scheduling
+        assert result["lookup_s"] < 3.5, result["lookup_s"]
     finally:
         pg_server.thaw()
     assert sel.drain(60), sel.health()
