@@ -244,9 +244,8 @@ class SpillFile:
         if self._syncer is not None:
             self._syncer.join(30.0)
         with self._lock:
-            for f in [*self._retired, self._live]:
-                if f is not None:
-                    self._close(f)
+            for f in self._open_files():
+                self._close(f)
             self._live, self._retired = None, []
             if not self.has_backlog():
                 for p in (self.path, self.replay_path):
@@ -264,9 +263,8 @@ class SpillFile:
         """
         self._lock = threading.Lock()
         self._synced_cv = threading.Condition(self._lock)
-        for f in [*self._retired, self._live]:
-            if f is not None:
-                os.close(f.fd)
+        for f in self._open_files():
+            os.close(f.fd)
         self._live, self._retired = None, []
         self._owner.close()
         self._syncer = None
@@ -333,7 +331,7 @@ class SpillFile:
         """Wait until everything appended so far is fsync'd; False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            targets = [(f, f.written) for f in [*self._retired, self._live] if f is not None]
+            targets = [(f, f.written) for f in self._open_files()]
             while any(not f.closed and f.synced < target for f, target in targets):
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -366,10 +364,14 @@ class SpillFile:
 
     def _unsynced(self) -> _OpenFile | None:
         """A file with bytes (or a directory entry) to fsync and no fsync in flight; retired ones first."""
-        for f in [*self._retired, self._live]:
-            if f is not None and not f.syncing and not f.clean():
+        for f in self._open_files():
+            if not f.syncing and not f.clean():
                 return f
         return None
+
+    def _open_files(self) -> list[_OpenFile]:
+        """The retired files (oldest first), then the live one."""
+        return self._retired + [self._live] if self._live is not None else list(self._retired)
 
     def _sync_loop(self) -> None:
         """fsync the open files whenever they hold unsynced bytes (group fsync: one call covers earlier appends)."""
